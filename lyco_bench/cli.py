@@ -1,0 +1,71 @@
+"""The ``lyco-bench`` command: one subcommand per stage (DESIGN.md data flow).
+
+Each stage module defines ``register_cli(subparsers)``, which adds its subcommands and sets
+``func`` on them: a callable taking the parsed arguments and returning an exit code.
+:class:`~lyco_bench.errors.BadInput` becomes ``error: <message>`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from lyco_bench import __version__
+from lyco_bench.errors import BadInput
+
+# Modules that contribute subcommands, in the order they appear in --help.
+COMMAND_MODULES = [
+    "lyco_bench.sweep.cli",  # plan, run
+    "lyco_bench.training",  # train
+    "lyco_bench.generation",  # generate
+    "lyco_bench.metrics.cli",  # encode, score
+    "lyco_bench.analysis.cli",  # analyze, leaderboard, report
+    "lyco_bench.adapters.cli",  # adapter inspect|merge|extract
+    "lyco_bench.models",  # make-tiny-model
+    "lyco_bench.data",  # make-demo-dataset
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lyco-bench",
+        description=(
+            "Benchmark text-to-image fine-tuning algorithms (LoRA/LoCon, LoHa, LoKr, native) on "
+            "Stable Diffusion: train, generate, score, analyze. `lyco-bench run experiments/demo.yaml` "
+            "runs a whole study on the CPU in minutes."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"lyco-bench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("lyco_bench"):
+                continue  # stage not built yet
+            raise
+        module.register_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Strict, typed configuration: YAML files plus ``key=value`` overrides, validated by pydantic.
+
+Every config class derives from :class:`StrictModel`, which rejects unknown keys. Errors are
+turned into :class:`~lyco_bench.errors.BadInput` with the file and the dotted key path, e.g.
+``experiments/demo.yaml: seeds.0: Input should be a valid integer``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lyco_bench.errors import BadInput
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str = "override") -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a copy."""
+    import copy
+
+    data = copy.deepcopy(data) if data else {}
+    for item in overrides:
+        if "=" not in item:
+            raise BadInput(f"{source} {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if part.isdigit() and isinstance(node, list):
+                node = node[int(part)]
+                continue
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        last = parts[-1]
+        if last.isdigit() and isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{extra}"
+
+
+def validate(model_cls: type[T], data: Any, *, source: str) -> T:
+    """Validate ``data`` against ``model_cls``; on failure raise BadInput naming source and key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{source}: expected a mapping at the top level")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise BadInput(format_validation_error(exc, source=source)) from None
+
+
+def load_config(model_cls: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
+    """Load a YAML file (or nothing) into ``model_cls``, after applying ``key=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    if data is not None and not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data or {}, overrides or [], source=str(path or "override"))
+    return validate(model_cls, data, source=str(path) if path is not None else "config")
