@@ -1,0 +1,42 @@
+# The two commands a newcomer needs (README.md): `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime install (the demo) and dev install (tests: pytest, ruff, lycoris-lora, peft, ray).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
+	touch $@ $(VENV)/.installed
+
+## demo: set up and run the CPU demo study end to end (tiny model, demo dataset, all algorithms, report)
+demo: $(VENV)/.installed
+	$(BIN)/lyco-bench run experiments/demo.yaml
+
+## test: set up with the dev extras and run the test suite offline
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/adapters.py --quick
+	$(BIN)/python benchmarks/training.py --quick
+	$(BIN)/python benchmarks/evaluation.py --quick
+	$(BIN)/python benchmarks/sweep.py --quick
+
+clean:
+	rm -rf $(VENV) runs reports/*/ .pytest_cache .ruff_cache
