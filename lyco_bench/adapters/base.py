@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lyco_bench.errors import BadInput
@@ -30,16 +31,27 @@ class AdapterModule(nn.Module):
       file_keys:   key suffixes that identify this algorithm in a kohya/LyCORIS file; a module
                    whose suffixes include ``detect_keys`` is loaded by this class.
       detect_keys: the subset of suffixes that identifies the algorithm unambiguously.
+      grad_mode:   how the merged forward (below) gets the factors' gradients: ``"bypass"``
+                   re-runs :meth:`bypass` on the saved input (cheap for low-rank factors),
+                   ``"dense"`` forms dL/dW = gᵀx once and backpropagates it through
+                   :meth:`delta_weight` (Hadamard products, whose bypass is not cheaper).
+
+    Constructors share one signature so the injector can build any algorithm:
+    ``Cls(base, *, dim, alpha=None, multiplier=1.0, factor=-1, use_tucker=False,
+    decompose_both=False)``; options that do not apply to an algorithm are ignored.
     """
 
     algo: ClassVar[str]
     file_keys: ClassVar[frozenset[str]]
     detect_keys: ClassVar[frozenset[str]]
+    grad_mode: ClassVar[str] = "bypass"
 
     def __init__(self, base: BaseLayer, *, multiplier: float = 1.0) -> None:
         super().__init__()
         if not isinstance(base, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"{type(base).__name__} cannot be adapted (Linear or Conv2d only)")
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            raise TypeError("only Conv2d with groups=1 and zero padding can be adapted")
         # Held in a list so the frozen base is not registered as a submodule of the adapter
         # (its weights stay in the host model's state dict, never in the adapter's).
         self._base = [base]
@@ -48,6 +60,15 @@ class AdapterModule(nn.Module):
     @property
     def base(self) -> BaseLayer:
         return self._base[0]
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.base, nn.Conv2d)
+
+    def _new(self, *shape: int) -> nn.Parameter:
+        """An uninitialized factor on the base's device and dtype."""
+        w = self.base.weight
+        return nn.Parameter(torch.empty(*shape, device=w.device, dtype=w.dtype))
 
     # --- the maths: each algorithm defines these ---------------------------------------
     def delta_weight(self) -> torch.Tensor:
@@ -62,25 +83,165 @@ class AdapterModule(nn.Module):
         """Δb, for algorithms that also train the bias (native); None otherwise."""
         return None
 
+    def prefers_merged(self, x: torch.Tensor) -> bool:
+        """Whether one op on the temporary W0 + λ·ΔW is cheaper than base(x) + λ·bypass(x)."""
+        return False
+
     # --- the file layout ----------------------------------------------------------------
     def file_tensors(self) -> dict[str, torch.Tensor]:
         """This module's tensors keyed by file suffix (``lora_down.weight``, ``alpha``, …)."""
         raise NotImplementedError
 
     @classmethod
-    def from_file_tensors(cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> AdapterModule:
+    def from_file_tensors(
+        cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str
+    ) -> AdapterModule:
         """Rebuild a module from a file's tensors; BadInput naming ``name`` if shapes do not fit."""
         raise NotImplementedError
 
+    @classmethod
+    def rank_bound(cls, tensors: dict[str, torch.Tensor]) -> int:
+        """Upper bound on rank(ΔW) (ΔW flattened to [out, in·k·k]) from a module's file tensors."""
+        raise NotImplementedError
+
+    @classmethod
+    def parameter_count(cls, tensors: dict[str, torch.Tensor]) -> int:
+        """Trainable numbers a module's file tensors hold (the scalar ``alpha`` excluded)."""
+        return sum(t.numel() for key, t in tensors.items() if key != "alpha")
+
     # --- generic behaviour ----------------------------------------------------------------
+    def base_op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The base layer's operation with another weight (same stride/padding/dilation)."""
+        b = self.base
+        if isinstance(b, nn.Conv2d):
+            return F.conv2d(x, weight, bias, b.stride, b.padding, b.dilation)
+        return F.linear(x, weight, bias)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The temporary W0 + λ·ΔW (never stored on the module)."""
+        return self.base.weight + self.multiplier * self.delta_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         if self.multiplier == 0:
-            return out
-        return out + self.multiplier * self.bypass(x)
+            return self.base(x)
+        frozen = not (
+            self.base.weight.requires_grad or (self.base.bias is not None and self.base.bias.requires_grad)
+        )
+        if frozen and self.prefers_merged(x):
+            params = tuple(p for p in self.parameters() if p.requires_grad)
+            return _MergedForward.apply(x, self, *params)
+        return self.base(x) + self.multiplier * self.bypass(x)
 
     def extra_repr(self) -> str:
         return f"algo={self.algo}, base={tuple(self.base.weight.shape)}, multiplier={self.multiplier}"
+
+
+class _MergedForward(torch.autograd.Function):
+    """y = op(x, W0 + λ·ΔW) with one base op, saving only x for backward.
+
+    The merged weight is rebuilt in backward instead of saved, so nothing ΔW-sized outlives the
+    forward. dL/dx = opᵀ(g; W0 + λΔW). The factors' gradients come either from the bypass graph
+    re-run on the saved x (``grad_mode="bypass"``: λ·dL/dθ of ⟨g, bypass(x)⟩) or from the dense
+    dL/dW = λ·gᵀx backpropagated through ΔW(θ) (``grad_mode="dense"``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: AdapterModule, *params: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = module.base_op(x, module.merged_weight(), module.base.bias)
+        ctx.module = module
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        module: AdapterModule = ctx.module
+        params = tuple(p for p in module.parameters() if p.requires_grad)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            with torch.no_grad():
+                grad_x = _input_grad(module, x, module.merged_weight(), grad_out)
+        grads: tuple = (None,) * len(params)
+        if params:
+            lam = module.multiplier
+            with torch.enable_grad():
+                if module.grad_mode == "dense":
+                    grad_w = _weight_grad(module, x, grad_out).mul_(lam)
+                    grads = torch.autograd.grad(module.delta_weight(), params, grad_w, allow_unused=True)
+                else:
+                    out = module.bypass(x.detach())
+                    grads = torch.autograd.grad(out, params, grad_out * lam, allow_unused=True)
+        return (grad_x, None, *grads)
+
+
+def _input_grad(
+    module: AdapterModule, x: torch.Tensor, weight: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    b = module.base
+    if isinstance(b, nn.Conv2d):
+        return torch.nn.grad.conv2d_input(x.shape, weight, g, b.stride, b.padding, b.dilation)
+    return g @ weight  # (…, out) @ (out, in) -> (…, in)
+
+
+def _weight_grad(module: AdapterModule, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    b = module.base
+    if isinstance(b, nn.Conv2d):
+        return torch.nn.grad.conv2d_weight(x, b.weight.shape, g, b.stride, b.padding, b.dilation)
+    # (N, out)ᵀ @ (N, in) -> (out, in)
+    return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+def matmul_cost(m: int, k: int, n: int) -> float:
+    """Rough CPU cost of an (m×k)@(k×n) product: flops plus memory traffic.
+
+    Thin products (rank 4–8) are bound by reading their operands, not by arithmetic, so each
+    element moved counts like a few multiply-adds; the constant was fitted on a 2-core CPU.
+    """
+    return m * k * n + MEMORY_WEIGHT * (m * k + k * n + m * n)
+
+
+MEMORY_WEIGHT = 16.0
+
+
+def tokens(x: torch.Tensor, module: AdapterModule) -> int:
+    """Rows of the flattened layer input: batch·tokens for Linear, batch·H_out·W_out for Conv2d."""
+    if module.is_conv:
+        b = module.base
+        h, w = x.shape[-2:]
+        kh, kw = b.kernel_size
+        ho = (h + 2 * b.padding[0] - b.dilation[0] * (kh - 1) - 1) // b.stride[0] + 1
+        wo = (w + 2 * b.padding[1] - b.dilation[1] * (kw - 1) - 1) // b.stride[1] + 1
+        return (x.numel() // (x.shape[-3] * h * w)) * ho * wo
+    return x.numel() // x.shape[-1]
+
+
+def check_shape(name: str, key: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """BadInput naming the module and key when a file tensor does not have the expected shape."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise BadInput(
+            f"{name}: {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)} for this layer"
+        )
+
+
+def check_keys(name: str, tensors: dict[str, torch.Tensor], allowed: set[str] | frozenset[str]) -> None:
+    unknown = set(tensors) - set(allowed)
+    if unknown:
+        raise BadInput(f"{name}: unexpected key suffix {sorted(unknown)[0]!r}")
+
+
+def read_alpha(tensors: dict[str, torch.Tensor], dim: int, *, name: str) -> float:
+    """The file's scalar alpha, or dim when absent (scale 1, as kohya and LyCORIS read it)."""
+    t = tensors.get("alpha")
+    if t is None:
+        return float(dim)
+    if t.numel() != 1:
+        raise BadInput(f"{name}: alpha must be a scalar, got shape {tuple(t.shape)}")
+    return float(t.float().item())
+
+
+def alpha_tensor(alpha: float) -> torch.Tensor:
+    return torch.tensor(float(alpha), dtype=torch.float32)
 
 
 ALGORITHMS: dict[str, type[AdapterModule]] = {}

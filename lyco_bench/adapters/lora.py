@@ -1,0 +1,164 @@
+"""LoRA / LoCon: a rank-r product added to a frozen Linear or Conv2d weight.
+
+    ΔW = (α/r)·B·A,   B: [out, r],  A: [r, in·k·k]        (Hu et al. 2021, eq. 3; PAPER.md §1)
+
+Conv layers (LoCon): A is a k×k conv from `in` to r channels with the base's stride, padding and
+dilation, B a 1×1 conv from r to `out` channels. With ``use_tucker`` and k > 1 the k×k part moves
+to a core (Tucker decomposition, as LyCORIS's LoCon):
+
+    ΔW[o, i, :, :] = (α/r)·Σ_{a,b} B[o, a]·M[a, b, :, :]·A[b, i]    A: 1×1, M: k×k [r, r, k, k], B: 1×1
+
+Init (as kohya/LyCORIS): A (and M) Kaiming-uniform, B = 0, so ΔW = 0 at step 0.
+File keys (kohya/LyCORIS): ``lora_down.weight`` = A, ``lora_up.weight`` = B, ``lora_mid.weight``
+= M, ``alpha``; conv factors are stored as 4-D conv weights, linear ones as 2-D matrices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lyco_bench.adapters.base import (
+    AdapterModule,
+    BaseLayer,
+    alpha_tensor,
+    check_keys,
+    check_shape,
+    matmul_cost,
+    read_alpha,
+    register_algorithm,
+    tokens,
+)
+from lyco_bench.errors import BadInput
+
+
+@register_algorithm
+class LoRAModule(AdapterModule):
+    """LoRA for Linear, LoCon (optionally Tucker) for Conv2d."""
+
+    algo = "lora"
+    file_keys = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"})
+    detect_keys = frozenset({"lora_down.weight", "lora_up.weight"})
+    grad_mode = "bypass"
+
+    def __init__(
+        self,
+        base: BaseLayer,
+        *,
+        dim: int,
+        alpha: float | None = None,
+        multiplier: float = 1.0,
+        factor: int = -1,
+        use_tucker: bool = False,
+        decompose_both: bool = False,
+    ) -> None:
+        super().__init__(base, multiplier=multiplier)
+        if dim < 1:
+            raise BadInput(f"lora: dim must be ≥ 1, got {dim}")
+        self.dim = int(dim)
+        self.alpha = float(dim if alpha is None else alpha)
+        self.scale = self.alpha / self.dim
+        w = base.weight
+        out_ch, in_ch = w.shape[0], w.shape[1]
+        k = tuple(w.shape[2:])  # () for Linear, (kh, kw) for Conv2d
+        self.tucker = bool(use_tucker) and self.is_conv and k != (1, 1)
+        if self.tucker:
+            self.lora_down = self._new(dim, in_ch, 1, 1)
+            self.lora_mid = self._new(dim, dim, *k)
+            nn.init.kaiming_uniform_(self.lora_mid, a=math.sqrt(5))
+        else:
+            self.lora_down = self._new(dim, in_ch, *k)
+        self.lora_up = self._new(out_ch, dim, *((1, 1) if self.is_conv else ()))
+        nn.init.kaiming_uniform_(self.lora_down, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up)
+
+    # --- maths -----------------------------------------------------------------------------
+    def delta_weight(self) -> torch.Tensor:
+        up = self.lora_up.flatten(1)  # (out, r)
+        if self.tucker:
+            down = self.lora_down.flatten(1)  # (r, in)
+            # ΔW[o, i, h, w] = s·Σ_ab B[o,a] M[a,b,h,w] A[b,i]
+            return torch.einsum("oa,abhw,bi->oihw", up * self.scale, self.lora_mid, down)
+        dw = (up * self.scale) @ self.lora_down.flatten(1)  # (out, r) @ (r, in·k·k)
+        return dw.view_as(self.base.weight)
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_conv:
+            return F.linear(
+                F.linear(x, self.lora_down), self.lora_up * self.scale
+            )  # (…, in) → (…, r) → (…, out)
+        b = self.base
+        if self.tucker:
+            h = F.conv2d(x, self.lora_down)  # (B, r, H, W)
+            h = F.conv2d(h, self.lora_mid, None, b.stride, b.padding, b.dilation)  # (B, r, H', W')
+        else:
+            h = F.conv2d(x, self.lora_down, None, b.stride, b.padding, b.dilation)  # (B, r, H', W')
+        return F.conv2d(h, self.lora_up * self.scale)  # (B, out, H', W')
+
+    def prefers_merged(self, x: torch.Tensor) -> bool:
+        n = tokens(x, self)
+        out_ch, fan_in = self.base.weight.shape[0], self.base.weight[0].numel()
+        r = self.dim
+        rebuild = matmul_cost(out_ch, r, fan_in) + out_ch * fan_in
+        thin = matmul_cost(n, fan_in, r) + matmul_cost(n, r, out_ch)
+        if torch.is_grad_enabled():
+            # merged: rebuild in forward and backward + bypass re-run and its backward (no dL/dx)
+            # bypass: forward + backward with dL/dx (three thin products per factor)
+            return 2 * rebuild + 2 * thin < 3 * thin + n * out_ch
+        return rebuild < thin + n * out_ch
+
+    # --- file layout -------------------------------------------------------------------------
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        out = {
+            "lora_down.weight": self.lora_down.detach(),
+            "lora_up.weight": self.lora_up.detach(),
+            "alpha": alpha_tensor(self.alpha),
+        }
+        if self.tucker:
+            out["lora_mid.weight"] = self.lora_mid.detach()
+        return out
+
+    @classmethod
+    def from_file_tensors(cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> LoRAModule:
+        check_keys(name, tensors, cls.file_keys)
+        down = tensors.get("lora_down.weight")
+        up = tensors.get("lora_up.weight")
+        if down is None or up is None:
+            raise BadInput(f"{name}: lora needs lora_down.weight and lora_up.weight")
+        if down.dim() < 2:
+            raise BadInput(f"{name}: lora_down.weight must be at least 2-D, got shape {tuple(down.shape)}")
+        dim = int(down.shape[0])
+        w = base.weight
+        out_ch, in_ch, k = w.shape[0], w.shape[1], tuple(w.shape[2:])
+        mid = tensors.get("lora_mid.weight")
+        is_conv = isinstance(base, nn.Conv2d)
+        if mid is not None:
+            if not is_conv or k == (1, 1):
+                raise BadInput(f"{name}: lora_mid.weight given for a layer without a k×k kernel")
+            check_shape(name, "lora_mid.weight", mid, (dim, dim, *k))
+        down_shape = (dim, in_ch, 1, 1) if mid is not None else (dim, in_ch, *k)
+        check_shape(
+            name, "lora_down.weight", down.reshape(down.shape[0], -1), (dim, math.prod(down_shape[1:]))
+        )
+        check_shape(name, "lora_up.weight", up.reshape(up.shape[0], -1), (out_ch, dim))
+        module = cls(base, dim=dim, alpha=read_alpha(tensors, dim, name=name), use_tucker=mid is not None)
+        with torch.no_grad():
+            # kohya writes 1×1 conv factors as 4-D and linear ones as 2-D; accept either layout.
+            module.lora_down.copy_(down.reshape(module.lora_down.shape))
+            module.lora_up.copy_(up.reshape(module.lora_up.shape))
+            if mid is not None:
+                module.lora_mid.copy_(mid)
+        return module
+
+    @classmethod
+    def rank_bound(cls, tensors: dict[str, torch.Tensor]) -> int:
+        down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
+        fan_in = (
+            down[0].numel()
+            if "lora_mid.weight" not in tensors
+            else down.shape[1] * math.prod(tensors["lora_mid.weight"].shape[2:])
+        )
+        return min(int(down.shape[0]), int(up.shape[0]), int(fan_in))
