@@ -1,0 +1,165 @@
+"""Adapter files: safetensors in the kohya/LyCORIS layout, read and written safely.
+
+A file maps ``<module key>.<suffix>`` → tensor, e.g. ``lora_unet_…_to_q.lora_down.weight`` or
+``lora_te_…_fc1.hada_w1_a``, plus string metadata. Reading never unpickles anything: the
+8-byte header length and the JSON header are checked before safetensors parses the file, so a
+pickle (or anything else) is reported as "not a safetensors file". Each module's algorithm is
+detected from its key suffixes (:func:`lyco_bench.adapters.base.detect_algorithm`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lyco_bench.adapters.base import detect_algorithm
+from lyco_bench.adapters.network import NormAdapter
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_path
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+@dataclass
+class AdapterFile:
+    """A loaded adapter file: its tensors, metadata and the algorithm of each module."""
+
+    path: Path | None
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, type] = field(default_factory=dict)
+    """module key → algorithm class (an AdapterModule subclass, or NormAdapter)."""
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "<adapter>"
+
+    def module_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        """One module's tensors keyed by suffix (``lora_down.weight``, ``alpha``, …)."""
+        prefix = key + "."
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def algorithms(self) -> dict[str, int]:
+        """Algorithm name → number of modules."""
+        counts: dict[str, int] = {}
+        for cls in self.modules.values():
+            counts[cls.algo] = counts.get(cls.algo, 0) + 1
+        return counts
+
+
+def _check_header(path: Path) -> None:
+    """Raise BadInput unless ``path`` starts like a safetensors file (u64 length + JSON object)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise BadInput(f"{path}: not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+            raise BadInput(f"{path}: not a safetensors file (bad header length)")
+        header = fh.read(length)
+    try:
+        parsed = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadInput(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(parsed, dict):
+        raise BadInput(f"{path}: not a safetensors file (header is not a JSON object)")
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; BadInput naming the file if it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    _check_header(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open API)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BadInput(f"{path}: unreadable safetensors file ({str(exc).splitlines()[0]})") from None
+    return tensors, metadata
+
+
+def detect_modules(tensors: dict[str, torch.Tensor], *, name: str) -> dict[str, type]:
+    """Group ``<module>.<suffix>`` keys by module and detect each module's algorithm."""
+    suffixes: dict[str, set[str]] = {}
+    for key in tensors:
+        module, dot, suffix = key.partition(".")
+        if not dot or not suffix:
+            raise BadInput(f"{name}: key {key!r} is not <module>.<suffix>")
+        suffixes.setdefault(module, set()).add(suffix)
+    modules: dict[str, type] = {}
+    for module, found in sorted(suffixes.items()):
+        if NormAdapter.detect_keys <= found and found <= NormAdapter.file_keys:
+            modules[module] = NormAdapter
+        else:
+            modules[module] = detect_algorithm(found, name=f"{name}: {module}")
+    return modules
+
+
+def load_adapter(path: str | os.PathLike) -> AdapterFile:
+    """Read an adapter file (ours, LyCORIS's or kohya's) and detect each module's algorithm."""
+    tensors, metadata = read_tensors(path)
+    if not tensors:
+        raise BadInput(f"{path}: the file holds no tensors")
+    modules = detect_modules(tensors, name=str(path))
+    return AdapterFile(path=Path(path), tensors=tensors, metadata=metadata, modules=modules)
+
+
+def as_adapter_file(source: str | os.PathLike | AdapterFile) -> AdapterFile:
+    return source if isinstance(source, AdapterFile) else load_adapter(source)
+
+
+def adapter_file_from_tensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> AdapterFile:
+    """An in-memory AdapterFile (e.g. from extraction or a live network), validated like a file."""
+    modules = detect_modules(tensors, name="<adapter>")
+    return AdapterFile(path=None, tensors=dict(tensors), metadata=dict(metadata or {}), modules=modules)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors + string metadata as safetensors, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata {key!r}: keys and values must be str")
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+
+
+def rank_bound(cls: type, tensors: dict[str, torch.Tensor]) -> int | None:
+    """The algorithm's bound on rank(ΔW) for one module, when it defines one."""
+    fn = getattr(cls, "rank_bound", None)
+    if fn is None:
+        return None
+    return int(fn(tensors))
+
+
+def parameter_count(tensors: dict[str, torch.Tensor]) -> int:
+    """Trained numbers in one module (the scalar ``alpha`` is a setting, not a parameter)."""
+    return sum(t.numel() for k, t in tensors.items() if k != "alpha")
+
+
+__all__ = [
+    "AdapterFile",
+    "adapter_file_from_tensors",
+    "as_adapter_file",
+    "detect_modules",
+    "load_adapter",
+    "parameter_count",
+    "rank_bound",
+    "read_tensors",
+    "save_tensors",
+]

@@ -1,0 +1,232 @@
+"""Which layers an adapter trains, and putting adapter modules into a UNet and a text encoder.
+
+The preset rule (PAPER.md §1):
+  attn-only  attention projections of UNet transformer blocks (attn1/attn2 to_q/to_k/to_v/to_out.0)
+             and text-encoder self_attn q/k/v/out_proj
+  attn-mlp   every Linear/Conv2d inside the UNet's Transformer2DModel blocks (attention, ff,
+             proj_in/proj_out) + text-encoder attention and MLP (fc1/fc2)
+  full       every Linear and Conv2d of the UNet (ResNet convs, time embedding, samplers,
+             conv_in/out) + the text encoder as in attn-mlp; with ``train_norm`` also its norm layers
+
+Module keys follow kohya/LyCORIS: ``lora_unet_<module path, dots → _>`` and
+``lora_te_<path>``, where the text-encoder path starts at ``text_model.`` (the layout of
+transformers 4.x, which every existing file uses, also when the loaded model is flat).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import field_validator
+from torch import nn
+
+from lyco_bench.adapters.base import ALGORITHMS, get_algorithm
+from lyco_bench.config import StrictModel
+from lyco_bench.errors import BadInput
+
+UNET_PREFIX = "lora_unet"
+TE_PREFIX = "lora_te"
+ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+TE_ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+TE_MLP = ("fc1", "fc2")
+NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
+
+
+class AdapterSpec(StrictModel):
+    """What to train and how: one algorithm (or one for linear and one for k×k conv layers)."""
+
+    algo: str = "lora"
+    """Algorithm for Linear and 1×1 conv layers (a name in ``ALGORITHMS``)."""
+    dim: int = 8
+    """Rank r (LoKr: rank of the decomposed blocks; ≥ half the block size means a full block)."""
+    alpha: float | None = None
+    """Scale numerator α (ΔW carries α/r); None → dim, i.e. scale 1."""
+    factor: int = -1
+    """LoKr split factor f (−1: most balanced)."""
+    use_tucker: bool = False
+    """Tucker core for k×k convolutions (LoCon ``lora_mid``, LoHa ``hada_t*``, LoKr ``lokr_t2``)."""
+    decompose_both: bool = False
+    """LoKr: decompose W1 too when it is large enough."""
+    conv_algo: str | None = None
+    """Algorithm for k×k (k > 1) conv layers; None → ``algo``."""
+    conv_dim: int | None = None
+    """Rank for k×k conv layers; None → ``dim``."""
+    conv_alpha: float | None = None
+    """α for k×k conv layers; None → ``alpha``."""
+    preset: Literal["attn-only", "attn-mlp", "full"] = "attn-mlp"
+    """Which layers are trained (module docstring)."""
+    include: list[str] = []
+    """fnmatch patterns on module keys; when given, only matching modules are trained."""
+    exclude: list[str] = []
+    """fnmatch patterns on module keys that are never trained."""
+    train_text_encoder: bool = True
+    """Adapt the text encoder too (same layers as attn-mlp / attn-only)."""
+    train_norm: bool = False
+    """With preset ``full``: also train the UNet's GroupNorm/LayerNorm weights (as the paper did)."""
+
+    @field_validator("algo", "conv_algo")
+    @classmethod
+    def _known_algorithm(cls, value: str | None) -> str | None:
+        if value is not None and value not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {value!r} (known: {', '.join(sorted(ALGORITHMS))})")
+        return value
+
+    @field_validator("dim", "conv_dim")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be ≥ 1")
+        return value
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (balanced) or a positive integer")
+        return value
+
+    def settings_for(self, layer: nn.Module) -> tuple[str, int, float]:
+        """(algo, dim, alpha) for one layer: k×k convs take the conv_* settings (as LyCORIS does)."""
+        if isinstance(layer, nn.Conv2d) and max(layer.kernel_size) > 1:
+            dim = self.conv_dim or self.dim
+            alpha = self.conv_alpha if self.conv_alpha is not None else self.alpha
+            return self.conv_algo or self.algo, dim, float(alpha if alpha is not None else dim)
+        return self.algo, self.dim, float(self.alpha if self.alpha is not None else self.dim)
+
+
+@dataclass
+class Target:
+    """One layer to adapt: its file key, the module holding it and the attribute name there."""
+
+    key: str
+    parent: nn.Module
+    attr: str
+    layer: nn.Module
+    text_encoder: bool
+
+
+def unet_key(path: str) -> str:
+    return f"{UNET_PREFIX}_{path.replace('.', '_')}"
+
+
+def te_key(text_encoder: nn.Module, path: str) -> str:
+    # transformers ≥ 5 dropped the ``text_model`` wrapper; files keep the 4.x names.
+    if not hasattr(text_encoder, "text_model"):
+        path = f"text_model.{path}"
+    return f"{TE_PREFIX}_{path.replace('.', '_')}"
+
+
+def _children_paths(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
+    """(path, parent, attribute, module) for every module below ``root``, depth first."""
+    for path, module in root.named_modules():
+        if path:
+            parent_path, _, attr = path.rpartition(".")
+            yield path, root.get_submodule(parent_path), attr, module
+
+
+def _in_transformer_block(path: str, transformer_paths: list[str]) -> bool:
+    return any(path.startswith(prefix + ".") for prefix in transformer_paths)
+
+
+def _unet_selected(path: str, layer: nn.Module, preset: str, transformer_paths: list[str]) -> bool:
+    if preset == "full":
+        return True
+    if not _in_transformer_block(path, transformer_paths):
+        return False
+    if preset == "attn-mlp":
+        return True
+    # attn-only: to_q/to_k/to_v/to_out.0 of attn1/attn2 in the transformer blocks
+    parts = path.split(".")
+    tail = ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+    owner = parts[-3] if parts[-1].isdigit() else parts[-2]
+    return isinstance(layer, nn.Linear) and tail in ATTN_PROJECTIONS and owner in ("attn1", "attn2")
+
+
+def _te_selected(path: str, preset: str) -> bool:
+    parts = path.split(".")
+    if len(parts) < 2 or "layers" not in parts:
+        return False
+    if parts[-2] == "self_attn" and parts[-1] in TE_ATTN_PROJECTIONS:
+        return True
+    return preset != "attn-only" and parts[-2] == "mlp" and parts[-1] in TE_MLP
+
+
+def find_targets(unet: nn.Module | None, text_encoder: nn.Module | None, spec: AdapterSpec) -> list[Target]:
+    """The layers ``spec`` adapts, UNet first, each in module-definition order."""
+    targets: list[Target] = []
+    if unet is not None:
+        transformer_paths = [p for p, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+        for path, parent, attr, layer in _children_paths(unet):
+            wanted = isinstance(layer, (nn.Linear, nn.Conv2d)) and _unet_selected(
+                path, layer, spec.preset, transformer_paths
+            )
+            if spec.train_norm and spec.preset == "full" and isinstance(layer, NORM_TYPES):
+                wanted = layer.weight is not None
+            if wanted:
+                targets.append(Target(unet_key(path), parent, attr, layer, text_encoder=False))
+    if text_encoder is not None and spec.train_text_encoder:
+        for path, parent, attr, layer in _children_paths(text_encoder):
+            if isinstance(layer, nn.Linear) and _te_selected(path, spec.preset):
+                targets.append(Target(te_key(text_encoder, path), parent, attr, layer, text_encoder=True))
+    return [t for t in targets if _passes_filters(t.key, spec)]
+
+
+def _passes_filters(key: str, spec: AdapterSpec) -> bool:
+    if spec.include and not any(fnmatch.fnmatchcase(key, p) for p in spec.include):
+        return False
+    return not any(fnmatch.fnmatchcase(key, p) for p in spec.exclude)
+
+
+def layer_index(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, nn.Module]:
+    """Every adaptable layer (Linear, Conv2d, GroupNorm, LayerNorm) by file key.
+
+    Text-encoder layers are also listed under the flat transformers-5 name (``lora_te_encoder_…``)
+    so that files written against such a model by other tools load too.
+    """
+    kinds = (nn.Linear, nn.Conv2d, *NORM_TYPES)
+    index: dict[str, nn.Module] = {}
+    if unet is not None:
+        for path, layer in unet.named_modules():
+            if path and isinstance(layer, kinds):
+                index[unet_key(path)] = layer
+    if text_encoder is not None:
+        for path, layer in text_encoder.named_modules():
+            if path and isinstance(layer, kinds):
+                index[te_key(text_encoder, path)] = layer
+                index.setdefault(f"{TE_PREFIX}_{path.replace('.', '_')}", layer)
+    return index
+
+
+def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: AdapterSpec):
+    """Replace each target layer with its adapter module; returns the :class:`AdapterNetwork`.
+
+    Every parameter of both models is frozen; only the adapter parameters train. The caller
+    seeds torch before calling (initialization uses the global RNG, in target order).
+    """
+    from lyco_bench.adapters.network import AdapterNetwork, NormAdapter
+
+    targets = find_targets(unet, text_encoder, spec)
+    if not targets:
+        raise BadInput(f"adapter: preset {spec.preset!r} with include/exclude selects no module")
+    for model in (unet, text_encoder):
+        if model is not None:
+            model.requires_grad_(False)
+    modules: dict[str, nn.Module] = {}
+    for target in targets:
+        if isinstance(target.layer, NORM_TYPES):
+            modules[target.key] = NormAdapter(target.layer)
+            continue
+        algo, dim, alpha = spec.settings_for(target.layer)
+        cls = get_algorithm(algo)
+        modules[target.key] = cls(
+            target.layer,
+            dim=dim,
+            alpha=alpha,
+            factor=spec.factor,
+            use_tucker=spec.use_tucker,
+            decompose_both=spec.decompose_both,
+        )
+    return AdapterNetwork(targets=targets, modules=modules, spec=spec)

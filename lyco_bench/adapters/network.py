@@ -1,0 +1,245 @@
+"""The set of adapter modules injected into one UNet + text encoder: training, saving, resuming.
+
+:class:`AdapterNetwork` owns the adapter modules (registered under their file keys, so
+``net.parameters()`` are exactly the trainable ones) and remembers where each replaced layer
+lived, so :meth:`AdapterNetwork.remove` can put the originals back.
+
+:class:`NormAdapter` trains a norm layer's affine parameters as a difference (LyCORIS ``norm``
+module: file keys ``w_norm`` and ``b_norm``); the ``full`` preset uses it when ``train_norm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lyco_bench import __version__
+from lyco_bench.adapters.base import AdapterModule
+from lyco_bench.errors import BadInput
+
+# Algorithm names as LyCORIS's kohya network module (`lycoris.kohya`) spells them.
+LYCORIS_ALGO_NAMES = {"lora": "locon", "loha": "loha", "lokr": "lokr", "native": "full"}
+
+
+class NormAdapter(nn.Module):
+    """γ = γ0 + λ·Δγ, β = β0 + λ·Δβ for a GroupNorm/LayerNorm (Δ = 0 at init)."""
+
+    algo: ClassVar[str] = "norm"
+    file_keys: ClassVar[frozenset[str]] = frozenset({"w_norm", "b_norm"})
+    detect_keys: ClassVar[frozenset[str]] = frozenset({"w_norm"})
+
+    def __init__(self, base: nn.GroupNorm | nn.LayerNorm, *, multiplier: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(base, (nn.GroupNorm, nn.LayerNorm)) or base.weight is None:
+            raise TypeError(f"{type(base).__name__} cannot be adapted as a norm layer")
+        self._base = [base]  # not registered: the frozen base stays in the host model only
+        self.multiplier = multiplier
+        self.w_norm = nn.Parameter(torch.zeros_like(base.weight))
+        self.b_norm = nn.Parameter(torch.zeros_like(base.bias)) if base.bias is not None else None
+
+    @property
+    def base(self) -> nn.GroupNorm | nn.LayerNorm:
+        return self._base[0]
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.w_norm
+
+    def delta_bias(self) -> torch.Tensor | None:
+        return self.b_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        weight = base.weight + self.multiplier * self.w_norm
+        bias = None if base.bias is None else base.bias + self.multiplier * self.b_norm
+        if isinstance(base, nn.GroupNorm):
+            return F.group_norm(x, base.num_groups, weight, bias, base.eps)
+        return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"w_norm": self.w_norm}
+        if self.b_norm is not None:
+            out["b_norm"] = self.b_norm
+        return out
+
+    @classmethod
+    def from_file_tensors(
+        cls, base: nn.Module, tensors: dict[str, torch.Tensor], *, name: str
+    ) -> NormAdapter:
+        if not isinstance(base, (nn.GroupNorm, nn.LayerNorm)) or base.weight is None:
+            raise BadInput(f"{name}: norm weights for a {type(base).__name__} layer")
+        module = cls(base)
+        for key, param in (("w_norm", module.w_norm), ("b_norm", module.b_norm)):
+            if key not in tensors:
+                continue
+            if param is None or tuple(tensors[key].shape) != tuple(param.shape):
+                want = None if param is None else tuple(param.shape)
+                raise BadInput(f"{name}: {key} has shape {tuple(tensors[key].shape)}, the base needs {want}")
+            with torch.no_grad():
+                param.copy_(tensors[key].to(param.dtype))
+        return module
+
+    @staticmethod
+    def rank_bound(tensors: dict[str, torch.Tensor]) -> int:
+        return 1
+
+
+class AdapterNetwork(nn.Module):
+    """Adapter modules injected into a UNet (+ text encoder), keyed by their file keys."""
+
+    def __init__(self, *, targets: list, modules: dict[str, nn.Module], spec: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.adapters = nn.ModuleDict(modules)
+        self._targets = {t.key: t for t in targets}
+        self._applied = False
+        self._apply_to_models()
+
+    # --- injection --------------------------------------------------------------------
+    def _apply_to_models(self) -> None:
+        for key, target in self._targets.items():
+            setattr(target.parent, target.attr, self.adapters[key])
+        self.adapters.requires_grad_(True)
+        self._applied = True
+
+    def remove(self) -> None:
+        """Put the original layers back (the adapter modules keep their weights)."""
+        if not self._applied:
+            return
+        for target in self._targets.values():
+            setattr(target.parent, target.attr, target.layer)
+        self._applied = False
+
+    def _apply(self, fn, recurse: bool = True):
+        # The frozen base layers are not submodules of the adapters; move/cast them together so
+        # ``net.to(device)`` keeps base and adapter on one device.
+        for target in self._targets.values():
+            target.layer._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.adapters.keys())
+
+    def is_text_encoder(self, key: str) -> bool:
+        return self._targets[key].text_encoder
+
+    # --- training ---------------------------------------------------------------------
+    def set_multiplier(self, multiplier: float) -> None:
+        """λ in forward(x) = base(x) + λ·ΔW·x for every module."""
+        for module in self.adapters.values():
+            module.multiplier = float(multiplier)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every trainable adapter parameter, UNet modules first."""
+        unet, te = self._split_parameters()
+        return unet + te
+
+    def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        unet: list[nn.Parameter] = []
+        te: list[nn.Parameter] = []
+        for key, module in self.adapters.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            (te if self.is_text_encoder(key) else unet).extend(params)
+        return unet, te
+
+    def parameter_groups(self, *, lr: float, text_encoder_lr: float | None = None) -> list[dict]:
+        """Optimizer groups: UNet adapters at ``lr``, text-encoder adapters at ``text_encoder_lr``
+        (None → ``lr``, as in the paper). Empty groups are left out."""
+        unet, te = self._split_parameters()
+        groups = []
+        if unet:
+            groups.append({"params": unet, "lr": lr, "name": "unet"})
+        if te:
+            groups.append(
+                {"params": te, "lr": lr if text_encoder_lr is None else text_encoder_lr, "name": "te"}
+            )
+        return groups
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # --- files --------------------------------------------------------------------------
+    def state_dict_for_file(self) -> dict[str, torch.Tensor]:
+        """``<key>.<suffix>`` → tensor (detached, CPU, contiguous), the kohya/LyCORIS layout."""
+        out: dict[str, torch.Tensor] = {}
+        for key, module in self.adapters.items():
+            for suffix, tensor in module.file_tensors().items():
+                out[f"{key}.{suffix}"] = tensor.detach().to("cpu").contiguous()
+        return out
+
+    def file_metadata(self, metadata: dict[str, Any] | None = None) -> dict[str, str]:
+        """Metadata strings: lyco-bench's own keys plus the hints kohya/LyCORIS tools read."""
+        spec = self.spec
+        settings = spec.model_dump(mode="json")
+        algo = spec.algo if spec.conv_algo in (None, spec.algo) else f"{spec.algo}+{spec.conv_algo}"
+        network_args = {
+            "algo": LYCORIS_ALGO_NAMES.get(spec.algo, spec.algo),
+            "preset": spec.preset,
+            "conv_dim": str(spec.conv_dim or spec.dim),
+            "conv_alpha": str(spec.conv_alpha if spec.conv_alpha is not None else spec.alpha or spec.dim),
+            "factor": str(spec.factor),
+        }
+        meta = {
+            "lyco_bench.algo": algo,
+            "lyco_bench.settings": json.dumps(settings, sort_keys=True),
+            "lyco_bench.version": __version__,
+            "lyco_bench.modules": str(len(self.adapters)),
+            "ss_network_module": "lycoris.kohya",
+            "ss_network_dim": str(spec.dim),
+            "ss_network_alpha": str(spec.alpha if spec.alpha is not None else spec.dim),
+            "ss_network_args": json.dumps(network_args, sort_keys=True),
+        }
+        for name, value in (metadata or {}).items():
+            key = name if "." in name or name.startswith("ss_") else f"lyco_bench.{name}"
+            meta[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        if "lyco_bench.base_model" in meta:
+            meta.setdefault("ss_sd_model_name", meta["lyco_bench.base_model"])
+        return meta
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Write the adapter as safetensors (atomic). ``metadata`` keys without a dot are stored
+        as ``lyco_bench.<key>`` (e.g. ``base_model``, ``epoch``); values not str become JSON."""
+        from lyco_bench.adapters.fileformat import save_tensors
+
+        save_tensors(path, self.state_dict_for_file(), self.file_metadata(metadata))
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Restore trained factors from a file this network wrote (resume): the keys and shapes
+        must match exactly; parameters are updated in place (optimizer state stays attached)."""
+        from lyco_bench.adapters.fileformat import load_adapter
+
+        file = load_adapter(path)
+        expected = {k: tuple(v.shape) for k, v in self.state_dict_for_file().items()}
+        got = {k: tuple(v.shape) for k, v in file.tensors.items()}
+        for key in sorted(set(expected) | set(got)):
+            if key not in got:
+                raise BadInput(f"{path}: key {key} missing (the file does not match this network)")
+            if key not in expected:
+                raise BadInput(f"{path}: unexpected key {key} (the file does not match this network)")
+            if expected[key] != got[key]:
+                raise BadInput(f"{path}: {key} has shape {got[key]}, the network needs {expected[key]}")
+        for key, module in self.adapters.items():
+            tensors = file.module_tensors(key)
+            if file.modules[key] is not type(module):
+                raise BadInput(f"{path}: {key} is {file.modules[key].algo}, the network has {module.algo}")
+            rebuilt = type(module).from_file_tensors(module.base, tensors, name=key)
+            rebuilt_state = rebuilt.state_dict()
+            with torch.no_grad():
+                for name, value in module.state_dict(keep_vars=True).items():
+                    value.copy_(rebuilt_state[name].to(value.device, value.dtype))
+            if "alpha" in tensors:
+                self._check_alpha(path, key, module, tensors["alpha"])
+
+    @staticmethod
+    def _check_alpha(path, key: str, module: nn.Module, alpha: torch.Tensor) -> None:
+        own = module.file_tensors().get("alpha") if isinstance(module, AdapterModule) else None
+        if own is not None and float(own) != float(alpha):
+            raise BadInput(f"{path}: {key}.alpha is {float(alpha)}, the network uses {float(own)}")
+
+    def extra_repr(self) -> str:
+        return f"modules={len(self.adapters)}, trainable={self.num_trainable()}"

@@ -1,0 +1,215 @@
+"""Operations on adapter files and model weights: dense ΔW, merge/unmerge, LoRA extraction.
+
+Merging writes W0 ← W0 + Σᵢ λᵢ·ΔWᵢ into the layers in place (any base of the architecture the
+files were trained for), after checking every key and shape first, so a bad file leaves the
+model untouched. The original weights of touched layers are kept in the returned handle so
+:func:`unmerge_adapters` restores them bit for bit.
+
+Extraction ("further compress"): for each layer where tuned ≠ base, the truncated SVD of
+D = W_tuned − W_base (flattened to [out, in·k·k]) gives the best rank-r approximation in the
+Frobenius norm (Eckart–Young): D ≈ U_r·diag(S_r)·V_rᵀ, stored as lora_up = U_r·diag(S_r),
+lora_down = V_rᵀ (a k×k down-conv and a 1×1 up-conv for conv layers), alpha = r (scale 1).
+The relative error ‖D − D_r‖_F / ‖D‖_F = sqrt(Σ_{i>r} σᵢ²) / sqrt(Σ σᵢ²) is reported per layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lyco_bench.adapters.fileformat import AdapterFile, as_adapter_file
+from lyco_bench.adapters.inject import layer_index
+from lyco_bench.errors import BadInput
+
+Source = str | os.PathLike | AdapterFile
+
+
+@dataclass
+class MergeHandle:
+    """What :func:`merge_adapters` changed: layer → (original weight, original bias)."""
+
+    originals: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    sources: list[tuple[str, float]] = field(default_factory=list)
+    merged: bool = True
+
+
+def _resolve(file: AdapterFile, index: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The layer each module key of ``file`` adapts; BadInput naming the first unknown key."""
+    layers = {}
+    for key in file.modules:
+        if key not in index:
+            raise BadInput(f"{file.name}: module {key} matches no layer of the model")
+        layers[key] = index[key]
+    return layers
+
+
+def _rebuild(file: AdapterFile, key: str, layer: nn.Module):
+    """The adapter module for ``key`` built on ``layer`` (validates shapes; BadInput names it).
+
+    Construction initializes factors with the global RNG before they are overwritten; the RNG
+    state is forked so merging never changes what a later seeded computation draws.
+    """
+    cls = file.modules[key]
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)) and cls.algo != "norm":
+        raise BadInput(
+            f"{file.name}: module {key} is a {type(layer).__name__}, {cls.algo} needs Linear or Conv2d"
+        )
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return cls.from_file_tensors(layer, file.module_tensors(key), name=f"{file.name}: {key}")
+        except (RuntimeError, TypeError) as exc:
+            raise BadInput(
+                f"{file.name}: module {key} does not fit layer {tuple(layer.weight.shape)}: {exc}"
+            ) from None
+
+
+def delta_weights(
+    file: Source, unet: nn.Module | None, text_encoder: nn.Module | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Dense (ΔW, Δb) per module key of an adapter file, in float32 on the CPU (Δb None unless
+    the algorithm changes the bias). The models only supply shapes and W0 (native: ΔW = W − W0)."""
+    file = as_adapter_file(file)
+    layers = _resolve(file, layer_index(unet, text_encoder))
+    out = {}
+    with torch.no_grad():
+        for key, layer in layers.items():
+            module = _rebuild(file, key, layer)
+            bias = module.delta_bias()
+            out[key] = (
+                module.delta_weight().detach().float().cpu(),
+                None if bias is None else bias.detach().float().cpu(),
+            )
+    return out
+
+
+def combined_delta(
+    sources: list[tuple[Source, float]], unet: nn.Module | None, text_encoder: nn.Module | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Σᵢ λᵢ·(ΔWᵢ, Δbᵢ) per module key over several files (each file validated in full first)."""
+    total: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for source, lam in sources:
+        for key, (dw, db) in delta_weights(source, unet, text_encoder).items():
+            w, b = total.get(key, (torch.zeros_like(dw), None))
+            if db is not None:
+                b = lam * db if b is None else b + lam * db
+            total[key] = (w + lam * dw, b)
+    return total
+
+
+def merge_adapters(
+    unet: nn.Module | None, text_encoder: nn.Module | None, adapters: list[tuple[Source, float]]
+) -> MergeHandle:
+    """W0 ← W0 + Σᵢ λᵢ·ΔWᵢ in place for every module of every file; returns the handle for
+    :func:`unmerge_adapters`. Everything is validated before the first weight changes."""
+    files = [(as_adapter_file(src), float(lam)) for src, lam in adapters]
+    index = layer_index(unet, text_encoder)
+    total = combined_delta(files, unet, text_encoder)
+    handle = MergeHandle(sources=[(f.name, lam) for f, lam in files])
+    with torch.no_grad():
+        for key, (dw, db) in total.items():
+            layer = index[key]
+            bias = getattr(layer, "bias", None)
+            handle.originals[key] = (
+                layer,
+                layer.weight.detach().clone(),
+                None if bias is None else bias.detach().clone(),
+            )
+            # Sum in float32, round once into the layer's dtype.
+            layer.weight.copy_((layer.weight.float() + dw.to(layer.weight.device)).to(layer.weight.dtype))
+            if db is not None and bias is not None:
+                bias.copy_((bias.float() + db.to(bias.device)).to(bias.dtype))
+    return handle
+
+
+def unmerge_adapters(handle: MergeHandle) -> None:
+    """Restore the weights :func:`merge_adapters` changed, exactly."""
+    if not handle.merged:
+        return
+    with torch.no_grad():
+        for layer, weight, bias in handle.originals.values():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+    handle.merged = False
+
+
+@dataclass
+class ExtractionRow:
+    """One extracted layer: its key, weight shape, rank kept and relative Frobenius error."""
+
+    key: str
+    shape: tuple[int, ...]
+    rank: int
+    relative_error: float
+    bias_changed: bool
+
+
+def _low_rank(diff: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Truncated SVD of diff [out, in(,k,k)] → (up [out, r], down [r, in·k·k], r, relative error)."""
+    mat = diff.reshape(diff.shape[0], -1).double()  # (out, in·k·k)
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    r = min(rank, s.numel())
+    total = float(s.square().sum())
+    rest = float(s[r:].square().sum())
+    error = (rest / total) ** 0.5 if total > 0 else 0.0
+    return u[:, :r] * s[:r], vh[:r], r, error
+
+
+def extract_lora(
+    base_unet: nn.Module | None,
+    base_te: nn.Module | None,
+    tuned_unet: nn.Module | None,
+    tuned_te: nn.Module | None,
+    *,
+    rank: int,
+    conv_rank: int | None = None,
+    threshold: float = 0.0,
+) -> tuple[dict[str, torch.Tensor], list[ExtractionRow]]:
+    """LoRA/LoCon tensors (file layout) approximating tuned − base in every Linear/Conv2d.
+
+    ``conv_rank`` (None → ``rank``) is used for k×k convolutions. Layers whose difference has a
+    Frobenius norm ≤ ``threshold``·‖W_base‖_F are skipped (0: skip only exactly equal ones).
+    Returns the tensors and one :class:`ExtractionRow` per extracted layer.
+    """
+    if rank < 1 or (conv_rank is not None and conv_rank < 1):
+        raise BadInput("extract: rank must be ≥ 1")
+    base_index = {
+        k: v for k, v in layer_index(base_unet, base_te).items() if isinstance(v, (nn.Linear, nn.Conv2d))
+    }
+    tuned_index = {
+        k: v for k, v in layer_index(tuned_unet, tuned_te).items() if isinstance(v, (nn.Linear, nn.Conv2d))
+    }
+    tuned_ids = {id(v): k for k, v in tuned_index.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    rows: list[ExtractionRow] = []
+    for key, base in base_index.items():
+        tuned = tuned_index.get(key)
+        if tuned is None or tuned_ids.get(id(tuned)) != key:
+            continue  # alias key or layer absent in the tuned model
+        if tuned.weight.shape != base.weight.shape:
+            raise BadInput(
+                f"extract: {key} has shape {tuple(tuned.weight.shape)} in the tuned model, {tuple(base.weight.shape)} in the base"
+            )
+        diff = tuned.weight.detach().float().cpu() - base.weight.detach().float().cpu()
+        norm = float(diff.norm())
+        if norm == 0.0 or norm <= threshold * float(base.weight.detach().float().norm()):
+            continue
+        is_kxk = isinstance(base, nn.Conv2d) and max(base.kernel_size) > 1
+        up, down, r, error = _low_rank(diff, (conv_rank or rank) if is_kxk else rank)
+        dtype = base.weight.dtype
+        if isinstance(base, nn.Conv2d):
+            down = down.reshape(r, *base.weight.shape[1:])  # (r, in, k, k): the k×k down-conv
+            up = up.reshape(up.shape[0], r, 1, 1)  # (out, r, 1, 1): the 1×1 up-conv
+        tensors[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
+        tensors[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(r))
+        bias_changed = base.bias is not None and not torch.equal(
+            base.bias.detach().cpu(), tuned.bias.detach().cpu()
+        )
+        rows.append(ExtractionRow(key, tuple(base.weight.shape), r, error, bias_changed))
+    if not rows:
+        raise BadInput("extract: the tuned model does not differ from the base in any Linear/Conv2d layer")
+    return tensors, rows
