@@ -1,0 +1,460 @@
+"""Training data: the dataset tree, captions, aspect-ratio buckets, the latent cache, the demo dataset.
+
+A dataset is ``<root>/<category>/<concept>[/<subclass>]/`` folders of images with same-stem ``.txt``
+tag captions (the kohya sd-scripts layout) plus ``<root>/dataset.yaml`` naming each concept's
+trigger, descriptive words, tags to strip and repeats (datasets/README.md). PAPER.md §2–3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import Field, field_validator
+
+from lyco_bench.config import StrictModel, read_yaml, validate
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import console
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+CAPTION_STRATEGIES = ("tags", "trigger", "all-tags")
+# PAPER.md §2: 512 px, buckets 320–960 in steps of 64.
+DEFAULT_RESOLUTION, DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE, DEFAULT_STEP = 512, 320, 960, 64
+
+
+class SubclassSpec(StrictModel):
+    trigger_suffix: str = ""
+    """Appended to the concept trigger after ", " (e.g. "toid outfit")."""
+    descriptive_suffix: str = ""
+    """Appended to the descriptive words after ", " for CLIP text (often empty)."""
+
+
+class ConceptSpec(StrictModel):
+    trigger: str
+    """The text trained and prompted for this concept, e.g. "whoo anime girl"."""
+    descriptive: str = ""
+    """Words replacing the trigger in text given to CLIP (PAPER.md §5); may be empty."""
+    strip_tags: list[str] = []
+    """Concept-specific tags removed from captions by the ``tags`` strategy."""
+    repeats: int = Field(1, ge=1)
+    """How many times each image is seen per epoch (balances uneven concepts)."""
+    subclasses: dict[str, SubclassSpec] = {}
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("trigger must not be empty")
+        return value.strip()
+
+
+class DatasetSpec(StrictModel):
+    name: str
+    version: str
+    concepts: dict[str, ConceptSpec]
+    """Keyed by ``category/concept`` (the folder path under the root)."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) else value
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    tags: list[str]
+    category: str
+    concept: str
+    subclass: str | None
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Concept:
+    category: str
+    name: str
+    subclass: str | None
+    trigger: str
+    descriptive: str
+    strip_tags: list[str]
+    repeats: int
+    images: list[ImageItem] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return "/".join(p for p in (self.category, self.name, self.subclass) if p)
+
+
+@dataclass
+class Dataset:
+    name: str
+    version: str
+    root: Path
+    concepts: list[Concept]
+    skipped: list[Path] = field(default_factory=list)
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({c.category for c in self.concepts})
+
+    def find(self, category: str, concept: str | None = None, subclass: str | None = None) -> list[Concept]:
+        """Leaves under a category, optionally narrowed to a concept and a subclass."""
+        return [
+            c
+            for c in self.concepts
+            if c.category == category
+            and (concept is None or c.name == concept)
+            and (subclass is None or c.subclass == subclass)
+        ]
+
+    def items(self) -> list[tuple[Concept, ImageItem]]:
+        """Every (concept, image) pair, in dataset order."""
+        return [(c, item) for c in self.concepts for item in c.images]
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def split_tags(text: str) -> list[str]:
+    """Comma- or newline-separated tags, stripped, empty ones dropped."""
+    return [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
+
+
+def _read_tags(image: Path) -> list[str]:
+    caption = image.with_suffix(".txt")
+    if not caption.is_file():
+        return []
+    try:
+        return split_tags(caption.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise BadInput(f"{caption}: caption file is not UTF-8") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after fully decoding the file, so truncated images fail here, not mid-run."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise BadInput(
+            f"{path}: unreadable image ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})"
+        ) from None
+
+
+def _leaf(
+    root: Path, folder: Path, *, spec: ConceptSpec, names: tuple, skip_bad: bool, skipped: list
+) -> Concept:
+    category, concept, subclass = names
+    sub = spec.subclasses.get(subclass) if subclass else None
+    trigger, descriptive = spec.trigger, spec.descriptive
+    if sub and sub.trigger_suffix:
+        trigger = f"{trigger}, {sub.trigger_suffix}"
+    if sub and sub.descriptive_suffix:
+        descriptive = ", ".join(p for p in (descriptive, sub.descriptive_suffix) if p)
+    leaf = Concept(category, concept, subclass, trigger, descriptive, list(spec.strip_tags), spec.repeats)
+    for path in _image_files(folder):
+        try:
+            width, height = image_size(path)
+        except BadInput:
+            if not skip_bad:
+                raise
+            skipped.append(path)
+            continue
+        leaf.images.append(ImageItem(path, _read_tags(path), category, concept, subclass, width, height))
+    if not leaf.images:
+        raise BadInput(f"{folder}: concept {leaf.key} has no readable images")
+    return leaf
+
+
+def _concept_leaves(
+    root: Path, key: str, spec: ConceptSpec, *, skip_bad: bool, skipped: list
+) -> list[Concept]:
+    folder = root / key
+    category, concept = key.split("/")
+    subs = _subdirs(folder)
+    unknown = sorted(set(spec.subclasses) - {p.name for p in subs})
+    if unknown:
+        raise BadInput(
+            f"{root / 'dataset.yaml'}: concepts.{key}.subclasses.{unknown[0]}: no folder {folder / unknown[0]}"
+        )
+    leaves = []
+    if _image_files(folder) or not subs:
+        leaves.append(
+            _leaf(
+                root, folder, spec=spec, names=(category, concept, None), skip_bad=skip_bad, skipped=skipped
+            )
+        )
+    for sub in subs:
+        names = (category, concept, sub.name)
+        leaves.append(_leaf(root, sub, spec=spec, names=names, skip_bad=skip_bad, skipped=skipped))
+    return leaves
+
+
+def load_dataset(
+    root: str | Path, *, categories: Sequence[str] | None = None, skip_bad_images: bool = False
+) -> Dataset:
+    """Read ``<root>/dataset.yaml`` and the folder tree; one :class:`Concept` per leaf folder.
+
+    Every concept folder needs an entry in dataset.yaml (its trigger) and every entry a folder.
+    ``categories`` keeps only those categories. Unreadable images are errors, or with
+    ``skip_bad_images`` are left out with a warning (``Dataset.skipped`` lists them).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInput(f"{root}: no such dataset folder")
+    yaml_path = root / "dataset.yaml"
+    spec = validate(DatasetSpec, read_yaml(yaml_path), source=str(yaml_path))
+    for key in spec.concepts:
+        if key.count("/") != 1 or not (root / key).is_dir():
+            raise BadInput(f"{yaml_path}: concepts.{key}: no folder {root / key} (expected category/concept)")
+    on_disk = [f"{c.name}/{k.name}" for c in _subdirs(root) for k in _subdirs(c)]
+    for key in on_disk:
+        if key not in spec.concepts:
+            raise BadInput(f"{root / key}: concept has no entry (no trigger) in {yaml_path}")
+    if categories is not None:
+        known = {key.split("/")[0] for key in on_disk}
+        for cat in categories:
+            if cat not in known:
+                raise BadInput(
+                    f"categories: unknown category {cat!r} in {root} (have {', '.join(sorted(known))})"
+                )
+    skipped: list[Path] = []
+    concepts = []
+    for key in sorted(on_disk):
+        if categories is None or key.split("/")[0] in categories:
+            concepts += _concept_leaves(
+                root, key, spec.concepts[key], skip_bad=skip_bad_images, skipped=skipped
+            )
+    if skipped:
+        console.print(f"warning: skipped {len(skipped)} unreadable image(s) in {root}, e.g. {skipped[0]}")
+    return Dataset(spec.name, spec.version, root, concepts, skipped)
+
+
+def _norm_tag(tag: str) -> str:
+    # Taggers write "red_hair" or "red hair"; compare both alike.
+    return tag.strip().lower().replace("_", " ")
+
+
+def caption_for(
+    item: ImageItem,
+    concept: Concept,
+    strategy: str = "tags",
+    *,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> str:
+    """The training caption of an image (PAPER.md §3).
+
+    ``tags``: the trigger, then the image's tags without the concept's own (``strip_tags``);
+    ``trigger``: the trigger alone (DreamBooth style); ``all-tags``: the trigger, then every tag.
+    A tag equal to the trigger is never repeated. With ``dropout`` p > 0, one uniform number is
+    drawn from ``generator`` per call and the caption is empty with probability p.
+    """
+    if strategy not in CAPTION_STRATEGIES:
+        raise BadInput(f"captions: unknown strategy {strategy!r} (choose {', '.join(CAPTION_STRATEGIES)})")
+    if dropout > 0:
+        if torch.rand((), generator=generator).item() < dropout:
+            return ""
+    if strategy == "trigger":
+        return concept.trigger
+    drop = {_norm_tag(concept.trigger)}
+    if strategy == "tags":
+        drop |= {_norm_tag(t) for t in concept.strip_tags}
+    tags = [t for t in item.tags if _norm_tag(t) not in drop]
+    return ", ".join([concept.trigger, *tags])
+
+
+# --- the demo dataset: drawn procedurally, no downloads -------------------------------------------
+
+# (category, concept, subclass, count, trigger, descriptive, concept tags, trigger suffix, descriptive suffix)
+DEMO_LEAVES = [
+    (
+        "patterns",
+        "checker",
+        None,
+        4,
+        "kdl style",
+        "checkerboard pattern",
+        ["checkerboard", "squares"],
+        "",
+        "",
+    ),
+    ("patterns", "stripes", None, 6, "pgs style", "diagonal stripes", ["stripes", "diagonal lines"], "", ""),
+    ("shapes", "circle", None, 5, "zqx shape", "red circle", ["red circle", "round"], "", ""),
+    (
+        "shapes",
+        "triangle",
+        "filled",
+        3,
+        "vrm shape",
+        "blue triangle",
+        ["blue triangle"],
+        "plo variant",
+        "filled",
+    ),
+    (
+        "shapes",
+        "triangle",
+        "hollow",
+        4,
+        "vrm shape",
+        "blue triangle",
+        ["blue triangle"],
+        "dax variant",
+        "outline",
+    ),
+]
+DEMO_BACKGROUNDS = {
+    "white": (245, 245, 240),
+    "yellow": (240, 220, 120),
+    "grey": (150, 150, 150),
+    "pink": (235, 170, 190),
+}
+
+
+def _demo_image(kind: str, *, rng, width: int, height: int):
+    """One procedurally drawn image and its generic tags; ``kind`` is the leaf's concept/subclass."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    bg_name = list(DEMO_BACKGROUNDS)[int(rng.integers(len(DEMO_BACKGROUNDS)))]
+    tags = [f"{bg_name} background"]
+    if kind in ("checker", "stripes"):
+        cell = int(rng.integers(max(2, width // 12), max(3, width // 5)))
+        yy, xx = np.mgrid[0:height, 0:width]
+        if kind == "checker":
+            mask = ((xx // cell + yy // cell) % 2).astype(bool)
+            fg, bg = np.array([110, 40, 150]), np.array([240, 140, 40])
+        else:
+            mask = (((xx + yy) // cell) % 2).astype(bool)
+            fg, bg = np.array([30, 140, 60]), np.array(DEMO_BACKGROUNDS[bg_name])
+        pixels = np.where(mask[..., None], fg, bg).astype(np.float64)
+        tags.append("large pattern" if cell > width // 8 else "small pattern")
+    else:
+        pixels = np.broadcast_to(np.array(DEMO_BACKGROUNDS[bg_name], float), (height, width, 3)).copy()
+    noisy = bool(rng.random() < 0.5)
+    if noisy:
+        pixels += rng.normal(0.0, 12.0, pixels.shape)
+        tags.append("noise")
+    image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "RGB")
+    if kind in ("circle", "filled", "hollow"):
+        size = int(min(width, height) * rng.uniform(0.3, 0.7))
+        cx = int(rng.integers(size // 2, width - size // 2 + 1))
+        cy = int(rng.integers(size // 2, height - size // 2 + 1))
+        box = (cx - size // 2, cy - size // 2, cx + size // 2, cy + size // 2)
+        draw = ImageDraw.Draw(image)
+        if kind == "circle":
+            draw.ellipse(box, fill=(210, 30, 30))
+        else:
+            points = [(cx, box[1]), (box[2], box[3]), (box[0], box[3])]
+            fill = (40, 60, 200) if kind == "filled" else None
+            draw.polygon(points, fill=fill, outline=(40, 60, 200), width=1 if fill else max(2, size // 8))
+        tags.append("large" if size > min(width, height) // 2 else "small")
+        tags.append(
+            "centered"
+            if abs(cx - width / 2) < width / 8
+            else ("left side" if cx < width / 2 else "right side")
+        )
+    return image, ["simple background", *tags] if kind not in ("checker", "stripes") else tags
+
+
+def _demo_yaml() -> str:
+    import yaml
+
+    concepts: dict[str, dict] = {}
+    for cat, name, sub, _, trigger, descriptive, strip, t_suffix, d_suffix in DEMO_LEAVES:
+        entry = concepts.setdefault(
+            f"{cat}/{name}",
+            {"trigger": trigger, "descriptive": descriptive, "strip_tags": strip, "repeats": 1},
+        )
+        if sub:
+            entry.setdefault("subclasses", {})[sub] = {
+                "trigger_suffix": t_suffix,
+                "descriptive_suffix": d_suffix,
+            }
+    concepts["patterns/checker"]["repeats"] = 2  # the smallest concept, balanced against stripes
+    spec = {"name": "demo", "version": "1", "concepts": concepts}
+    header = "# lyco-bench demo dataset, drawn by `lyco-bench make-demo-dataset` (datasets/README.md)\n"
+    return header + yaml.safe_dump(spec, sort_keys=True)
+
+
+def make_demo_dataset(
+    root: str | Path, *, seed: int = 0, image_size: int = 64, images_per_concept: int | None = None
+) -> Path:
+    """Draw the demo dataset into ``root`` (which must be absent or empty); same seed → same bytes.
+
+    2 categories × 2 concepts, one concept with two subclasses, 3–6 images per leaf (or
+    ``images_per_concept`` each), a few non-square images so buckets matter, tag captions.
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise BadInput(f"{root}: already exists and is not an empty folder")
+    if image_size < 16:
+        raise BadInput(f"--size {image_size}: must be at least 16")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        for leaf_index, (cat, name, sub, count, *_) in enumerate(DEMO_LEAVES):
+            rng = np.random.default_rng([seed, leaf_index])
+            folder = tmp / cat / name / (sub or "")
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(images_per_concept or count):
+                # Image 1 of each leaf is landscape 3:2, image 2 of even leaves portrait 4:5.
+                width = image_size * 3 // 2 if i == 1 else image_size
+                height = image_size * 5 // 4 if i == 2 and leaf_index % 2 == 0 else image_size
+                image, tags = _demo_image(sub or name, rng=rng, width=width, height=height)
+                concept_tags = DEMO_LEAVES[leaf_index][6]
+                image.save(folder / f"{i:03d}.png", format="PNG")
+                (folder / f"{i:03d}.txt").write_text(
+                    ", ".join([*concept_tags, *tags]) + "\n", encoding="utf-8"
+                )
+        (tmp / "dataset.yaml").write_text(_demo_yaml(), encoding="utf-8")
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _cmd_make_demo_dataset(args: argparse.Namespace) -> int:
+    root = make_demo_dataset(Path(args.dir), seed=args.seed, image_size=args.size)
+    ds = load_dataset(root)
+    n = sum(len(c.images) for c in ds.concepts)
+    console.print(
+        f"demo dataset written to {root}: {n} images, {len(ds.concepts)} leaves, {len(ds.categories)} categories"
+    )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "make-demo-dataset",
+        help="draw the small procedural demo dataset (no downloads)",
+        description="Draw the demo dataset (2 categories x 2 concepts, one with subclasses, tag captions, "
+        "dataset.yaml) into DIR; deterministic for a seed.",
+    )
+    p.add_argument("dir", help="output folder (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0, help="drawing seed (default 0)")
+    p.add_argument("--size", type=int, default=64, help="short image side in pixels (default 64)")
+    p.set_defaults(func=_cmd_make_demo_dataset)
