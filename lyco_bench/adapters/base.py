@@ -83,6 +83,12 @@ class AdapterModule(nn.Module):
         """Δb, for algorithms that also train the bias (native); None otherwise."""
         return None
 
+    def delta_weight_vjp(self, grad_w: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """dL/dθ for each trainable parameter θ given dL/dΔW (autograd through delta_weight)."""
+        params = tuple(p for p in self.parameters() if p.requires_grad)
+        with torch.enable_grad():
+            return torch.autograd.grad(self.delta_weight(), params, grad_w, allow_unused=True)
+
     def prefers_merged(self, x: torch.Tensor) -> bool:
         """Whether one op on the temporary W0 + λ·ΔW is cheaper than base(x) + λ·bypass(x)."""
         return False
@@ -167,8 +173,7 @@ class _MergedForward(torch.autograd.Function):
             lam = module.multiplier
             with torch.enable_grad():
                 if module.grad_mode == "dense":
-                    grad_w = _weight_grad(module, x, grad_out).mul_(lam)
-                    grads = torch.autograd.grad(module.delta_weight(), params, grad_w, allow_unused=True)
+                    grads = module.delta_weight_vjp(_weight_grad(module, x, grad_out).mul_(lam))
                 else:
                     out = module.bypass(x.detach())
                     grads = torch.autograd.grad(out, params, grad_out * lam, allow_unused=True)
