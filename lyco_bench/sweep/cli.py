@@ -1,0 +1,172 @@
+"""``lyco-bench plan STUDY`` and ``lyco-bench run STUDY``: the sweep's command line."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lyco_bench.errors import BadInput
+from lyco_bench.sweep.planner import KINDS, Plan, build_plan, estimate_left
+from lyco_bench.sweep.store import StudyStore
+from lyco_bench.sweep.study import load_study
+from lyco_bench.utils import atomic_write_json, console
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def load_plan(study_path: str, overrides: list[str], store_dir: str) -> Plan:
+    """Study file + overrides → plan against the store (no heavy imports)."""
+    study = load_study(study_path, overrides)
+    store = StudyStore.open(store_dir, study.name)
+    return build_plan(study, store)
+
+
+def validate_stage_settings(plan: Plan) -> None:
+    """Check every block owned by another stage with that stage's config class (BadInput on error)."""
+    from lyco_bench.config import validate
+    from lyco_bench.generation import SamplerSettings
+    from lyco_bench.sweep.stages import run_config_for
+
+    study = plan.study.study
+    validate(SamplerSettings, study.sampler, source=f"{plan.study.source}: sampler")
+    seen: set[str] = set()
+    for job in plan.of_kind("train"):
+        if job.params["config"] not in seen:
+            seen.add(job.params["config"])
+            try:
+                run_config_for(job, plan.store)
+            except BadInput as exc:
+                config = next(c for c in plan.study.configs if c.name == job.params["config"])
+                raise BadInput(f"{plan.study.source}: {config.key_path}: {exc}") from None
+
+
+def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False) -> str:
+    from rich.table import Table
+
+    table = Table(title=f"plan {plan.study.name} ({plan.store.root})")
+    for col in ("kind", "jobs", "done", "left", "work left"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    left_s, measured = estimate_left(plan, done)
+    for kind in KINDS:
+        jobs = plan.of_kind(kind)
+        if not jobs:
+            continue
+        n_done = sum(job.id in done for job in jobs)
+        table.add_row(
+            kind, str(len(jobs)), str(n_done), str(len(jobs) - n_done), _human(left_s.get(kind, 0.0))
+        )
+    console.print(table)
+    if list_jobs:
+        for job in plan.jobs:
+            console.print(f"{'done' if job.id in done else 'left'}  {job.id}", highlight=False)
+    n_left = len(plan.jobs) - len(done)
+    source = "recorded durations" if measured else "rough per-kind costs"
+    return (
+        f"plan {plan.study.name}: {len(plan.jobs)} jobs, {len(done)} done, {n_left} left, "
+        f"~{_human(sum(left_s.values()))} of work left ({source})"
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    plan = load_plan(args.study, args.overrides, args.store)
+    done = plan.done_ids()
+    summary = print_plan(plan, done, list_jobs=args.list)
+    print(f"{summary} [{time.perf_counter() - start:.2f} s]")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lyco_bench.sweep.executors import run_plan
+
+    start = time.perf_counter()
+    plan = load_plan(args.study, args.overrides, args.store)
+    validate_stage_settings(plan)
+    atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
+    retries = args.max_retries if args.max_retries is not None else plan.study.study.max_retries
+    summary = run_plan(
+        plan,
+        backend=args.backend,
+        jobs=args.jobs,
+        address=args.address,
+        max_retries=retries,
+        threads=args.threads,
+    )
+    ran = f"{len(summary.ran)} jobs run, {summary.already_done + len(summary.skipped)} already done"
+    if not summary.complete:
+        for job_id, error in summary.failed.items():
+            console.print(f"[red]failed[/red] {job_id}:\n{error}", highlight=False)
+        print(
+            f"run {plan.study.name}: {ran}, {len(summary.failed)} failed, {len(summary.blocked)} not run "
+            f"(they need a failed job); store {plan.store.root}"
+        )
+        return 1
+    report = _finish(plan, args)
+    elapsed = time.perf_counter() - start
+    where = f"report {report}" if report else f"results {plan.store.results_path}"
+    print(f"run {plan.study.name}: {ran} in {elapsed:.1f} s; {where}")
+    return 0
+
+
+def _finish(plan: Plan, args: argparse.Namespace) -> Path | None:
+    from lyco_bench.sweep.collect import analyze_and_report, collect
+
+    if not plan.of_kind("score"):
+        return None
+    results = collect(plan)
+    if args.no_analysis:
+        return None
+    return analyze_and_report(plan, results, reports_dir=Path(args.reports), plots=not args.no_plots)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a study key, e.g. seeds=[23]")
+    p.add_argument(
+        "--store", default="runs", help="store folder; the study lives in STORE/<study> (default: runs)"
+    )
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="show a study's jobs, what is done and the work left",
+        description="Expand a study into train/generate/encode/score jobs and compare with the store.",
+    )
+    _common(p)
+    p.add_argument("--list", action="store_true", help="also list every job id with its state")
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser(
+        "run",
+        help="run a whole study (skipping what is done), then analysis, leaderboard and report",
+        description=(
+            "Run every job of a study that is not done yet — resumable after any interruption — then "
+            "collect the results, fit CatBoost + SHAP, and write the leaderboard and reports/<study>/index.html."
+        ),
+    )
+    _common(p)
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (default: local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="jobs at the same time (local: worker processes; default 1)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per worker (default: cores / jobs)"
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=None, help="retries of a failed job (default: the study's)"
+    )
+    p.add_argument("--reports", default="reports", help="where reports/<study>/ goes (default: reports)")
+    p.add_argument("--no-analysis", action="store_true", help="stop after the results table")
+    p.add_argument("--no-plots", action="store_true", help="analysis without figures")
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,269 @@
+"""Executors: run a plan's jobs locally (in-process or a process pool) or on Ray, resumably.
+
+One scheduler loop serves every backend: it submits jobs whose dependencies are done, up to
+``jobs`` at a time, retries failures up to ``max_retries`` times, and skips the dependents of a
+job that keeps failing. The unit of work, :func:`execute_job`, is the same everywhere: take the
+job's lock (``O_CREAT|O_EXCL``), re-check its done marker, run it, write the marker last, release
+the lock. A job locked by another live runner is left to that runner and waited for, so two
+runners on one store never do the same job twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from lyco_bench.errors import BadInput
+from lyco_bench.sweep.planner import Job, Plan
+from lyco_bench.sweep.store import StudyStore
+from lyco_bench.utils import console, progress_bar
+
+POLL_S = 0.5
+
+
+def execute_job(
+    job_data: dict[str, Any], store_root: str, *, attempt: int = 1, threads: int | None = None
+) -> dict:
+    """Run one job under its lock. Returns ``{"status": done|skipped|busy|failed, …}``; never raises."""
+    from pathlib import Path
+
+    from lyco_bench.sweep.stages import run_stage
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    job = Job.from_dict(job_data)
+    store = StudyStore(Path(store_root))
+    lock = store.try_lock(job.id)
+    if lock is None:
+        return {"status": "busy", "job": job.id}
+    try:
+        if store.is_done(job.id):  # finished by another runner between our check and the lock
+            return {"status": "skipped", "job": job.id}
+        start = time.perf_counter()
+        outputs = run_stage(job, store)
+        duration = time.perf_counter() - start
+        store.write_marker(job, outputs, duration_s=duration, attempt=attempt)
+        return {"status": "done", "job": job.id, "duration_s": duration, "pid": os.getpid()}
+    except BadInput as exc:
+        return {"status": "failed", "job": job.id, "error": f"error: {exc}", "retry": False}
+    except Exception as exc:  # noqa: BLE001 - reported, retried by the scheduler
+        detail = traceback.format_exc(limit=8)
+        return {
+            "status": "failed",
+            "job": job.id,
+            "error": f"{type(exc).__name__}: {exc}\n{detail}",
+            "retry": True,
+        }
+    finally:
+        lock.release()
+
+
+# --- backends: submit(job, attempt) -> handle; wait(handles) -> finished handles -------------
+class InProcessBackend:
+    """Runs each job when submitted, in this process (GPU if present): the default."""
+
+    capacity = 1
+
+    def __init__(self, store: StudyStore, threads: int | None = None) -> None:
+        self.store = store
+        self.threads = threads
+
+    def submit(self, job: Job, attempt: int) -> Future:
+        fut: Future = Future()
+        fut.set_result(
+            execute_job(job.to_dict(), str(self.store.root), attempt=attempt, threads=self.threads)
+        )
+        return fut
+
+    def wait(self, handles: list[Future]) -> list[Future]:
+        return [h for h in handles if h.done()]
+
+    def result(self, handle: Future) -> dict:
+        return handle.result()
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessPoolBackend(InProcessBackend):
+    """``--jobs N`` locally: N worker processes, each with cpu_count/N torch threads."""
+
+    def __init__(self, store: StudyStore, workers: int, threads: int | None = None) -> None:
+        import multiprocessing
+
+        super().__init__(store, threads or max(1, (os.cpu_count() or 1) // workers))
+        self.capacity = workers
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: Job, attempt: int) -> Future:
+        return self.pool.submit(
+            execute_job, job.to_dict(), str(self.store.root), attempt=attempt, threads=self.threads
+        )
+
+    def wait(self, handles: list[Future]) -> list[Future]:
+        finished, _ = wait(handles, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        return list(finished)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class RunSummary:
+    """What one ``run`` did."""
+
+    total: int
+    already_done: int
+    ran: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.blocked
+
+
+@dataclass
+class _State:
+    done: set[str]
+    pending: list[Job]
+    in_flight: dict[Any, Job] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    busy_since: dict[str, float] = field(default_factory=dict)
+
+
+def _ready(state: _State, busy_recheck: float) -> list[Job]:
+    now = time.monotonic()
+    flying = {job.id for job in state.in_flight.values()}
+    return [
+        job
+        for job in state.pending
+        if job.id not in flying
+        and all(dep in state.done for dep in job.deps)
+        and now - state.busy_since.get(job.id, -1e9) >= busy_recheck
+    ]
+
+
+def _blocked(state: _State, by_id: dict[str, Job]) -> list[str]:
+    """Pending jobs that can never run because something they need failed for good."""
+    dead = set(state.failed)
+    changed = True
+    while changed:
+        changed = False
+        for job in state.pending:
+            if job.id not in dead and any(dep in dead for dep in job.deps):
+                dead.add(job.id)
+                changed = True
+    return [job.id for job in state.pending if job.id in dead and job.id not in state.failed]
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    backend: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    max_retries: int = 1,
+    threads: int | None = None,
+    on_event: Callable[[str, Job, dict], None] | None = None,
+) -> RunSummary:
+    """Run every job of ``plan`` that is not done yet; returns what happened."""
+    start = time.perf_counter()
+    done = plan.done_ids()
+    state = _State(done=set(done), pending=[job for job in plan.jobs if job.id not in done])
+    summary = RunSummary(total=len(plan.jobs), already_done=len(done))
+    runner = make_backend(backend, plan.store, jobs=jobs, address=address, threads=threads)
+    by_id = plan.by_id()
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(f"run {plan.study.name}", total=len(plan.jobs), completed=len(done), info="")
+            _loop(state, runner, summary, max_retries, bar=bar, task=task, by_id=by_id, on_event=on_event)
+    finally:
+        runner.close()
+    summary.failed = dict(state.failed)
+    summary.blocked = _blocked(state, by_id)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _loop(state, runner, summary, max_retries, *, bar, task, by_id, on_event) -> None:  # noqa: ANN001
+    while True:
+        dead = set(state.failed) | set(_blocked(state, by_id))
+        state.pending = [job for job in state.pending if job.id not in dead]
+        for job in _ready(state, busy_recheck=POLL_S * 4):
+            if len(state.in_flight) >= runner.capacity:
+                break
+            state.attempts[job.id] = state.attempts.get(job.id, 0) + 1
+            bar.update(task, info=f"{job.kind} {job.name}")
+            state.in_flight[runner.submit(job, state.attempts[job.id])] = job
+        if not state.in_flight:
+            if not state.pending:
+                return
+            if not state.busy_since:
+                return  # nothing runnable, nothing running elsewhere: the rest is blocked
+            time.sleep(POLL_S)
+            _recheck_busy(state, runner.store)
+            continue
+        for handle in runner.wait(list(state.in_flight)):
+            job = state.in_flight.pop(handle)
+            result = runner.result(handle)
+            _settle(state, job, result, summary, max_retries)
+            if on_event:
+                on_event(result["status"], job, result)
+            bar.update(task, completed=len(state.done))
+
+
+def _recheck_busy(state: _State, store: StudyStore) -> None:
+    """Jobs another runner holds: done now? lock gone? then they leave the busy list."""
+    for job_id in list(state.busy_since):
+        if store.is_done(job_id):
+            state.done.add(job_id)
+            state.pending = [job for job in state.pending if job.id != job_id]
+            del state.busy_since[job_id]
+        elif not store.locked_by_other(job_id):
+            del state.busy_since[job_id]
+
+
+def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retries: int) -> None:
+    status = result["status"]
+    if status in ("done", "skipped"):
+        state.done.add(job.id)
+        state.pending = [j for j in state.pending if j.id != job.id]
+        state.busy_since.pop(job.id, None)
+        (summary.ran if status == "done" else summary.skipped).append(job.id)
+    elif status == "busy":
+        state.attempts[job.id] -= 1
+        state.busy_since[job.id] = time.monotonic()
+    else:
+        console.print(
+            f"[red]failed[/red] {job.kind} {job.name} (attempt {state.attempts[job.id]}): "
+            f"{result['error'].splitlines()[0]}"
+        )
+        if not result.get("retry", True) or state.attempts[job.id] > max_retries:
+            state.failed[job.id] = result["error"]
+
+
+def make_backend(
+    name: str, store: StudyStore, *, jobs: int = 1, address: str | None = None, threads: int | None = None
+) -> Any:
+    if jobs < 1:
+        raise BadInput(f"--jobs: must be ≥ 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads: must be ≥ 1, got {threads}")
+    if name == "local":
+        return InProcessBackend(store, threads) if jobs == 1 else ProcessPoolBackend(store, jobs, threads)
+    if name == "ray":
+        from lyco_bench.sweep.ray_backend import RayBackend
+
+        return RayBackend(store, jobs=jobs, address=address, threads=threads)
+    raise BadInput(f"--backend: unknown backend {name!r} (local or ray)")

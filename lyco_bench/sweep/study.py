@@ -1,0 +1,234 @@
+"""A study: one YAML file naming the model, data, prompts, metrics and the configurations to sweep.
+
+A study lists per-algorithm defaults and the one-at-a-time variations of PAPER.md §2; every
+configuration gets a name (``1001-lora8a4`` in experiments/paper.yaml). Settings cascade:
+
+    study.training  <  algorithms.<block>.training  <  algorithms.<block>.variations.<name>.training
+    algorithms.<block>.adapter  <  algorithms.<block>.variations.<name>.adapter
+
+Blocks that belong to other stages (``adapter``, ``training``, ``sampler``, ``encoders``) are
+kept as plain mappings here and validated by those stages' own config classes in
+:func:`validate_stage_settings`, so planning stays cheap and a job's hash depends only on what
+the user wrote, not on another stage's defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from lyco_bench.config import StrictModel, load_config
+from lyco_bench.errors import BadInput
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TINY_PREFIX = "tiny:"
+DEMO_PREFIX = "demo:"
+
+
+def _check_name(value: str, what: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    return value
+
+
+class Variation(StrictModel):
+    """One configuration: what differs from its algorithm block's defaults."""
+
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    """Adapter settings overriding the block's (AdapterSpec fields: dim, alpha, factor, preset, …)."""
+    training: dict[str, Any] = Field(default_factory=dict)
+    """Training settings overriding the block's and the study's (lr, …)."""
+    description: str = ""
+
+
+class AlgorithmBlock(StrictModel):
+    """Defaults for one algorithm and its named configurations."""
+
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    """AdapterSpec fields; ``algo`` defaults to the block's key."""
+    training: dict[str, Any] = Field(default_factory=dict)
+    default: str | None = None
+    """Name of the configuration that uses the block's defaults unchanged (None: no such config)."""
+    variations: dict[str, Variation] = Field(default_factory=dict)
+    """Named configurations, each a change from the defaults."""
+
+    @field_validator("default")
+    @classmethod
+    def _default_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_name(value, "configuration name")
+
+    @field_validator("variations")
+    @classmethod
+    def _variation_names(cls, value: dict[str, Variation]) -> dict[str, Variation]:
+        for name in value:
+            _check_name(name, "configuration name")
+        return value
+
+
+class PromptsSpec(StrictModel):
+    """What is generated for each checkpoint (PAPER.md §4)."""
+
+    set: str = "default"
+    """Prompt set: a name under prompts/ or a path to a YAML file."""
+    classes: list[str] | None = None
+    """Prompt classes generated per checkpoint (None: every class of the set)."""
+    base_classes: list[str] | None = None
+    """Prompt classes generated once with the base model (None: the same as ``classes``)."""
+    images_per_prompt: int | None = Field(default=None, ge=1)
+    """Images per prompt (None: the prompt set's own counts)."""
+
+
+class Study(StrictModel):
+    """A whole sweep (experiments/*.yaml)."""
+
+    name: str
+    description: str = ""
+    model: str
+    """Hub id, diffusers folder, single .safetensors file, or ``tiny:`` (built into the store)."""
+    dataset: str
+    """Dataset folder, or ``demo:`` (the generated demo dataset, built into the store)."""
+    captions: str = "tags"
+    """Caption strategy: tags | trigger | all-tags (PAPER.md §3)."""
+    prompts: PromptsSpec = Field(default_factory=PromptsSpec)
+    sampler: dict[str, Any] = Field(default_factory=dict)
+    """SamplerSettings fields (sampler, steps, cfg, width, height, seed_base, batch_size)."""
+    encoders: dict[str, Any] = Field(default_factory=dict)
+    """EncoderSettings fields (which DINOv2 / CLIP / VGG weights, ``tiny:`` for tiny random ones)."""
+    metrics: list[str] | None = None
+    """Metric names to compute (None: every non-experimental metric)."""
+    seeds: list[int] = Field(min_length=1)
+    checkpoint_epochs: list[int] = Field(min_length=1)
+    training: dict[str, Any] = Field(default_factory=dict)
+    """RunConfig fields shared by every configuration (batch size, resolution, lr schedule, …)."""
+    algorithms: dict[str, AlgorithmBlock] = Field(min_length=1)
+    analysis: dict[str, Any] = Field(default_factory=dict)
+    """Settings passed to the analysis stage (e.g. configurations left out of SHAP)."""
+    max_retries: int = Field(default=1, ge=0)
+    """How often a failed job is tried again before the run gives up on it."""
+
+    @field_validator("name")
+    @classmethod
+    def _study_name(cls, value: str) -> str:
+        return _check_name(value, "study name")
+
+    @field_validator("seeds", "checkpoint_epochs")
+    @classmethod
+    def _unique_sorted(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("values must be unique")
+        if any(v < 0 for v in value):
+            raise ValueError("values must be ≥ 0")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_config_names(self) -> Study:
+        seen: dict[str, str] = {}
+        for block_name, block in self.algorithms.items():
+            names = ([block.default] if block.default else []) + list(block.variations)
+            for name in names:
+                if name in seen:
+                    raise ValueError(
+                        f"configuration {name!r} defined in both {seen[name]!r} and {block_name!r}"
+                    )
+                seen[name] = block_name
+        if not seen:
+            raise ValueError("no configurations: give each algorithm block a `default` or `variations`")
+        return self
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """One configuration with every cascade applied: what a train job needs besides the seed."""
+
+    name: str
+    block: str
+    adapter: dict[str, Any]
+    training: dict[str, Any]
+    key_path: str = ""
+    """Where it was defined in the YAML (for error messages)."""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, recursing into nested mappings; inputs are not modified."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_configs(study: Study) -> list[ResolvedConfig]:
+    """Every configuration of the study, in YAML order (block by block, default first)."""
+    configs = []
+    for block_name, block in study.algorithms.items():
+        adapter = {"algo": block_name, **block.adapter}
+        training = deep_merge(study.training, block.training)
+        if block.default:
+            configs.append(
+                ResolvedConfig(
+                    name=block.default,
+                    block=block_name,
+                    adapter=adapter,
+                    training=training,
+                    key_path=f"algorithms.{block_name}",
+                )
+            )
+        for name, variation in block.variations.items():
+            configs.append(
+                ResolvedConfig(
+                    name=name,
+                    block=block_name,
+                    adapter=deep_merge(adapter, variation.adapter),
+                    training=deep_merge(training, variation.training),
+                    key_path=f"algorithms.{block_name}.variations.{name}",
+                    description=variation.description,
+                )
+            )
+    return configs
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A validated study and where it came from."""
+
+    study: Study
+    source: str
+    configs: list[ResolvedConfig]
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+
+def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
+    """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
+    study = load_config(Study, path, overrides or [])
+    return LoadedStudy(study=study, source=str(path), configs=resolve_configs(study))
+
+
+def resolve_local_path(value: str, *, study_dir: Path, assets_name: str, prefix: str) -> str:
+    """``tiny:``/``demo:`` → the asset folder in the store; anything else is returned unchanged."""
+    if value.startswith(prefix):
+        return str(study_dir / "assets" / assets_name)
+    return value
+
+
+def asset_seed(value: str, prefix: str) -> int:
+    """The seed in ``tiny:3`` / ``demo:3`` (0 when omitted)."""
+    rest = value[len(prefix) :]
+    if rest == "":
+        return 0
+    try:
+        return int(rest)
+    except ValueError:
+        raise BadInput(f"{value!r}: expected {prefix} or {prefix}<seed>") from None

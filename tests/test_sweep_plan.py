@@ -1,0 +1,119 @@
+"""Study loading and planning: strict errors, paper.yaml expansion counts, deterministic job ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lyco_bench.errors import BadInput
+from lyco_bench.sweep.planner import build_plan
+from lyco_bench.sweep.store import StudyStore
+from lyco_bench.sweep.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "experiments" / "paper.yaml"
+DEMO = ROOT / "experiments" / "demo.yaml"
+
+
+def _plan(path, tmp_path, overrides=()):
+    study = load_study(path, list(overrides))
+    return build_plan(study, StudyStore.open(tmp_path, study.name))
+
+
+def test_paper_plan_counts(tmp_path):
+    plan = _plan(PAPER, tmp_path)
+    names = [c.name for c in plan.study.configs]
+    assert len(names) == 26
+    numbers = sorted(int(n.split("-")[0]) for n in names)
+    assert numbers == [*range(1001, 1008), *range(1011, 1018), *range(1021, 1028), *range(1031, 1036)]
+    counts = {kind: len(plan.of_kind(kind)) for kind in ("prepare", "train", "generate", "encode", "score")}
+    # 26 configs × 3 seeds = 78 runs; × 3 epochs = 234 checkpoints, each generated and scored once.
+    # Shared work counted once: base-model images (1 generate), dataset features (DINOv2 only:
+    # the metrics that read reference images), base features (VGG19 only: style loss vs base).
+    # Each checkpoint's images: DINOv2 + CLIP + VGG19 = 3 encodes → 702 + 1 + 1.
+    assert counts == {"prepare": 0, "train": 78, "generate": 235, "encode": 704, "score": 234}
+    assert len({job.id for job in plan.jobs}) == len(plan.jobs)
+
+
+def test_paper_settings_transcribed(tmp_path):
+    configs = {c.name: c for c in load_study(PAPER).configs}
+    assert configs["1001-lora8a4"].adapter == {"algo": "lora", "dim": 8, "alpha": 4, "preset": "attn-mlp"}
+    assert configs["1001-lora8a4"].training["lr"] == 5e-4
+    assert configs["1003-lora32a1"].adapter["alpha"] == 1
+    assert configs["1017-loha4a2-lr5e-3"].training["lr"] == 5e-3
+    assert configs["1023-lokrf12"].adapter == {
+        "algo": "lokr", "dim": 10000, "alpha": 1, "factor": 12, "preset": "attn-mlp",
+    }  # fmt: skip
+    assert configs["1033-nt-attnonly"].adapter == {"algo": "native", "preset": "attn-only"}
+    assert configs["1035-nt-lr5e-7"].training["lr"] == 5e-7
+    # The study-wide training block reaches every configuration.
+    assert all(c.training["batch_size"] == 8 for c in configs.values())
+
+
+def test_dependencies_come_first(tmp_path):
+    plan = _plan(PAPER, tmp_path, ["seeds=[23]", "checkpoint_epochs=[10]"])
+    seen: set[str] = set()
+    for job in plan.jobs:
+        assert set(job.deps) <= seen, job.id
+        seen.add(job.id)
+
+
+def test_job_ids_are_deterministic_and_local(tmp_path):
+    a = _plan(PAPER, tmp_path / "a")
+    b = _plan(PAPER, tmp_path / "b")  # another store: same ids
+    assert [j.id for j in a.jobs] == [j.id for j in b.jobs]
+    train = a.of_kind("train")[0]
+    assert train.id.startswith("train-1001-lora8a4-s23-")
+    # Changing one configuration's lr changes its jobs (and everything downstream) only.
+    c = _plan(PAPER, tmp_path / "c", ["algorithms.lora.variations.1006-lora8a4-lr1e-4.training.lr=2e-4"])
+    changed = {j.id for j in a.jobs} ^ {j.id for j in c.jobs}
+    changed_names = {j.name for j in a.jobs + c.jobs if j.id in changed}
+    assert changed_names and all(n.startswith("1006-lora8a4-lr1e-4") for n in changed_names)
+    # 3 seeds × (1 train + 3 × (generate + 3 encodes + score)) = 48 jobs, in both plans.
+    assert len(changed) == 2 * 48
+
+
+def test_unknown_key_names_path_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        PAPER.read_text().replace("      1002-lora32a16: {adapter:", "      1002-lora32a16: {adaptor:")
+    )
+    with pytest.raises(BadInput) as err:
+        load_study(bad)
+    assert str(err.value) == f"{bad}: algorithms.lora.variations.1002-lora32a16.adaptor: unknown key"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seeds=[1,1]", "seeds: Value error, values must be unique"),
+        ("colour=red", "colour: unknown key"),
+        (
+            "prompts.images_per_prompt=0",
+            "prompts.images_per_prompt: Input should be greater than or equal to 1",
+        ),
+        (
+            "algorithms.loha.default=1001-lora8a4",
+            "configuration '1001-lora8a4' defined in both 'lora' and 'loha'",
+        ),
+        ("algorithms.lora.default=a/b", "configuration name 'a/b' must be letters"),
+    ],
+)
+def test_bad_values_are_bad_input(override, expected):
+    with pytest.raises(BadInput) as err:
+        load_study(PAPER, [override])
+    assert str(err.value).startswith(f"{PAPER}: ")
+    assert expected in str(err.value)
+
+
+def test_unknown_metric_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="metrics: unknown metric 'sharpness'"):
+        _plan(PAPER, tmp_path, ["metrics=[sharpness]"])
+
+
+def test_demo_plan_has_all_four_algorithms(tmp_path):
+    plan = _plan(DEMO, tmp_path)
+    algos = {c.adapter["algo"] for c in plan.study.configs}
+    assert algos == {"lora", "loha", "lokr", "native"}
+    assert {j.name for j in plan.of_kind("prepare")} == {"tiny-model", "demo-dataset", "tiny-encoders"}
