@@ -180,11 +180,13 @@ def _passes_filters(key: str, spec: AdapterSpec) -> bool:
     return not any(fnmatch.fnmatchcase(key, p) for p in spec.exclude)
 
 
-def layer_index(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, nn.Module]:
+def layer_index(
+    unet: nn.Module | None, text_encoder: nn.Module | None, *, aliases: bool = True
+) -> dict[str, nn.Module]:
     """Every adaptable layer (Linear, Conv2d, GroupNorm, LayerNorm) by file key.
 
-    Text-encoder layers are also listed under the flat transformers-5 name (``lora_te_encoder_…``)
-    so that files written against such a model by other tools load too.
+    With ``aliases``, text-encoder layers are also listed under the flat transformers-5 name
+    (``lora_te_encoder_…``) so that files written against such a model by other tools load too.
     """
     kinds = (nn.Linear, nn.Conv2d, *NORM_TYPES)
     index: dict[str, nn.Module] = {}
@@ -196,7 +198,8 @@ def layer_index(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[
         for path, layer in text_encoder.named_modules():
             if path and isinstance(layer, kinds):
                 index[te_key(text_encoder, path)] = layer
-                index.setdefault(f"{TE_PREFIX}_{path.replace('.', '_')}", layer)
+                if aliases:
+                    index.setdefault(f"{TE_PREFIX}_{path.replace('.', '_')}", layer)
     return index
 
 

@@ -176,19 +176,19 @@ def extract_lora(
     """
     if rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise BadInput("extract: rank must be ≥ 1")
+    kinds = (nn.Linear, nn.Conv2d)
     base_index = {
-        k: v for k, v in layer_index(base_unet, base_te).items() if isinstance(v, (nn.Linear, nn.Conv2d))
+        k: v for k, v in layer_index(base_unet, base_te, aliases=False).items() if isinstance(v, kinds)
     }
     tuned_index = {
-        k: v for k, v in layer_index(tuned_unet, tuned_te).items() if isinstance(v, (nn.Linear, nn.Conv2d))
+        k: v for k, v in layer_index(tuned_unet, tuned_te, aliases=False).items() if isinstance(v, kinds)
     }
-    tuned_ids = {id(v): k for k, v in tuned_index.items()}
     tensors: dict[str, torch.Tensor] = {}
     rows: list[ExtractionRow] = []
     for key, base in base_index.items():
         tuned = tuned_index.get(key)
-        if tuned is None or tuned_ids.get(id(tuned)) != key:
-            continue  # alias key or layer absent in the tuned model
+        if tuned is None:
+            continue  # a layer the tuned model does not have
         if tuned.weight.shape != base.weight.shape:
             raise BadInput(
                 f"extract: {key} has shape {tuple(tuned.weight.shape)} in the tuned model, {tuple(base.weight.shape)} in the base"

@@ -1,0 +1,289 @@
+"""``lyco-bench adapter inspect|merge|extract``: look into, bake in and extract adapter files.
+
+  inspect FILE                                  per-module algorithm, shapes, rank bound, params
+  merge --base MODEL --adapter FILE[:λ] … --out DIR   a complete pipeline folder with W0 + Σλ·ΔW
+  extract --base MODEL --tuned MODEL2 --rank R --out FILE   SVD of tuned − base into a LoRA
+
+Everything is validated before anything is written; outputs appear atomically (temp + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lyco_bench.errors import BadInput
+
+
+def parse_adapter_arg(text: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass  # a ':' in the file name, no weight given
+    return text, 1.0
+
+
+# --- inspect --------------------------------------------------------------------------------
+def inspect_rows(file) -> list[dict]:
+    """One row per module: key, algorithm, tensor shapes, rank bound, parameter count."""
+    from lyco_bench.adapters.fileformat import parameter_count, rank_bound
+
+    rows = []
+    for key, cls in file.modules.items():
+        tensors = file.module_tensors(key)
+        shapes = " ".join(
+            f"{s.removesuffix('.weight')}:{'×'.join(map(str, t.shape))}"
+            for s, t in sorted(tensors.items())
+            if s != "alpha"
+        )
+        alpha = tensors.get("alpha")
+        try:
+            bound = rank_bound(cls, tensors)
+        except (KeyError, NotImplementedError):
+            bound = None
+        rows.append(
+            {
+                "module": key,
+                "algo": cls.algo,
+                "shapes": shapes,
+                "alpha": None if alpha is None else float(alpha.float()),
+                "rank_bound": bound,
+                "params": parameter_count(tensors),
+            }
+        )
+    return rows
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lyco_bench.adapters.fileformat import load_adapter
+
+    file = load_adapter(args.file)
+    rows = inspect_rows(file)
+    console = Console(width=args.width)
+    if args.json:
+        print(json.dumps({"modules": rows, "metadata": file.metadata}, indent=2, sort_keys=True))
+    else:
+        table = Table(title=f"{args.file}", show_lines=False)
+        for col in ("module", "algo", "shapes", "alpha", "rank ≤", "params"):
+            table.add_column(col, justify="right" if col in ("alpha", "rank ≤", "params") else "left")
+        for r in rows:
+            alpha = "" if r["alpha"] is None else f"{r['alpha']:g}"
+            bound = "" if r["rank_bound"] is None else str(r["rank_bound"])
+            table.add_row(r["module"], r["algo"], r["shapes"], alpha, bound, f"{r['params']:,}")
+        table.add_section()
+        table.add_row("total", "", "", "", "", f"{sum(r['params'] for r in rows):,}")
+        console.print(table)
+        if file.metadata:
+            meta = Table(title="metadata")
+            meta.add_column("key")
+            meta.add_column("value", overflow="fold")
+            for key, value in sorted(file.metadata.items()):
+                meta.add_row(key, value)
+            console.print(meta)
+    algos = ", ".join(f"{n} {a}" for a, n in sorted(file.algorithms().items()))
+    unet = sum(1 for k in file.modules if k.startswith("lora_unet_"))
+    console.print(
+        f"{args.file}: {len(rows)} modules ({algos}; {unet} UNet, {len(rows) - unet} text encoder), "
+        f"{sum(r['params'] for r in rows):,} parameters, {Path(args.file).stat().st_size:,} bytes"
+    )
+    return 0
+
+
+# --- merge ----------------------------------------------------------------------------------
+def _check_new_output(path: Path, *, force: bool) -> None:
+    if path.exists() and not force:
+        raise BadInput(f"{path}: already exists (use --force to replace it)")
+    if path.exists() and not path.is_dir() and force:
+        raise BadInput(f"{path}: exists and is not a folder")
+
+
+def save_pipeline_atomic(pipe, out: Path) -> None:
+    """save_pretrained into a temporary sibling folder, then rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    from diffusers.utils import logging as diffusers_logging
+
+    try:
+        diffusers_logging.disable_progress_bar()  # one summary line is ours to print
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from lyco_bench.adapters.fileformat import load_adapter
+    from lyco_bench.adapters.ops import merge_adapters
+    from lyco_bench.models import load_pipeline
+    from lyco_bench.utils import console
+
+    out = Path(args.out)
+    _check_new_output(out, force=args.force)
+    sources = [parse_adapter_arg(a) for a in args.adapter]
+    files = [(load_adapter(path), lam) for path, lam in sources]  # validate before the heavy load
+    pipe = load_pipeline(args.base)
+    handle = merge_adapters(pipe.unet, pipe.text_encoder, files)
+    save_pipeline_atomic(pipe, out)
+    parts = " + ".join(f"{lam:g}·{Path(f.name).name}" for f, lam in files)
+    console.print(f"merged {parts} into {len(handle.originals)} layers of {args.base} → {out}")
+    return 0
+
+
+# --- extract --------------------------------------------------------------------------------
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lyco_bench import __version__
+    from lyco_bench.adapters.fileformat import save_tensors
+    from lyco_bench.adapters.ops import extract_lora
+    from lyco_bench.models import load_pipeline
+
+    out = Path(args.out)
+    if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
+        raise BadInput("--rank and --conv-rank must be ≥ 1")
+    if out.suffix != ".safetensors":
+        raise BadInput(f"{out}: --out must end in .safetensors")
+    if out.exists() and not args.force:
+        raise BadInput(f"{out}: already exists (use --force to replace it)")
+    base = load_pipeline(args.base)
+    tuned = load_pipeline(args.tuned)
+    te_base = base.text_encoder if not args.unet_only else None
+    te_tuned = tuned.text_encoder if not args.unet_only else None
+    tensors, rows = extract_lora(
+        base.unet,
+        te_base,
+        tuned.unet,
+        te_tuned,
+        rank=args.rank,
+        conv_rank=args.conv_rank,
+        threshold=args.threshold,
+    )
+    metadata = {
+        "lyco_bench.algo": "lora",
+        "lyco_bench.extracted": json.dumps(
+            {
+                "base": str(args.base),
+                "tuned": str(args.tuned),
+                "rank": args.rank,
+                "conv_rank": args.conv_rank,
+            },
+            sort_keys=True,
+        ),
+        "lyco_bench.base_model": str(args.base),
+        "lyco_bench.version": __version__,
+        "ss_network_module": "lycoris.kohya",
+        "ss_network_dim": str(args.rank),
+        "ss_network_alpha": str(args.rank),
+        "ss_network_args": json.dumps({"algo": "locon", "conv_dim": str(args.conv_rank or args.rank)}),
+    }
+    save_tensors(out, tensors, metadata)
+    console = Console(width=args.width)
+    table = Table(title=f"extracted rank ≤ {args.rank}: relative error ‖D − D_r‖/‖D‖ per layer")
+    for col in ("module", "shape", "rank", "rel. error", "bias changed"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for r in rows:
+        table.add_row(
+            r.key,
+            "×".join(map(str, r.shape)),
+            str(r.rank),
+            f"{r.relative_error:.4g}",
+            "yes" if r.bias_changed else "",
+        )
+    console.print(table)
+    worst = max(rows, key=lambda r: r.relative_error)
+    mean = sum(r.relative_error for r in rows) / len(rows)
+    console.print(
+        f"extracted {len(rows)} layers into {out}: mean relative error {mean:.4g}, "
+        f"worst {worst.relative_error:.4g} ({worst.key})"
+    )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "adapter",
+        help="inspect, merge or extract adapter files (LoRA/LoCon, LoHa, LoKr, native; LyCORIS/kohya format)",
+        description="Work with adapter files in the kohya/LyCORIS safetensors layout.",
+    )
+    sub = p.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
+
+    ins = sub.add_parser(
+        "inspect",
+        help="per-module algorithm, shapes, rank bound and parameter count of an adapter file",
+        description="Show each module of an adapter file (algorithm detected from its keys), totals and metadata.",
+    )
+    ins.add_argument("file", help="adapter .safetensors file (lyco-bench, LyCORIS or kohya)")
+    ins.add_argument("--json", action="store_true", help="print the rows and metadata as JSON instead")
+    ins.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
+    ins.set_defaults(func=_cmd_inspect)
+
+    mer = sub.add_parser(
+        "merge",
+        help="bake adapters into a base model: W0 + Σ λ·ΔW, written as a complete pipeline folder",
+        description=(
+            "Merge one or more adapter files, each with its own multiplier λ, into the UNet and text "
+            "encoder of MODEL (any base of the architecture the adapters were trained on) and write a "
+            "complete diffusers pipeline folder loadable by StableDiffusionPipeline.from_pretrained."
+        ),
+    )
+    mer.add_argument(
+        "--base", required=True, metavar="MODEL", help="diffusers pipeline folder, hub id or .safetensors"
+    )
+    mer.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        metavar="FILE[:λ]",
+        help="adapter file with an optional multiplier (default 1); repeat to combine several",
+    )
+    mer.add_argument("--out", required=True, metavar="DIR", help="output pipeline folder (must not exist)")
+    mer.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    mer.set_defaults(func=_cmd_merge)
+
+    ext = sub.add_parser(
+        "extract",
+        help="SVD-extract tuned − base into a LoRA/LoCon of rank R, with the error per layer",
+        description=(
+            "For every Linear/Conv2d where the tuned model differs from the base, keep the best rank-R "
+            "approximation of the difference (truncated SVD; convs as a k×k down and 1×1 up conv) and "
+            "report the relative Frobenius error per layer."
+        ),
+    )
+    ext.add_argument("--base", required=True, metavar="MODEL", help="the base pipeline")
+    ext.add_argument(
+        "--tuned", required=True, metavar="MODEL2", help="the fine-tuned pipeline (same architecture)"
+    )
+    ext.add_argument(
+        "--rank", required=True, type=int, metavar="R", help="rank for Linear and 1×1 conv layers"
+    )
+    ext.add_argument("--conv-rank", type=int, default=None, help="rank for k×k conv layers (default: R)")
+    ext.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="skip layers with ‖tuned − base‖ ≤ threshold·‖base‖ (default 0: only identical layers)",
+    )
+    ext.add_argument("--unet-only", action="store_true", help="leave the text encoder out")
+    ext.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    ext.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    ext.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
+    ext.set_defaults(func=_cmd_extract)
