@@ -140,6 +140,7 @@ class _State:
     attempts: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     busy_since: dict[str, float] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
 
 
 def _ready(state: _State, busy_recheck: float) -> list[Job]:
@@ -191,14 +192,16 @@ def run_plan(
     finally:
         runner.close()
     summary.failed = dict(state.failed)
-    summary.blocked = _blocked(state, by_id)
+    summary.blocked = state.blocked
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _loop(state, runner, summary, max_retries, *, bar, task, by_id, on_event) -> None:  # noqa: ANN001
     while True:
-        dead = set(state.failed) | set(_blocked(state, by_id))
+        newly_blocked = _blocked(state, by_id)
+        state.blocked += newly_blocked
+        dead = set(state.failed) | set(newly_blocked)
         state.pending = [job for job in state.pending if job.id not in dead]
         for job in _ready(state, busy_recheck=POLL_S * 4):
             if len(state.in_flight) >= runner.capacity:

@@ -247,22 +247,53 @@ def images_dir_of(job: Job, store: StudyStore) -> Path:
     return store.images_dir(p["config"], p["seed"], p["epoch"])
 
 
+ENCODE_CHUNK = 64  # images per call: VGG Gram vectors are large, never hold a whole set in memory
+
+
+def _encode_paths(pool: Any, kind: str, paths: list[Path], *, modes: tuple[str, ...], cache: Any) -> int:
+    from lyco_bench.metrics.features import image_features
+
+    for mode in modes:
+        for start in range(0, len(paths), ENCODE_CHUNK):
+            image_features(pool, kind, paths[start : start + ENCODE_CHUNK], mode=mode, cache=cache)
+    return len(paths) * len(modes)
+
+
 def run_encode(job: Job, store: StudyStore) -> list[Path]:
-    from lyco_bench.metrics import encode_dataset, encode_images
+    """Fill the feature cache with what ``score`` will read for one (image set, encoder)."""
+    from lyco_bench.metrics import FeatureCache
+    from lyco_bench.metrics.features import EncoderPool, list_images
 
     settings = encoder_settings(job.spec["encoders"], store)
-    cache = store.cache_dir / "features"
+    pool, cache = EncoderPool(settings), FeatureCache(store.cache_dir / "features")
     kind = job.params["encoder"]
+    # Fidelity compares in every reference mode; VGG ignores the mode, CLIP images use "resize".
+    modes = tuple(settings.modes) if kind in settings.image_encoders else ("resize",)
     if job.params["target"] == "dataset":
         from lyco_bench.data import load_dataset
 
         dataset = load_dataset(dataset_path(job.spec["dataset"], store))
-        count = encode_dataset(dataset, encoder=kind, encoders=settings, cache_dir=cache)
+        concepts = dataset.concepts
+        if kind == "vgg19":  # the dataset style loss reads style concepts only
+            concepts = [c for c in concepts if c.category in settings.style_categories]
+        paths = sorted({Path(item.path) for c in concepts for item in c.images})
     else:
-        count = encode_images(images_dir_of(job, store), encoder=kind, encoders=settings, cache_dir=cache)
+        paths = list_images(images_dir_of(job, store))
+    count = _encode_paths(pool, kind, paths, modes=modes, cache=cache) if paths else 0
     record = store.jobs_dir / f"{job.id}.features.json"
-    atomic_write_json(record, {"encoder": kind, "features": count})
+    atomic_write_json(record, {"encoder": pool.id(kind), "images": len(paths), "features": count})
     return [record]
+
+
+def _encoder_fields(job: Job) -> dict[str, Any]:
+    """Encoder settings of a score job: experimental metrics only when the study asks for one."""
+    from lyco_bench.metrics import METRICS
+
+    fields = dict(job.spec["encoders"])
+    metrics = job.spec["metrics"]
+    if "experimental" not in fields:
+        fields["experimental"] = bool(metrics) and any(METRICS[m].experimental for m in metrics)
+    return fields
 
 
 def run_score(job: Job, store: StudyStore) -> list[Path]:
@@ -270,16 +301,16 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.metrics import score
 
     p = job.params
-    settings = encoder_settings(job.spec["encoders"], store)
     frame = score(
         images_dir=store.images_dir(p["config"], p["seed"], p["epoch"]),
         dataset=load_dataset(dataset_path(job.spec["dataset"], store)),
         base_images_dir=store.base_images_dir,
-        encoders=settings,
+        encoders=encoder_settings(_encoder_fields(job), store),
         cache_dir=store.cache_dir / "features",
         checkpoint=checkpoint_name(p["config"], p["seed"], p["epoch"]),
-        metrics=job.spec["metrics"],
     )
+    if job.spec["metrics"] is not None:
+        frame = frame[frame["metric"].isin(job.spec["metrics"])].reset_index(drop=True)
     out = store.scores_path(p["config"], p["seed"], p["epoch"])
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
