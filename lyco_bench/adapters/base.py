@@ -106,6 +106,11 @@ class AdapterModule(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def detects(cls, suffixes: set[str]) -> bool:
+        """Whether a module with these key suffixes belongs to this algorithm."""
+        return bool(cls.detect_keys) and cls.detect_keys <= suffixes
+
+    @classmethod
     def rank_bound(cls, tensors: dict[str, torch.Tensor]) -> int:
         """Upper bound on rank(ΔW) (ΔW flattened to [out, in·k·k]) from a module's file tensors."""
         raise NotImplementedError
@@ -271,7 +276,7 @@ def get_algorithm(name: str) -> type[AdapterModule]:
 def detect_algorithm(suffixes: set[str], *, name: str) -> type[AdapterModule]:
     """The algorithm whose ``detect_keys`` are present among a module's key suffixes."""
     for cls in ALGORITHMS.values():
-        if cls.detect_keys <= suffixes:
+        if cls.detects(suffixes):
             unknown = suffixes - cls.file_keys
             if unknown:
                 raise BadInput(f"{name}: unknown key suffix {sorted(unknown)[0]!r} for {cls.algo}")

@@ -1,0 +1,323 @@
+"""LoKr: a Kronecker product of a small block and a (possibly low-rank) large block.
+
+    ΔW = s·(W1 ⊗ W2),   W1: [out₁, in₁],  W2: [out₂, in₂(, k, k)],  out = out₁·out₂, in = in₁·in₂
+
+(Edalati et al. 2022, KronA; PAPER.md §1.) For conv, W1 acts as [out₁, in₁, 1, 1], so
+ΔW[a·out₂ + c, b·in₂ + d, :, :] = s·W1[a, b]·W2[c, d, :, :].
+
+Shapes follow the ``factor`` rule (:func:`factorize`) as LyCORIS applies it. W2 is low-rank,
+W2 = W2a·W2b (Tucker core T2 for k×k convs with ``use_tucker``), when r < max(out₂, in₂)/2,
+else a full matrix; W1 is low-rank only with ``decompose_both`` under the same rule.
+s = α/r, except s = 1 when both blocks are full (the paper's "dim 10000").
+
+Init (as LyCORIS): W1 (or W1a, W1b), W2a, T2 Kaiming-uniform; W2 or W2b = 0, so ΔW = 0.
+File keys: ``lokr_w1 | lokr_w1_a, lokr_w1_b``, ``lokr_w2 | lokr_w2_a, lokr_w2_b (+ lokr_t2)``,
+``alpha``. Non-Tucker conv W2b is stored flattened as [r, in₂·k·k], Tucker W2a as [r, out₂].
+
+Training never builds ΔW·x densely: with X the input reshaped to (…, in₁, in₂),
+(W1 ⊗ W2)·x = vec(W1·X·W2ᵀ); for conv, a k×k conv with W2 over the in₁ channel groups then a
+1×1 mix with W1 (or the mix first, whichever costs fewer operations).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lyco_bench.adapters.base import (
+    AdapterModule,
+    BaseLayer,
+    alpha_tensor,
+    check_keys,
+    check_shape,
+    matmul_cost,
+    read_alpha,
+    register_algorithm,
+    tokens,
+)
+from lyco_bench.errors import BadInput
+
+
+def factorize(dim: int, factor: int = -1) -> tuple[int, int]:
+    """Split ``dim`` into (small, large) with small·large = dim (PAPER.md §1, LyCORIS's rule).
+
+    factor > 0 dividing dim: (factor, dim/factor), smaller first. Otherwise the largest divisor
+    m ≤ factor that is also ≤ √dim, i.e. the divisor closest to factor without passing the most
+    balanced split; factor = −1: the most balanced split.
+    """
+    if dim < 1:
+        raise ValueError(f"cannot factorize {dim}")
+    if factor > 0 and dim % factor == 0:
+        return min(factor, dim // factor), max(factor, dim // factor)
+    cap = dim if factor <= 0 else factor
+    small = max(m for m in range(1, math.isqrt(dim) + 1) if dim % m == 0 and m <= cap)
+    return small, dim // small
+
+
+@dataclass(frozen=True)
+class KronLayout:
+    """Block shapes of one LoKr module; a rank of None means that block is a full matrix."""
+
+    out1: int
+    in1: int
+    out2: int
+    in2: int
+    kernel: tuple[int, ...]  # () for Linear
+    w1_rank: int | None
+    w2_rank: int | None
+    tucker: bool
+
+    @classmethod
+    def plan(
+        cls, base: BaseLayer, *, dim: int, factor: int, decompose_both: bool, use_tucker: bool
+    ) -> KronLayout:
+        w = base.weight
+        out1, out2 = factorize(w.shape[0], factor)
+        in1, in2 = factorize(w.shape[1], factor)
+        kernel = tuple(w.shape[2:])
+        w1_rank = dim if decompose_both and dim < max(out1, in1) / 2 else None
+        w2_rank = dim if dim < max(out2, in2) / 2 else None
+        tucker = use_tucker and w2_rank is not None and kernel not in ((), (1, 1))
+        return cls(out1, in1, out2, in2, kernel, w1_rank, w2_rank, tucker)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """File key → tensor shape, in LyCORIS's layout."""
+        k, r1, r2 = self.kernel, self.w1_rank, self.w2_rank
+        out = {"lokr_w1": (self.out1, self.in1)} if r1 is None else {}
+        if r1 is not None:
+            out.update(lokr_w1_a=(self.out1, r1), lokr_w1_b=(r1, self.in1))
+        if r2 is None:
+            out["lokr_w2"] = (self.out2, self.in2, *k)
+        elif self.tucker:
+            out.update(lokr_w2_a=(r2, self.out2), lokr_w2_b=(r2, self.in2), lokr_t2=(r2, r2, *k))
+        else:
+            out.update(lokr_w2_a=(self.out2, r2), lokr_w2_b=(r2, self.in2 * math.prod(k)))
+        return out
+
+
+@register_algorithm
+class LoKrModule(AdapterModule):
+    """LoKr for Linear and Conv2d."""
+
+    algo = "lokr"
+    file_keys = frozenset(
+        {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"}
+    )
+    detect_keys = frozenset({"lokr_w1"})  # or lokr_w1_a: see detects()
+    grad_mode = "bypass"
+
+    def __init__(
+        self,
+        base: BaseLayer,
+        *,
+        dim: int,
+        alpha: float | None = None,
+        multiplier: float = 1.0,
+        factor: int = -1,
+        use_tucker: bool = False,
+        decompose_both: bool = False,
+        layout: KronLayout | None = None,
+    ) -> None:
+        super().__init__(base, multiplier=multiplier)
+        if dim < 1:
+            raise BadInput(f"lokr: dim must be ≥ 1, got {dim}")
+        if factor == 0 or factor < -1:
+            raise BadInput(f"lokr: factor must be -1 or ≥ 1, got {factor}")
+        self.layout = layout or KronLayout.plan(
+            base, dim=dim, factor=factor, decompose_both=decompose_both, use_tucker=bool(use_tucker)
+        )
+        self.dim = int(dim)
+        self.full = self.layout.w1_rank is None and self.layout.w2_rank is None
+        # Both blocks full: s = 1 and the file's alpha is dim (LyCORIS writes alpha = lora_dim).
+        self.alpha = float(dim) if self.full and alpha is None else float(dim if alpha is None else alpha)
+        self.scale = 1.0 if self.full else self.alpha / self.dim
+        for key, shape in self.layout.shapes().items():
+            setattr(self, key, self._new(*shape))
+        for key in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_t2"):
+            if hasattr(self, key):
+                nn.init.kaiming_uniform_(getattr(self, key), a=math.sqrt(5))
+        nn.init.zeros_(self.lokr_w2 if self.layout.w2_rank is None else self.lokr_w2_b)
+
+    # --- maths -----------------------------------------------------------------------------
+    def w1(self) -> torch.Tensor:
+        """(out₁, in₁)"""
+        return self.lokr_w1 if self.layout.w1_rank is None else self.lokr_w1_a @ self.lokr_w1_b
+
+    def w2(self) -> torch.Tensor:
+        """(out₂, in₂, *k)"""
+        lay = self.layout
+        if lay.w2_rank is None:
+            return self.lokr_w2
+        if lay.tucker:
+            return torch.einsum("abhw,ac,bd->cdhw", self.lokr_t2, self.lokr_w2_a, self.lokr_w2_b)
+        return (self.lokr_w2_a @ self.lokr_w2_b).view(lay.out2, lay.in2, *lay.kernel)
+
+    def delta_weight(self) -> torch.Tensor:
+        w1, w2 = self.w1() * self.scale, self.w2()
+        w1 = w1.view(*w1.shape, *([1] * (w2.dim() - 2)))  # (out₁, in₁[, 1, 1])
+        return torch.kron(w1, w2)
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_bypass(x) if self.is_conv else self._linear_bypass(x)
+
+    def _linear_bypass(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        w1 = self.w1() * self.scale
+        xs = x.reshape(-1, lay.in1, lay.in2)  # (N, in₁, in₂)
+        if self._w2_first(x):
+            z = self._apply_w2_linear(xs)  # (N, in₁, out₂)
+            y = torch.matmul(w1, z)  # (out₁, in₁) @ (N, in₁, out₂) -> (N, out₁, out₂)
+        else:
+            z = torch.matmul(w1, xs)  # (N, out₁, in₂)
+            y = self._apply_w2_linear(z)  # (N, out₁, out₂)
+        return y.reshape(*x.shape[:-1], lay.out1 * lay.out2)
+
+    def _apply_w2_linear(self, z: torch.Tensor) -> torch.Tensor:
+        """z (…, in₂) -> z·W2ᵀ (…, out₂), through the low-rank factors when there are any."""
+        if self.layout.w2_rank is None:
+            return torch.matmul(z, self.lokr_w2.t())
+        return torch.matmul(torch.matmul(z, self.lokr_w2_b.t()), self.lokr_w2_a.t())
+
+    def _conv_bypass(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        w1 = self.w1() * self.scale
+        batch, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        if self._w2_first(x):
+            z = self._apply_w2_conv(x.reshape(batch * lay.in1, lay.in2, h, w))  # (B·in₁, out₂, H', W')
+            ho, wo = z.shape[-2:]
+            z = z.reshape(batch, lay.in1, -1)
+            y = torch.matmul(w1, z)  # (B, out₁, out₂·H'·W')
+        else:
+            z = torch.matmul(w1, x.reshape(batch, lay.in1, -1))  # (B, out₁, in₂·H·W)
+            y = self._apply_w2_conv(z.reshape(batch * lay.out1, lay.in2, h, w))  # (B·out₁, out₂, H', W')
+            ho, wo = y.shape[-2:]
+        return y.reshape(batch, lay.out1 * lay.out2, ho, wo)
+
+    def _apply_w2_conv(self, z: torch.Tensor) -> torch.Tensor:
+        lay, b = self.layout, self.base
+        conv = dict(stride=b.stride, padding=b.padding, dilation=b.dilation)
+        if lay.w2_rank is None:
+            return F.conv2d(z, self.lokr_w2, **conv)
+        r = lay.w2_rank
+        if lay.tucker:
+            z = F.conv2d(z, self.lokr_w2_b.view(r, lay.in2, 1, 1))  # (·, r, H, W)
+            z = F.conv2d(z, self.lokr_t2, **conv)  # (·, r, H', W')
+        else:
+            z = F.conv2d(z, self.lokr_w2_b.view(r, lay.in2, *lay.kernel), **conv)  # (·, r, H', W')
+        up = self.lokr_w2_a.t() if lay.tucker else self.lokr_w2_a  # (out₂, r)
+        return F.conv2d(z, up.reshape(lay.out2, r, 1, 1))
+
+    def _w2_cost(self, n: int) -> float:
+        """Cost of applying W2 to n rows of in₂ (n output positions for a conv)."""
+        lay = self.layout
+        fan = lay.in2 * math.prod(lay.kernel)
+        if lay.w2_rank is None:
+            return matmul_cost(n, fan, lay.out2)
+        return matmul_cost(n, fan, lay.w2_rank) + matmul_cost(n, lay.w2_rank, lay.out2)
+
+    def _orders(self, x: torch.Tensor) -> tuple[float, float]:
+        """(cost with W2 applied first, cost with W1 applied first) for the bypass."""
+        lay, n = self.layout, tokens(x, self)
+        n_in = x.numel() // (lay.in1 * lay.in2)  # input rows (positions before stride)
+        w2_first = self._w2_cost(n * lay.in1) + matmul_cost(lay.out1, lay.in1, n * lay.out2)
+        w1_first = matmul_cost(lay.out1, lay.in1, n_in * lay.in2) + self._w2_cost(n * lay.out1)
+        return w2_first, w1_first
+
+    def _w2_first(self, x: torch.Tensor) -> bool:
+        first, second = self._orders(x)
+        return first <= second
+
+    def prefers_merged(self, x: torch.Tensor) -> bool:
+        w = self.base.weight
+        rebuild = 2.0 * MEM * w.numel()  # write W1 ⊗ W2, then W0 + λ·ΔW
+        thin = min(self._orders(x)) + MEM * tokens(x, self) * w.shape[0]
+        if torch.is_grad_enabled():
+            # merged: rebuild twice + bypass re-run and its parameter backward (no dL/dx)
+            return 2 * rebuild + 2 * thin < 3 * thin
+        return rebuild < thin
+
+    # --- file layout -------------------------------------------------------------------------
+    @classmethod
+    def detects(cls, suffixes: set[str]) -> bool:
+        """A module is LoKr when it has W1 in either form (full or W1a·W1b)."""
+        return "lokr_w1" in suffixes or "lokr_w1_a" in suffixes
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        out = {key: getattr(self, key).detach() for key in self.layout.shapes()}
+        out["alpha"] = alpha_tensor(self.alpha)
+        return out
+
+    @classmethod
+    def from_file_tensors(cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> LoKrModule:
+        check_keys(name, tensors, cls.file_keys)
+        layout = _layout_from_tensors(base, tensors, name=name)
+        for key, shape in layout.shapes().items():
+            if key not in tensors:
+                raise BadInput(f"{name}: lokr needs {key}")
+            check_shape(name, key, tensors[key], shape)
+        extra = set(tensors) - set(layout.shapes()) - {"alpha"}
+        if extra:
+            raise BadInput(f"{name}: lokr key {sorted(extra)[0]!r} does not fit the other blocks")
+        rank = layout.w1_rank or layout.w2_rank
+        alpha = read_alpha(tensors, rank or 1, name=name)
+        dim = rank if rank is not None else max(1, round(alpha))
+        module = cls(base, dim=dim, alpha=alpha, layout=layout)
+        with torch.no_grad():
+            for key in layout.shapes():
+                getattr(module, key).copy_(tensors[key])
+        return module
+
+    @classmethod
+    def rank_bound(cls, tensors: dict[str, torch.Tensor]) -> int:
+        # rank(A ⊗ B) = rank(A)·rank(B), with B flattened to [out₂, in₂·k·k]
+        if "lokr_w1" in tensors:
+            r1 = min(tensors["lokr_w1"].shape)
+        else:
+            a, b = tensors["lokr_w1_a"], tensors["lokr_w1_b"]
+            r1 = min(a.shape[0], a.shape[1], b.shape[1])
+        if "lokr_w2" in tensors:
+            w2 = tensors["lokr_w2"]
+            r2 = min(w2.shape[0], w2[0].numel())
+        elif "lokr_t2" in tensors:
+            a, b, t = tensors["lokr_w2_a"], tensors["lokr_w2_b"], tensors["lokr_t2"]
+            r2 = min(a.shape[0], a.shape[1], b.shape[1] * t[0, 0].numel())
+        else:
+            a, b = tensors["lokr_w2_a"], tensors["lokr_w2_b"]
+            r2 = min(a.shape[0], a.shape[1], b.shape[1])
+        return int(r1 * r2)
+
+
+MEM = 16.0  # as base.MEMORY_WEIGHT: cost of moving one element, in multiply-adds
+
+
+def _layout_from_tensors(base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> KronLayout:
+    """Read the block shapes from a file's tensors (any factor split, as other tools write)."""
+    w = base.weight
+    out_ch, in_ch, kernel = w.shape[0], w.shape[1], tuple(w.shape[2:])
+    if "lokr_w1" in tensors:
+        if tensors["lokr_w1"].dim() != 2:
+            raise BadInput(f"{name}: lokr_w1 must be 2-D, got shape {tuple(tensors['lokr_w1'].shape)}")
+        (out1, in1), w1_rank = tensors["lokr_w1"].shape, None
+    elif "lokr_w1_a" in tensors and "lokr_w1_b" in tensors:
+        out1, w1_rank = tensors["lokr_w1_a"].shape[:2]
+        in1 = tensors["lokr_w1_b"].shape[-1]
+    else:
+        raise BadInput(f"{name}: lokr needs lokr_w1 or lokr_w1_a + lokr_w1_b")
+    if out_ch % out1 or in_ch % in1:
+        raise BadInput(f"{name}: lokr block W1 {out1}×{in1} does not divide the layer's {out_ch}×{in_ch}")
+    tucker = "lokr_t2" in tensors
+    if "lokr_w2" in tensors:
+        w2_rank = None
+    elif "lokr_w2_a" in tensors:
+        w2_rank = int(tensors["lokr_w2_a"].shape[0 if tucker else -1])
+    else:
+        raise BadInput(f"{name}: lokr needs lokr_w2 or lokr_w2_a + lokr_w2_b")
+    if tucker and kernel in ((), (1, 1)):
+        raise BadInput(f"{name}: lokr_t2 given for a layer without a k×k kernel")
+    return KronLayout(
+        int(out1), int(in1), out_ch // int(out1), in_ch // int(in1), kernel, w1_rank, w2_rank, tucker
+    )
