@@ -1,0 +1,143 @@
+"""``lyco-bench encode``, ``lyco-bench score`` and ``lyco-bench make-tiny-encoders``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_path, console
+
+DEFAULT_CACHE = ".lyco-cache/features"
+
+
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        default=DEFAULT_CACHE,
+        help=f"feature cache folder, shared by all jobs (default {DEFAULT_CACHE})",
+    )
+    p.add_argument(
+        "--encoders", metavar="YAML", help="EncoderSettings file (dino, clip, clip_pretrained, vgg, modes, …)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an encoder setting, e.g. --set dino=path/to/dinov2 --set batch_size=32")  # fmt: skip
+    p.add_argument("--device", help="cuda, cpu, … (default: the GPU when there is one)")
+
+
+def _settings(args: argparse.Namespace):
+    from lyco_bench.config import load_config
+    from lyco_bench.metrics.features import EncoderSettings
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    return load_config(EncoderSettings, args.encoders, overrides)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from lyco_bench.metrics.cache import FeatureCache
+    from lyco_bench.metrics.encoders import ENCODER_KINDS
+    from lyco_bench.metrics.features import EncoderPool, image_features, list_images
+
+    if args.encoder not in ENCODER_KINDS:
+        raise BadInput(
+            f"--encoder {args.encoder!r}: unknown encoder (expected one of {', '.join(ENCODER_KINDS)})"
+        )
+    settings = _settings(args)
+    if args.dataset:
+        from lyco_bench.data import load_dataset
+
+        paths = [Path(item.path) for _, item in load_dataset(args.dataset).items()]
+    else:
+        if not Path(args.images).is_dir():
+            raise BadInput(f"--images {args.images}: no such folder")
+        paths = list_images(Path(args.images))
+    if not paths:
+        raise BadInput(f"{args.images or args.dataset}: no images")
+    modes = args.mode or (["native"] if args.encoder == "vgg19" else list(settings.modes))
+    started = time.perf_counter()
+    cache, pool = FeatureCache(args.cache), EncoderPool(settings)
+    for mode in modes:
+        image_features(pool, args.encoder, paths, mode=mode, cache=cache, desc=mode)
+    console.print(
+        f"encode: {len(paths)} images × {len(modes)} mode(s) with {pool.label(args.encoder)}: "
+        f"{cache.misses} encoded, {cache.hits} cached, {time.perf_counter() - started:.1f}s → {args.cache}"
+    )
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from lyco_bench.metrics.scoring import score
+
+    settings = _settings(args)
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        raise BadInput(f"--out {out}: expected a .parquet file")
+    started = time.perf_counter()
+    rows = score(
+        images_dir=args.images, dataset=args.dataset, base_images_dir=args.base_images,
+        encoders=settings, cache_dir=args.cache, checkpoint=args.checkpoint,
+    )  # fmt: skip
+    with atomic_path(out) as tmp:
+        rows.to_parquet(tmp, index=False)
+    nan = int(rows["value"].isna().sum())
+    console.print(
+        f"score: {rows['checkpoint'].iloc[0]}: {len(rows)} rows ({nan} undefined), "
+        f"{rows['metric'].nunique()} metrics, {time.perf_counter() - started:.1f}s → {out}"
+    )
+    return 0
+
+
+def run_make_tiny_encoders(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lyco_bench.metrics.tiny import make_tiny_encoders
+
+    out = Path(args.out)
+    fields = make_tiny_encoders(out, seed=args.seed)
+    with atomic_path(out / "encoders.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(fields, sort_keys=True))
+    console.print(f"make-tiny-encoders: DINOv2, OpenCLIP, VGG19 (random weights) → {out}/encoders.yaml")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "encode",
+        help="encode images into the feature cache",
+        description="Encode a folder of images or a dataset with one encoder (dinov2, clip, vgg19) into the "
+        "content-addressed feature cache; images already cached are skipped.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images (searched recursively)")
+    src.add_argument("--dataset", help="dataset folder (its dataset.yaml and images)")
+    p.add_argument("--encoder", required=True, help="dinov2 | clip | vgg19")
+    p.add_argument("--mode", action="append", choices=["resize", "crop", "padding"],
+                   help="reference-image mode, repeatable (default: the settings' modes, PAPER.md: all three)")  # fmt: skip
+    _add_encoder_options(p)
+    p.set_defaults(func=run_encode)
+
+    p = subparsers.add_parser(
+        "score",
+        help="score a checkpoint's generated images (metric rows → parquet)",
+        description="Compute PAPER.md §5's metrics (image/text similarity, centroid distance, Vendi, style "
+        "losses, Fréchet distance, experimental CLIP-IQA) for the images in a generation folder against the "
+        "dataset; one row per (category, concept, subclass, prompt class, metric, encoder, mode).",
+    )
+    p.add_argument("--images", required=True, help="generation folder with manifest.parquet")
+    p.add_argument("--dataset", required=True, help="dataset folder (reference images, triggers)")
+    p.add_argument("--base-images", help="the base model's generation folder (for style_loss_base)")
+    p.add_argument("--checkpoint", help="checkpoint name in the rows (default: from the manifest)")
+    p.add_argument("--out", required=True, help="output .parquet file (written atomically)")
+    _add_encoder_options(p)
+    p.set_defaults(func=run_score)
+
+    p = subparsers.add_parser(
+        "make-tiny-encoders",
+        help="write tiny random-weight DINOv2/OpenCLIP/VGG19 encoders (offline tests, CPU demo)",
+        description="Write tiny random-weight encoders in the real on-disk formats plus encoders.yaml, an "
+        "EncoderSettings file pointing at them (use with --encoders).",
+    )
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_make_tiny_encoders)

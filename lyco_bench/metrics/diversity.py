@@ -1,0 +1,42 @@
+"""Diversity (PAPER.md §5): the Vendi score (Friedman & Dieng 2023) with a linear kernel.
+
+VS_q = exp(H_q(λ)), λ the eigenvalues of K/n, K = X·Xᵀ of L2-normalized features; q = 1 gives
+exp(−Σ λᵢ log λᵢ). Computed through the vendi-score package's ``score_K`` (n ≤ D) or
+``score_dual`` (eigenvalues of Xᵀ·X/n, the same non-zero spectrum, when n > D); both honour q,
+unlike its ``score_X`` (PAPER.md §9).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def vendi_score(features: torch.Tensor, *, q: float = 1.0) -> float:
+    """Vendi score of (N, D) features, N ≥ 1: between 1 (all alike) and min(N, D) (orthogonal)."""
+    from vendi_score import vendi
+
+    x = F.normalize(features.double(), dim=1).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy deprecations inside vendi-score 0.0.3
+        if x.shape[0] <= x.shape[1]:
+            return float(vendi.score_K(x @ x.T, q=q))
+        return float(vendi.score_dual(x, q=q, normalize=False))
+
+
+def vendi_per_group(features: torch.Tensor, groups: Sequence, *, q: float = 1.0) -> tuple[float, int]:
+    """Mean Vendi score over the groups with ≥ 2 images (``<alter>``: one group per prompt).
+
+    Returns (score, number of groups used); (nan, 0) when no group has 2 images.
+    """
+    labels = np.asarray([str(g) for g in groups])
+    scores = []
+    for label in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == label)
+        if len(idx) >= 2:
+            scores.append(vendi_score(features[torch.from_numpy(idx)], q=q))
+    return (float(np.mean(scores)), len(scores)) if scores else (float("nan"), 0)

@@ -1,0 +1,322 @@
+"""Image and text encoders of PAPER.md §5: DINOv2 (transformers), OpenCLIP, VGG19 Gram features.
+
+Each encoder takes a hub id / open_clip tag or a local path, so tests and the CPU demo use tiny
+random-weight models saved locally and loaded through the same code as the real ones. Every
+encoder exposes an ``id`` (what the feature cache keys on: it changes when the weights change)
+and ``encode_images(list[PIL.Image], mode) -> (B, D) float32 tensor`` run batched under
+``torch.no_grad`` on the GPU when there is one.
+
+Reference-image modes (PAPER.md §5, as the paper's evaluation code did with open_clip's
+transform): ``resize`` squashes to S×S, ``crop`` resizes the short side to S then centre-crops,
+``padding`` resizes the long side to S and pads the rest with black. For a square image all three
+give the same pixels, which the feature cache uses (see ``canonical_mode``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import sha256_bytes, sha256_file
+
+MODES = ("resize", "crop", "padding")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ENCODER_KINDS = ("dinov2", "clip", "vgg19")
+
+# VGG19 ("E" configuration): conv widths per stage, 'M' = max-pool; indices in the resulting
+# nn.Sequential match torchvision's vgg19().features.
+_VGG19_LAYOUT = (0, 0, "M", 1, 1, "M", 2, 2, 2, 2, "M", 3, 3, 3, 3, "M", 4, 4, 4, 4, "M")
+VGG19_WIDTHS = (64, 128, 256, 512, 512)
+# conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 taken before their ReLU (PAPER.md §5).
+GRAM_LAYERS = (0, 5, 10, 19, 28)
+
+
+def canonical_mode(size: tuple[int, int], mode: str) -> str:
+    """The mode under which an image of ``size`` is cached: square images look alike in every mode."""
+    return "resize" if size[0] == size[1] else mode
+
+
+def preprocess(image: Image.Image, *, mode: str, size: int, mean, std) -> torch.Tensor:
+    """PIL image → normalized (3, size, size) tensor, bicubic resampling."""
+    if mode not in MODES:
+        raise BadInput(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    image = image.convert("RGB")
+    w, h = image.size
+    if mode == "resize":
+        image = image.resize((size, size), Image.BICUBIC)
+    elif mode == "crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        image = image.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
+        image = canvas
+    return _normalize(_to_tensor(image), mean, std)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+
+
+def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _load_error(kind: str, source: str, exc: Exception) -> BadInput:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return BadInput(f"encoder {kind} {source!r}: cannot load ({first[:200]})")
+
+
+@functools.lru_cache(maxsize=64)
+def _local_weights_id(path: Path, stamp: tuple) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = "".join(sha256_file(p) for p in files if p.suffix in {".safetensors", ".json", ".bin"})
+    return f"{path.name}@{sha256_bytes(digest.encode())[:12]}"
+
+
+def source_tag(source: str) -> str:
+    """A hub id as given; a local path as its name plus a content hash of its weights.
+
+    The cache keys on this, so replacing a local weights file invalidates its features.
+    """
+    path = Path(source)
+    if not path.exists():
+        return source
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file())
+    return _local_weights_id(path.resolve(), stamp)
+
+
+def source_label(kind: str, source: str) -> str:
+    """Readable encoder name for result rows (a local path shows its last component)."""
+    return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{source}"
+
+
+def dinov2_id(source: str, image_size: int) -> str:
+    return f"dinov2:{source_tag(source)}:{image_size}"
+
+
+def clip_id(model: str, pretrained: str | None) -> str:
+    return f"clip:{source_tag(model)}" if Path(model).is_dir() else f"clip:{model}/{pretrained}"
+
+
+def vgg19_id(source: str, short_side: int) -> str:
+    return f"vgg19:{source_tag(source)}:{short_side}"
+
+
+class DinoV2Encoder:
+    """DINOv2 through transformers: the final-layernormed CLS token, L2-normalized.
+
+    ``Dinov2Model`` applies its last layernorm to every token, so ``last_hidden_state[:, 0]``
+    (= ``pooler_output``) is the ``x_norm_clstoken`` of the reference implementation the paper used.
+    """
+
+    kind = "dinov2"
+
+    def __init__(self, source: str, *, device: str | None = None, image_size: int = 224):
+        from transformers import Dinov2Model
+
+        self.source, self.image_size = source, image_size
+        self.device = _resolve_device(device)
+        try:
+            self.model = Dinov2Model.from_pretrained(source).eval().to(self.device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _load_error(self.kind, source, exc) from None
+        self.id, self.label = dinov2_id(source, image_size), source_label(self.kind, source)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
+        x = torch.stack(
+            [
+                preprocess(im, mode=mode, size=self.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                for im in images
+            ]
+        ).to(self.device)  # (B, 3, S, S)
+        cls = self.model(pixel_values=x).last_hidden_state[:, 0]  # (B, D)
+        return F.normalize(cls.float(), dim=-1).cpu()
+
+
+class ClipEncoder:
+    """OpenCLIP image and text towers (any open_clip name + pretrained tag, hf-hub: id or local dir).
+
+    A local directory holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
+    ``open_clip_model.safetensors``, the layout of open_clip models on the hub.
+    """
+
+    kind = "clip"
+
+    def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None):
+        import open_clip
+
+        self.device = _resolve_device(device)
+        local = Path(model)
+        name = f"local-dir:{local}" if local.is_dir() else model
+        try:
+            self.model = open_clip.create_model(name, pretrained=None if local.is_dir() else pretrained)
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _load_error(self.kind, model, exc) from None
+        self.model = self.model.eval().to(self.device)
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        self.context_length = getattr(self.model, "context_length", 77)
+        self.id = clip_id(model, pretrained)
+        self.label = source_label(self.kind, model) if local.is_dir() else f"clip:{model}/{pretrained}"
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
+        x = torch.stack(
+            [preprocess(im, mode=mode, size=self.image_size, mean=self.mean, std=self.std) for im in images]
+        ).to(self.device)  # (B, 3, S, S)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids (B, context_length), cut to the context but always ending with end-of-text.
+
+        CLIP pools the text at its end-of-text token (the argmax id); losing it to truncation
+        would pool an arbitrary word (PAPER.md §9).
+        """
+        tokens = self.tokenizer(texts, context_length=self.context_length)  # (B, L)
+        eot = getattr(self.tokenizer, "eot_token_id", None)
+        if eot is not None:
+            for row in tokens:
+                if not (row == eot).any():
+                    row[-1] = eot
+        return tokens
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenize(texts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()  # (B, D)
+
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+
+def vgg19_features(widths: tuple[int, ...] = VGG19_WIDTHS) -> torch.nn.Sequential:
+    """VGG19's convolutional trunk up to conv5_1 (torchvision indices), with given stage widths."""
+    layers: list[torch.nn.Module] = []
+    in_ch = 3
+    for item in _VGG19_LAYOUT:
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers += [
+            torch.nn.Conv2d(in_ch, widths[item], kernel_size=3, padding=1),
+            torch.nn.ReLU(inplace=False),
+        ]
+        in_ch = widths[item]
+    layers.append(torch.nn.Conv2d(in_ch, widths[4], kernel_size=3, padding=1))  # conv5_1 = index 28
+    return torch.nn.Sequential(*layers)
+
+
+def _vgg_from_state_dict(state: dict[str, torch.Tensor], source: str) -> torch.nn.Sequential:
+    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    try:
+        widths = tuple(int(state[f"{i}.weight"].shape[0]) for i in GRAM_LAYERS)
+        trunk = vgg19_features(widths)
+        wanted = trunk.state_dict().keys()
+        trunk.load_state_dict({k: state[k] for k in wanted})
+    except (KeyError, RuntimeError) as exc:
+        raise BadInput(
+            f"encoder vgg19 {source!r}: not a VGG19 state dict ({str(exc).splitlines()[0][:120]})"
+        ) from None
+    return trunk
+
+
+def gram_features(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Packed Gram matrices G = F·Fᵀ/(C·H·W) of each layer, concatenated: (B, Σ C(C+1)/2).
+
+    G is symmetric, so only its upper triangle is kept, with off-diagonal entries scaled by √2:
+    squared L2 distances (and means/variances) of these vectors equal those of the full flattened
+    Grams (PAPER.md §5) at half the storage.
+    """
+    packed = []
+    for fm in feature_maps:
+        b, c, h, w = fm.shape
+        flat = fm.reshape(b, c, h * w).float()
+        gram = flat @ flat.transpose(1, 2) / (c * h * w)  # (B, C, C)
+        rows, cols = torch.triu_indices(c, c)
+        weight = torch.where(rows == cols, 1.0, math.sqrt(2.0)).to(gram)
+        packed.append(gram[:, rows, cols] * weight)  # (B, C(C+1)/2)
+    return torch.cat(packed, dim=1).float()
+
+
+class VggGramEncoder:
+    """VGG19 Gram features (PAPER.md §5): ImageNet weights by default, or a local safetensors file.
+
+    The short side is resized to ``short_side`` keeping the aspect ratio (no crop), so images of
+    different shapes are encoded one shape-group at a time.
+    """
+
+    kind = "vgg19"
+
+    def __init__(self, source: str = "IMAGENET1K_V1", *, device: str | None = None, short_side: int = 224):
+        self.source, self.short_side = source, short_side
+        self.device = _resolve_device(device)
+        local = Path(source)
+        if local.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                state = load_file(str(local))
+            except Exception as exc:  # safetensors raises its own error types
+                raise _load_error(self.kind, source, exc) from None
+            self.trunk = _vgg_from_state_dict(state, source)
+        else:
+            import torchvision
+
+            try:
+                trunk = torchvision.models.vgg19(weights=source).features
+            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+                raise _load_error(self.kind, source, exc) from None
+            self.trunk = trunk[: GRAM_LAYERS[-1] + 1]
+            for module in self.trunk:
+                if isinstance(module, torch.nn.ReLU):
+                    module.inplace = False  # an in-place ReLU would rectify the captured conv outputs
+        self.trunk = self.trunk.eval().to(self.device)
+        self.id, self.label = vgg19_id(source, short_side), source_label(self.kind, source)
+
+    def _tensor(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.short_side / min(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        return _normalize(_to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], mode: str = "resize") -> torch.Tensor:
+        tensors = [self._tensor(im) for im in images]
+        out: list[torch.Tensor | None] = [None] * len(tensors)
+        for shape in sorted({t.shape for t in tensors}):
+            idx = [i for i, t in enumerate(tensors) if t.shape == shape]
+            x = torch.stack([tensors[i] for i in idx]).to(self.device)  # (b, 3, H, W)
+            maps = []
+            for i, layer in enumerate(self.trunk):
+                x = layer(x)
+                if i in GRAM_LAYERS:
+                    maps.append(x)
+            for j, row in zip(idx, gram_features(maps).cpu(), strict=True):
+                out[j] = row
+        return torch.stack(out)  # (B, Σ C(C+1)/2)

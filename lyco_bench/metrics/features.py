@@ -1,0 +1,187 @@
+"""Encoder settings, lazily loaded encoders and cached feature extraction for image sets and texts.
+
+``image_features`` hashes each file, looks every (hash, encoder id, mode) up in the
+:class:`~lyco_bench.metrics.cache.FeatureCache` and encodes only the misses, in batches; an
+encoder is loaded the first time a miss needs it, so a fully cached run loads no model at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+
+from lyco_bench.config import StrictModel
+from lyco_bench.errors import BadInput
+from lyco_bench.metrics import encoders as enc
+from lyco_bench.metrics.cache import FeatureCache, text_key
+from lyco_bench.utils import progress_bar, sha256_file
+
+Mode = Literal["resize", "crop", "padding"]
+
+
+class EncoderSettings(StrictModel):
+    """Which encoders score a checkpoint (PAPER.md §5 defaults) and how they run."""
+
+    dino: str = "facebook/dinov2-large"
+    """DINOv2 weights: a hub id or a local transformers folder (fidelity, diversity, Fréchet)."""
+    dino_image_size: int = Field(224, ge=14)
+    clip: str = "ViT-L-14"
+    """OpenCLIP architecture name (or ``hf-hub:…``, or a local ``open_clip_config.json`` folder)."""
+    clip_pretrained: str | None = "datacomp_xl_s13b_b90k"
+    """OpenCLIP pretrained tag or weights file; ignored for a local folder."""
+    vgg: str = "IMAGENET1K_V1"
+    """VGG19 weights: a torchvision weights name or a local safetensors state dict (style losses)."""
+    vgg_short_side: int = Field(224, ge=16)
+    modes: tuple[Mode, ...] = ("resize", "crop", "padding")
+    """How reference (dataset) images are brought to the encoder's square input."""
+    image_encoders: tuple[Literal["dinov2", "clip"], ...] = ("dinov2",)
+    """Encoders for image similarity, centroid distance, Vendi and Fréchet (the paper's main: DINOv2)."""
+    style_categories: tuple[str, ...] | None = None
+    """Categories whose concepts are styles, scored with the style loss against the dataset. None:
+    the categories that got no ``<style>`` prompts in a manifest that has some (prompt sets skip
+    them for styles), else those named ``style``/``styles``."""
+    experimental: bool = True
+    """Also compute experimental metrics (``clip_iqa``)."""
+    batch_size: int = Field(16, ge=1)
+    device: str | None = None
+    """``cuda``, ``cpu``…; None: the GPU when there is one."""
+
+
+class EncoderPool:
+    """Loads each encoder on first use and keeps it; ids are known without loading anything."""
+
+    def __init__(self, settings: EncoderSettings):
+        self.settings = settings
+        self._loaded: dict[str, object] = {}
+        self.loads: list[str] = []
+
+    def id(self, kind: str) -> str:
+        s = self.settings
+        if kind == "dinov2":
+            return enc.dinov2_id(s.dino, s.dino_image_size)
+        if kind == "clip":
+            return enc.clip_id(s.clip, s.clip_pretrained)
+        if kind == "vgg19":
+            return enc.vgg19_id(s.vgg, s.vgg_short_side)
+        raise BadInput(f"encoder {kind!r}: unknown (expected one of {', '.join(enc.ENCODER_KINDS)})")
+
+    def label(self, kind: str) -> str:
+        s = self.settings
+        if kind == "clip" and not Path(s.clip).is_dir():
+            return f"clip:{s.clip}/{s.clip_pretrained}"
+        return enc.source_label(kind, {"dinov2": s.dino, "clip": s.clip, "vgg19": s.vgg}[kind])
+
+    def get(self, kind: str):
+        if kind not in self._loaded:
+            self.id(kind)  # validates the name
+            s = self.settings
+            if kind == "dinov2":
+                model = enc.DinoV2Encoder(s.dino, device=s.device, image_size=s.dino_image_size)
+            elif kind == "clip":
+                model = enc.ClipEncoder(s.clip, s.clip_pretrained, device=s.device)
+            else:
+                model = enc.VggGramEncoder(s.vgg, device=s.device, short_side=s.vgg_short_side)
+            self._loaded[kind] = model
+            self.loads.append(kind)
+        return self._loaded[kind]
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) within the process."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise BadInput(f"{path}: image file missing") from None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image; a missing or corrupt file is bad input naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: image file missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"{path}: not a readable image ({str(exc).splitlines()[0][:100]})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise BadInput(f"{path}: image file missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise BadInput(f"{path}: not a readable image") from None
+
+
+def image_features(
+    pool: EncoderPool,
+    kind: str,
+    paths: list[Path],
+    *,
+    mode: str = "resize",
+    cache: FeatureCache,
+    desc: str = "",
+) -> torch.Tensor:
+    """Features (N, D) of the images at ``paths`` in ``mode``, from the cache where possible."""
+    if not paths:
+        raise ValueError("image_features needs at least one image")
+    encoder_id = pool.id(kind)
+    keys, modes = [], []
+    for p in paths:
+        keys.append(file_hash(Path(p)))
+        # VGG keeps the aspect ratio and ignores the mode; square images look alike in every mode.
+        modes.append("native" if kind == "vgg19" else enc.canonical_mode(image_size(Path(p)), mode))
+    rows: list[torch.Tensor | None] = [cache.get(k, encoder_id, m) for k, m in zip(keys, modes, strict=True)]
+    todo = [i for i, r in enumerate(rows) if r is None]
+    if todo:
+        encoder = pool.get(kind)
+        bs = pool.settings.batch_size
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task(f"encode {kind} {desc}".strip(), total=len(todo), info="")
+            for start in range(0, len(todo), bs):
+                chunk = todo[start : start + bs]
+                for m in sorted({modes[i] for i in chunk}):
+                    part = [i for i in chunk if modes[i] == m]
+                    feats = encoder.encode_images([open_image(Path(paths[i])) for i in part], m)
+                    for i, f in zip(part, feats, strict=True):
+                        cache.put(keys[i], encoder_id, m, f)
+                        rows[i] = f
+                bar.update(task, advance=len(chunk))
+    return torch.stack(rows)  # (N, D)
+
+
+def text_features(pool: EncoderPool, texts: list[str], *, cache: FeatureCache) -> torch.Tensor:
+    """OpenCLIP text features (N, D) of ``texts``, cached under mode ``text``."""
+    encoder_id = pool.id("clip")
+    unique = sorted(set(texts))
+    found = {t: cache.get(text_key(t), encoder_id, "text") for t in unique}
+    missing = [t for t, f in found.items() if f is None]
+    if missing:
+        encoder = pool.get("clip")
+        bs = pool.settings.batch_size
+        for start in range(0, len(missing), bs):
+            chunk = missing[start : start + bs]
+            for t, f in zip(chunk, encoder.encode_texts(chunk), strict=True):
+                cache.put(text_key(t), encoder_id, "text", f)
+                found[t] = f
+    return torch.stack([found[t] for t in texts])
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursively), sorted."""
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in exts and p.is_file())

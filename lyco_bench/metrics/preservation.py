@@ -1,0 +1,58 @@
+"""Base-model preservation (PAPER.md §5): style losses on VGG19 Gram features.
+
+Gram vectors come from :func:`lyco_bench.metrics.encoders.gram_features` (packed so that their
+squared L2 distances equal those of the full flattened, concatenated Grams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def style_loss_paired(base: torch.Tensor, tuned: torch.Tensor) -> float:
+    """Mean over image pairs (same prompt and seed) of ‖gram(base) − gram(tuned)‖²; inputs (N, P)."""
+    if base.shape != tuned.shape or len(base) == 0:
+        raise ValueError(
+            f"style_loss_paired needs two equal non-empty (N, P) sets, got {tuple(base.shape)} and {tuple(tuned.shape)}"
+        )
+    return float(((base.double() - tuned.double()) ** 2).sum(1).mean())
+
+
+def style_loss_distribution(first: torch.Tensor, second: torch.Tensor) -> float:
+    """‖μ₁ − μ₂‖² + var₁ + var₂ of two Gram-vector sets (PAPER.md §5, style loss vs the dataset).
+
+    varₖ = mean squared distance of set k to its mean (population variance summed over
+    dimensions), so the sum equals the mean of ‖x − y‖² over all cross pairs (x, y).
+    """
+    a, b = first.double(), second.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    var_a = ((a - mu_a) ** 2).sum(1).mean()
+    var_b = ((b - mu_b) ** 2).sum(1).mean()
+    return float(((mu_a - mu_b) ** 2).sum() + var_a + var_b)
+
+
+@dataclass(frozen=True)
+class GramStats:
+    """Sufficient statistics of a Gram-vector set: count, Σx (P,) and Σ‖x‖², for streaming."""
+
+    n: int
+    total: torch.Tensor
+    total_sq: float
+
+    @staticmethod
+    def of(grams: torch.Tensor) -> GramStats:
+        g = grams.double()
+        return GramStats(len(g), g.sum(0), float((g**2).sum()))
+
+    def __add__(self, other: GramStats) -> GramStats:
+        return GramStats(self.n + other.n, self.total + other.total, self.total_sq + other.total_sq)
+
+
+def style_loss_from_stats(first: GramStats, second: GramStats) -> float:
+    """:func:`style_loss_distribution` from streamed statistics: var = E‖x‖² − ‖μ‖² (float64)."""
+    mu_a, mu_b = first.total / first.n, second.total / second.n
+    var_a = first.total_sq / first.n - float((mu_a**2).sum())
+    var_b = second.total_sq / second.n - float((mu_b**2).sum())
+    return float(((mu_a - mu_b) ** 2).sum()) + max(var_a, 0.0) + max(var_b, 0.0)
