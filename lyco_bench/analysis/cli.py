@@ -1,0 +1,153 @@
+"""`lyco-bench analyze | leaderboard | report`: the analysis stage from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lyco_bench.errors import BadInput
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [part for value in values or [] for part in value.split(",") if part]
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis
+    from lyco_bench.analysis.results import read_paper_csv, read_results, write_results
+
+    out = Path(args.out)
+    if args.paper_csv and args.results:
+        raise BadInput("analyze: give either RESULTS.parquet or --paper-csv, not both")
+    if args.paper_csv:
+        paper_csv = Path(args.paper_csv)
+        mapping = (
+            Path(args.config_mapping) if args.config_mapping else paper_csv.parent / "config_mapping.csv"
+        )
+        table = read_paper_csv(
+            paper_csv, mapping, style_losses_csv=args.style_losses, final_epoch=args.final_epoch
+        )
+        exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
+        shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
+        write_results(table, out / "results.parquet")
+    elif args.results:
+        table = read_results(args.results)
+        exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
+    else:
+        raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
+    metrics = _split(args.metrics) or None
+    outputs = run_analysis(
+        table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
+        plots=not args.no_plots,
+    )  # fmt: skip
+    print(
+        f"analyze: {outputs.n_fitted} metrics fitted over {table['checkpoint'].nunique()} checkpoints, "
+        f"{len(outputs.figures)} figures → {outputs.shap_levels or out}"
+    )
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from lyco_bench.analysis.leaderboard import write_leaderboard
+    from lyco_bench.analysis.results import read_results
+
+    table = read_results(args.results)
+    paths = write_leaderboard(table, args.out)
+    print(f"leaderboard: {table['config'].nunique()} configurations → {paths['md']}")
+    return 0
+
+
+def _parse_manifests(items: list[str] | None) -> dict[str, Path]:
+    manifests = {}
+    for item in items or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise BadInput(f"--manifest {item!r}: expected KEY=PATH/manifest.parquet")
+        manifests[key] = Path(path)
+    return manifests
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lyco_bench.analysis.render_check import check_render
+    from lyco_bench.analysis.report import write_report
+    from lyco_bench.analysis.results import read_results
+
+    out = Path(args.out)
+    index = out / "index.html"
+    if args.results:
+        figures = sorted(Path(args.figures).glob("*.png")) if args.figures else []
+        study = args.study or out.name
+        index = write_report(
+            study_name=study, results=read_results(args.results), out_dir=out, figures=figures,
+            image_manifests=_parse_manifests(args.manifest), images_per_grid=args.images_per_grid,
+        )  # fmt: skip
+        print(f"report: {study} → {index}")
+    elif not args.check_render:
+        raise BadInput("report: give RESULTS.parquet (to write a report) and/or --check-render")
+    if args.check_render:
+        result = check_render(index, screenshot=out / "screenshot.png" if args.screenshot else None)
+        status = "ok" if result.ok else "FAILED: " + "; ".join(result.problems)
+        print(f"render check ({Path(result.chromium).name}): {result.images_in_dom} images, {status}")
+        return 0 if result.ok else 1
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="scaled ranks, CatBoost+SHAP, trade-off and epoch figures (a study's results or the paper CSV)",
+        description=(
+            "Rank every metric within (category, concept, subclass) groups, fit CatBoost on the scaled "
+            "ranks with features Algo, Preset, Epoch, Capacity, Lr level and explain it with SHAP "
+            "(PAPER.md §6). Writes DIR/shap_levels.csv, DIR/scaled_ranks.csv and DIR/figures/*.png."
+        ),
+    )
+    p.add_argument("results", nargs="?", help="a study's results.parquet (from `lyco-bench run`)")
+    p.add_argument("--paper-csv", help="the published ddim_sd15_metrics_mean.csv instead of a results table")
+    p.add_argument("--config-mapping", help="config_mapping.csv (default: beside --paper-csv)")
+    p.add_argument("--style-losses", help="style_classes_style_losses.csv (optional, paper format)")
+    p.add_argument("--final-epoch", type=int, default=50, help="epoch of a paper Folder without suffix (50)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--metrics", action="append",
+        help="metric columns or metric names to fit, comma-separated; 'all' for every column "
+        "(default: DINOv2-resize image similarity and centroid distance, text similarity, Vendi DINOv2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--exclude", action="append", help="configs left out (numbers or names; paper default 1007,1017,1027)"
+    )
+    p.add_argument(
+        "--shap-exclude", action="append", help="configs also left out of SHAP (paper default 1003,1013,1023)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = subparsers.add_parser(
+        "leaderboard",
+        help="mean ± std per configuration and epoch, ranks, Pareto marks (CSV, Markdown, HTML)",
+    )
+    p.add_argument("results", help="results.parquet")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_leaderboard)
+
+    p = subparsers.add_parser(
+        "report",
+        help="write reports/<study>/index.html (leaderboard, figures, image grids); check it renders",
+    )
+    p.add_argument("results", nargs="?", help="results.parquet")
+    p.add_argument("--out", required=True, help="report directory, e.g. reports/<study>")
+    p.add_argument("--study", help="study name shown in the title (default: the --out folder name)")
+    p.add_argument("--figures", help="folder of PNG figures to include (e.g. the analyze output's figures/)")
+    p.add_argument(
+        "--manifest",
+        action="append",
+        help="KEY=PATH of a generation manifest.parquet; KEY 'base' is the base model",
+    )
+    p.add_argument("--images-per-grid", type=int, default=8, help="images per grid row (8)")
+    p.add_argument(
+        "--check-render", action="store_true", help="load the report in headless Chromium and check it"
+    )
+    p.add_argument(
+        "--screenshot", action="store_true", help="with --check-render: also save DIR/screenshot.png"
+    )
+    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,168 @@
+"""`run_analysis`: results table → scaled ranks → CatBoost + SHAP → figures and shap_levels.csv.
+
+The same function serves lyco-bench's own studies and the paper's published CSV (converted to the
+long table by `read_paper_csv`). Rows fitted: the finest (category, concept, subclass) rows of
+each checkpoint at concept level or below (`fit_mask`), every metric label separately, base-model
+rows never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lyco_bench.analysis.plots import (
+    FACTORS,
+    category_values,
+    epoch_curves,
+    shap_beeswarm,
+    slug,
+    tradeoff_figure,
+)
+from lyco_bench.analysis.ranks import exclude_configs as drop_configs
+from lyco_bench.analysis.ranks import fit_mask, scaled_ranks
+from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, shap_levels
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_path, progress_bar
+
+# PAPER.md §6: configs left out of everything / additionally out of the SHAP fits.
+PAPER_EXCLUDE = ("1007", "1017", "1027")
+PAPER_SHAP_EXCLUDE = ("1003", "1013", "1023")
+# The paper's main family: DINOv2 (resize) fidelity, CLIP text similarity, Vendi on DINOv2.
+DEFAULT_METRIC_WORDS = ("dinov2", "resize")
+
+
+@dataclass
+class AnalysisOutputs:
+    figures: list[Path] = field(default_factory=list)
+    shap_levels: Path | None = None
+    scaled_ranks: Path | None = None
+    n_fitted: int = 0
+
+
+def default_metric_labels(table: pd.DataFrame) -> list[str]:
+    """Image similarity + squared centroid distance on DINOv2-resize, text similarity, Vendi on
+    DINOv2 (any mode), in every prompt class present; falls back to every label when a study
+    has no DINOv2 encoder (e.g. a tiny test encoder)."""
+    labels = table.drop_duplicates("label")[["label", "metric", "encoder", "mode"]]
+    chosen = []
+    for row in labels.itertuples(index=False):
+        dino = "dinov2" in row.encoder
+        if row.metric in ("image_similarity", "squared_centroid_distance") and dino and row.mode == "resize":
+            chosen.append(row.label)
+        elif row.metric == "text_similarity" or (row.metric == "vendi" and dino):
+            chosen.append(row.label)
+    return sorted(chosen) if chosen else sorted(labels["label"])
+
+
+def select_metrics(table: pd.DataFrame, metrics: Sequence[str] | str | None) -> list[str]:
+    if metrics is None:
+        return default_metric_labels(table)
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if list(metrics) == ["all"]:
+        return sorted(table["label"].unique())
+    known = set(table["label"])
+    chosen = []
+    for name in metrics:  # a full label, or a metric name standing for all of its labels
+        if name in known:
+            chosen.append(name)
+            continue
+        matched = sorted(table.loc[table["metric"] == name, "label"].unique())
+        if not matched:
+            raise BadInput(f"--metrics: {name!r} is neither a metric column nor a metric name in the results")
+        chosen.extend(matched)
+    return sorted(dict.fromkeys(chosen))
+
+
+def ranked_table(
+    results: pd.DataFrame, *, exclude: Sequence[str] = (), directions: Mapping[str, bool] | None = None
+) -> pd.DataFrame:
+    """Fine-tuned rows minus excluded configs, with `scaled_rank` and the five features."""
+    table = results[results["algo"] != "base"]
+    table = drop_configs(table, exclude).copy()
+    if table.empty:
+        raise BadInput("analysis: no fine-tuned checkpoints left after exclusions")
+    table["scaled_rank"] = scaled_ranks(table, directions=directions)
+    return pd.concat([table, encode_features(table)], axis=1)
+
+
+def run_analysis(
+    results: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    metrics: Sequence[str] | str | None = None,
+    exclude_configs: Sequence[str] = (),
+    shap_exclude_configs: Sequence[str] = (),
+    directions: Mapping[str, bool] | None = None,
+    plots: bool = True,
+    prefer: Sequence[str] = DEFAULT_METRIC_WORDS,
+) -> AnalysisOutputs:
+    """Scaled ranks, one CatBoost+SHAP fit per selected metric label, figures, shap_levels.csv."""
+    out_dir = Path(out_dir)
+    labels = select_metrics(results, metrics)
+    table = ranked_table(results, exclude=exclude_configs, directions=directions)
+    outputs = AnalysisOutputs()
+    outputs.scaled_ranks = out_dir / "scaled_ranks.csv"
+    keep = [
+        "label",
+        "checkpoint",
+        "config",
+        "seed",
+        "epoch",
+        "category",
+        "concept",
+        "subclass",
+        "value",
+        "scaled_rank",
+    ]
+    with atomic_path(outputs.scaled_ranks) as tmp:
+        table[table["label"].isin(labels)][keep].to_csv(tmp, index=False)
+
+    fit_rows = drop_configs(table[fit_mask(table)], shap_exclude_configs)
+    fits = []
+    with progress_bar() as bar:
+        task = bar.add_task("catboost+shap", total=len(labels), info="")
+        for label in labels:
+            rows = fit_rows[(fit_rows["label"] == label) & fit_rows["scaled_rank"].notna()]
+            bar.update(task, advance=1, info=label)
+            if rows["config"].nunique() < 2:
+                continue  # nothing to explain: one configuration only
+            fit = fit_shap(rows, rows["scaled_rank"], label=label)
+            fits.append(fit)
+            if plots:
+                outputs.figures.append(shap_beeswarm(fit, out_dir / "figures" / f"shap_{slug(label)}.png"))
+    outputs.n_fitted = len(fits)
+    if fits:
+        outputs.shap_levels = out_dir / "shap_levels.csv"
+        with atomic_path(outputs.shap_levels) as tmp:
+            shap_levels(fits).to_csv(tmp, index=False, float_format="%.10g")
+    if plots:
+        outputs.figures += write_figures(table, labels=labels, out_dir=out_dir / "figures", prefer=prefer)
+    return outputs
+
+
+def write_figures(
+    table: pd.DataFrame, *, labels: Sequence[str], out_dir: Path, prefer: Sequence[str]
+) -> list[Path]:
+    """Trade-off plots per (category, factor) and metric-vs-epoch curves per selected label."""
+    values = category_values(table)
+    figures = []
+    categories = sorted(values["category"].unique())
+    jobs = [(c, f) for c in categories for f in FACTORS]
+    with progress_bar() as bar:
+        task = bar.add_task("figures", total=len(jobs) + len(labels), info="")
+        for category, factor in jobs:
+            path = out_dir / f"tradeoff_{slug(category)}_{factor}.png"
+            figures.append(
+                tradeoff_figure(values, category=category, factor=factor, path=path, prefer=prefer)
+            )
+            bar.update(task, advance=1, info=path.name)
+        for label in labels:
+            if (values["label"] == label).any():
+                figures.append(epoch_curves(values, label=label, path=out_dir / f"epochs_{slug(label)}.png"))
+            bar.update(task, advance=1, info=label)
+    return figures

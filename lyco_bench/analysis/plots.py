@@ -1,0 +1,204 @@
+"""Figures (matplotlib Agg, PNG): SHAP beeswarms, the paper's three-panel trade-off plots per
+category and factor (PAPER.md §6), and metric-vs-epoch curves. Same input → same PNG bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lyco_bench.analysis.shap_analysis import CATEGORICAL, FEATURES, ShapFit, encode_features
+from lyco_bench.utils import atomic_path
+
+FACTORS = {"epoch": "Epoch", "preset": "Preset", "capacity": "Capacity", "lr": "Lr level"}
+# (y, x) per panel: each side a (metric, prompt classes to try in order). PAPER.md §6.
+PANELS = [
+    (("text_similarity", ("alter",)), ("image_similarity", ("alter",))),
+    # the paper CSV has Vendi only for in/out: fall back to <train> and name it on the axis
+    (("vendi", ("trigger", "train", "alter")), ("squared_centroid_distance", ("trigger",))),
+    # base-model style loss (<style> prompts); the paper files only have it against the dataset
+    (("style_loss_base", ("style",)), ("image_similarity", ("train",))),
+]
+STYLE_FALLBACK = ("style_loss_dataset", ("train", "trigger", "alter"))
+ALGO_MARKERS = {"lora": "o", "loha": "s", "lokr": "^", "native": "D"}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+@contextlib.contextmanager
+def _figure(path: Path, **kwargs) -> Iterator[object]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(**kwargs)
+    try:
+        yield fig
+        with atomic_path(path) as tmp:
+            # fixed metadata: no version string or date in the file, so reruns are byte-identical
+            fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+
+
+def shap_beeswarm(fit: ShapFit, path: Path) -> Path:
+    """shap.summary_plot (beeswarm) of one metric; categorical features coloured by level code."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    numeric = fit.features.copy()
+    for col in CATEGORICAL:
+        numeric[col] = pd.Categorical(numeric[col], categories=sorted(numeric[col].unique())).codes
+    state = np.random.get_state()
+    np.random.seed(0)  # the beeswarm shuffles points with numpy's global RNG
+    try:
+        shap.summary_plot(
+            fit.values, numeric.astype(float), feature_names=FEATURES, show=False, plot_size=(7, 4)
+        )
+        fig = plt.gcf()
+        fig.suptitle(fit.label, fontsize=9)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
+    finally:
+        np.random.set_state(state)
+        plt.close("all")
+    return path
+
+
+def category_values(table: pd.DataFrame) -> pd.DataFrame:
+    """One value per (checkpoint, category, label): the category row where the table has one,
+    else the mean of the category's finer rows."""
+    rows = table[table["category"] != ""]
+    direct = rows[rows["concept"] == ""]
+    have = set(zip(direct["checkpoint"], direct["category"], direct["label"], strict=True))
+    keys = list(zip(rows["checkpoint"], rows["category"], rows["label"], strict=True))
+    finer = rows[[k not in have for k in keys]]
+    cols = ["checkpoint", "category", "label", "metric", "prompt_class", "encoder", "mode"]
+    finer = finer.groupby(cols, sort=True, dropna=False)["value"].mean().reset_index()
+    merged = pd.concat([direct[[*cols, "value"]], finer], ignore_index=True)
+    meta = table.drop_duplicates("checkpoint").set_index("checkpoint")
+    feats = encode_features(meta)
+    for col in ("config", "algo", "seed"):
+        merged[col] = merged["checkpoint"].map(meta[col])
+    for col in FEATURES[1:]:
+        merged[col] = merged["checkpoint"].map(feats[col])
+    return merged
+
+
+def pick_label(
+    values: pd.DataFrame, metric: str, classes: Sequence[str], prefer: Sequence[str]
+) -> str | None:
+    """The label for `metric` in the first available prompt class, preferring encoder/mode words."""
+    for prompt_class in classes:
+        cands = values[(values["metric"] == metric) & (values["prompt_class"] == prompt_class)]
+        labels = sorted(cands["label"].unique())
+        if labels:
+            scored = sorted(labels, key=lambda lb: -sum(word in lb for word in prefer))
+            return scored[0]
+    return None
+
+
+def _defaults(points: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Each algorithm's default setting of each factor: the value most of its configs share."""
+    configs = points.drop_duplicates("config")
+    out: dict[str, dict[str, object]] = {}
+    for algo, rows in configs.groupby("algo", sort=True):
+        out[algo] = {
+            f: rows[f].mode(dropna=False).sort_values().iloc[0] for f in ("Preset", "Capacity", "Lr level")
+        }
+    return out
+
+
+def _factor_subset(points: pd.DataFrame, factor: str) -> pd.DataFrame:
+    defaults = _defaults(points)
+    keep = []
+    for _, row in points.iterrows():
+        base = defaults[row["algo"]]
+        others = [f for f in ("Preset", "Capacity", "Lr level") if f != FACTORS[factor]]
+        keep.append(all(row[f] == base[f] or (pd.isna(row[f]) and pd.isna(base[f])) for f in others))
+    return points[keep]
+
+
+def tradeoff_figure(
+    values: pd.DataFrame, *, category: str, factor: str, path: Path, prefer: Sequence[str]
+) -> Path:
+    """Three panels for one category; points are configs × epochs (mean over seeds), coloured by
+    the varying factor, one marker per algorithm."""
+    import matplotlib.pyplot as plt
+
+    cat = values[values["category"] == category]
+    with _figure(path, figsize=(15, 4.5)) as fig:
+        axes = fig.subplots(1, 3)
+        for ax, ((ym, ycls), (xm, xcls)) in zip(axes, PANELS, strict=True):
+            ylab = pick_label(cat, ym, ycls, prefer)
+            if ylab is None and ym == "style_loss_base":
+                ylab = pick_label(cat, STYLE_FALLBACK[0], STYLE_FALLBACK[1], prefer)
+            xlab = pick_label(cat, xm, xcls, prefer)
+            if ylab is None or xlab is None:
+                ax.text(
+                    0.5, 0.5, f"no data for {ym} / {xm}", ha="center", va="center", transform=ax.transAxes
+                )
+                ax.set_axis_off()
+                continue
+            wide = cat[cat["label"].isin([xlab, ylab])].pivot_table(
+                index=["config", "algo", *FEATURES[1:]],
+                columns="label",
+                values="value",
+                aggfunc="mean",
+                dropna=False,
+            )
+            points = wide.reset_index().dropna(subset=[xlab, ylab])
+            points = _factor_subset(points, factor) if len(points) else points
+            _scatter(ax, points, x=xlab, y=ylab, factor=FACTORS[factor], cmap=plt.get_cmap("viridis"))
+        fig.suptitle(f"{category}: trade-offs coloured by {factor}")
+        fig.tight_layout()
+    return path
+
+
+def _scatter(ax, points: pd.DataFrame, *, x: str, y: str, factor: str, cmap) -> None:
+    levels = sorted(points[factor].dropna().unique(), key=str)
+    colors = {lv: cmap(i / max(len(levels) - 1, 1)) for i, lv in enumerate(levels)}
+    for (algo, level), group in points.groupby(["algo", factor], sort=True):
+        ax.scatter(
+            group[x], group[y], s=18 + group["Epoch"].to_numpy() / 2, marker=ALGO_MARKERS.get(algo, "x"),
+            color=colors[level], label=f"{algo} {factor}={_fmt(level)}", alpha=0.85,
+        )  # fmt: skip
+    ax.set_xlabel(x, fontsize=8)
+    ax.set_ylabel(y, fontsize=8)
+    if len(points):
+        ax.legend(fontsize=6, loc="best")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def epoch_curves(values: pd.DataFrame, *, label: str, path: Path) -> Path:
+    """Metric vs epoch, one line per configuration (mean over categories and seeds, ± std over seeds)."""
+    rows = values[values["label"] == label]
+    per_ckpt = rows.groupby(["config", "algo", "seed", "Epoch"], sort=True)["value"].mean().reset_index()
+    with _figure(path, figsize=(7, 4.5)) as fig:
+        ax = fig.subplots()
+        for (config, algo), group in per_ckpt.groupby(["config", "algo"], sort=True):
+            stats = group.groupby("Epoch", sort=True)["value"].agg(["mean", "std"]).fillna(0.0)
+            ax.errorbar(
+                stats.index, stats["mean"], yerr=stats["std"], marker=ALGO_MARKERS.get(algo, "x"),
+                capsize=2, linewidth=1, markersize=4, label=str(config),
+            )  # fmt: skip
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label, fontsize=8)
+        ax.legend(fontsize=5, ncol=2, loc="best")
+        fig.tight_layout()
+    return path

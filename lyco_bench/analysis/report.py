@@ -1,0 +1,182 @@
+"""The study report: `reports/<study>/index.html` with the leaderboard, the figures and image grids
+(one PNG per checkpoint × prompt class, the base model's images for the same prompts underneath).
+
+Self-contained: every file it links is copied inside the report directory and linked by a
+relative path, so the folder can be zipped, moved or served as is.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lyco_bench.analysis.leaderboard import build_leaderboard, display_rows, write_leaderboard
+from lyco_bench.analysis.plots import slug
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_path, atomic_write_text
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+THUMB = 128  # grid cell size in pixels
+MATCH_KEYS = ["prompt_class", "category", "concept", "subclass", "prompt_index", "image_index"]
+
+
+def render_template(name: str, **context: object) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )  # fmt: skip
+    return env.get_template(name).render(**context)
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise BadInput(f"{path}: generation manifest not found")
+    manifest = pd.read_parquet(path)
+    missing = [c for c in ("file", "prompt_class") if c not in manifest]
+    if missing:
+        raise BadInput(f"{path}: manifest lacks columns {missing}")
+    for col in MATCH_KEYS:
+        if col not in manifest:
+            manifest[col] = "" if col not in ("prompt_index", "image_index") else 0
+    manifest[["category", "concept", "subclass"]] = manifest[["category", "concept", "subclass"]].fillna("")
+    manifest["path"] = [path.parent / f for f in manifest["file"]]
+    return manifest.sort_values(MATCH_KEYS, kind="mergesort").reset_index(drop=True)
+
+
+def _thumb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img.thumbnail((THUMB, THUMB))
+        cell = Image.new("RGB", (THUMB, THUMB), "white")
+        cell.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
+    return cell
+
+
+def make_grid(rows: Sequence[Sequence[Path | None]], path: Path) -> Path:
+    """Paste thumbnails into a grid PNG (rows × columns; None leaves a grey cell)."""
+    from PIL import Image
+
+    n_cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (n_cols * THUMB, len(rows) * THUMB), (235, 235, 235))
+    for i, row in enumerate(rows):
+        for j, image_path in enumerate(row):
+            if image_path is not None:
+                grid.paste(_thumb(image_path), (j * THUMB, i * THUMB))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    return path
+
+
+def write_grids(
+    image_manifests: Mapping[str, Path], out_dir: Path, *, base_key: str = "base", images_per_grid: int = 8
+) -> list[dict[str, str]]:
+    """One grid per (key, prompt class); returns [{"src", "caption"}] with paths relative to out_dir."""
+    manifests = {key: _read_manifest(Path(p)) for key, p in sorted(image_manifests.items())}
+    base = manifests.pop(base_key, None)
+    base_index = (
+        {tuple(r[k] for k in MATCH_KEYS): r["path"] for _, r in base.iterrows()} if base is not None else {}
+    )
+    grids = []
+    for key, manifest in manifests.items():
+        for prompt_class, rows in manifest.groupby("prompt_class", sort=True):
+            chosen = rows.head(images_per_grid)
+            top = list(chosen["path"])
+            grid_rows = [top]
+            if base is not None:
+                grid_rows.append(
+                    [base_index.get(tuple(r[k] for k in MATCH_KEYS)) for _, r in chosen.iterrows()]
+                )
+            rel = Path("grids") / f"{slug(key)}__{slug(str(prompt_class))}.png"
+            make_grid(grid_rows, out_dir / rel)
+            grids.append({"src": rel.as_posix(), "caption": f"{key} · <{prompt_class}>"})
+    return grids
+
+
+def _copy_figures(figures: Sequence[Path], out_dir: Path) -> list[dict[str, str]]:
+    entries = []
+    for fig in figures:
+        fig = Path(fig)
+        if not fig.is_file():
+            raise BadInput(f"{fig}: figure not found")
+        try:
+            rel = fig.resolve().relative_to(out_dir.resolve())
+        except ValueError:  # outside the report: copy it in so the report stays self-contained
+            rel = Path("figures") / fig.name
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out_dir / rel) as tmp:
+                shutil.copyfile(fig, tmp)
+        entries.append({"src": rel.as_posix(), "caption": re.sub(r"[_-]+", " ", fig.stem)})
+    return entries
+
+
+def write_report(
+    *,
+    study_name: str,
+    results: pd.DataFrame,
+    out_dir: str | Path,
+    figures: Sequence[Path] = (),
+    image_manifests: Mapping[str, Path] | None = None,
+    base_key: str = "base",
+    images_per_grid: int = 8,
+    directions: Mapping[str, bool] | None = None,
+) -> Path:
+    """Write out_dir/index.html (+ leaderboard files, figures/, grids/); returns the index path."""
+    from lyco_bench.analysis.pipeline import default_metric_labels
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_leaderboard(results, out_dir, directions=directions)
+    board = build_leaderboard(results, directions=directions)
+    labels = [lb for lb in default_metric_labels(results) if f"{lb} mean" in board]
+    header, rows = display_rows(board, labels)
+    fid, ctl = board.attrs["pareto_axes"]
+    figure_entries = _copy_figures(figures, out_dir)
+    grids = (
+        write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
+        if image_manifests
+        else []
+    )
+    n_configs = board.loc[board["algo"] != "base", "config"].nunique()
+    summary = (
+        f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
+        f"{results['label'].nunique()} metric columns, {len(figure_entries)} figures, {len(grids)} image grids."
+    )
+    html = render_template(
+        "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
+        pareto_axes=f"{fid} vs {ctl}" if fid and ctl else "(no image/text similarity pair)",
+        figures=figure_entries, grids=grids, has_base=bool(image_manifests and base_key in image_manifests),
+    )  # fmt: skip
+    index = out_dir / "index.html"
+    atomic_write_text(index, html)
+    return index
+
+
+def linked_files(index_html: Path) -> list[str]:
+    """Every src/href the page links (anchors excluded)."""
+    text = Path(index_html).read_text(encoding="utf-8")
+    links = re.findall(r'(?:src|href)="([^"#][^"]*)"', text)
+    return sorted(set(links))
+
+
+def check_report_files(index_html: Path) -> list[str]:
+    """Problems with a report's links: absolute paths, URLs, files missing or outside the folder."""
+    root = Path(index_html).resolve().parent
+    problems = []
+    for link in linked_files(index_html):
+        if re.match(r"^[a-z]+:", link) or link.startswith("/"):
+            problems.append(f"{link}: not a relative path")
+            continue
+        target = (root / link).resolve()
+        if root not in target.parents:
+            problems.append(f"{link}: outside the report folder")
+        elif not target.is_file():
+            problems.append(f"{link}: missing")
+    return problems

@@ -1,0 +1,278 @@
+"""The long results table every analysis step reads: one row per (checkpoint, category, concept,
+subclass, prompt class, metric, encoder, mode), with the run's configuration alongside.
+
+Two sources feed it: lyco-bench's own score files (`collect_results`) and the paper's published
+wide CSV (`read_paper_csv`, PAPER.md §8), converted to the same long format so that ranks, SHAP,
+plots and the leaderboard share one code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_path
+
+SCORE_COLUMNS = [
+    "checkpoint", "category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode",
+    "value", "n_images", "prompt_set_version", "reason",
+]  # fmt: skip
+RUN_COLUMNS = [
+    "config", "algo", "preset", "lr", "dim", "alpha", "factor", "seed", "epoch",
+    "trainable_params", "file_bytes",
+]  # fmt: skip
+PATH_COLUMNS = ["category", "concept", "subclass"]
+
+# Directions of the metrics the paper reports, used when lyco_bench.metrics does not know a name.
+# Distances and losses: lower is better (PAPER.md §5, §6 "distance metrics are ranked reversed").
+KNOWN_DIRECTIONS = {
+    "image_similarity": True,
+    "text_similarity": True,
+    "vendi": True,
+    "squared_centroid_distance": False,
+    "style_loss_base": False,
+    "style_loss_dataset": False,
+    "frechet_distance": False,
+}
+
+# The paper's column names: `<Metric> (<encoder>-<mode>) (<in|out|trigger>)`, in = <train>, out = <alter>.
+PAPER_CLASSES = {"in": "train", "out": "alter", "trigger": "trigger"}
+PAPER_METRIC_NAMES = {
+    "Image Similarity": "image_similarity",
+    "Squared Centroid Distance": "squared_centroid_distance",
+    "Text Similarity": "text_similarity",
+    "Vendi": "vendi",
+    # style_classes_style_losses.csv: style concepts' images vs their dataset (PAPER.md §5 last line)
+    "Style Loss": "style_loss_dataset",
+    "Frechet Distance": "frechet_distance",
+    "Fréchet Distance": "frechet_distance",
+}
+ENCODER_MODES = ("resize", "crop", "padding")
+PAPER_SEEDS = {"a": 23, "b": 24, "c": 25}
+_COLUMN_RE = re.compile(r"^(?P<name>[^()]+?)(?: \((?P<enc>[^()]+)\))? \((?P<cls>in|out|trigger)\)$")
+_FOLDER_RE = re.compile(r"(?P<config>exp-\d+-.+)-(?P<seed>[abc])(?:-(?P<epoch>\d{6}))?$")
+
+
+def metric_direction(metric: str, directions: Mapping[str, bool] | None = None) -> bool:
+    """True when a higher value is better: `directions` first, then lyco_bench.metrics.METRICS."""
+    if directions and metric in directions:
+        return bool(directions[metric])
+    try:  # the registry of engineer D; optional so that the paper path needs no metrics code
+        from lyco_bench.metrics import METRICS  # type: ignore[attr-defined]
+
+        if metric in METRICS:
+            return bool(METRICS[metric].higher_is_better)
+    except ImportError:
+        pass
+    if metric in KNOWN_DIRECTIONS:
+        return KNOWN_DIRECTIONS[metric]
+    raise BadInput(
+        f"metric {metric!r}: direction unknown (not in lyco_bench.metrics.METRICS); pass directions"
+    )
+
+
+def metric_label(metric: str, encoder: str = "", mode: str = "", prompt_class: str = "") -> str:
+    """Column name of one metric variant, in the paper's style: `Image Similarity (dinov2-resize) (alter)`."""
+    title = " ".join(word.capitalize() for word in metric.split("_"))
+    enc = "-".join(part for part in (encoder, mode) if part)
+    return title + (f" ({enc})" if enc else "") + (f" ({prompt_class})" if prompt_class else "")
+
+
+def _normalize(table: pd.DataFrame) -> pd.DataFrame:
+    for col in ("category", "concept", "subclass", "encoder", "mode", "prompt_class", "reason"):
+        if col in table:
+            table[col] = table[col].fillna("").astype(str)
+    if "label" not in table:
+        table["label"] = [
+            metric_label(m, e, md, pc)
+            for m, e, md, pc in zip(
+                table["metric"], table["encoder"], table["mode"], table["prompt_class"], strict=True
+            )
+        ]
+    return table
+
+
+def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd.DataFrame:
+    """Concatenate score parquet files and join each row's run configuration by `checkpoint`.
+
+    Score rows whose checkpoint is not in `runs` (the base model) keep `config = checkpoint` and
+    `algo = "base"`: shown on the leaderboard as a reference, left out of CatBoost/SHAP.
+    """
+    frames = []
+    for path in score_files:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput(f"{path}: score file not found")
+        frame = pd.read_parquet(path)
+        missing = [c for c in ("checkpoint", "metric", "value") if c not in frame]
+        if missing:
+            raise BadInput(f"{path}: missing score columns {missing}")
+        frames.append(frame)
+    if not frames:
+        raise BadInput("collect_results: no score files given")
+    scores = pd.concat(frames, ignore_index=True)
+    for col in SCORE_COLUMNS:
+        if col not in scores:
+            scores[col] = "" if col not in ("value", "n_images") else np.nan
+    if "checkpoint" not in runs:
+        raise BadInput("runs: missing column 'checkpoint'")
+    if runs["checkpoint"].duplicated().any():
+        raise BadInput("runs: duplicate checkpoint rows")
+    run_cols = ["checkpoint"] + [c for c in RUN_COLUMNS if c in runs]
+    table = scores.drop(columns=[c for c in RUN_COLUMNS if c in scores]).merge(
+        runs[run_cols], on="checkpoint", how="left", validate="many_to_one"
+    )
+    for col in RUN_COLUMNS:
+        if col not in table:
+            table[col] = np.nan
+    base = table["config"].isna()
+    table["config"] = table["config"].astype(object)
+    table.loc[base, "config"] = table.loc[base, "checkpoint"]
+    table["algo"] = table["algo"].astype(object)
+    table.loc[base, "algo"] = "base"
+    return sort_table(_normalize(table))
+
+
+def sort_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A fixed row order (for byte-identical files whatever order the inputs came in)."""
+    keys = [c for c in ("config", "seed", "epoch", "checkpoint", *PATH_COLUMNS, "label") if c in table]
+    return table.sort_values(keys, kind="mergesort", na_position="first").reset_index(drop=True)
+
+
+def write_results(results: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sort_table(results.copy()).to_parquet(tmp, index=False)
+    return path
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: results table not found")
+    table = pd.read_parquet(path)
+    missing = [c for c in ("checkpoint", "metric", "value", "config", "algo", "epoch") if c not in table]
+    if missing:
+        raise BadInput(f"{path}: missing columns {missing}")
+    return _normalize(table)
+
+
+def parse_paper_column(column: str) -> dict[str, str]:
+    """`Image Similarity (dinov2-l-fb-resize) (in)` → metric, encoder, mode, prompt_class."""
+    match = _COLUMN_RE.match(column)
+    if not match or match["name"] not in PAPER_METRIC_NAMES:
+        raise BadInput(f"paper CSV column {column!r}: not `<Metric> (<encoder>-<mode>) (<in|out|trigger>)`")
+    encoder, mode = match["enc"] or "", ""
+    for candidate in ENCODER_MODES:
+        if encoder.endswith("-" + candidate):
+            encoder, mode = encoder[: -len(candidate) - 1], candidate
+    return {
+        "metric": PAPER_METRIC_NAMES[match["name"]],
+        "encoder": encoder,
+        "mode": mode,
+        "prompt_class": PAPER_CLASSES[match["cls"]],
+    }
+
+
+def _parse_folder(folder: str, *, final_epoch: int, source: Path) -> dict:
+    head, *path = folder.split("/")
+    match = _FOLDER_RE.search(head)
+    if not match or len(path) > 3:
+        raise BadInput(
+            f"{source}: Folder {folder!r} is not `…exp-<config>-<a|b|c>[-0000<epoch>][/category[/concept[/subclass]]]`"
+        )
+    path = path + [""] * (3 - len(path))
+    epoch = int(match["epoch"]) if match["epoch"] else final_epoch
+    return {
+        "checkpoint": head,
+        "config": match["config"],
+        "seed": PAPER_SEEDS[match["seed"]],
+        "epoch": epoch,
+        **dict(zip(PATH_COLUMNS, path, strict=True)),
+    }
+
+
+def _wide_to_long(path: Path, *, final_epoch: int) -> pd.DataFrame:
+    wide = pd.read_csv(path)
+    if "Folder" not in wide:
+        raise BadInput(f"{path}: no `Folder` column")
+    if wide["Folder"].duplicated().any():
+        raise BadInput(f"{path}: duplicate Folder rows")
+    metric_cols = [c for c in wide.columns if c != "Folder"]
+    parsed = {c: parse_paper_column(c) for c in metric_cols}
+    keys = pd.DataFrame([_parse_folder(f, final_epoch=final_epoch, source=path) for f in wide["Folder"]])
+    values = wide[metric_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)  # (rows, metrics)
+    long = keys.loc[np.repeat(np.arange(len(keys)), len(metric_cols))].reset_index(drop=True)
+    long["label"] = np.tile(metric_cols, len(keys))
+    for field in ("metric", "encoder", "mode", "prompt_class"):
+        long[field] = np.tile([parsed[c][field] for c in metric_cols], len(keys))
+    long["value"] = values.reshape(-1)
+    return long.dropna(subset=["value"]).reset_index(drop=True)
+
+
+def read_config_mapping(path: str | Path) -> pd.DataFrame:
+    """config_mapping.csv → config, algo (full → native), preset, lr, dim, alpha, factor."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: config mapping not found")
+    raw = pd.read_csv(path, na_values=["N/A"])
+    missing = [c for c in ("Config", "Algo", "Preset", "Lr", "Dim", "Alpha", "Factor") if c not in raw]
+    if missing:
+        raise BadInput(f"{path}: missing columns {missing}")
+    runs = pd.DataFrame(
+        {
+            "config": raw["Config"].astype(str),
+            # the paper's algo "full" is native fine-tuning; "full" stays a preset name only
+            "algo": raw["Algo"].astype(str).replace({"full": "native"}),
+            "preset": raw["Preset"].astype(str),
+            "lr": pd.to_numeric(raw["Lr"], errors="coerce"),
+            "dim": pd.to_numeric(raw["Dim"], errors="coerce"),
+            "alpha": pd.to_numeric(raw["Alpha"], errors="coerce"),
+            "factor": pd.to_numeric(raw["Factor"], errors="coerce"),
+        }
+    )
+    if runs["config"].duplicated().any():
+        raise BadInput(f"{path}: duplicate Config rows")
+    return runs
+
+
+def read_paper_csv(
+    metrics_csv: str | Path,
+    config_mapping: str | Path,
+    *,
+    style_losses_csv: str | Path | None = None,
+    final_epoch: int = 50,
+) -> pd.DataFrame:
+    """The published wide CSV(s) → the long results table (same columns as `collect_results`).
+
+    `label` keeps each value's column name from the input CSV. A Folder without epoch suffix is
+    the last epoch (`final_epoch`); seeds a/b/c are 23/24/25 (PAPER.md §2).
+    """
+    metrics_csv = Path(metrics_csv)
+    if not metrics_csv.is_file():
+        raise BadInput(f"{metrics_csv}: paper metrics CSV not found")
+    frames = [_wide_to_long(metrics_csv, final_epoch=final_epoch)]
+    if style_losses_csv is not None:
+        style_path = Path(style_losses_csv)
+        if not style_path.is_file():
+            raise BadInput(f"{style_path}: style losses CSV not found")
+        frames.append(_wide_to_long(style_path, final_epoch=final_epoch))
+    long = pd.concat(frames, ignore_index=True)
+    runs = read_config_mapping(config_mapping)
+    unknown = sorted(set(long["config"]) - set(runs["config"]))
+    if unknown:
+        raise BadInput(f"{config_mapping}: no row for configs {unknown[:3]}")
+    table = long.merge(runs, on="config", how="left", validate="many_to_one")
+    table["checkpoint"] = [
+        f"{c}-{s}-e{e:03d}" for c, s, e in zip(table["config"], table["seed"], table["epoch"], strict=True)
+    ]
+    for col in ("n_images", "trainable_params", "file_bytes"):
+        table[col] = np.nan
+    table["prompt_set_version"] = "paper"
+    table["reason"] = ""
+    return sort_table(_normalize(table))
