@@ -127,16 +127,57 @@ def adapter_file_from_tensors(
     return AdapterFile(path=None, tensors=dict(tensors), metadata=dict(metadata or {}), modules=modules)
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors + string metadata as safetensors, atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+# safetensors dtype names (https://github.com/huggingface/safetensors, format spec)
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors serialization with keys sorted everywhere, so equal inputs give equal bytes.
+
+    (``safetensors.torch.save`` writes the metadata in hash-map order, which changes between runs.)
+    Layout: u64 little-endian header length, the JSON header padded with spaces to a multiple of 8,
+    then the raw little-endian tensor data in header order.
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    chunks: list[bytes] = []
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[key] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors + string metadata as safetensors, atomically (temp file + rename), with
+    deterministic bytes."""
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata {key!r}: keys and values must be str")
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    data = safetensors_bytes(tensors, metadata)
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 def rank_bound(cls: type, tensors: dict[str, torch.Tensor]) -> int | None:
@@ -161,5 +202,6 @@ __all__ = [
     "parameter_count",
     "rank_bound",
     "read_tensors",
+    "safetensors_bytes",
     "save_tensors",
 ]
