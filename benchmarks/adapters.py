@@ -1,0 +1,301 @@
+"""Adapter speed and memory on Stable Diffusion 1.5 layer shapes, next to LyCORIS and peft.
+
+For each algorithm at its paper default (PAPER.md §2) and five SD1.5 layers (batch 2, fp32, CPU)
+this measures, as multiples of the frozen layer alone (input requires grad, weights frozen):
+train forward+backward time, bytes saved for backward (torch.autograd.graph.saved_tensors_hooks,
+unique storages, parameters included), unmerged inference and merged inference time. Peers
+run in the same process, round-robin with ours, so load on the machine hits all alike.
+
+    .venv/bin/python benchmarks/adapters.py [--quick] [--repeats N] [--layers attn320,conv640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lyco_bench.adapters.base import ALGORITHMS
+from lyco_bench.adapters.loha import LoHaModule  # noqa: F401
+from lyco_bench.adapters.lokr import LoKrModule  # noqa: F401  (registers the algorithms)
+from lyco_bench.adapters.lora import LoRAModule  # noqa: F401
+from lyco_bench.adapters.native import NativeModule  # noqa: F401
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    name: str
+    make: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+
+
+LAYERS = [
+    LayerCase("attn320", lambda: nn.Linear(320, 320), (2, 4096, 320)),
+    LayerCase("attn640", lambda: nn.Linear(640, 640), (2, 1024, 640)),
+    LayerCase("attn1280", lambda: nn.Linear(1280, 1280), (2, 256, 1280)),
+    LayerCase("ff1280", lambda: nn.Linear(1280, 5120), (2, 256, 1280)),
+    LayerCase("conv640", lambda: nn.Conv2d(640, 640, 3, padding=1), (2, 640, 32, 32)),
+]
+
+# (label, family, algorithm, settings): paper defaults, LoKr both full-block and dim 8.
+ALGOS = [
+    ("LoRA d8 a4", "lora", dict(dim=8, alpha=4)),
+    ("LoHa d4 a2", "loha", dict(dim=4, alpha=2)),
+    ("LoKr f8 full", "lokr", dict(dim=10000, alpha=10000, factor=8)),
+    ("LoKr f8 d8", "lokr", dict(dim=8, alpha=8, factor=8)),
+    ("native", "native", dict(dim=1)),
+]
+
+
+def ours(algo: str, settings: dict) -> Callable[[nn.Module], nn.Module]:
+    return lambda layer: ALGORITHMS[algo](layer, **settings)
+
+
+def lycoris(algo: str, settings: dict, *, bypass: bool) -> Callable[[nn.Module], nn.Module] | None:
+    from lycoris.modules import full, locon, loha, lokr
+
+    cls = {
+        "lora": locon.LoConModule,
+        "loha": loha.LohaModule,
+        "lokr": lokr.LokrModule,
+        "native": full.FullModule,
+    }
+    kw = {"lora_dim": settings.get("dim", 1), "alpha": settings.get("alpha", 1)}
+    if algo == "lokr":
+        kw["factor"] = settings["factor"]
+    if algo == "native" and bypass:
+        return None  # FullModule has no bypass path; its default path is the one to compare
+
+    def build(layer: nn.Module) -> nn.Module:
+        module = cls[algo]("bench", layer, multiplier=1.0, bypass_mode=bypass, **kw)
+        module.apply_to()
+        return _Holder(layer, module)
+
+    return build
+
+
+def peft_builder(algo: str, settings: dict) -> Callable[[nn.Module], nn.Module] | None:
+    import peft
+
+    if algo == "lora":
+        cfg = peft.LoraConfig(r=settings["dim"], lora_alpha=settings["alpha"], target_modules=["layer"])
+    elif algo == "loha":
+        cfg = peft.LoHaConfig(r=settings["dim"], alpha=settings["alpha"], target_modules=["layer"])
+    elif algo == "lokr":
+        cfg = peft.LoKrConfig(
+            r=settings["dim"],
+            alpha=settings["alpha"],
+            decompose_factor=settings["factor"],
+            target_modules=["layer"],
+        )
+    else:
+        return None
+
+    def build(layer: nn.Module) -> nn.Module:
+        holder = nn.Module()
+        holder.layer = layer
+        holder.forward = lambda x: holder.layer(x)
+        return peft.inject_adapter_in_model(cfg, holder)
+
+    return build
+
+
+class _Holder(nn.Module):
+    """Keeps a LyCORIS module's parameters reachable and calls the patched layer."""
+
+    def __init__(self, layer: nn.Module, module: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.adapter = layer, module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+@dataclass
+class Result:
+    train: list[float] = field(default_factory=list)
+    infer: list[float] = field(default_factory=list)
+    merged: list[float] = field(default_factory=list)
+    saved_bytes: int = 0
+    dw_sized: int = 0
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def train_step(model: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        model(x).backward(g)
+
+    return step
+
+
+def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return step
+
+
+def saved_for_backward(model: nn.Module, x: torch.Tensor, weight_shape: torch.Size) -> tuple[int, int]:
+    """(bytes of unique storages saved for backward, how many non-parameter ΔW-sized tensors)."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    param_ptrs |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    storages: dict[int, int] = {}
+    dw_sized: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        storages[ptr] = t.untyped_storage().nbytes()
+        if ptr not in param_ptrs and t.numel() == math.prod(weight_shape):
+            dw_sized.add(ptr)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = model(x)
+    del y
+    return sum(storages.values()), len(dw_sized)
+
+
+def merged_layer(layer: nn.Module, adapter: nn.Module) -> nn.Module:
+    merged = copy.deepcopy(layer)
+    with torch.no_grad():
+        merged.weight.copy_(adapter.merged_weight())
+        if adapter.delta_bias() is not None:
+            merged.bias.add_(adapter.delta_bias())
+    return merged
+
+
+def variants(families: list[str]) -> list[tuple[str, str, Callable[[nn.Module], nn.Module]]]:
+    """(row label, algorithm label, builder) for ours and the peers that implement it."""
+    rows = []
+    for label, algo, settings in ALGOS:
+        rows.append((f"{label} [lyco-bench]", label, ours(algo, settings)))
+        if "lycoris" in families:
+            for bypass, tag in ((True, "bypass"), (False, "default")):
+                build = lycoris(algo, settings, bypass=bypass)
+                if build is not None:
+                    rows.append((f"{label} [LyCORIS {tag}]", label, build))
+        if "peft" in families and (build := peft_builder(algo, settings)) is not None:
+            rows.append((f"{label} [peft]", label, build))
+    return rows
+
+
+def run_layer(case: LayerCase, rows: list, *, repeats: int) -> dict[str, Result]:
+    torch.manual_seed(0)
+    base = case.make().requires_grad_(False)
+    x = torch.randn(case.input_shape, requires_grad=True)
+    g = torch.randn_like(base(x))
+    models: dict[str, nn.Module] = {"frozen": copy.deepcopy(base)}
+    adapters: dict[str, nn.Module] = {}
+    for label, _, build in rows:
+        model = build(copy.deepcopy(base))
+        with torch.no_grad():  # non-zero factors, so no path can skip work on zeros
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 1e-3)
+        models[label] = model
+        if label.endswith("[lyco-bench]"):
+            adapters[label] = model
+    merged = {label: merged_layer(a.base, a) for label, a in adapters.items()}
+    results = {label: Result() for label in models}
+    for label, model in models.items():
+        results[label].saved_bytes, results[label].dw_sized = saved_for_backward(model, x, base.weight.shape)
+        train_step(model, x, g)()  # warm up
+        infer_step(model, x)()
+    for _ in range(repeats):
+        for label, model in models.items():
+            results[label].train.append(_timed(train_step(model, x, g)))
+            results[label].infer.append(_timed(infer_step(model, x)))
+            if label in merged:
+                results[label].merged.append(_timed(infer_step(merged[label], x)))
+        results["frozen"].merged = results["frozen"].infer
+    return results
+
+
+def ratios(results: dict[str, Result]) -> dict[str, dict[str, float]]:
+    ref = results["frozen"]
+    med = statistics.median
+    out = {}
+    for label, r in results.items():
+        out[label] = {
+            "train": med(r.train) / med(ref.train),
+            "infer": med(r.infer) / med(ref.infer),
+            "merged": med(r.merged) / med(ref.infer) if r.merged else float("nan"),
+            "saved": r.saved_bytes / ref.saved_bytes,
+            "saved_mb": r.saved_bytes / 2**20,
+            "dw_sized": r.dw_sized,
+            "frozen_ms": med(ref.train) * 1e3,
+        }
+    return out
+
+
+def geomean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def print_tables(per_layer: dict[str, dict[str, dict[str, float]]], labels: list[str]) -> None:
+    names = list(per_layer)
+    print("\nTrain forward+backward time, multiple of the frozen layer (median; geomean over layers)")
+    print(f"{'':34}" + "".join(f"{n:>10}" for n in names) + f"{'geomean':>10}")
+    frozen_ms = "".join(f"{per_layer[n]['frozen']['frozen_ms']:>8.1f}ms" for n in names)
+    print(f"{'frozen layer (absolute)':34}" + frozen_ms)
+    for label in labels:
+        vals = [per_layer[n][label]["train"] for n in names]
+        print(f"{label:34}" + "".join(f"{v:>10.2f}" for v in vals) + f"{geomean(vals):>10.2f}")
+    print("\nSummary (geomean over layers): train, unmerged inference, merged inference, saved for backward")
+    print(f"{'':34}{'train':>8}{'infer':>8}{'merged':>8}{'saved×':>8}{'saved MB':>10}{'ΔW-sized':>10}")
+    for label in labels:
+        g = {
+            k: geomean([per_layer[n][label][k] for n in names]) for k in ("train", "infer", "merged", "saved")
+        }
+        mb = sum(per_layer[n][label]["saved_mb"] for n in names)
+        dw = max(per_layer[n][label]["dw_sized"] for n in names)
+        merged = f"{g['merged']:>8.2f}" if not math.isnan(g["merged"]) else f"{'-':>8}"
+        print(f"{label:34}{g['train']:>8.2f}{g['infer']:>8.2f}{merged}{g['saved']:>8.2f}{mb:>10.1f}{dw:>10d}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats, no LyCORIS default path")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7)")
+    parser.add_argument(
+        "--layers", default=None, help="comma-separated subset of " + ",".join(c.name for c in LAYERS)
+    )
+    parser.add_argument("--peers", default="lycoris,peft", help="peers to compare: lycoris,peft or none")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    cases = [c for c in LAYERS if args.layers is None or c.name in args.layers.split(",")]
+    rows = variants(args.peers.split(","))
+    if args.quick:
+        rows = [r for r in rows if "default]" not in r[0]]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, batch 2, {repeats} repeats"
+    )
+    per_layer = {}
+    for case in cases:
+        t0 = time.perf_counter()
+        per_layer[case.name] = ratios(run_layer(case, rows, repeats=repeats))
+        print(f"  {case.name}: {time.perf_counter() - t0:.0f}s", flush=True)
+    print_tables(per_layer, [r[0] for r in rows])
+
+
+if __name__ == "__main__":
+    main()
