@@ -13,7 +13,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis
+    from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis, select_metrics
     from lyco_bench.analysis.results import read_paper_csv, read_results, write_results
 
     out = Path(args.out)
@@ -29,13 +29,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
         exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
         shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
-        write_results(table, out / "results.parquet")
     elif args.results:
         table = read_results(args.results)
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
-    metrics = _split(args.metrics) or None
+    metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
+    if args.paper_csv:
+        write_results(table, out / "results.parquet")
     outputs = run_analysis(
         table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
         plots=not args.no_plots,

@@ -59,18 +59,16 @@ def shap_beeswarm(fit: ShapFit, path: Path) -> Path:
     numeric = fit.features.copy()
     for col in CATEGORICAL:
         numeric[col] = pd.Categorical(numeric[col], categories=sorted(numeric[col].unique())).codes
-    state = np.random.get_state()
-    np.random.seed(0)  # the beeswarm shuffles points with numpy's global RNG
     try:
         shap.summary_plot(
-            fit.values, numeric.astype(float), feature_names=FEATURES, show=False, plot_size=(7, 4)
-        )
+            fit.values, numeric.astype(float), feature_names=FEATURES, show=False, plot_size=(7, 4),
+            rng=np.random.default_rng(0),  # the beeswarm jitters points: fixed for identical PNGs
+        )  # fmt: skip
         fig = plt.gcf()
         fig.suptitle(fit.label, fontsize=9)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
     finally:
-        np.random.set_state(state)
         plt.close("all")
     return path
 

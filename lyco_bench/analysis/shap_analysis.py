@@ -38,9 +38,9 @@ def _lookup(values: pd.Series, table: Mapping[float, int]) -> pd.Series:
 
 
 def _levels(values: pd.Series, table: Mapping[float, int], *, ascending: bool, start: int) -> pd.Series:
-    """The paper's level table when it covers none-to-all of the values; when it covers none of
-    them (another study's grid), levels by order of the distinct values instead; values outside a
-    partly matching table are NaN, which CatBoost's nan_mode='Min' puts below every level."""
+    """Levels from the paper's table. When the table matches none of the values (another study's
+    grid), levels by order of the distinct values instead. Values outside a partly matching table
+    are NaN, which CatBoost's nan_mode='Min' puts below every level."""
     known = _lookup(values, table)
     present = values.dropna()
     if present.empty or known[present.index].notna().any():
@@ -88,12 +88,14 @@ def encode_features(table: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class ShapFit:
-    """One metric's fit: the features it saw, their SHAP values (n_rows, 5) and the base value."""
+    """One metric's fit: the features it saw, their SHAP values (n_rows, 5), the base value and
+    the model's predictions (values.sum(1) + expected_value == prediction, folding included)."""
 
     label: str
     features: pd.DataFrame
     values: np.ndarray
     expected_value: float
+    prediction: np.ndarray
 
 
 def fit_shap(features: pd.DataFrame, target: pd.Series, *, label: str, thread_count: int = 1) -> ShapFit:
@@ -117,7 +119,8 @@ def fit_shap(features: pd.DataFrame, target: pd.Series, *, label: str, thread_co
     values[native, algo_col] += values[native, cap_col]
     values[native, cap_col] = 0.0
     expected = float(np.ravel(explainer.expected_value)[0])
-    return ShapFit(label=label, features=x, values=values, expected_value=expected)
+    prediction = np.asarray(model.predict(x), dtype=float)
+    return ShapFit(label=label, features=x, values=values, expected_value=expected, prediction=prediction)
 
 
 def level_name(value: object) -> str:
