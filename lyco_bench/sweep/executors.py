@@ -46,23 +46,24 @@ def execute_job(
     try:
         if store.is_done(job.id):  # finished by another runner between our check and the lock
             return {"status": "skipped", "job": job.id}
+        store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt})
         start = time.perf_counter()
         outputs = run_stage(job, store)
         duration = time.perf_counter() - start
         store.write_marker(job, outputs, duration_s=duration, attempt=attempt)
+        store.append_log({"job": job.id, "kind": job.kind, "event": "done", "duration_s": round(duration, 3)})
         return {"status": "done", "job": job.id, "duration_s": duration, "pid": os.getpid()}
     except BadInput as exc:
-        return {"status": "failed", "job": job.id, "error": f"error: {exc}", "retry": False}
+        result = {"status": "failed", "job": job.id, "error": f"error: {exc}", "retry": False}
     except Exception as exc:  # noqa: BLE001 - reported, retried by the scheduler
-        detail = traceback.format_exc(limit=8)
-        return {
-            "status": "failed",
-            "job": job.id,
-            "error": f"{type(exc).__name__}: {exc}\n{detail}",
-            "retry": True,
-        }
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        result = {"status": "failed", "job": job.id, "error": error, "retry": True}
     finally:
         lock.release()
+    store.append_log(
+        {"job": job.id, "kind": job.kind, "event": "failed", "error": result["error"].splitlines()[0]}
+    )
+    return result
 
 
 # --- backends: submit(job, attempt) -> handle; wait(handles) -> finished handles -------------

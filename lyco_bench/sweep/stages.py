@@ -137,11 +137,12 @@ def run_config_for(job: Job, store: StudyStore) -> Any:
     from lyco_bench.training import RunConfig
 
     spec = job.spec
+    captions = {"strategy": spec["captions"], **spec["training"].get("captions", {})}
     data = {
         **spec["training"],
         "model": model_path(spec["model"], store),
         "dataset": dataset_path(spec["dataset"], store),
-        "captions": spec["captions"],
+        "captions": captions,
         "adapter": spec["adapter"],
         "seed": spec["seed"],
         "epochs": max(spec["checkpoint_epochs"]),
@@ -196,16 +197,16 @@ def _claim_dir(out_dir: Path, job: Job) -> None:
 
 
 def prompt_items(spec: dict[str, Any], store: StudyStore) -> tuple[Any, list[Any]]:
+    """The prompt set and the items to generate for a generate job."""
     from lyco_bench.data import load_dataset
-    from lyco_bench.prompts import ImageCounts, expand_prompts, load_prompt_set
+    from lyco_bench.prompts import expand_prompts, load_prompt_set
 
     prompt_set = load_prompt_set(spec["prompt_set"])
-    if spec.get("images_per_prompt"):
-        n = spec["images_per_prompt"]
-        counts = ImageCounts(**{name: n for name in ImageCounts.model_fields})
-        prompt_set = prompt_set.model_copy(update={"images_per_prompt": counts})
     dataset = load_dataset(dataset_path(spec["dataset"], store))
-    return prompt_set, expand_prompts(prompt_set, dataset, classes=spec["classes"])
+    items = expand_prompts(
+        prompt_set, dataset, classes=spec["classes"], images_per_prompt=spec.get("images_per_prompt")
+    )
+    return prompt_set, items
 
 
 def checkpoint_name(config: str, seed: int, epoch: int) -> str:
@@ -274,7 +275,7 @@ def run_encode(job: Job, store: StudyStore) -> list[Path]:
 
         dataset = load_dataset(dataset_path(job.spec["dataset"], store))
         concepts = dataset.concepts
-        if kind == "vgg19":  # the dataset style loss reads style concepts only
+        if kind == "vgg19" and settings.style_categories is not None:  # style loss: style concepts only
             concepts = [c for c in concepts if c.category in settings.style_categories]
         paths = sorted({Path(item.path) for c in concepts for item in c.images})
     else:

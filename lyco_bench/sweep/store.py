@@ -154,6 +154,29 @@ class StudyStore:
                 out.setdefault(marker["kind"], []).append(float(marker["duration_s"]))
         return out
 
+    # --- the execution log --------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.jobs_dir / "log.jsonl"
+
+    def append_log(self, entry: dict[str, Any]) -> None:
+        """One JSON line per job execution (any runner, any host): who ran what, how it ended.
+
+        A single O_APPEND write of a short line, so concurrent runners do not interleave lines.
+        """
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({**entry, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def read_log(self) -> list[dict[str, Any]]:
+        if not self.log_path.is_file():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text(encoding="utf-8").splitlines() if line]
+
     # --- locks ------------------------------------------------------------------------
     def lock_path(self, job_id: str) -> Path:
         return self.jobs_dir / f"{job_id}{LOCK_SUFFIX}"
