@@ -89,6 +89,8 @@ def test_demo_dataset_deterministic(demo_dataset_dir, tmp_path):
         make_demo_dataset(tmp_path / "same")
     assert _run_cli(["make-demo-dataset", str(tmp_path / "big"), "--size", "32"]) == 0
     assert load_dataset(tmp_path / "big").concepts[0].images[1].width == 48
+    two = load_dataset(make_demo_dataset(tmp_path / "two", images_per_concept=2))
+    assert [len(c.images) for c in two.concepts] == [2] * 5
 
 
 def test_concepts_look_distinct(demo_dataset_dir):
