@@ -13,6 +13,9 @@ import contextlib
 import functools
 import gzip
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +145,15 @@ def _quiet_hf():
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
     """Build a tiny random-weight SD1.x pipeline offline and save it as a diffusers folder.
 
-    Same seed → byte-identical files. The global torch RNG is left as it was.
+    ``out_dir`` must be absent or empty. Same seed → byte-identical files. The global torch RNG
+    is left as it was.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise BadInput(f"{out_dir}: already exists and is not an empty folder")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**TINY_UNET)
@@ -164,8 +170,17 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_hf():
-        pipe.save_pretrained(out_dir, safe_serialization=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:  # written beside, then renamed into place: never half a model
+        with _quiet_hf():
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
 
 

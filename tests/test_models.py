@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from lyco_bench.errors import BadInput
-from lyco_bench.models import clip_tokenizer, load_pipeline, model_kind, register_cli
+from lyco_bench.models import clip_tokenizer, load_pipeline, make_tiny_model, model_kind, register_cli
 
 SENTENCES = [
     "a photo of a cat",
@@ -209,6 +209,9 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
         with pytest.raises(BadInput, match=re.escape(message)) as info:
             load_pipeline(model)
         assert str(info.value).startswith(model) and "\n" not in str(info.value)
+
+    with pytest.raises(BadInput, match="already exists and is not an empty folder"):
+        make_tiny_model(tiny_model_dir)
 
     sd_file = tmp_path / "sd.safetensors"
     save_file({"model.diffusion_model.conv_in.weight": torch.zeros(1)}, str(sd_file))

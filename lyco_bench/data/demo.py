@@ -143,6 +143,7 @@ def make_demo_dataset(
         raise BadInput(f"--size {image_size}: must be at least 16")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         for leaf_index, (cat, name, sub, count, *_) in enumerate(DEMO_LEAVES):
             rng = np.random.default_rng([seed, leaf_index])
