@@ -62,10 +62,10 @@ def build_leaderboard(results: pd.DataFrame, *, directions: Mapping[str, bool] |
         raise BadInput("leaderboard: the results table is empty")
     values = checkpoint_values(results)
     ids = ["config", "epoch"]  # a config name fixes algo, preset, lr, dim, alpha, factor
-    grouped = values.groupby([*ids, "label"], sort=True)["value"]
+    grouped = values.groupby([*ids, "label"], sort=True, dropna=False)["value"]
     stats = grouped.agg(["mean", "std"]).unstack("label")
     stats.columns = [f"{label} {stat}" for stat, label in stats.columns]
-    extra = values.groupby(ids, sort=True).agg(
+    extra = values.groupby(ids, sort=True, dropna=False).agg(
         trainable_params=("trainable_params", "mean"),
         file_bytes=("file_bytes", "mean"),
         n_seeds=("seed", "nunique"),

@@ -50,11 +50,10 @@ def _read_manifest(path: Path) -> pd.DataFrame:
 
 
 def _thumb(path: Path):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((THUMB, THUMB))
+        img = ImageOps.contain(img.convert("RGB"), (THUMB, THUMB))  # up- or down-scaled to fit
         cell = Image.new("RGB", (THUMB, THUMB), "white")
         cell.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
     return cell
