@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,10 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
     other.mkdir()
     (other / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     cases[str(other)] = "unsupported pipeline class 'FluxPipeline'"
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial, ignore=shutil.ignore_patterns("unet"))
+    cases[str(partial)] = "could not load the model"
+    cases["someone/not-cached-here"] = "could not load the model"  # a hub id, offline in tests
     for model, message in cases.items():
         with pytest.raises(BadInput, match=re.escape(message)) as info:
             load_pipeline(model)
