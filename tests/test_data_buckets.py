@@ -123,3 +123,20 @@ def test_bucket_batches():
     assert bucket_batches(buckets, 8, torch.Generator().manual_seed(0))  # default repeats of 1
     with pytest.raises(BadInput, match="batch_size 0"):
         bucket_batches(buckets, 0, torch.Generator())
+
+
+def test_exif_orientation(tmp_path):
+    """A photo stored landscape with EXIF orientation 6 (rotate 90°) is portrait everywhere."""
+    from PIL import Image
+
+    from lyco_bench.data import image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    _thirds(90, 60).save(path, exif=exif, quality=95)
+    assert image_size(path) == (60, 90)
+    # Orientation 6 displays the stored image turned 90° clockwise: its left (red) edge becomes the top.
+    pixels = image_tensor(path, (32, 48))  # (3, 48, 32)
+    assert pixels.shape == (3, 48, 32)
+    assert pixels[0, 2, 16] > 0.8 and pixels[2, 45, 16] > 0.8  # red on top, blue at the bottom

@@ -73,12 +73,13 @@ def resize_to_bucket(image, bucket: Bucket):
 
 
 def image_tensor(path: str | Path, bucket: Bucket, *, flip: bool = False) -> torch.Tensor:
-    """The image at ``path`` in ``bucket`` as a float tensor in [-1, 1], shape (3, H, W)."""
+    """The image at ``path`` (EXIF orientation applied) in ``bucket`` as a float tensor in [-1, 1],
+    shape (3, H, W)."""
     import numpy as np
     from PIL import Image, ImageOps
 
     with Image.open(path) as img:
-        image = resize_to_bucket(img.convert("RGB"), bucket)
+        image = resize_to_bucket(ImageOps.exif_transpose(img).convert("RGB"), bucket)
     if flip:
         image = ImageOps.mirror(image)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)

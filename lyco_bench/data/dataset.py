@@ -119,7 +119,11 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _image_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def split_tags(text: str) -> list[str]:
@@ -138,13 +142,16 @@ def _read_tags(image: Path) -> list[str]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) after fully decoding the file, so truncated images fail here, not mid-run."""
+    """(width, height) as displayed (EXIF orientation applied), after fully decoding the file, so
+    truncated images fail here, not mid-run."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-            return img.size
+            # EXIF orientations 5–8 are rotations by 90°: width and height swap.
+            swap = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            return (img.height, img.width) if swap else img.size
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise BadInput(
             f"{path}: unreadable image ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})"
