@@ -179,6 +179,14 @@ def test_truncated_image(dataset_copy):
     assert len(ds.find("shapes", "circle")[0].images) == 4
 
 
+def test_header_only_loading(dataset_copy):
+    bad = dataset_copy / "shapes/circle/003.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # the header survives, the pixels do not
+    ds = load_dataset(dataset_copy, verify_images=False)
+    assert (ds.find("shapes", "circle")[0].images[3].width, len(ds.skipped)) == (64, 0)
+    _expect_bad(dataset_copy, "unreadable image")
+
+
 def test_not_an_image(dataset_copy):
     bad = dataset_copy / "patterns/stripes/extra.jpg"
     bad.write_text("not a jpeg")

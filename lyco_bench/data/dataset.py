@@ -141,26 +141,45 @@ def _read_tags(image: Path) -> list[str]:
         raise BadInput(f"{caption}: caption file is not UTF-8") from None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), after fully decoding the file, so
-    truncated images fail here, not mid-run."""
+# Decoded-image checks already passed in this process, keyed by (path, size, mtime): loading the
+# same dataset again (every generate/score job does) costs no second decode.
+_VERIFIED: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+def _displayed_size(img, *, strict: bool) -> tuple[int, int]:
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):
+        if strict:
+            raise
+        orientation = 1  # PNG keeps EXIF after the pixels; a header-only read may not reach it
+    # EXIF orientations 5–8 are rotations by 90°: width and height swap.
+    return (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size
+
+
+def image_size(path: Path, *, verify: bool = True) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied). With ``verify`` the whole file is
+    decoded, so a truncated image fails here, not mid-run; without it only the header is read."""
     from PIL import Image, UnidentifiedImageError
 
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if verify and key in _VERIFIED:
+        return _VERIFIED[key]
     try:
         with Image.open(path) as img:
-            img.load()
-            # EXIF orientations 5–8 are rotations by 90°: width and height swap.
-            swap = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            return (img.height, img.width) if swap else img.size
+            if verify:
+                img.load()
+            size = _displayed_size(img, strict=verify)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise BadInput(
-            f"{path}: unreadable image ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})"
-        ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise BadInput(f"{path}: unreadable image ({reason})") from None
+    if verify:
+        _VERIFIED[key] = size
+    return size
 
 
-def _leaf(
-    root: Path, folder: Path, *, spec: ConceptSpec, names: tuple, skip_bad: bool, skipped: list
-) -> Concept:
+def _leaf(folder: Path, *, spec: ConceptSpec, names: tuple, options: dict, skipped: list) -> Concept:
     category, concept, subclass = names
     sub = spec.subclasses.get(subclass) if subclass else None
     trigger, descriptive = spec.trigger, spec.descriptive
@@ -171,9 +190,9 @@ def _leaf(
     leaf = Concept(category, concept, subclass, trigger, descriptive, list(spec.strip_tags), spec.repeats)
     for path in _image_files(folder):
         try:
-            width, height = image_size(path)
+            width, height = image_size(path, verify=options["verify"])
         except BadInput:
-            if not skip_bad:
+            if not options["skip_bad"]:
                 raise
             skipped.append(path)
             continue
@@ -184,7 +203,7 @@ def _leaf(
 
 
 def _concept_leaves(
-    root: Path, key: str, spec: ConceptSpec, *, skip_bad: bool, skipped: list
+    root: Path, key: str, spec: ConceptSpec, *, options: dict, skipped: list
 ) -> list[Concept]:
     folder = root / key
     category, concept = key.split("/")
@@ -197,24 +216,27 @@ def _concept_leaves(
     leaves = []
     if _image_files(folder) or not subs:
         leaves.append(
-            _leaf(
-                root, folder, spec=spec, names=(category, concept, None), skip_bad=skip_bad, skipped=skipped
-            )
+            _leaf(folder, spec=spec, names=(category, concept, None), options=options, skipped=skipped)
         )
     for sub in subs:
         names = (category, concept, sub.name)
-        leaves.append(_leaf(root, sub, spec=spec, names=names, skip_bad=skip_bad, skipped=skipped))
+        leaves.append(_leaf(sub, spec=spec, names=names, options=options, skipped=skipped))
     return leaves
 
 
 def load_dataset(
-    root: str | Path, *, categories: Sequence[str] | None = None, skip_bad_images: bool = False
+    root: str | Path,
+    *,
+    categories: Sequence[str] | None = None,
+    skip_bad_images: bool = False,
+    verify_images: bool = True,
 ) -> Dataset:
     """Read ``<root>/dataset.yaml`` and the folder tree; one :class:`Concept` per leaf folder.
 
     Every concept folder needs an entry in dataset.yaml (its trigger) and every entry a folder.
     ``categories`` keeps only those categories. Unreadable images are errors, or with
     ``skip_bad_images`` are left out with a warning (``Dataset.skipped`` lists them).
+    ``verify_images=False`` reads only image headers (for stages that never decode the images).
     """
     root = Path(root)
     if not root.is_dir():
@@ -237,11 +259,10 @@ def load_dataset(
                 )
     skipped: list[Path] = []
     concepts = []
+    options = {"skip_bad": skip_bad_images, "verify": verify_images}
     for key in sorted(on_disk):
         if categories is None or key.split("/")[0] in categories:
-            concepts += _concept_leaves(
-                root, key, spec.concepts[key], skip_bad=skip_bad_images, skipped=skipped
-            )
+            concepts += _concept_leaves(root, key, spec.concepts[key], options=options, skipped=skipped)
     if skipped:
         console.print(f"warning: skipped {len(skipped)} unreadable image(s) in {root}, e.g. {skipped[0]}")
     return Dataset(spec.name, spec.version, root, concepts, skipped)
