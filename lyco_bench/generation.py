@@ -1,0 +1,398 @@
+"""Sampling prompt items to PNG files plus a ``manifest.parquet`` (`lyco-bench generate`).
+
+The pipeline is loaded once; adapter files are merged into the weights (W0 += λ·ΔW, several
+files each with its λ) before sampling, so generating with an adapter costs what the base model
+costs, and unmerged afterwards. Each image has its own ``torch.Generator`` seeded with its item's
+seed (PAPER.md §4: seed_base + i), and batches are planned per folder (``plan_batches``), so an
+image does not depend on what else is generated, nor on whether the run was interrupted.
+
+Files: ``<out>/<class>/<category>/<concept>[/<subclass>]/<prompt_index>-<seed>.png`` and
+``<out>/manifest.parquet`` (columns in docs/internals.md), both written atomically; the manifest
+is rewritten after every batch, so an interrupted run loses at most the batch in flight, and a
+rerun skips every image that is on disk and listed with the same prompt and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from lyco_bench.config import StrictModel, validate
+from lyco_bench.errors import BadInput
+from lyco_bench.prompts import PROMPT_CLASSES, PromptItem, PromptSet, expand_prompts, load_prompt_set
+from lyco_bench.utils import atomic_path, console, default_device, progress_bar, stable_hash
+
+MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = [
+    "file", "prompt", "clip_text", "prompt_class", "category", "concept", "subclass", "prompt_index",
+    "image_index", "seed", "group", "concepts", "checkpoint", "adapters", "model", "prompt_set",
+    "prompt_set_version", "sampler", "steps", "cfg", "width", "height", "negative_prompt",
+]  # fmt: skip
+# Columns that must agree between a manifest on disk and a rerun into the same folder.
+SETTING_COLUMNS = ["checkpoint", "adapters", "prompt_set_version", "sampler", "steps", "cfg", "width", "height", "negative_prompt"]  # fmt: skip
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class SamplerSettings(StrictModel):
+    """How images are sampled; defaults are the paper's (PAPER.md §4)."""
+
+    sampler: Literal["ddim", "euler", "dpm++"] = "ddim"
+    """diffusers scheduler: DDIM (η = 0), Euler, DPM-Solver++ (multistep)."""
+    steps: int = Field(25, ge=1)
+    cfg: float = 7.0
+    """Classifier-free guidance scale (≤ 1: no guidance)."""
+    width: int = Field(512, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    negative_prompt: str = ""
+    seed_base: int = 1000
+    """The i-th image of a prompt gets seed_base + i."""
+    batch_size: int = Field(4, ge=1)
+    """Images per pipeline call (see plan_batches: images agree across batch sizes only up to
+    float rounding, about one pixel level on a few pixels)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+AdapterArg = tuple[str | os.PathLike, float]
+
+
+def base_images_key(model: str | os.PathLike, prompt_set: PromptSet, sampler: SamplerSettings) -> str:
+    """Folder name for base-model images: one per (base model, prompt set content, sampler settings).
+
+    Which classes or how many images are asked for is left out: those only add files to the same
+    folder. The batch size is left out too, since images do not depend on it.
+    """
+    path = Path(str(model)).expanduser()
+    model_id = str(path.resolve()) if path.exists() else str(model)
+    prompts = prompt_set.model_dump(exclude={"source", "classes", "images_per_prompt", "description"})
+    settings = sampler.model_dump(exclude={"batch_size"})
+    digest = stable_hash({"model": model_id, "prompts": prompts, "sampler": settings})
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name or str(model)).strip("-")[:40] or "model"
+    return f"{slug}-{prompt_set.name}-v{prompt_set.version}-{sampler.sampler}{sampler.steps}-{digest}"
+
+
+def make_scheduler(pipe: Any, sampler: str) -> Any:
+    """A fresh scheduler of the requested kind built from the pipeline's own noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    config = pipe.scheduler.config
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config)
+    if sampler == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    raise BadInput(f"sampler: unknown sampler {sampler!r} (ddim, euler, dpm++)")
+
+
+def sample_batch(pipe: Any, items: Sequence[PromptItem], sampler: SamplerSettings) -> Any:
+    """Sample one batch; returns uint8 images (B, H, W, 3). One generator per image (its seed)."""
+    import numpy as np
+
+    device = pipe.device
+    gen_device = "cpu" if device.type == "mps" else device
+    generators = [torch.Generator(device=gen_device).manual_seed(item.seed) for item in items]
+    with torch.inference_mode():
+        out = pipe(
+            prompt=[item.prompt for item in items],
+            negative_prompt=[sampler.negative_prompt] * len(items),
+            num_inference_steps=sampler.steps,
+            guidance_scale=sampler.cfg,
+            width=sampler.width,
+            height=sampler.height,
+            generator=generators,
+            output_type="np",
+        )
+    images = np.asarray(out.images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
+    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def save_png(array: Any, path: Path) -> None:
+    """PNG without timestamps or text chunks: same pixels → same bytes."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=6)
+
+
+def _adapter_label(adapters: Sequence[AdapterArg]) -> str:
+    return ";".join(f"{Path(p).name}:{float(lam):g}" for p, lam in adapters)
+
+
+def _read_manifest(out_dir: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    import pandas as pd
+
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several error types on a corrupt file
+        raise BadInput(
+            f"{path}: unreadable manifest ({type(exc).__name__}); remove it to start over"
+        ) from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadInput(f"{path}: not a lyco-bench manifest (no column {missing[0]!r})")
+    for col in SETTING_COLUMNS:
+        values = set(df[col].tolist())
+        if values and values != {settings[col]}:
+            old = sorted(values, key=str)[0]
+            raise BadInput(
+                f"{path}: made with {col}={old!r}, this run has {settings[col]!r}; use another --out folder"
+            )
+    return {row["file"]: row for row in df.to_dict("records")}
+
+
+def _write_manifest(out_dir: Path, rows: dict[str, dict[str, Any]]) -> Path:
+    import pandas as pd
+
+    df = pd.DataFrame([rows[f] for f in sorted(rows)], columns=MANIFEST_COLUMNS)
+    path = out_dir / MANIFEST
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return path
+
+
+def _row(item: PromptItem, settings: dict[str, Any], prompt_set: PromptSet | None) -> dict[str, Any]:
+    return {
+        **item.model_dump(exclude={"concepts"}),
+        "file": item.relpath,
+        "subclass": item.subclass or "",
+        "concepts": "+".join(item.concepts),
+        "prompt_set": prompt_set.name if prompt_set else "",
+        **settings,
+    }
+
+
+def _is_done(item: PromptItem, rows: dict[str, dict[str, Any]], out_dir: Path) -> bool:
+    row = rows.get(item.relpath)
+    return row is not None and row["prompt"] == item.prompt and (out_dir / item.relpath).is_file()
+
+
+def _merged(pipe: Any, adapters: Sequence[AdapterArg]):
+    """Context: adapters merged into the UNet / text-encoder weights, restored on exit."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        if not adapters:
+            yield
+            return
+        from lyco_bench.adapters import merge_adapters, unmerge_adapters
+
+        handle = merge_adapters(pipe.unet, pipe.text_encoder, [(str(p), float(lam)) for p, lam in adapters])
+        try:
+            yield
+        finally:
+            unmerge_adapters(handle)
+
+    return ctx()
+
+
+def generate(
+    *,
+    model: str | os.PathLike,
+    adapters: Sequence[AdapterArg] = (),
+    items: Sequence[PromptItem],
+    out_dir: str | os.PathLike,
+    sampler: SamplerSettings,
+    device: str | None = None,
+    checkpoint_name: str | None = None,
+    prompt_set: PromptSet | None = None,
+    pipeline: Any = None,
+) -> Path:
+    """Generate every item not yet in ``out_dir``; return the path of ``manifest.parquet``.
+
+    ``adapters``: ``(file, λ)`` pairs merged into the weights for this call. ``checkpoint_name``
+    (default: the adapter file stems, or ``"base"``) and ``prompt_set`` (name, version) go into
+    the manifest. ``pipeline``: an already loaded pipeline to reuse (e.g. across checkpoints);
+    its scheduler is replaced by ``sampler``'s. Item seeds are re-derived from
+    ``sampler.seed_base`` (seed = seed_base + image_index).
+    """
+    out_dir = Path(out_dir)
+    for path, _ in adapters:
+        if not Path(path).is_file():
+            raise BadInput(f"--adapter {path}: no such file")
+    items = [item.with_seed_base(sampler.seed_base) for item in items]
+    _check_unique(items)
+    if checkpoint_name is None:
+        checkpoint_name = "+".join(Path(p).stem for p, _ in adapters) or "base"
+    settings = {
+        "checkpoint": checkpoint_name,
+        "adapters": _adapter_label(adapters),
+        "model": str(model),
+        "prompt_set_version": prompt_set.version if prompt_set else "",
+        **{k: getattr(sampler, k) for k in ("sampler", "steps", "cfg", "width", "height", "negative_prompt")},
+    }
+    rows = _read_manifest(out_dir, settings)
+    done = {item.relpath for item in items if _is_done(item, rows, out_dir)}
+    rows = {f: r for f, r in rows.items() if (out_dir / f).is_file()}
+    todo = [
+        batch
+        for batch in plan_batches(items, sampler.batch_size)
+        if any(i.relpath not in done for i in batch)
+    ]
+    if not todo:
+        return _write_manifest(out_dir, rows)
+    if pipeline is None:
+        pipeline = _load(model, device=device or default_device(), dtype=DTYPES[sampler.dtype])
+    pipeline.scheduler = make_scheduler(pipeline, sampler.sampler)
+    total = sum(i.relpath not in done for batch in todo for i in batch)
+    with _merged(pipeline, adapters), progress_bar() as bar:
+        task = bar.add_task("generate", total=total, info=checkpoint_name)
+        for batch in todo:
+            # The whole batch is sampled even if some of it is on disk: its composition fixes
+            # the float rounding, so a resumed run writes the same bytes as an uninterrupted one.
+            missing = [
+                (item, image)
+                for item, image in zip(batch, sample_batch(pipeline, batch, sampler), strict=True)
+                if item.relpath not in done
+            ]
+            for item, image in missing:
+                save_png(image, out_dir / item.relpath)
+                rows[item.relpath] = _row(item, settings, prompt_set)
+            manifest = _write_manifest(out_dir, rows)
+            bar.update(task, advance=len(missing))
+    return manifest
+
+
+def plan_batches(items: Sequence[PromptItem], batch_size: int) -> list[list[PromptItem]]:
+    """Batches of at most ``batch_size`` items of one prompt class, in item order.
+
+    Batched float kernels round differently with the batch's shape and an image's position in
+    it (measured: ~1e-6 in the UNet, now and then one pixel level in the PNG), so a batch's
+    composition must not depend on what else is generated: it depends only on the items of its
+    class and the batch size. Asking for more or fewer classes (base model vs checkpoints), or
+    resuming an interrupted run, then gives byte-identical images.
+    """
+    by_class: dict[str, list[PromptItem]] = {}
+    for item in items:
+        by_class.setdefault(item.prompt_class, []).append(item)
+    return [
+        group[i : i + batch_size] for group in by_class.values() for i in range(0, len(group), batch_size)
+    ]
+
+
+def _load(model: str | os.PathLike, *, device: str, dtype: torch.dtype) -> Any:
+    from lyco_bench.models import load_pipeline
+
+    return load_pipeline(str(model), device=device, dtype=dtype)
+
+
+def _check_unique(items: Sequence[PromptItem]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.relpath in seen:
+            raise BadInput(f"items: two items map to the same file {item.relpath}")
+        seen.add(item.relpath)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def parse_adapter(text: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1."""
+    path, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from lyco_bench.data import load_dataset
+
+    adapters = [parse_adapter(a) for a in args.adapter]
+    for path, _ in adapters:
+        if not Path(path).is_file():
+            raise BadInput(f"--adapter {path}: no such file")
+    ps = load_prompt_set(args.prompts)
+    dataset = load_dataset(args.dataset)
+    other = load_dataset(args.combine_dataset) if args.combine_dataset else None
+    names = (
+        "sampler",
+        "steps",
+        "cfg",
+        "width",
+        "height",
+        "negative_prompt",
+        "seed_base",
+        "batch_size",
+        "dtype",
+    )
+    sampler = validate(SamplerSettings, {k: getattr(args, k) for k in names}, source="generate")
+    items = expand_prompts(
+        ps, dataset, args.classes, seed_base=args.seed_base, images_per_prompt=args.images_per_prompt,
+        combine_with=other,
+    )  # fmt: skip
+    out = Path(args.out)
+    before = _count_listed(out)
+    started = time.perf_counter()
+    manifest = generate(
+        model=args.model, adapters=adapters, items=items, out_dir=out, sampler=sampler, device=args.device,
+        checkpoint_name=args.checkpoint_name, prompt_set=ps,
+    )  # fmt: skip
+    made = _count_listed(out) - before
+    console.print(
+        f"generate: {made} new images, {len(items) - made} already there, "
+        f"{time.perf_counter() - started:.1f}s → {manifest}"
+    )
+    return 0
+
+
+def _count_listed(out_dir: Path) -> int:
+    import pandas as pd
+
+    path = out_dir / MANIFEST
+    return len(pd.read_parquet(path, columns=["file"])) if path.is_file() else 0
+
+
+def _sampler_arguments(p: argparse.ArgumentParser) -> None:
+    d = SamplerSettings()
+    p.add_argument(
+        "--sampler", choices=["ddim", "euler", "dpm++"], default=d.sampler, help="default %(default)s"
+    )
+    p.add_argument("--steps", type=int, default=d.steps, help="sampling steps (default %(default)s)")
+    p.add_argument("--cfg", type=float, default=d.cfg, help="guidance scale (default %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="default %(default)s")
+    p.add_argument("--height", type=int, default=d.height, help="default %(default)s")
+    p.add_argument("--negative-prompt", default=d.negative_prompt, help="default empty")
+    p.add_argument("--seed-base", type=int, default=d.seed_base, help="image i of a prompt gets seed-base + i (default %(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per pipeline call (default %(default)s)")  # fmt: skip
+    p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype, help="default %(default)s")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate the images of a prompt set for a base model or checkpoint",
+        description=(
+            "Expand a prompt set over a dataset's concepts and sample every image (PNG + "
+            "manifest.parquet) with the base model or with adapter files merged into its weights. "
+            "Reruns skip images already done. Defaults are the paper's: DDIM, 25 steps, CFG 7, 512 px, seeds 1000 + i."
+        ),
+    )
+    p.add_argument("--model", required=True, help="hub id, diffusers folder or single .safetensors file")
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:λ]", help="adapter file merged with weight λ (default 1); repeat to merge several")  # fmt: skip
+    p.add_argument("--prompts", required=True, help="prompt set name (prompts/<name>.yaml) or YAML path")
+    p.add_argument("--dataset", required=True, help="dataset folder (its concepts and triggers)")
+    p.add_argument("--classes", nargs="+", choices=PROMPT_CLASSES, help="prompt classes (default: the set's)")
+    p.add_argument("--images-per-prompt", type=int, help="override the images per prompt of every class")
+    p.add_argument("--combine-dataset", help="second dataset for cross-model <combine> prompts")
+    p.add_argument(
+        "--checkpoint-name", help="name written to the manifest (default: adapter file stems, or base)"
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    _sampler_arguments(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_generate)
