@@ -14,7 +14,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis, select_metrics
-    from lyco_bench.analysis.results import read_paper_csv, read_results, write_results
+    from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv, read_results, write_results
 
     out = Path(args.out)
     if args.paper_csv and args.results:
@@ -29,9 +29,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
         exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
         shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
+        directions = PAPER_DIRECTIONS  # the published metrics' own directions (PAPER.md §5–6)
     elif args.results:
         table = read_results(args.results)
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
+        directions = None  # lyco_bench.metrics.METRICS
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
     metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
@@ -39,7 +41,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         write_results(table, out / "results.parquet")
     outputs = run_analysis(
         table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
-        plots=not args.no_plots,
+        directions=directions, plots=not args.no_plots,
     )  # fmt: skip
     print(
         f"analyze: {outputs.n_fitted} metrics fitted over {table['checkpoint'].nunique()} checkpoints, "

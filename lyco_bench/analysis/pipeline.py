@@ -104,7 +104,10 @@ def run_analysis(
     """Scaled ranks, one CatBoost+SHAP fit per selected metric label, figures, shap_levels.csv."""
     out_dir = Path(out_dir)
     labels = select_metrics(results, metrics)
-    table = ranked_table(results, exclude=exclude_configs, directions=directions)
+    # ranks only for the selected metrics (the paper CSV has 63 columns); figures read every column
+    table = ranked_table(
+        results[results["label"].isin(labels)], exclude=exclude_configs, directions=directions
+    )
     outputs = AnalysisOutputs()
     outputs.scaled_ranks = out_dir / "scaled_ranks.csv"
     keep = [
@@ -120,7 +123,7 @@ def run_analysis(
         "scaled_rank",
     ]
     with atomic_path(outputs.scaled_ranks) as tmp:
-        table[table["label"].isin(labels)][keep].to_csv(tmp, index=False)
+        table[keep].to_csv(tmp, index=False)
 
     fit_rows = drop_configs(table[fit_mask(table)], shap_exclude_configs)
     fits = []
@@ -141,7 +144,8 @@ def run_analysis(
         with atomic_path(outputs.shap_levels) as tmp:
             shap_levels(fits).to_csv(tmp, index=False, float_format="%.10g")
     if plots:
-        outputs.figures += write_figures(table, labels=labels, out_dir=out_dir / "figures", prefer=prefer)
+        finetuned = drop_configs(results[results["algo"] != "base"], exclude_configs)
+        outputs.figures += write_figures(finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer)
     return outputs
 
 

@@ -28,9 +28,9 @@ RUN_COLUMNS = [
 ]  # fmt: skip
 PATH_COLUMNS = ["category", "concept", "subclass"]
 
-# Directions of the metrics the paper reports, used when lyco_bench.metrics does not know a name.
-# Distances and losses: lower is better (PAPER.md §5, §6 "distance metrics are ranked reversed").
-KNOWN_DIRECTIONS = {
+# Directions of the metrics the paper reports (PAPER.md §5, §6: "distance metrics are ranked
+# reversed"). The paper path uses them as is; elsewhere lyco_bench.metrics.METRICS comes first.
+PAPER_DIRECTIONS = {
     "image_similarity": True,
     "text_similarity": True,
     "vendi": True,
@@ -69,8 +69,8 @@ def metric_direction(metric: str, directions: Mapping[str, bool] | None = None) 
             return bool(METRICS[metric].higher_is_better)
     except ImportError:
         pass
-    if metric in KNOWN_DIRECTIONS:
-        return KNOWN_DIRECTIONS[metric]
+    if metric in PAPER_DIRECTIONS:
+        return PAPER_DIRECTIONS[metric]
     raise BadInput(
         f"metric {metric!r}: direction unknown (not in lyco_bench.metrics.METRICS); pass directions"
     )
