@@ -14,7 +14,12 @@ from lyco_bench.errors import BadInput
 from lyco_bench.metrics import encoders as enc
 from lyco_bench.metrics.cache import FeatureCache
 from lyco_bench.metrics.features import EncoderPool, EncoderSettings, image_features, text_features
-from tests.test_metrics_fixtures import noise_image, tiny_encoders  # noqa: F401  (fixture)
+from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict:
+    return tiny_encoder_settings(tmp_path_factory)
 
 
 def test_preprocess_modes_by_hand():

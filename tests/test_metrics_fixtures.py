@@ -1,4 +1,4 @@
-"""Shared fixtures of the metrics tests (no tests here): tiny encoders and a generation folder."""
+"""Shared helpers of the metrics tests (no tests here): tiny encoders and a generation folder."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+_BUILT: dict[str, dict] = {}
 
-@pytest.fixture(scope="session")
-def tiny_encoders(tmp_path_factory) -> dict:
-    """EncoderSettings fields pointing at tiny random-weight DINOv2 / OpenCLIP / VGG19 saved locally."""
+
+def tiny_encoder_settings(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """EncoderSettings fields pointing at tiny random-weight DINOv2 / OpenCLIP / VGG19 saved locally.
+
+    Built once per session, whichever test module asks first.
+    """
     from lyco_bench.metrics.tiny import make_tiny_encoders
 
-    return {
-        **make_tiny_encoders(tmp_path_factory.mktemp("tiny-encoders"), seed=0),
-        "device": "cpu",
-        "batch_size": 4,
-    }
+    if "fields" not in _BUILT:
+        fields = make_tiny_encoders(tmp_path_factory.mktemp("tiny-encoders"), seed=0)
+        _BUILT["fields"] = {**fields, "device": "cpu", "batch_size": 8}
+    return dict(_BUILT["fields"])
 
 
 def noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:

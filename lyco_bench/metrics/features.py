@@ -150,17 +150,19 @@ def image_features(
     if todo:
         encoder = pool.get(kind)
         bs = pool.settings.batch_size
+        by_mode = [[i for i in todo if modes[i] == m] for m in sorted(set(modes[i] for i in todo))]
         with progress_bar(transient=True) as bar:
             task = bar.add_task(f"encode {kind} {desc}".strip(), total=len(todo), info="")
-            for start in range(0, len(todo), bs):
-                chunk = todo[start : start + bs]
-                for m in sorted({modes[i] for i in chunk}):
-                    part = [i for i in chunk if modes[i] == m]
-                    feats = encoder.encode_images([open_image(Path(paths[i])) for i in part], m)
-                    for i, f in zip(part, feats, strict=True):
-                        cache.put(keys[i], encoder_id, m, f)
+            for same_mode in by_mode:
+                for start in range(0, len(same_mode), bs):
+                    chunk = same_mode[start : start + bs]
+                    feats = encoder.encode_images(
+                        [open_image(Path(paths[i])) for i in chunk], modes[chunk[0]]
+                    )
+                    for i, f in zip(chunk, feats, strict=True):
+                        cache.put(keys[i], encoder_id, modes[i], f)
                         rows[i] = f
-                bar.update(task, advance=len(chunk))
+                    bar.update(task, advance=len(chunk))
     return torch.stack(rows)  # (N, D)
 
 

@@ -40,7 +40,7 @@ def read_manifest(images_dir: str | Path) -> pd.DataFrame:
         raise BadInput(f"{path}: lists no images")
     if df["file"].duplicated().any():
         raise BadInput(f"{path}: lists {df.loc[df['file'].duplicated(), 'file'].iloc[0]} twice")
-    listed = set(df["file"].astype(str))
+    listed = {Path(f).as_posix() for f in df["file"].astype(str)}
     for file in sorted(listed):
         if not (images_dir / file).is_file():
             raise BadInput(f"{path}: lists {file}, which is missing from {images_dir}")

@@ -22,7 +22,13 @@ import torch
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import controllability, diversity, fidelity, preservation, quality
 from lyco_bench.metrics.cache import FeatureCache
-from lyco_bench.metrics.features import EncoderPool, EncoderSettings, image_features, text_features
+from lyco_bench.metrics.features import (
+    EncoderPool,
+    EncoderSettings,
+    image_features,
+    image_size,
+    text_features,
+)
 from lyco_bench.metrics.manifest import member_keys, prompt_groups, read_manifest
 from lyco_bench.utils import progress_bar
 
@@ -80,6 +86,15 @@ class Scorer:
             )
             stats = part if stats is None else stats + part
         return stats
+
+    def prefetch(self, units: list[Unit]) -> None:
+        """Encode every image the units need up front, in full batches, one encoder at a time."""
+        generated = list(dict.fromkeys(p for u in units for p in u.rows["path"]))
+        references = list(dict.fromkeys(str(p) for u in units for _, refs in u.references for p in refs))
+        for kind in self.settings.image_encoders:
+            for mode in self.settings.modes:
+                self.feats(kind, [Path(p) for p in generated + references], mode)
+        self.feats("clip", [Path(p) for p in generated])
 
     # --- rows -------------------------------------------------------------------------------
     def add(
@@ -291,12 +306,16 @@ def score(
     base = read_manifest(base_images_dir) if base_images_dir is not None else None
     ds = load_dataset(dataset) if isinstance(dataset, str | Path) else dataset
     units = make_units(df, ds, source=str(Path(images_dir) / "manifest.parquet"))
+    for table in (df, base) if base is not None else (df,):
+        for path in table["path"]:
+            image_size(Path(path))  # a corrupt header fails here, before any encoding
     for kind in (*settings.image_encoders, "clip"):
         EncoderPool(settings).id(kind)
     styles = (
         settings.style_categories if settings.style_categories is not None else infer_style_categories(df)
     )
     scorer = Scorer(settings=settings, cache=FeatureCache(cache_dir), base=base, style_categories=styles)
+    scorer.prefetch(units)
     with progress_bar() as bar:
         task = bar.add_task("score", total=len(units), info="")
         for unit in units:

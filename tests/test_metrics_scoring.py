@@ -1,0 +1,295 @@
+"""`score` on a small generation folder built here (PNGs + manifest) against the demo dataset."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from torch.testing import assert_close
+
+from lyco_bench.cli import main
+from lyco_bench.errors import BadInput
+from lyco_bench.metrics import fidelity
+from lyco_bench.metrics.features import EncoderPool, EncoderSettings
+from lyco_bench.metrics.scoring import ROW_COLUMNS, score
+from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings, write_generation
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict:
+    return tiny_encoder_settings(tmp_path_factory)
+
+
+def _row(pc, cat, concept, sub, pi, seed, *, prompt=None, concepts=""):
+    folder = "/".join([pc, ".".join(p for p in (cat, concept, sub) if p) or "_all"])
+    prompt = prompt or f"{concept or 'thing'} {sub} prompt {pi}"
+    return {
+        "file": f"{folder}/{pi:03d}-{seed}.png", "prompt": prompt, "clip_text": prompt.replace("prompt", "words"),
+        "prompt_class": pc, "category": cat, "concept": concept, "subclass": sub, "prompt_index": pi,
+        "image_index": seed - 1000, "seed": seed, "group": f"{folder}/{pi}", "concepts": concepts,
+        "checkpoint": "ck-test", "prompt_set": "test", "prompt_set_version": "3",
+    }  # fmt: skip
+
+
+def _manifest_rows() -> list[dict]:
+    rows = [_row("trigger", "shapes", "circle", "", 0, s) for s in (1000, 1001)]
+    rows += [
+        _row("trigger", "shapes", "triangle", sub, 0, s) for sub in ("filled", "hollow") for s in (1000, 1001)
+    ]
+    rows += [_row("trigger", "patterns", "stripes", "", 0, s) for s in (1000, 1001)]
+    rows += [_row("trigger", "patterns", "checker", "", 0, 1000)]  # a single image: Vendi/Fréchet undefined
+    rows += [_row("alter", "shapes", "circle", "", pi, s) for pi in (0, 1) for s in (1000, 1001)]
+    rows += [_row("alter", "patterns", "stripes", "", 0, s) for s in (1000, 1001)]
+    rows += [_row("style", "shapes", "circle", "", 0, s) for s in (1000, 1001)]
+    rows += [_row("style", "shapes", "triangle", "filled", 0, s) for s in (1000, 1001)]  # no base pair
+    rows += [_row("agnostic", "", "", "", 0, s, prompt="a photo") for s in (1000, 1001)]
+    both = "shapes/circle+patterns/checker"
+    rows += [
+        _row("combine", "shapes+patterns", "circle+checker", "", 0, s, concepts=both) for s in (1000, 1001)
+    ]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("generated")
+    rows = _manifest_rows()
+    images = write_generation(root / "ck", rows, seed=1)
+    base_rows = [dict(r, checkpoint="base") for r in rows if r["prompt_class"] in ("agnostic",)]
+    base_rows += [
+        dict(r, checkpoint="base") for r in rows if r["prompt_class"] == "style" and r["concept"] == "circle"
+    ]
+    base = write_generation(root / "base", base_rows, seed=2)
+    return images, base
+
+
+@pytest.fixture(scope="module")
+def scored(generated, demo_dataset_dir, tiny_encoders, tmp_path_factory) -> tuple[pd.DataFrame, Path]:
+    images, base = generated
+    cache = tmp_path_factory.mktemp("cache")
+    settings = EncoderSettings(**tiny_encoders)
+    rows = score(
+        images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings, cache_dir=cache
+    )
+    return rows, cache
+
+
+def _pick(rows, **where) -> pd.DataFrame:
+    mask = pd.Series(True, index=rows.index)
+    for key, value in where.items():
+        mask &= rows[key] == value
+    return rows[mask]
+
+
+def _one(rows, **where) -> pd.Series:
+    found = _pick(rows, **where)
+    assert len(found) == 1, (where, found)
+    return found.iloc[0]
+
+
+def test_rows_columns_and_reasons(scored):
+    rows, _ = scored
+    assert list(rows.columns) == ROW_COLUMNS
+    assert set(rows["checkpoint"]) == {"ck-test"} and set(rows["prompt_set_version"]) == {"3"}
+    assert (rows.loc[rows["value"].isna(), "reason"] != "").all()
+    assert (rows.loc[rows["value"].notna(), "reason"] == "").all()
+    assert set(rows["mode"]) == {"", "resize", "crop", "padding"}
+    assert set(rows["metric"]) == {
+        "image_similarity", "squared_centroid_distance", "frechet_distance", "text_similarity", "vendi",
+        "clip_iqa", "style_loss_base", "style_loss_dataset",
+    }  # fmt: skip
+    key = ["category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode"]
+    assert not rows.duplicated(key).any()
+
+
+def test_undefined_values_are_nan_rows_with_reasons(scored):
+    rows, _ = scored
+    vendi = _one(rows, prompt_class="trigger", concept="checker", metric="vendi")
+    assert math.isnan(vendi["value"]) and vendi["reason"] == "fewer than 2 images"
+    fd = _one(rows, prompt_class="trigger", concept="checker", metric="frechet_distance", mode="crop")
+    assert math.isnan(fd["value"]) and "fewer than 2" in fd["reason"]
+    no_pair = _one(rows, prompt_class="style", concept="triangle", subclass="", metric="style_loss_base")
+    assert (
+        math.isnan(no_pair["value"])
+        and no_pair["reason"] == "no base-model image with the same prompt and seed"
+    )
+    paired = _one(rows, prompt_class="style", concept="circle", metric="style_loss_base")
+    assert paired["value"] > 0 and paired["n_images"] == 2
+    leak = _one(rows, prompt_class="agnostic", category="", metric="style_loss_base")
+    assert leak["value"] > 0 and leak["n_images"] == 2
+
+
+def test_combine_and_agnostic_compare_with_each_concept(scored):
+    rows, _ = scored
+    comb = _pick(
+        rows, prompt_class="combine", metric="image_similarity", mode="resize", concept="circle+checker"
+    )
+    assert sorted(comb["subclass"]) == ["patterns/checker", "shapes/circle"]
+    leak = _pick(rows, prompt_class="agnostic", metric="image_similarity", mode="resize", concept="")
+    assert sorted(leak["subclass"]) == [
+        "patterns/checker",
+        "patterns/stripes",
+        "shapes/circle",
+        "shapes/triangle",
+    ]
+
+
+def test_style_loss_dataset_only_for_style_categories(scored):
+    rows, _ = scored
+    style = _pick(rows, metric="style_loss_dataset", subclass="")
+    # "patterns" got no <style> prompts while "shapes" did: patterns are the style concepts
+    assert set(style["category"]) == {"patterns"}
+    assert set(style["prompt_class"]) == {"trigger", "alter"}
+    assert (style["value"] > 0).all()
+
+
+def test_group_and_category_aggregation(scored):
+    rows, _ = scored
+    subs = _pick(rows, prompt_class="trigger", concept="triangle", metric="text_similarity")
+    concept = subs[subs["subclass"] == ""].iloc[0]
+    parts = subs[subs["subclass"] != ""]
+    assert concept["n_images"] == 4 and list(parts["n_images"]) == [2, 2]
+    assert_close(
+        concept["value"], float((parts["value"] * parts["n_images"]).sum() / 4)
+    )  # a mean over images
+    cat = _one(rows, prompt_class="trigger", category="shapes", concept="", metric="text_similarity")
+    members = _pick(rows, prompt_class="trigger", category="shapes", subclass="", metric="text_similarity")
+    members = members[members["concept"] != ""]
+    assert_close(cat["value"], float(members["value"].mean()))
+    assert cat["n_images"] == 6
+    # a category mean skips undefined concept values
+    vendi = _one(rows, prompt_class="trigger", category="patterns", concept="", metric="vendi")
+    assert_close(
+        vendi["value"], _one(rows, prompt_class="trigger", concept="stripes", metric="vendi")["value"]
+    )
+
+
+def test_image_similarity_matches_direct_computation(scored, generated, demo_dataset_dir, tiny_encoders):
+    from lyco_bench.data import load_dataset
+    from lyco_bench.metrics.encoders import DinoV2Encoder
+    from lyco_bench.metrics.features import open_image
+
+    rows, _ = scored
+    images, _ = generated
+    dino = DinoV2Encoder(tiny_encoders["dino"], device="cpu", image_size=tiny_encoders["dino_image_size"])
+    (leaf,) = load_dataset(demo_dataset_dir).find("shapes", "circle")
+    ref = dino.encode_images([open_image(Path(i.path)) for i in leaf.images], "padding")
+    gen_files = [
+        images / r["file"]
+        for r in _manifest_rows()
+        if r["prompt_class"] == "trigger" and r["concept"] == "circle"
+    ]
+    gen = dino.encode_images([open_image(p) for p in gen_files], "padding")
+    row = _one(rows, prompt_class="trigger", concept="circle", metric="image_similarity", mode="padding")
+    assert_close(row["value"], fidelity.image_similarity(ref, gen), rtol=1e-5, atol=1e-6)
+    row = _one(
+        rows, prompt_class="trigger", concept="circle", metric="squared_centroid_distance", mode="padding"
+    )
+    assert_close(row["value"], fidelity.squared_centroid_distance(ref, gen), rtol=1e-4, atol=1e-6)
+
+
+def test_second_run_encodes_nothing_and_is_identical(
+    scored, generated, demo_dataset_dir, tiny_encoders, monkeypatch
+):
+    rows, cache = scored
+    images, base = generated
+
+    def no_encoding(self, kind):
+        raise AssertionError(f"encoder {kind} used on a fully cached run")
+
+    monkeypatch.setattr(EncoderPool, "get", no_encoding)
+    monkeypatch.setattr(EncoderPool, "_logit_scale", lambda self: 0.0, raising=False)
+    settings = EncoderSettings(**{**tiny_encoders, "experimental": False})
+    again = score(
+        images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings, cache_dir=cache
+    )
+    pd.testing.assert_frame_equal(again, rows[rows["metric"] != "clip_iqa"].reset_index(drop=True))
+
+
+def test_cli_score_is_deterministic_and_atomic(
+    scored, generated, demo_dataset_dir, tiny_encoders, tmp_path, capsys
+):
+    images, base = generated
+    warm = str(scored[1])  # the first run reads every feature from the cache, the second encodes all
+    enc_yaml = tmp_path / "encoders.yaml"
+    enc_yaml.write_text(yaml.safe_dump(tiny_encoders))
+    common = ["--images", str(images), "--dataset", str(demo_dataset_dir), "--encoders", str(enc_yaml)]
+    assert main(["score", *common, "--cache", warm, "--out", str(tmp_path / "a.parquet")]) == 0
+    assert (
+        main(["score", *common, "--cache", str(tmp_path / "c2"), "--out", str(tmp_path / "b.parquet")]) == 0
+    )
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert "score: ck-test:" in capsys.readouterr().err
+    # bad input: exit 2, one line, nothing written
+    code = main(["score", *common, "--set", "image_encoders=[bogus]", "--out", str(tmp_path / "x.parquet")])
+    assert code == 2 and not (tmp_path / "x.parquet").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "image_encoders" in err and len(err.splitlines()) == 1
+    assert main(["encode", "--images", str(images), "--encoder", "bogus", "--cache", warm]) == 2
+    assert "--encoder 'bogus'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "encode",
+                "--images",
+                str(images),
+                "--encoder",
+                "dinov2",
+                "--encoders",
+                str(enc_yaml),
+                "--cache",
+                warm,
+            ]
+        )
+        == 0
+    )
+    assert "0 encoded" in capsys.readouterr().err  # score already cached every generated image
+
+
+def _copy(generated: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(generated, tmp_path / "copy"))
+
+
+def _score(images, dataset, settings, tmp_path):
+    return score(
+        images_dir=images, dataset=dataset, encoders=EncoderSettings(**settings), cache_dir=tmp_path / "cache"
+    )
+
+
+def test_manifest_must_match_folder(generated, demo_dataset_dir, tiny_encoders, tmp_path):
+    images = _copy(generated[0], tmp_path)
+    extra = images / "trigger" / "stray.png"
+    noise_image(0).save(extra)
+    with pytest.raises(BadInput, match="stray.png: image not listed"):
+        _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
+    extra.unlink()
+    victim = images / _manifest_rows()[0]["file"]
+    victim.unlink()
+    with pytest.raises(BadInput, match="which is missing"):
+        _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(BadInput, match="not a readable image"):
+        _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
+    assert not (tmp_path / "cache").exists()  # rejected before anything was encoded
+
+
+def test_manifest_concept_or_trigger_problems(generated, demo_dataset_dir, tiny_encoders, tmp_path):
+    images = _copy(generated[0], tmp_path)
+    df = pd.read_parquet(images / "manifest.parquet")
+    df.loc[0, "concept"] = "hexagon"
+    df.to_parquet(images / "manifest.parquet", index=False)
+    with pytest.raises(BadInput, match="concept 'shapes/hexagon' is not in dataset"):
+        _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
+    df.drop(columns=["clip_text"]).to_parquet(images / "manifest.parquet", index=False)
+    with pytest.raises(BadInput, match="no column 'clip_text'"):
+        _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
+    dataset = Path(shutil.copytree(demo_dataset_dir, tmp_path / "ds"))
+    spec = yaml.safe_load((dataset / "dataset.yaml").read_text())
+    del spec["concepts"]["shapes/circle"]["trigger"]
+    (dataset / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(BadInput, match="trigger"):
+        _score(generated[0], dataset, tiny_encoders, tmp_path)
