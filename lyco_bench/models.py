@@ -27,7 +27,7 @@ from lyco_bench.utils import console
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
-# The tiny model (PAPER.md §8 of DESIGN: "tiny models built from config"). Sizes are the smallest
+# The tiny model (DESIGN.md "Where it runs": tiny models built from config). Sizes are the smallest
 # that keep every structural feature the adapters and trainer touch.
 TINY_UNET = dict(
     sample_size=8,
@@ -255,10 +255,12 @@ def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
         cls = _pipeline_class("sdxl" if "XL" in class_name else "sd1")
     else:
         cls = DiffusionPipeline
-    kwargs: dict[str, Any] = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs: dict[str, Any] = dict(dtype=dtype)
+    if cls.__name__ != "StableDiffusionXLPipeline":  # SDXL has no safety checker
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         return cls.from_pretrained(str(local) if local.is_dir() else model, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "not found"
         raise BadInput(f"{model}: could not load the model ({first})") from None
 

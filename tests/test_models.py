@@ -222,3 +222,43 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
     save_file({"model.diffusion_model.conv_in.weight": torch.zeros(1)}, str(sd_file))
     with pytest.raises(BadInput, match="--config must be a diffusers model folder"):
         load_pipeline(str(sd_file), config=str(tmp_path / "missing"))
+
+
+def test_sdxl_folder_loads_as_sdxl(tmp_path):
+    """SDXL-ready: a (tiny) SDXL folder comes back as StableDiffusionXLPipeline, kind "sdxl"."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lyco_bench.models import TINY_TEXT, TINY_VAE
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,  # both text encoders' 32-d states, concatenated
+        attention_head_dim=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text + 6 size/crop numbers
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(**TINY_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT)),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(),
+    )
+    pipe.save_pretrained(tmp_path / "sdxl")
+    loaded = load_pipeline(str(tmp_path / "sdxl"))
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    assert model_kind(loaded.unet.config) == "sdxl"
