@@ -202,12 +202,31 @@ def test_second_run_encodes_nothing_and_is_identical(
         raise AssertionError(f"encoder {kind} used on a fully cached run")
 
     monkeypatch.setattr(EncoderPool, "get", no_encoding)
-    monkeypatch.setattr(EncoderPool, "_logit_scale", lambda self: 0.0, raising=False)
     settings = EncoderSettings(**{**tiny_encoders, "experimental": False})
     again = score(
         images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings, cache_dir=cache
     )
     pd.testing.assert_frame_equal(again, rows[rows["metric"] != "clip_iqa"].reset_index(drop=True))
+
+
+def test_metric_selection(scored, generated, demo_dataset_dir, tiny_encoders, tmp_path):
+    images, base = generated
+    settings = EncoderSettings(**tiny_encoders)
+    only = score(
+        images_dir=images, dataset=demo_dataset_dir, encoders=settings, cache_dir=tmp_path, metrics=["vendi"]
+    )
+    assert set(only["metric"]) == {"vendi"}
+    full = scored[0]
+    pd.testing.assert_frame_equal(only, full[full["metric"] == "vendi"].reset_index(drop=True))
+    assert not list(tmp_path.rglob("*vgg19*")) and not list(tmp_path.rglob("*clip*"))  # never encoded
+    with pytest.raises(BadInput, match="unknown metric 'fid'"):
+        score(
+            images_dir=images,
+            dataset=demo_dataset_dir,
+            encoders=settings,
+            cache_dir=tmp_path,
+            metrics=["fid"],
+        )
 
 
 def test_cli_score_is_deterministic_and_atomic(

@@ -77,6 +77,7 @@ def run_score(args: argparse.Namespace) -> int:
     rows = score(
         images_dir=args.images, dataset=args.dataset, base_images_dir=args.base_images,
         encoders=settings, cache_dir=args.cache, checkpoint=args.checkpoint,
+        metrics=args.metrics.split(",") if args.metrics else None,
     )  # fmt: skip
     with atomic_path(out) as tmp:
         rows.to_parquet(tmp, index=False)
@@ -129,6 +130,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--base-images", help="the base model's generation folder (for style_loss_base)")
     p.add_argument("--checkpoint", help="checkpoint name in the rows (default: from the manifest)")
     p.add_argument("--out", required=True, help="output .parquet file (written atomically)")
+    p.add_argument(
+        "--metrics", help="comma-separated metric names (default: all; clip_iqa when experimental)"
+    )
     _add_encoder_options(p)
     p.set_defaults(func=run_score)
 

@@ -12,6 +12,7 @@ a ``reason``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ ROW_COLUMNS = [
 STYLE_DATASET_CLASSES = ("train", "trigger", "alter")
 BASE_PAIRED_CLASSES = ("style", "agnostic")
 PER_PROMPT_VENDI_CLASSES = ("alter",)
+FIDELITY_METRICS = ("image_similarity", "squared_centroid_distance", "frechet_distance")
 
 
 @dataclass
@@ -56,9 +58,15 @@ class Unit:
 
 class Scorer:
     def __init__(
-        self, *, settings: EncoderSettings, cache: FeatureCache, base: pd.DataFrame | None, style_categories
+        self,
+        *,
+        settings: EncoderSettings,
+        cache: FeatureCache,
+        base: pd.DataFrame | None,
+        style_categories,
+        metrics,
     ):
-        self.settings, self.cache, self.base = settings, cache, base
+        self.settings, self.cache, self.base, self.metrics = settings, cache, base, set(metrics)
         self.style_categories = set(style_categories)
         self.pool = EncoderPool(settings)
         self._memo: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -92,9 +100,13 @@ class Scorer:
         generated = list(dict.fromkeys(p for u in units for p in u.rows["path"]))
         references = list(dict.fromkeys(str(p) for u in units for _, refs in u.references for p in refs))
         for kind in self.settings.image_encoders:
-            for mode in self.settings.modes:
-                self.feats(kind, [Path(p) for p in generated + references], mode)
-        self.feats("clip", [Path(p) for p in generated])
+            if self.wants(*FIDELITY_METRICS):
+                for mode in self.settings.modes:
+                    self.feats(kind, [Path(p) for p in generated + references], mode)
+            elif self.wants("vendi"):
+                self.feats(kind, [Path(p) for p in generated])
+        if self.wants("text_similarity", "clip_iqa"):
+            self.feats("clip", [Path(p) for p in generated])
 
     # --- rows -------------------------------------------------------------------------------
     def add(
@@ -109,6 +121,8 @@ class Scorer:
         reason: str = "",
         subclass=None,
     ):
+        if metric not in self.metrics:
+            return
         label = self.pool.label(kind) if kind else ""
         if isinstance(value, float) and math.isnan(value) and not reason:
             reason = "undefined"
@@ -120,35 +134,51 @@ class Scorer:
         })  # fmt: skip
 
     # --- metrics per unit -------------------------------------------------------------------
+    def wants(self, *names: str) -> bool:
+        return any(n in self.metrics for n in names)
+
     def score_unit(self, unit: Unit) -> None:
         paths = [Path(p) for p in unit.rows["path"]]
-        n = len(paths)
         for kind in self.settings.image_encoders:
-            self._fidelity(unit, kind, paths)
-            gen = self.feats(kind, paths)
-            if unit.prompt_class in PER_PROMPT_VENDI_CLASSES:
-                value, used = diversity.vendi_per_group(gen, prompt_groups(unit.rows))
-                reason = "" if used else "no prompt with 2 images"
-            else:
-                value, reason = (
-                    (diversity.vendi_score(gen), "") if n >= 2 else (math.nan, "fewer than 2 images")
-                )
-            self.add(unit, "vendi", kind, "", value, n, reason=reason)
-        clip_img = self.feats("clip", paths)
-        texts = text_features(self.pool, unit.rows["clip_text"].tolist(), cache=self.cache)
-        self.add(unit, "text_similarity", "clip", "", controllability.text_similarity(clip_img, texts), n)
-        if self.settings.experimental:
+            if self.wants(*FIDELITY_METRICS):
+                self._fidelity(unit, kind, paths)
+            if self.wants("vendi"):
+                self._vendi(unit, kind, paths)
+        if self.wants("text_similarity", "clip_iqa"):
+            self._clip_metrics(unit, paths)
+        if self.wants("style_loss_base") and unit.prompt_class in BASE_PAIRED_CLASSES:
+            self._style_base(unit)
+        if (
+            self.wants("style_loss_dataset")
+            and unit.category in self.style_categories
+            and unit.prompt_class in STYLE_DATASET_CLASSES
+        ):
+            for key, ref_paths in unit.references:
+                stats = self._ref_gram_stats(key or unit.concept, ref_paths)
+                value = preservation.style_loss_from_stats(self.gram_stats(paths), stats)
+                self.add(unit, "style_loss_dataset", "vgg19", "", value, len(paths), subclass=key or None)
+
+    def _vendi(self, unit: Unit, kind: str, paths: list[Path]) -> None:
+        gen, n = self.feats(kind, paths), len(paths)
+        if unit.prompt_class in PER_PROMPT_VENDI_CLASSES:
+            value, used = diversity.vendi_per_group(gen, prompt_groups(unit.rows))
+            reason = "" if used else "no prompt with 2 images"
+        elif n >= 2:
+            value, reason = diversity.vendi_score(gen), ""
+        else:
+            value, reason = math.nan, "fewer than 2 images"
+        self.add(unit, "vendi", kind, "", value, n, reason=reason)
+
+    def _clip_metrics(self, unit: Unit, paths: list[Path]) -> None:
+        clip_img, n = self.feats("clip", paths), len(paths)
+        if self.wants("text_similarity"):
+            texts = text_features(self.pool, unit.rows["clip_text"].tolist(), cache=self.cache)
+            self.add(unit, "text_similarity", "clip", "", controllability.text_similarity(clip_img, texts), n)
+        if self.wants("clip_iqa"):
             good = text_features(self.pool, [g for g, _ in quality.IQA_PROMPT_PAIRS], cache=self.cache)
             bad = text_features(self.pool, [b for _, b in quality.IQA_PROMPT_PAIRS], cache=self.cache)
             value = quality.clip_iqa(clip_img, good, bad, logit_scale=self._logit_scale())
             self.add(unit, "clip_iqa", "clip", "", value, n)
-        if unit.prompt_class in BASE_PAIRED_CLASSES:
-            self._style_base(unit)
-        if unit.category in self.style_categories and unit.prompt_class in STYLE_DATASET_CLASSES:
-            for key, ref_paths in unit.references:
-                stats = self._ref_gram_stats(key or unit.concept, ref_paths)
-                value = preservation.style_loss_from_stats(self.gram_stats(paths), stats)
-                self.add(unit, "style_loss_dataset", "vgg19", "", value, n, subclass=key or None)
 
     def _fidelity(self, unit: Unit, kind: str, paths: list[Path]) -> None:
         n = len(paths)
@@ -284,6 +314,17 @@ def category_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[c for c in ROW_COLUMNS if c != "checkpoint"])
 
 
+def _metric_names(metrics: Sequence[str] | None, *, experimental: bool) -> list[str]:
+    from lyco_bench.metrics import METRICS
+
+    if metrics is None:
+        return [name for name, m in METRICS.items() if experimental or not m.experimental]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise BadInput(f"metrics: unknown metric {unknown[0]!r} (known: {', '.join(sorted(METRICS))})")
+    return list(metrics)
+
+
 def score(
     *,
     images_dir: str | Path,
@@ -292,12 +333,15 @@ def score(
     encoders: EncoderSettings | None = None,
     cache_dir: str | Path,
     checkpoint: str | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Score the images of ``images_dir`` (its manifest) against ``dataset``; rows per ROW_COLUMNS.
 
     ``dataset``: a folder or a loaded :class:`lyco_bench.data.Dataset`. ``base_images_dir``: the
     base model's images of the same prompt set (``style_loss_base``). ``checkpoint``: the name in
-    the rows (default: the manifest's ``checkpoint`` column, else the folder name).
+    the rows (default: the manifest's ``checkpoint`` column, else the folder name). ``metrics``:
+    names from ``METRICS`` to compute (default: all, the experimental ones when
+    ``encoders.experimental``); encoders no requested metric needs are never loaded.
     """
     from lyco_bench.data import load_dataset
 
@@ -309,12 +353,13 @@ def score(
     for table in (df, base) if base is not None else (df,):
         for path in table["path"]:
             image_size(Path(path))  # a corrupt header fails here, before any encoding
-    for kind in (*settings.image_encoders, "clip"):
-        EncoderPool(settings).id(kind)
     styles = (
         settings.style_categories if settings.style_categories is not None else infer_style_categories(df)
     )
-    scorer = Scorer(settings=settings, cache=FeatureCache(cache_dir), base=base, style_categories=styles)
+    scorer = Scorer(
+        settings=settings, cache=FeatureCache(cache_dir), base=base, style_categories=styles,
+        metrics=_metric_names(metrics, experimental=settings.experimental),
+    )  # fmt: skip
     scorer.prefetch(units)
     with progress_bar() as bar:
         task = bar.add_task("score", total=len(units), info="")
