@@ -139,8 +139,12 @@ def tradeoff_figure(
         axes = fig.subplots(1, 3)
         for ax, ((ym, ycls), (xm, xcls)) in zip(axes, PANELS, strict=True):
             ylab = pick_label(cat, ym, ycls, prefer)
+            note = ""
             if ylab is None and ym == "style_loss_base":
                 ylab = pick_label(cat, STYLE_FALLBACK[0], STYLE_FALLBACK[1], prefer)
+                note = "no base-model style loss in the input: style loss vs the dataset"
+            elif ylab is not None and cat.loc[cat["label"] == ylab, "prompt_class"].iloc[0] != ycls[0]:
+                note = f"no <{ycls[0]}> {ym} in the input: {ylab}"
             xlab = pick_label(cat, xm, xcls, prefer)
             if ylab is None or xlab is None:
                 ax.text(
@@ -158,6 +162,7 @@ def tradeoff_figure(
             points = wide.reset_index().dropna(subset=[xlab, ylab])
             points = _factor_subset(points, factor) if len(points) else points
             _scatter(ax, points, x=xlab, y=ylab, factor=FACTORS[factor], cmap=plt.get_cmap("viridis"))
+            ax.set_title(note, fontsize=7)
         fig.suptitle(f"{category}: trade-offs coloured by {factor}")
         fig.tight_layout()
     return path
