@@ -92,7 +92,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             console.print(meta)
     algos = ", ".join(f"{n} {a}" for a, n in sorted(file.algorithms().items()))
     unet = sum(1 for k in file.modules if k.startswith("lora_unet_"))
-    console.print(
+    from lyco_bench.utils import console as stderr_console
+
+    (stderr_console if args.json else console).print(
         f"{args.file}: {len(rows)} modules ({algos}; {unet} UNet, {len(rows) - unet} text encoder), "
         f"{sum(r['params'] for r in rows):,} parameters, {Path(args.file).stat().st_size:,} bytes"
     )
