@@ -1,0 +1,187 @@
+"""The run configuration of one training run (PAPER.md §2 defaults) and the files a run writes."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from lyco_bench.adapters import AdapterSpec
+from lyco_bench.config import StrictModel
+from lyco_bench.errors import BadInput
+
+# PAPER.md §2 defaults per algorithm: LoRA dim 8 α 4, LoHa dim 4 α 2, LoKr factor 8 with full
+# blocks (the paper's dim 10000, which makes both Kronecker factors full matrices and s = 1).
+PAPER_ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"dim": 8, "alpha": 4},
+    "loha": {"dim": 4, "alpha": 2},
+    "lokr": {"dim": 10000, "alpha": 1, "factor": 8},
+}
+PAPER_LR = {"lora": 5e-4, "loha": 5e-4, "lokr": 5e-4, "native": 1e-6}
+
+
+class CaptionSettings(StrictModel):
+    """How an image's caption is built (PAPER.md §3)."""
+
+    strategy: Literal["tags", "trigger", "all-tags"] = "tags"
+    """``tags``: trigger + tags without the concept's own (paper); ``trigger``; ``all-tags``."""
+    dropout: float = Field(0.05, ge=0.0, le=1.0)
+    """Probability that a caption is replaced by the empty string."""
+
+
+class BucketSettings(StrictModel):
+    """Aspect-ratio buckets: sides from ``min`` to ``max`` in steps of ``step`` pixels."""
+
+    min: int = Field(320, gt=0)
+    max: int = Field(960, gt=0)
+    step: int = Field(64, gt=0)
+    """Must keep latents divisible by the UNet's downsampling (SD1.x: 64, the tiny model: 16)."""
+
+
+class RunConfig(StrictModel):
+    """One training run. Defaults are the paper's (PAPER.md §2) except where noted."""
+
+    model: str
+    """Hub id, local diffusers folder or single-file ``.safetensors`` checkpoint."""
+    dataset: str
+    """Dataset root (``<root>/dataset.yaml`` + ``<category>/<concept>[/<subclass>]/`` folders)."""
+    categories: list[str] | None = None
+    """Train on these categories only (None: all)."""
+    skip_bad_images: bool = False
+    """Leave unreadable images out with a warning instead of failing."""
+    captions: CaptionSettings = CaptionSettings()
+    adapter: AdapterSpec = AdapterSpec()
+    """Algorithm, its hyperparameters, preset, include/exclude (lyco_bench.adapters.AdapterSpec).
+    Left-out dim/alpha/factor take the paper's defaults for the algorithm (PAPER_ADAPTER_DEFAULTS)."""
+    train_text_encoder: bool = True
+    """Adapt the text encoder too (the paper does); kept equal to ``adapter.train_text_encoder``."""
+    lr: float = Field(5e-4, gt=0)
+    """Left out: the paper's default for the algorithm (5e-4 for LyCORIS algorithms, 1e-6 native)."""
+    text_encoder_lr: float | None = Field(None, gt=0)
+    """None: the same as ``lr`` (as the paper)."""
+    lr_scheduler: Literal["constant_with_warmup", "constant", "cosine", "linear"] = "constant_with_warmup"
+    warmup_steps: int = Field(3500, ge=0)
+    """The paper's 3,500 steps; a tiny run (a few dozen steps) should override it."""
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """``adamw8bit`` (the paper's) needs a CUDA GPU and bitsandbytes."""
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient-norm clip; 0 turns clipping off."""
+    batch_size: int = Field(8, ge=1)
+    resolution: int = Field(512, gt=0)
+    buckets: BucketSettings = BucketSettings()
+    epochs: int = Field(50, ge=1)
+    checkpoint_epochs: list[int] = [10, 30, 50]
+    """Epochs saved; the last epoch is always saved too."""
+    seed: int = 23
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """The paper trained in bf16 on a GPU; fp16 needs a GPU (loss scaling)."""
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+    cache_dir: str | None = None
+    """Latent cache; None: ``$LYCO_BENCH_CACHE`` or ``~/.cache/lyco-bench``, then ``/latents``.
+    Entries are keyed by image content, VAE and bucket, so one cache serves every run."""
+    noise_offset: float = Field(0.0, ge=0)
+    """Adds offset·N(0, I) per (sample, channel) to the noise (0: plain DDPM, as the paper)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        adapter = data.get("adapter", {})
+        if not isinstance(adapter, dict):
+            return data  # let validation name the bad value
+        algo = adapter.get("algo", "lora")
+        # The paper's defaults of the chosen algorithm for what the config leaves out; α only
+        # together with dim (a given dim keeps AdapterSpec's α = dim unless α is given too).
+        defaults = dict(PAPER_ADAPTER_DEFAULTS.get(algo, {}))
+        if "dim" in adapter:
+            defaults.pop("alpha", None)
+        adapter = {**defaults, **adapter}
+        data.setdefault("lr", PAPER_LR.get(algo, PAPER_LR["lora"]))
+        # One switch, two places: the adapter spec selects the layers, the trainer the lr groups.
+        if "train_text_encoder" in data:
+            adapter.setdefault("train_text_encoder", data["train_text_encoder"])
+        elif "train_text_encoder" in adapter:
+            data["train_text_encoder"] = adapter["train_text_encoder"]
+        data["adapter"] = adapter
+        return data
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
+    @field_validator("checkpoint_epochs")
+    @classmethod
+    def _sorted_epochs(cls, value: list[int]) -> list[int]:
+        if any(e < 1 for e in value):
+            raise ValueError("epochs count from 1")
+        return sorted(set(value))
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.adapter.train_text_encoder != self.train_text_encoder:
+            raise ValueError("train_text_encoder differs from adapter.train_text_encoder (set one)")
+        late = [e for e in self.checkpoint_epochs if e > self.epochs]
+        if late:
+            raise ValueError(f"checkpoint_epochs: {late[0]} is after the last epoch ({self.epochs})")
+        if not self.buckets.min <= self.resolution <= self.buckets.max:
+            raise ValueError(f"buckets: need min ≤ resolution ({self.resolution}) ≤ max")
+        return self
+
+    def save_epochs(self) -> list[int]:
+        return sorted({*self.checkpoint_epochs, self.epochs})
+
+
+def checkpoint_path(out_dir: str | os.PathLike, epoch: int) -> Path:
+    """``out_dir / ckpt-e010.safetensors`` for epoch 10."""
+    return Path(out_dir) / f"ckpt-e{epoch:03d}.safetensors"
+
+
+def state_path(out_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(out_dir) / f"ckpt-e{epoch:03d}.state.safetensors"
+
+
+def record_path(out_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(out_dir) / f"ckpt-e{epoch:03d}.json"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("LYCO_BENCH_CACHE") or Path.home() / ".cache" / "lyco-bench"
+    return Path(root) / "latents"
+
+
+def resolve_device(config: RunConfig) -> torch.device:
+    """The device to train on; BadInput for a GPU that is not there or a precision it needs."""
+    name = config.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"device: {name!r} requested but no CUDA GPU is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("device: 'mps' requested but MPS is not available")
+    device = torch.device(name)
+    if config.mixed_precision == "fp16" and device.type != "cuda":
+        raise BadInput("mixed_precision: fp16 needs a CUDA GPU (use 'no' or 'bf16')")
+    if config.optimizer == "adamw8bit" and device.type != "cuda":
+        raise BadInput("optimizer: adamw8bit needs a CUDA GPU (use 'adamw' on a CPU)")
+    return device

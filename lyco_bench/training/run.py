@@ -1,0 +1,231 @@
+"""``train()``: the epoch loop, checkpoints with run records, resuming, and ``lyco-bench train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lyco_bench.config import load_config
+from lyco_bench.errors import BadInput
+from lyco_bench.training.config import (
+    RunConfig,
+    checkpoint_path,
+    record_path,
+    resolve_device,
+    state_path,
+)
+from lyco_bench.training.state import load_state, peak_memory, save_state
+from lyco_bench.utils import (
+    atomic_write_json,
+    console,
+    device_name,
+    git_commit,
+    library_versions,
+    progress_bar,
+    sha256_file,
+)
+
+CHECKPOINT_RE = re.compile(r"^ckpt-e(\d{3,})\.json$")
+
+
+def _resolved(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+# Keys that may change between a run and its resumption without changing what is trained.
+_RESUMABLE_CHANGES = {"checkpoint_epochs", "cache_dir", "device", "skip_bad_images"}
+
+
+def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    """(epoch, run record) of the last complete checkpoint in ``out_dir``, or None.
+
+    BadInput when that checkpoint was trained with a different configuration (a changed
+    ``epochs`` is allowed with a constant schedule, whose lr does not depend on the run length).
+    """
+    complete = []
+    for path in out_dir.glob("ckpt-e*.json") if out_dir.is_dir() else []:
+        match = CHECKPOINT_RE.match(path.name)
+        if match and checkpoint_path(out_dir, int(match[1])).is_file():
+            if state_path(out_dir, int(match[1])).is_file():
+                complete.append(int(match[1]))
+    if not complete:
+        return None
+    epoch = max(complete)
+    try:
+        record = json.loads(record_path(out_dir, epoch).read_text(encoding="utf-8"))
+        old = dict(record["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(
+            f"{record_path(out_dir, epoch)}: unreadable run record (remove it to retrain)"
+        ) from None
+    new = _resolved(config)
+    allowed = set(_RESUMABLE_CHANGES)
+    if config.lr_scheduler in ("constant", "constant_with_warmup"):
+        allowed.add("epochs")
+    for key in sorted(set(old) | set(new)):
+        if key not in allowed and old.get(key) != new.get(key):
+            raise BadInput(
+                f"{out_dir}: holds a run with a different {key} ({old.get(key)!r} → {new.get(key)!r}); "
+                "use another --out"
+            )
+    return epoch, record
+
+
+def existing_checkpoints(config: RunConfig, out_dir: Path, up_to: int) -> list[Path]:
+    return [checkpoint_path(out_dir, e) for e in config.save_epochs() if e <= up_to]
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    pipeline: Any | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Train ``config`` into ``out_dir``; return the checkpoint paths of every saved epoch.
+
+    ``pipeline``: an already loaded pipeline for ``config.model`` (benchmarks, tests); its modules
+    are restored when training ends. ``on_epoch_end(epoch)`` runs after each epoch (and after its
+    checkpoint is written).
+    """
+    from lyco_bench.training.session import Session
+
+    out_dir = Path(out_dir)
+    device = resolve_device(config)
+    resume = find_resume(config, out_dir)
+    start_epoch = resume[0] if resume else 0
+    if start_epoch >= config.epochs:
+        paths = existing_checkpoints(config, out_dir, config.epochs)
+        console.print(f"train: {out_dir} already holds epoch {start_epoch}; nothing to do")
+        return paths
+    started = time.perf_counter()
+    session = Session(config, device=device, pipeline=pipeline)
+    try:
+        if resume:
+            load_state(session, state_path(out_dir, start_epoch), name=str(out_dir))
+        prior_wall = float(resume[1].get("wall_time_total_s", 0.0)) if resume else 0.0
+        written = _run_epochs(
+            session,
+            out_dir=out_dir,
+            start_epoch=start_epoch,
+            started=started,
+            prior_wall=prior_wall,
+            on_epoch_end=on_epoch_end,
+        )
+    finally:
+        session.close()
+    elapsed = time.perf_counter() - started
+    names = ", ".join(p.stem for p in written) or "none"
+    console.print(
+        f"train: {config.adapter.algo} on {session.dataset_name} ({session.num_images} images): "
+        f"{session.steps - session.steps_at_start} steps in {elapsed:.1f} s, final loss "
+        f"{session.last_loss:.4f}, checkpoints {names} → {out_dir}"
+        + (f" (resumed from epoch {start_epoch})" if resume else "")
+    )
+    return existing_checkpoints(config, out_dir, config.epochs)
+
+
+def _run_epochs(
+    session: Any,
+    *,
+    out_dir: Path,
+    start_epoch: int,
+    started: float,
+    prior_wall: float,
+    on_epoch_end: Callable[[int], None] | None,
+) -> list[Path]:
+    config = session.config
+    written: list[Path] = []
+    remaining = (config.epochs - start_epoch) * session.steps_per_epoch
+    with progress_bar() as bar:
+        task = bar.add_task("train", total=remaining, info="")
+        tick = time.perf_counter()
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            for batch in session.epoch_batches():
+                loss = session.step(batch)
+                now = time.perf_counter()
+                rate = 1.0 / max(now - tick, 1e-9)
+                tick = now
+                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss:.4f} {rate:.2f} it/s")
+            if epoch in config.save_epochs():
+                wall = prior_wall + time.perf_counter() - started
+                written.append(_save_checkpoint(session, out_dir=out_dir, epoch=epoch, wall=wall))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    return written
+
+
+def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) -> Path:
+    """Adapter file, then resume state, then the run record (its presence marks completion)."""
+    config = session.config
+    ckpt = checkpoint_path(out_dir, epoch)
+    session.net.save(
+        ckpt,
+        metadata={
+            "base_model": config.model,
+            "seed": str(config.seed),
+            "epoch": str(epoch),
+            "steps": str(session.steps),
+            "dataset": session.dataset_name,
+            "caption_strategy": config.captions.strategy,
+        },
+    )
+    save_state(session, state_path(out_dir, epoch), epoch=epoch)
+    memory, memory_kind = peak_memory(session.device)
+    record = {
+        "config": _resolved(config),
+        "seed": config.seed,
+        "epoch": epoch,
+        "steps": session.steps,
+        "epoch_mean_loss": session.epoch_mean_loss(),
+        "library_versions": library_versions(),
+        "git_commit": git_commit(),
+        "device": str(session.device),
+        "device_name": device_name(str(session.device)),
+        "wall_time_total_s": round(wall, 3),
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "trainable_params": session.net.num_trainable(),
+        "file_bytes": ckpt.stat().st_size,
+        "dataset": {"name": session.dataset_name, "version": session.dataset_version},
+        "images": session.num_images,
+        "steps_per_epoch": session.steps_per_epoch,
+        "latents_encoded": session.cache.encoded,
+        "latents_cached": session.cache.hits,
+        "file_sha256": sha256_file(ckpt),
+    }
+    atomic_write_json(record_path(out_dir, epoch), record)
+    return ckpt
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(RunConfig, args.config, args.overrides)
+    train(config, Path(args.out))
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one configuration and save adapter checkpoints",
+        description=(
+            "Train one run configuration (YAML, see lyco_bench.training.RunConfig for every key and "
+            "its paper default) and save ckpt-eNNN.safetensors (+ .json run record, + resume state) "
+            "at the checkpoint epochs. Rerunning into the same --out resumes from the last complete "
+            "checkpoint. Example: lyco-bench train run.yaml adapter.algo=loha adapter.dim=4 "
+            "adapter.alpha=2 seed=24 --out runs/loha-24"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="run configuration (YAML)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lr=1e-4 adapter.dim=16"
+    )
+    parser.add_argument("--out", required=True, help="output folder for checkpoints and run records")
+    parser.set_defaults(func=_cmd_train)

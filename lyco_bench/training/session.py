@@ -1,0 +1,241 @@
+"""One training session: data, model, adapter, optimizer, RNGs, and the ε-prediction step.
+
+Every random draw of training comes from an explicit ``torch.Generator`` (batch order, caption
+dropout, latent sampling + noise + timesteps), each seeded from the run seed, so the state of a run
+at an epoch boundary is a handful of tensors (lyco_bench.training.state) and resuming is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lyco_bench.errors import BadInput
+from lyco_bench.training.config import RunConfig, default_cache_dir
+
+GENERATORS = ("order", "caption", "noise")
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed per purpose, so one stream never shifts another."""
+    digest = hashlib.sha256(f"lyco-bench:{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class Session:
+    """Holds everything one run trains with; :meth:`step` is one optimizer step on one batch."""
+
+    def __init__(self, config: RunConfig, *, device: torch.device, pipeline: Any | None = None) -> None:
+        from lyco_bench.models import load_pipeline
+
+        self.config = config
+        self.device = device
+        self._load_data()
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
+        self.pipe.to(device)
+        self._modules = [m for m in (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae) if m is not None]
+        self._was_training = [m.training for m in self._modules]
+        self._grad_flags = [[p.requires_grad for p in m.parameters()] for m in self._modules]
+        self.net = None
+        try:
+            for module in self._modules:
+                module.requires_grad_(False)
+            self._check_buckets()
+            self._encode_latents()
+            self._build_network()
+            self._build_optimizer()
+        except BaseException:
+            self.close()
+            raise
+        self.generators = {
+            name: torch.Generator().manual_seed(derived_seed(config.seed, name)) for name in GENERATORS
+        }
+        self.steps = self.steps_at_start = 0
+        self.last_loss = float("nan")
+        self._epoch_losses: list[float] = []
+
+    # --- setup -------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        from lyco_bench.data import load_dataset, make_buckets
+
+        cfg = self.config
+        dataset = load_dataset(cfg.dataset, categories=cfg.categories, skip_bad_images=cfg.skip_bad_images)
+        self.pairs = dataset.items()  # [(Concept, ImageItem)]
+        if not self.pairs:
+            raise BadInput(f"dataset: {cfg.dataset} has no images to train on")
+        self.dataset_name, self.dataset_version = dataset.name, dataset.version
+        self.num_images = len(self.pairs)
+        self.buckets = make_buckets(
+            cfg.resolution, min_size=cfg.buckets.min, max_size=cfg.buckets.max, step=cfg.buckets.step
+        )
+
+    def _check_buckets(self) -> None:
+        # The UNet halves the latent once per down block but the last; SD1.x: 8·2³ = 64 px.
+        vae_factor = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        multiple = vae_factor * unet_factor
+        if self.config.buckets.step % multiple or self.config.resolution % multiple:
+            raise BadInput(
+                f"buckets.step: {self.config.buckets.step} (and resolution) must be a multiple of "
+                f"{multiple} px for this model (VAE ×{vae_factor}, UNet ×{unet_factor})"
+            )
+
+    def _encode_latents(self) -> None:
+        from lyco_bench.data import LatentCache
+
+        root = self.config.cache_dir or default_cache_dir()
+        self.cache = LatentCache(root)
+        self.latents = self.cache.get_or_encode(
+            [item for _, item in self.pairs], self.pipe.vae, buckets=self.buckets
+        )
+        self.scaling = float(self.pipe.vae.config.scaling_factor)
+
+    def _build_network(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from lyco_bench.adapters import inject
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)  # adapter initialization draws from the global RNG
+        text_encoder = self.pipe.text_encoder if cfg.train_text_encoder else None
+        self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
+        self.net.to(self.device)
+        self.pipe.unet.train()
+        if self.pipe.text_encoder is not None:
+            self.pipe.text_encoder.train(cfg.train_text_encoder)
+        if cfg.gradient_checkpointing:
+            self.pipe.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                # Reentrant checkpointing drops gradients when the block inputs need none (frozen
+                # embeddings); the adapters inside still need theirs.
+                self.pipe.text_encoder.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise BadInput(f"model: prediction type {self.prediction_type!r} is not supported")
+
+    def _build_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        cfg = self.config
+        groups = self.net.parameter_groups(lr=cfg.lr, text_encoder_lr=cfg.text_encoder_lr)
+        self.params = [p for group in groups for p in group["params"]]
+        kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise BadInput("optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
+            self.optimizer = bnb.optim.AdamW8bit(groups, **kwargs)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, **kwargs)
+        self.steps_per_epoch = len(self._batches(torch.Generator().manual_seed(0)))
+        total = cfg.epochs * self.steps_per_epoch
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=total,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+
+    # --- training ----------------------------------------------------------------------------
+    def _batches(self, generator: torch.Generator) -> list[list[int]]:
+        from lyco_bench.data import bucket_batches
+
+        repeats = [concept.repeats for concept, _ in self.pairs]
+        buckets = [latent.bucket for latent in self.latents]
+        return bucket_batches(buckets, self.config.batch_size, generator, repeats=repeats)
+
+    def epoch_batches(self) -> list[list[int]]:
+        """The next epoch's batches (indices into the dataset's images), one bucket each."""
+        self._epoch_losses = []
+        return self._batches(self.generators["order"])
+
+    def epoch_mean_loss(self) -> float:
+        return sum(self._epoch_losses) / max(len(self._epoch_losses), 1)
+
+    def _inputs(self, batch: list[int]) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(captions, x_t, t, target) on the CPU; the draw order here is part of the RNG contract."""
+        from lyco_bench.data import caption_for
+
+        cfg, noise_gen = self.config, self.generators["noise"]
+        captions = [
+            caption_for(
+                self.pairs[i][1],
+                self.pairs[i][0],
+                cfg.captions.strategy,
+                dropout=cfg.captions.dropout,
+                generator=self.generators["caption"],
+            )
+            for i in batch
+        ]
+        x0 = torch.stack([self.latents[i].sample(noise_gen) for i in batch]) * self.scaling  # (B, 4, h, w)
+        noise = torch.randn(x0.shape, generator=noise_gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn(
+                (x0.shape[0], x0.shape[1], 1, 1), generator=noise_gen
+            )
+        t = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=noise_gen
+        )
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)  # √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
+        target = (
+            noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
+        )
+        return captions, x_t, t, target
+
+    def loss(self, batch: list[int]) -> torch.Tensor:
+        """The ε-prediction MSE of one batch (graph attached)."""
+        captions, x_t, t, target = self._inputs(batch)
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids  # (B, 77)
+        dev = self.device
+        with torch.autocast(
+            dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
+            with torch.set_grad_enabled(self.config.train_text_encoder):
+                cond = self.pipe.text_encoder(ids.to(dev))[0]  # (B, 77, D) last hidden state
+            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B, 4, h, w)
+        return F.mse_loss(pred.float(), target.to(dev).float())
+
+    def step(self, batch: list[int]) -> float:
+        """One optimizer step; returns the batch loss."""
+        loss = self.loss(batch)
+        self.scaler.scale(loss).backward()
+        if self.config.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        self.last_loss = float(loss.detach())
+        self._epoch_losses.append(self.last_loss)
+        return self.last_loss
+
+    def close(self) -> None:
+        """Take the adapter out and give the pipeline back as it came (grad flags, train mode)."""
+        if self.net is not None:
+            self.net.remove()
+        if self.config.gradient_checkpointing and self.net is not None:
+            self.pipe.unet.disable_gradient_checkpointing()
+            if self.config.train_text_encoder:
+                self.pipe.text_encoder.gradient_checkpointing_disable()
+        for module, training, flags in zip(self._modules, self._was_training, self._grad_flags, strict=True):
+            module.train(training)
+            for param, flag in zip(module.parameters(), flags, strict=True):
+                param.requires_grad_(flag)
