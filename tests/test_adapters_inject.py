@@ -217,3 +217,66 @@ def test_layer_index_lists_flat_text_encoder_aliases(models):
     assert index["lora_te_text_model_encoder_layers_0_self_attn_q_proj"] is q
     assert index["lora_te_encoder_layers_0_self_attn_q_proj"] is q
     assert "lora_te_encoder_layers_0_self_attn_q_proj" not in layer_index(unet, te, aliases=False)
+
+
+def _doc_blocks(language: str) -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "adding-an-algorithm.md").read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language + "\n")]
+
+
+def test_adding_an_algorithm_walkthrough(tmp_path):
+    """docs/adding-an-algorithm.md works as written: its file, registration and YAML block."""
+    import importlib.util
+
+    import yaml
+
+    from lyco_bench.adapters import ALGORITHMS, load_adapter, merge_adapters
+
+    code = _doc_blocks("python")[0]
+    module_path = tmp_path / "outscale_example.py"
+    module_path.write_text(code)
+    spec = importlib.util.spec_from_file_location("outscale_example", module_path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # @register_algorithm runs here
+        assert ALGORITHMS["outscale"] is module.OutScaleModule
+        assert 'for _name in ("lora", "loha", "lokr", "native", "outscale"):' in _doc_blocks("python")[1]
+        block = yaml.safe_load(_doc_blocks("yaml")[0])["outscale"]
+        adapter = validate(AdapterSpec, block["adapter"], source="doc")
+        for variation in block["variations"].values():
+            validate(AdapterSpec, {**block["adapter"], **variation.get("adapter", {})}, source="doc")
+
+        adapter = adapter.model_copy(update={"preset": "full"})  # Linear, 1×1 and k×k convs
+        unet, te = tiny_models(0)
+        before = run_models(unet, te)
+        torch.manual_seed(0)
+        net = inject(unet, te, adapter)
+        assert [type(m).__name__ for m in net.adapters.values()] == ["OutScaleModule"] * 95
+        assert net.num_trainable() == sum(
+            t.layer.weight.shape[0] for t in find_targets(*tiny_models(0), adapter)
+        )
+        for got, want in zip(run_models(unet, te), before, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)  # ΔW = 0 at init
+        perturb(net, scale=0.5)
+        q = net.adapters["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
+        torch.testing.assert_close(q.delta_weight(), q.scale_out[:, None] * q.base.weight)
+        trained = run_models(unet, te)
+        path = tmp_path / "outscale.safetensors"
+        net.save(path)
+        file = load_adapter(path)
+        assert file.algorithms() == {"outscale": 95}
+
+        unet2, te2 = tiny_models(0)
+        torch.manual_seed(1)
+        net2 = inject(unet2, te2, adapter)
+        net2.load_weights(path)
+        for got, want in zip(run_models(unet2, te2), trained, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        net2.remove()
+        merge_adapters(unet2, te2, [(path, 1.0)])
+        for got, want in zip(run_models(unet2, te2), trained, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    finally:
+        ALGORITHMS.pop("outscale", None)
