@@ -6,27 +6,34 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from lyco_bench.data.dataset import load_dataset
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import console
 
-# (category, concept, subclass, count, trigger, descriptive, concept tags, trigger suffix, descriptive suffix)
+
+class DemoLeaf(NamedTuple):
+    category: str
+    concept: str
+    subclass: str | None
+    count: int
+    trigger: str
+    descriptive: str
+    concept_tags: list[str]  # written first in every caption; the `tags` strategy strips them
+    repeats: int = 1
+    trigger_suffix: str = ""
+    descriptive_suffix: str = ""
+
+
 DEMO_LEAVES = [
-    (
-        "patterns",
-        "checker",
-        None,
-        4,
-        "kdl style",
-        "checkerboard pattern",
-        ["checkerboard", "squares"],
-        "",
-        "",
+    # The smallest concept of its category, balanced against stripes by repeats.
+    DemoLeaf(
+        "patterns", "checker", None, 4, "kdl style", "checkerboard pattern", ["checkerboard", "squares"], 2
     ),
-    ("patterns", "stripes", None, 6, "pgs style", "diagonal stripes", ["stripes", "diagonal lines"], "", ""),
-    ("shapes", "circle", None, 5, "zqx shape", "red circle", ["red circle", "round"], "", ""),
-    (
+    DemoLeaf("patterns", "stripes", None, 6, "pgs style", "diagonal stripes", ["stripes", "diagonal lines"]),
+    DemoLeaf("shapes", "circle", None, 5, "zqx shape", "red circle", ["red circle", "round"]),
+    DemoLeaf(
         "shapes",
         "triangle",
         "filled",
@@ -34,10 +41,11 @@ DEMO_LEAVES = [
         "vrm shape",
         "blue triangle",
         ["blue triangle"],
+        1,
         "plo variant",
         "filled",
     ),
-    (
+    DemoLeaf(
         "shapes",
         "triangle",
         "hollow",
@@ -45,6 +53,7 @@ DEMO_LEAVES = [
         "vrm shape",
         "blue triangle",
         ["blue triangle"],
+        1,
         "dax variant",
         "outline",
     ),
@@ -107,17 +116,21 @@ def _demo_yaml() -> str:
     import yaml
 
     concepts: dict[str, dict] = {}
-    for cat, name, sub, _, trigger, descriptive, strip, t_suffix, d_suffix in DEMO_LEAVES:
+    for leaf in DEMO_LEAVES:
         entry = concepts.setdefault(
-            f"{cat}/{name}",
-            {"trigger": trigger, "descriptive": descriptive, "strip_tags": strip, "repeats": 1},
+            f"{leaf.category}/{leaf.concept}",
+            {
+                "trigger": leaf.trigger,
+                "descriptive": leaf.descriptive,
+                "strip_tags": leaf.concept_tags,
+                "repeats": leaf.repeats,
+            },
         )
-        if sub:
-            entry.setdefault("subclasses", {})[sub] = {
-                "trigger_suffix": t_suffix,
-                "descriptive_suffix": d_suffix,
+        if leaf.subclass:
+            entry.setdefault("subclasses", {})[leaf.subclass] = {
+                "trigger_suffix": leaf.trigger_suffix,
+                "descriptive_suffix": leaf.descriptive_suffix,
             }
-    concepts["patterns/checker"]["repeats"] = 2  # the smallest concept, balanced against stripes
     spec = {"name": "demo", "version": "1", "concepts": concepts}
     header = "# lyco-bench demo dataset, drawn by `lyco-bench make-demo-dataset` (datasets/README.md)\n"
     return header + yaml.safe_dump(spec, sort_keys=True)
@@ -141,23 +154,24 @@ def make_demo_dataset(
         raise BadInput(f"{root}: already exists and is not an empty folder")
     if image_size < 16:
         raise BadInput(f"--size {image_size}: must be at least 16")
+    if images_per_concept is not None and images_per_concept < 1:
+        raise BadInput(f"--images-per-concept {images_per_concept}: must be at least 1")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        for leaf_index, (cat, name, sub, count, *_) in enumerate(DEMO_LEAVES):
+        for leaf_index, leaf in enumerate(DEMO_LEAVES):
             rng = np.random.default_rng([seed, leaf_index])
-            folder = tmp / cat / name / (sub or "")
+            folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(images_per_concept or count):
+            for i in range(images_per_concept or leaf.count):
                 # Image 1 of each leaf is landscape 3:2, image 2 of even leaves portrait 4:5.
                 width = image_size * 3 // 2 if i == 1 else image_size
                 height = image_size * 5 // 4 if i == 2 and leaf_index % 2 == 0 else image_size
-                image, tags = _demo_image(sub or name, rng=rng, width=width, height=height)
-                concept_tags = DEMO_LEAVES[leaf_index][6]
+                image, tags = _demo_image(leaf.subclass or leaf.concept, rng=rng, width=width, height=height)
                 image.save(folder / f"{i:03d}.png", format="PNG")
                 (folder / f"{i:03d}.txt").write_text(
-                    ", ".join([*concept_tags, *tags]) + "\n", encoding="utf-8"
+                    ", ".join([*leaf.concept_tags, *tags]) + "\n", encoding="utf-8"
                 )
         (tmp / "dataset.yaml").write_text(_demo_yaml(), encoding="utf-8")
         if root.exists():
@@ -170,7 +184,9 @@ def make_demo_dataset(
 
 
 def _cmd_make_demo_dataset(args: argparse.Namespace) -> int:
-    root = make_demo_dataset(Path(args.dir), seed=args.seed, image_size=args.size)
+    root = make_demo_dataset(
+        Path(args.dir), seed=args.seed, image_size=args.size, images_per_concept=args.images_per_concept
+    )
     ds = load_dataset(root)
     n = sum(len(c.images) for c in ds.concepts)
     console.print(
@@ -189,4 +205,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="drawing seed (default 0)")
     p.add_argument("--size", type=int, default=64, help="short image side in pixels (default 64)")
+    p.add_argument(
+        "--images-per-concept",
+        type=int,
+        default=None,
+        help="images in every leaf (default: the uneven 3-6 of the demo)",
+    )
     p.set_defaults(func=_cmd_make_demo_dataset)
