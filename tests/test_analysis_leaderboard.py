@@ -119,3 +119,12 @@ def test_write_leaderboard_files_and_cli(tmp_path):
     )
     assert args.func(args) == 0
     assert (tmp_path / "cli" / "leaderboard.csv").read_bytes() == paths["csv"].read_bytes()
+
+
+def test_rows_missing_main_metrics_sort_after_complete_ones(tmp_path):
+    results = hand_results(tmp_path)
+    # C loses its text similarity: its mean rank over the two left (1 and 2) would lead the table
+    partial = results[~((results["config"] == "C") & (results["metric"] == TXT))]
+    board = build_leaderboard(partial)
+    assert board.set_index("config").loc["C", "mean_rank"] == pytest.approx(1.5)
+    assert board["config"].tolist() == ["A", "B", "D", "C", "base"]

@@ -18,6 +18,7 @@ ID_COLUMNS = ["config", "algo", "preset", "lr", "dim", "alpha", "factor", "epoch
 # Pareto axes (PAPER.md §6 first trade-off panel): image vs text similarity on <alter> prompts.
 FIDELITY = ("image_similarity", ("alter", "train", "trigger"))
 CONTROLLABILITY = ("text_similarity", ("alter", "train", "trigger"))
+PREFER = ("dinov2", "resize")  # the paper's main image features
 
 
 def checkpoint_values(results: pd.DataFrame) -> pd.DataFrame:
@@ -56,8 +57,18 @@ def _axis_label(labels: pd.DataFrame, metric: str, classes: Sequence[str]) -> st
     return None
 
 
-def build_leaderboard(results: pd.DataFrame, *, directions: Mapping[str, bool] | None = None) -> pd.DataFrame:
-    """The wide leaderboard table (rows sorted by mean rank; the base model last, unranked)."""
+def build_leaderboard(
+    results: pd.DataFrame,
+    *,
+    directions: Mapping[str, bool] | None = None,
+    labels: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The wide leaderboard table. Every metric column gets mean, std and rank; `mean_rank`
+    averages the ranks of `labels` (default: the paper's main family, `default_metric_labels`).
+    Rows are sorted by how many of those they have (most first), then by mean rank; the base
+    model comes last, unranked."""
+    from lyco_bench.analysis.pipeline import default_metric_labels
+
     if results.empty:
         raise BadInput("leaderboard: the results table is empty")
     values = checkpoint_values(results)
@@ -74,19 +85,19 @@ def build_leaderboard(results: pd.DataFrame, *, directions: Mapping[str, bool] |
     board = stats.join(extra).reset_index().join(attrs, on="config")
     board = board[[*ID_COLUMNS, *[c for c in board.columns if c not in ID_COLUMNS]]]
 
-    labels = results.drop_duplicates("label")[["label", "metric", "prompt_class"]]
+    all_labels = results.drop_duplicates("label")[["label", "metric", "prompt_class"]]
     ranked = board["algo"] != "base"
-    rank_cols = []
-    for label, metric in sorted(zip(labels["label"], labels["metric"], strict=True)):
+    for label, metric in sorted(zip(all_labels["label"], all_labels["metric"], strict=True)):
         col = f"{label} mean"
-        if col not in board:
-            continue
-        oriented = board[col] if metric_direction(metric, directions) else -board[col]
-        board[f"{label} rank"] = oriented.where(ranked).rank(method="min", ascending=False)
-        rank_cols.append(f"{label} rank")
+        if col in board:
+            oriented = board[col] if metric_direction(metric, directions) else -board[col]
+            board[f"{label} rank"] = oriented.where(ranked).rank(method="min", ascending=False)
+    main = labels if labels is not None else default_metric_labels(results)
+    rank_cols = [f"{lb} rank" for lb in main if f"{lb} rank" in board]
     board["mean_rank"] = board[rank_cols].mean(axis=1)
+    board["_n_ranked"] = -board[rank_cols].notna().sum(axis=1)
     board["pareto"] = False
-    fid, ctl = _axis_label(labels, *FIDELITY), _axis_label(labels, *CONTROLLABILITY)
+    fid, ctl = _axis_label(all_labels, *FIDELITY), _axis_label(all_labels, *CONTROLLABILITY)
     if fid and ctl:
         sign = {
             m: 1.0 if metric_direction(m, directions) else -1.0 for m in (FIDELITY[0], CONTROLLABILITY[0])
@@ -95,8 +106,10 @@ def build_leaderboard(results: pd.DataFrame, *, directions: Mapping[str, bool] |
         y = (board[f"{ctl} mean"] * sign[CONTROLLABILITY[0]]).where(ranked).to_numpy(dtype=float)
         board["pareto"] = pareto_mask(x, y)
     board.attrs["pareto_axes"] = (fid, ctl)
-    board = board.sort_values(["mean_rank", "config", "epoch"], na_position="last", kind="mergesort")
-    return board.reset_index(drop=True)
+    board = board.sort_values(
+        ["_n_ranked", "mean_rank", "config", "epoch"], na_position="last", kind="mergesort"
+    )
+    return board.drop(columns="_n_ranked").reset_index(drop=True)
 
 
 def _fmt(value: float) -> str:
@@ -147,8 +160,8 @@ def write_leaderboard(
     from lyco_bench.analysis.pipeline import default_metric_labels
 
     out_dir = Path(out_dir)
-    board = build_leaderboard(results, directions=directions)
     shown = list(labels) if labels is not None else default_metric_labels(results)
+    board = build_leaderboard(results, directions=directions, labels=shown)
     header, rows = display_rows(board, [lb for lb in shown if f"{lb} mean" in board])
     paths = {
         "csv": out_dir / "leaderboard.csv",

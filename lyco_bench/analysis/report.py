@@ -132,9 +132,10 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_leaderboard(results, out_dir, directions=directions)
-    board = build_leaderboard(results, directions=directions)
-    labels = [lb for lb in default_metric_labels(results) if f"{lb} mean" in board]
+    main = default_metric_labels(results)
+    write_leaderboard(results, out_dir, directions=directions, labels=main)
+    board = build_leaderboard(results, directions=directions, labels=main)
+    labels = [lb for lb in main if f"{lb} mean" in board]
     header, rows = display_rows(board, labels)
     fid, ctl = board.attrs["pareto_axes"]
     figure_entries = _copy_figures(figures, out_dir)
