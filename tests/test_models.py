@@ -173,6 +173,9 @@ def test_single_file_checkpoint_loads(pipe, tiny_model_dir, tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
+    # Offline, without the architecture's diffusers configs, the file cannot be converted.
+    with pytest.raises(BadInput, match="could not load as a single-file checkpoint"):
+        load_pipeline(str(path))
     loaded = load_pipeline(str(path), config=str(tiny_model_dir))
     assert type(loaded).__name__ == "StableDiffusionPipeline"
     for name in ("unet", "vae", "text_encoder"):
