@@ -47,14 +47,9 @@ def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _axis_label(labels: pd.DataFrame, metric: str, classes: Sequence[str]) -> str | None:
-    for prompt_class in classes:
-        cands = sorted(
-            labels.loc[(labels["metric"] == metric) & (labels["prompt_class"] == prompt_class), "label"]
-        )
-        if cands:
-            preferred = [c for c in cands if "dinov2" in c.lower()] or cands
-            return preferred[0]
-    return None
+    from lyco_bench.analysis.plots import pick_label
+
+    return pick_label(labels, metric, classes, PREFER)
 
 
 def build_leaderboard(
