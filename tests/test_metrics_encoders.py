@@ -196,3 +196,15 @@ def test_cache_concurrent_writers_leave_valid_entries(tmp_path):
     for i in range(40):
         assert_close(cache.get(f"{i:064x}", "enc:concurrent", "resize"), torch.full((256,), float(i)))
     assert not [p for p in Path(tmp_path).rglob("*.tmp")]
+
+
+def test_make_tiny_encoders_cli_writes_loadable_settings(tmp_path, capsys):
+    from lyco_bench.cli import main
+    from lyco_bench.config import load_config
+
+    assert main(["make-tiny-encoders", str(tmp_path / "enc"), "--seed", "1"]) == 0
+    settings = load_config(EncoderSettings, tmp_path / "enc" / "encoders.yaml", ["device=cpu"])
+    assert Path(settings.dino).is_dir() and Path(settings.vgg).is_file() and settings.clip_pretrained is None
+    pool = EncoderPool(settings)
+    assert pool.label("clip") == "clip:open_clip" and pool.id("dinov2").startswith("dinov2:dinov2@")
+    assert "encoders.yaml" in capsys.readouterr().err

@@ -116,7 +116,9 @@ def dinov2_id(source: str, image_size: int) -> str:
 
 
 def clip_id(model: str, pretrained: str | None) -> str:
-    return f"clip:{source_tag(model)}" if Path(model).is_dir() else f"clip:{model}/{pretrained}"
+    if Path(model).is_dir():
+        return f"clip:{source_tag(model)}"
+    return f"clip:{model}/{source_tag(pretrained) if pretrained else pretrained}"
 
 
 def vgg19_id(source: str, short_side: int) -> str:
