@@ -124,6 +124,7 @@ class Result:
     infer: list[float] = field(default_factory=list)
     merged: list[float] = field(default_factory=list)
     saved_bytes: int = 0
+    act_bytes: int = 0
     dw_sized: int = 0
 
 
@@ -153,15 +154,22 @@ def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def saved_for_backward(model: nn.Module, x: torch.Tensor, weight_shape: torch.Size) -> tuple[int, int]:
-    """(bytes of unique storages saved for backward, how many non-parameter ΔW-sized tensors)."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    param_ptrs |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+def saved_for_backward(model: nn.Module, x: torch.Tensor, weight_shape: torch.Size) -> tuple[int, int, int]:
+    """Saved for backward: (bytes of unique storages, of those not parameters or buffers,
+    how many non-parameter ΔW-sized tensors)."""
+    resident = [*model.parameters(), *model.buffers()]
+    if isinstance(getattr(model, "base", None), nn.Module):  # ours keeps the frozen layer outside
+        resident += [*model.base.parameters()]
+    param_ptrs = {t.untyped_storage().data_ptr() for t in resident}
+    act_bytes = 0
     storages: dict[int, int] = {}
     dw_sized: set[int] = set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal act_bytes
         ptr = t.untyped_storage().data_ptr()
+        if ptr not in storages and ptr not in param_ptrs:
+            act_bytes += t.untyped_storage().nbytes()
         storages[ptr] = t.untyped_storage().nbytes()
         if ptr not in param_ptrs and t.numel() == math.prod(weight_shape):
             dw_sized.add(ptr)
@@ -170,7 +178,7 @@ def saved_for_backward(model: nn.Module, x: torch.Tensor, weight_shape: torch.Si
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = model(x)
     del y
-    return sum(storages.values()), len(dw_sized)
+    return sum(storages.values()), act_bytes, len(dw_sized)
 
 
 def merged_layer(layer: nn.Module, adapter: nn.Module) -> nn.Module:
@@ -198,12 +206,14 @@ def variants(families: list[str]) -> list[tuple[str, str, Callable[[nn.Module], 
 
 
 def run_layer(case: LayerCase, rows: list, *, repeats: int) -> dict[str, Result]:
+    """Per repeat and variant, the frozen layer and the variant are timed back to back, so each
+    ratio compares two runs under the same machine load; results hold those paired ratios."""
     torch.manual_seed(0)
     base = case.make().requires_grad_(False)
     x = torch.randn(case.input_shape, requires_grad=True)
     g = torch.randn_like(base(x))
-    models: dict[str, nn.Module] = {"frozen": copy.deepcopy(base)}
-    adapters: dict[str, nn.Module] = {}
+    frozen = copy.deepcopy(base)
+    models: dict[str, nn.Module] = {}
     for label, _, build in rows:
         model = build(copy.deepcopy(base))
         with torch.no_grad():  # non-zero factors, so no path can skip work on zeros
@@ -211,37 +221,42 @@ def run_layer(case: LayerCase, rows: list, *, repeats: int) -> dict[str, Result]
                 if p.requires_grad:
                     p.add_(torch.randn_like(p) * 1e-3)
         models[label] = model
-        if label.endswith("[lyco-bench]"):
-            adapters[label] = model
-    merged = {label: merged_layer(a.base, a) for label, a in adapters.items()}
-    results = {label: Result() for label in models}
-    for label, model in models.items():
-        results[label].saved_bytes, results[label].dw_sized = saved_for_backward(model, x, base.weight.shape)
+    merged = {label: merged_layer(m.base, m) for label, m in models.items() if label.endswith("[lyco-bench]")}
+    results = {label: Result() for label in ["frozen", *models]}
+    for label, model in [("frozen", frozen), *models.items()]:
+        r = results[label]
+        r.saved_bytes, r.act_bytes, r.dw_sized = saved_for_backward(model, x, base.weight.shape)
         train_step(model, x, g)()  # warm up
         infer_step(model, x)()
+    frozen_train, frozen_infer = train_step(frozen, x, g), infer_step(frozen, x)
     for _ in range(repeats):
         for label, model in models.items():
-            results[label].train.append(_timed(train_step(model, x, g)))
-            results[label].infer.append(_timed(infer_step(model, x)))
+            r = results[label]
+            t_ref = _timed(frozen_train)
+            r.train.append(_timed(train_step(model, x, g)) / t_ref)
+            results["frozen"].train.append(t_ref)
+            i_ref = _timed(frozen_infer)
+            r.infer.append(_timed(infer_step(model, x)) / i_ref)
             if label in merged:
-                results[label].merged.append(_timed(infer_step(merged[label], x)))
-        results["frozen"].merged = results["frozen"].infer
+                r.merged.append(_timed(infer_step(merged[label], x)) / i_ref)
     return results
 
 
-def ratios(results: dict[str, Result]) -> dict[str, dict[str, float]]:
+def ratios(results: dict[str, Result], *, stat: str = "median") -> dict[str, dict[str, float]]:
+    pick = statistics.median if stat == "median" else min
     ref = results["frozen"]
-    med = statistics.median
     out = {}
     for label, r in results.items():
+        if label == "frozen":
+            out[label] = {"frozen_ms": pick(ref.train) * 1e3, "act_mb": ref.act_bytes / 2**20}
+            continue
         out[label] = {
-            "train": med(r.train) / med(ref.train),
-            "infer": med(r.infer) / med(ref.infer),
-            "merged": med(r.merged) / med(ref.infer) if r.merged else float("nan"),
+            "train": pick(r.train),
+            "infer": pick(r.infer),
+            "merged": pick(r.merged) if r.merged else float("nan"),
             "saved": r.saved_bytes / ref.saved_bytes,
-            "saved_mb": r.saved_bytes / 2**20,
+            "act_mb": r.act_bytes / 2**20,
             "dw_sized": r.dw_sized,
-            "frozen_ms": med(ref.train) * 1e3,
         }
     return out
 
@@ -253,20 +268,23 @@ def geomean(values: list[float]) -> float:
 
 def print_tables(per_layer: dict[str, dict[str, dict[str, float]]], labels: list[str]) -> None:
     names = list(per_layer)
-    print("\nTrain forward+backward time, multiple of the frozen layer (median; geomean over layers)")
+    print("\nTrain forward+backward time, multiple of the frozen layer (geomean over layers)")
     print(f"{'':34}" + "".join(f"{n:>10}" for n in names) + f"{'geomean':>10}")
     frozen_ms = "".join(f"{per_layer[n]['frozen']['frozen_ms']:>8.1f}ms" for n in names)
     print(f"{'frozen layer (absolute)':34}" + frozen_ms)
     for label in labels:
         vals = [per_layer[n][label]["train"] for n in names]
         print(f"{label:34}" + "".join(f"{v:>10.2f}" for v in vals) + f"{geomean(vals):>10.2f}")
-    print("\nSummary (geomean over layers): train, unmerged inference, merged inference, saved for backward")
-    print(f"{'':34}{'train':>8}{'infer':>8}{'merged':>8}{'saved×':>8}{'saved MB':>10}{'ΔW-sized':>10}")
+    print("\nSummary, geomean over layers: train, unmerged and merged inference, bytes saved for backward")
+    print("(saved×: all saved storages vs the frozen layer; act MB: non-parameter ones, summed over layers)")
+    print(f"{'':34}{'train':>8}{'infer':>8}{'merged':>8}{'saved×':>8}{'act MB':>10}{'ΔW-sized':>10}")
+    frozen_act = sum(per_layer[n]["frozen"]["act_mb"] for n in names)
+    print(f"{'frozen layer':34}{1:>8.2f}{1:>8.2f}{1:>8.2f}{1:>8.2f}{frozen_act:>10.1f}{0:>10d}")
     for label in labels:
         g = {
             k: geomean([per_layer[n][label][k] for n in names]) for k in ("train", "infer", "merged", "saved")
         }
-        mb = sum(per_layer[n][label]["saved_mb"] for n in names)
+        mb = sum(per_layer[n][label]["act_mb"] for n in names)
         dw = max(per_layer[n][label]["dw_sized"] for n in names)
         merged = f"{g['merged']:>8.2f}" if not math.isnan(g["merged"]) else f"{'-':>8}"
         print(f"{label:34}{g['train']:>8.2f}{g['infer']:>8.2f}{merged}{g['saved']:>8.2f}{mb:>10.1f}{dw:>10d}")
@@ -279,9 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--layers", default=None, help="comma-separated subset of " + ",".join(c.name for c in LAYERS)
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--stat", choices=["median", "min"], default="median", help="statistic over repeats")
     parser.add_argument("--peers", default="lycoris,peft", help="peers to compare: lycoris,peft or none")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = [c for c in LAYERS if args.layers is None or c.name in args.layers.split(",")]
     rows = variants(args.peers.split(","))
     if args.quick:
@@ -292,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     per_layer = {}
     for case in cases:
         t0 = time.perf_counter()
-        per_layer[case.name] = ratios(run_layer(case, rows, repeats=repeats))
+        per_layer[case.name] = ratios(run_layer(case, rows, repeats=repeats), stat=args.stat)
         print(f"  {case.name}: {time.perf_counter() - t0:.0f}s", flush=True)
     print_tables(per_layer, [r[0] for r in rows])
 

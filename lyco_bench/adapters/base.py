@@ -31,7 +31,8 @@ class AdapterModule(nn.Module):
       file_keys:   key suffixes that identify this algorithm in a kohya/LyCORIS file; a module
                    whose suffixes include ``detect_keys`` is loaded by this class.
       detect_keys: the subset of suffixes that identifies the algorithm unambiguously.
-      grad_mode:   how the merged forward (below) gets the factors' gradients: ``"bypass"``
+      grad_mode:   how the merged forward (below) gets the factors' gradients by default
+                   (:meth:`merged_param_grads`, which an algorithm may override): ``"bypass"``
                    re-runs :meth:`bypass` on the saved input (cheap for low-rank factors),
                    ``"dense"`` forms dL/dW = gᵀx once and backpropagates it through
                    :meth:`delta_weight` (Hadamard products, whose bypass is not cheaper).
@@ -89,6 +90,17 @@ class AdapterModule(nn.Module):
         with torch.enable_grad():
             return torch.autograd.grad(self.delta_weight(), params, grad_w, allow_unused=True)
 
+    def merged_param_grads(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """dL/dθ for the trainable parameters, given the layer input x and g = dL/dy of the merged
+        forward y = op(x, W0 + λΔW), following ``grad_mode``."""
+        params = tuple(p for p in self.parameters() if p.requires_grad)
+        lam = self.multiplier
+        if self.grad_mode == "dense":
+            return self.delta_weight_vjp(_weight_grad(self, x, g).mul_(lam))
+        with torch.enable_grad():
+            out = self.bypass(x.detach())
+            return torch.autograd.grad(out, params, g * lam, allow_unused=True)
+
     def prefers_merged(self, x: torch.Tensor) -> bool:
         """Whether one op on the temporary W0 + λ·ΔW is cheaper than base(x) + λ·bypass(x)."""
         return False
@@ -130,7 +142,7 @@ class AdapterModule(nn.Module):
 
     def merged_weight(self) -> torch.Tensor:
         """The temporary W0 + λ·ΔW (never stored on the module)."""
-        return self.base.weight + self.multiplier * self.delta_weight()
+        return torch.add(self.base.weight, self.delta_weight(), alpha=self.multiplier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.multiplier == 0:
@@ -173,15 +185,7 @@ class _MergedForward(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             with torch.no_grad():
                 grad_x = _input_grad(module, x, module.merged_weight(), grad_out)
-        grads: tuple = (None,) * len(params)
-        if params:
-            lam = module.multiplier
-            with torch.enable_grad():
-                if module.grad_mode == "dense":
-                    grads = module.delta_weight_vjp(_weight_grad(module, x, grad_out).mul_(lam))
-                else:
-                    out = module.bypass(x.detach())
-                    grads = torch.autograd.grad(out, params, grad_out * lam, allow_unused=True)
+        grads = module.merged_param_grads(x, grad_out) if params else ()
         return (grad_x, None, *grads)
 
 

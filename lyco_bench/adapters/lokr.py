@@ -231,13 +231,63 @@ class LoKrModule(AdapterModule):
         first, second = self._orders(x)
         return first <= second
 
+    def merged_param_grads(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """dL/dθ from the two block gradients, contracted without forming dL/dW = gᵀx.
+
+        With G = dL/dW (never built): dL/dW1[a,b] = λs·Σ_{c,d} G[(a,c),(b,d)]·W2[c,d] and
+        dL/dW2[c,d] = λs·Σ_{a,b} G[(a,c),(b,d)]·W1[a,b]; both come from the input and the
+        output gradient reshaped by blocks. The factors' gradients follow by autograd through
+        the (small) block parametrizations W1(θ), W2(θ).
+        """
+        with torch.no_grad():
+            w1, w2 = self.w1(), self.w2()
+            gw1, gw2 = (
+                self._conv_block_grads(x, g, w1, w2) if self.is_conv else self._linear_block_grads(x, g, w1)
+            )
+            lam_s = self.multiplier * self.scale
+        params = tuple(p for p in self.parameters() if p.requires_grad)
+        with torch.enable_grad():
+            return torch.autograd.grad(
+                (self.w1(), self.w2()), params, (gw1.mul_(lam_s), gw2.mul_(lam_s)), allow_unused=True
+            )
+
+    def _linear_block_grads(
+        self, x: torch.Tensor, g: torch.Tensor, w1: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        lay = self.layout
+        n = x.numel() // (lay.in1 * lay.in2)
+        # Block-major copies, so every contraction below is one plain matrix product.
+        gp = (
+            g.reshape(n, lay.out1, lay.out2).transpose(0, 1).reshape(lay.out1, n * lay.out2)
+        )  # (out₁, N·out₂)
+        xp = x.reshape(n, lay.in1, lay.in2).transpose(0, 1).reshape(lay.in1 * n, lay.in2)  # (in₁·N, in₂)
+        p = (w1.t() @ gp).view(lay.in1 * n, lay.out2)  # Σ_a W1[a,b]·G[n,a,c]: (in₁·N, out₂)
+        gw2 = p.t() @ xp  # (out₂, in₂)
+        z = self._apply_w2_linear(xp)  # X·W2ᵀ: (in₁·N, out₂)
+        gw1 = gp @ z.view(lay.in1, n * lay.out2).t()  # (out₁, in₁)
+        return gw1, gw2
+
+    def _conv_block_grads(
+        self, x: torch.Tensor, g: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        lay, b = self.layout, self.base
+        batch, ho, wo = g.shape[0], g.shape[-2], g.shape[-1]
+        xs = x.reshape(batch * lay.in1, lay.in2, *x.shape[-2:])  # channel groups as batch
+        gv = g.reshape(batch, lay.out1, lay.out2 * ho * wo)
+        p = torch.matmul(w1.t(), gv).view(batch * lay.in1, lay.out2, ho, wo)  # Σ_a W1[a,b]·G[n,a,…]
+        gw2 = torch.nn.grad.conv2d_weight(xs, w2.shape, p, b.stride, b.padding, b.dilation)
+        z = self._apply_w2_conv(xs).reshape(batch, lay.in1, -1)  # (B, in₁, out₂·H'·W')
+        gw1 = torch.matmul(gv, z.transpose(1, 2)).sum(0)  # (out₁, in₁)
+        return gw1, gw2
+
     def prefers_merged(self, x: torch.Tensor) -> bool:
         w = self.base.weight
         rebuild = 2.0 * MEM * w.numel()  # write W1 ⊗ W2, then W0 + λ·ΔW
         thin = min(self._orders(x)) + MEM * tokens(x, self) * w.shape[0]
         if torch.is_grad_enabled():
-            # merged: rebuild twice + bypass re-run and its parameter backward (no dL/dx)
-            return 2 * rebuild + 2 * thin < 3 * thin
+            # merged: rebuild twice + the block gradients (about one bypass);
+            # bypass: forward, dL/dθ and dL/dx through the Kronecker factors, and the output sum
+            return 2 * rebuild + thin < 3 * thin
         return rebuild < thin
 
     # --- file layout -------------------------------------------------------------------------
