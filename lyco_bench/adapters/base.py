@@ -90,13 +90,24 @@ class AdapterModule(nn.Module):
         with torch.enable_grad():
             return torch.autograd.grad(self.delta_weight(), params, grad_w, allow_unused=True)
 
+    def merged_backward(
+        self, x: torch.Tensor, g: torch.Tensor, *, input_grad: bool
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
+        """Backward of the merged forward: (dL/dx or None, dL/dθ for the trainable parameters)."""
+        grad_x = None
+        if input_grad:
+            with torch.no_grad():
+                grad_x = dense_input_grad(self, x, self.merged_weight(), g)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return grad_x, (self.merged_param_grads(x, g) if params else ())
+
     def merged_param_grads(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """dL/dθ for the trainable parameters, given the layer input x and g = dL/dy of the merged
         forward y = op(x, W0 + λΔW), following ``grad_mode``."""
         params = tuple(p for p in self.parameters() if p.requires_grad)
         lam = self.multiplier
         if self.grad_mode == "dense":
-            return self.delta_weight_vjp(_weight_grad(self, x, g).mul_(lam))
+            return self.delta_weight_vjp(dense_weight_grad(self, x, g).mul_(lam))
         with torch.enable_grad():
             out = self.bypass(x.detach())
             return torch.autograd.grad(out, params, g * lam, allow_unused=True)
@@ -180,16 +191,11 @@ class _MergedForward(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
         module: AdapterModule = ctx.module
-        params = tuple(p for p in module.parameters() if p.requires_grad)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            with torch.no_grad():
-                grad_x = _input_grad(module, x, module.merged_weight(), grad_out)
-        grads = module.merged_param_grads(x, grad_out) if params else ()
+        grad_x, grads = module.merged_backward(x, grad_out, input_grad=ctx.needs_input_grad[0])
         return (grad_x, None, *grads)
 
 
-def _input_grad(
+def dense_input_grad(
     module: AdapterModule, x: torch.Tensor, weight: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
     b = module.base
@@ -198,7 +204,7 @@ def _input_grad(
     return g @ weight  # (…, out) @ (out, in) -> (…, in)
 
 
-def _weight_grad(module: AdapterModule, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def dense_weight_grad(module: AdapterModule, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     b = module.base
     if isinstance(b, nn.Conv2d):
         return torch.nn.grad.conv2d_weight(x, b.weight.shape, g, b.stride, b.padding, b.dilation)

@@ -26,6 +26,8 @@ from lyco_bench.adapters.base import (
     alpha_tensor,
     check_keys,
     check_shape,
+    dense_input_grad,
+    dense_weight_grad,
     read_alpha,
     register_algorithm,
 )
@@ -115,6 +117,35 @@ class LoHaModule(AdapterModule):
             del g_side
             grads.update(zip(names, side_grads, strict=True))
         return tuple(grads[name] for name, p in self.named_parameters() if p.requires_grad)
+
+    def merged_weight(self) -> torch.Tensor:
+        with torch.no_grad():
+            # W0 + λs·W1 ⊙ W2 in one pass over the weight
+            return torch.addcmul(
+                self.base.weight, self._side(1), self._side(2), value=self.multiplier * self.scale
+            )
+
+    def merged_backward(
+        self, x: torch.Tensor, g: torch.Tensor, *, input_grad: bool
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
+        """One rebuild of W1, W2 serves dL/dx and the factors: with G = λs·gᵀx,
+        dL/dW1 = G ⊙ W2 and dL/dW2 = G ⊙ W1 (each built in place on the other product)."""
+        if self.tucker:
+            return super().merged_backward(x, g, input_grad=input_grad)
+        with torch.no_grad():
+            w1, w2 = self._side(1), self._side(2)
+            lam_s = self.multiplier * self.scale
+            grad_x = None
+            if input_grad:
+                grad_x = dense_input_grad(self, x, torch.addcmul(self.base.weight, w1, w2, value=lam_s), g)
+            gw = dense_weight_grad(self, x, g).mul_(lam_s)
+            grads = {}
+            for j, other in ((1, w2), (2, w1)):
+                t = other.mul_(gw).view(gw.shape[0], -1)  # dL/dWj: (out, in·k·k)
+                a, b = self._side_params(j)
+                grads[f"hada_w{j}_a"], grads[f"hada_w{j}_b"] = t @ b.t(), a.t() @ t
+                del t
+        return grad_x, tuple(grads[n] for n, p in self.named_parameters() if p.requires_grad)
 
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_op(x, self.delta_weight(), None)
