@@ -65,6 +65,15 @@ def perturb(net, scale: float = 0.2, seed: int = 1) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and a shared CPU does not thrash); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models():
     return tiny_models(0)

@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from lyco_bench.adapters import AdapterSpec, inject, load_adapter, merge_adapters
-from tests.test_adapters_inject import perturb, run_models, tiny_models
+from tests.test_adapters_inject import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    perturb,
+    run_models,
+    tiny_models,
+)
 
 lycoris = pytest.importorskip("lycoris")
 
