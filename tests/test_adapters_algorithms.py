@@ -377,3 +377,19 @@ def test_alpha_defaults_to_dim_and_multiplier_zero_is_base():
     m.multiplier = 0.0
     x = torch.randn(2, 16, dtype=F64)
     assert torch.equal(m(x), m.base(x))
+
+
+@pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
+def test_autocast_uses_the_plain_bypass_and_trains(algo):
+    torch.manual_seed(0)
+    base = nn.Linear(16, 16).requires_grad_(False)
+    m = ALGORITHMS[algo](base, dim=2, factor=4)
+    randomize(m)
+    x = torch.randn(64, 16, requires_grad=True)  # many rows: the merged forward would be chosen
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not m.can_merge_forward(x)
+        y = m(x)
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    ref = base(x) + m.bypass(x)
+    assert_close(y.float(), ref, atol=0.1, rtol=0.05)

@@ -158,13 +158,16 @@ class AdapterModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.multiplier == 0:
             return self.base(x)
-        frozen = not (
-            self.base.weight.requires_grad or (self.base.bias is not None and self.base.bias.requires_grad)
-        )
-        if frozen and self.prefers_merged(x):
+        if self.can_merge_forward(x) and self.prefers_merged(x):
             params = tuple(p for p in self.parameters() if p.requires_grad)
             return _MergedForward.apply(x, self, *params)
         return self.base(x) + self.multiplier * self.bypass(x)
+
+    def can_merge_forward(self, x: torch.Tensor) -> bool:
+        """The merged forward needs a frozen base and no autocast (its backward runs outside it)."""
+        b = self.base
+        trained = b.weight.requires_grad or (b.bias is not None and b.bias.requires_grad)
+        return not trained and not torch.is_autocast_enabled(x.device.type)
 
     def extra_repr(self) -> str:
         return f"algo={self.algo}, base={tuple(self.base.weight.shape)}, multiplier={self.multiplier}"

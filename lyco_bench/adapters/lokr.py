@@ -133,7 +133,7 @@ class LoKrModule(AdapterModule):
         self.dim = int(dim)
         self.full = self.layout.w1_rank is None and self.layout.w2_rank is None
         # Both blocks full: s = 1 and the file's alpha is dim (LyCORIS writes alpha = lora_dim).
-        self.alpha = float(dim) if self.full and alpha is None else float(dim if alpha is None else alpha)
+        self.alpha = float(dim if alpha is None else alpha)
         self.scale = 1.0 if self.full else self.alpha / self.dim
         for key, shape in self.layout.shapes().items():
             setattr(self, key, self._new(*shape))

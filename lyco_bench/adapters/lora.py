@@ -126,9 +126,7 @@ class LoRAModule(AdapterModule):
         return rebuild < pair + add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.base
-        frozen = not (b.weight.requires_grad or (b.bias is not None and b.bias.requires_grad))
-        if self.multiplier == 0 or self.tucker or not frozen or not self.prefers_merged(x):
+        if self.multiplier == 0 or self.tucker or not self.can_merge_forward(x) or not self.prefers_merged(x):
             return super().forward(x)
         return _MergedLoRA.apply(x, self, self.lora_down, self.lora_up)
 
