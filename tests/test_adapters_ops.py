@@ -254,3 +254,23 @@ def test_bad_files_leave_the_model_untouched(tmp_path):
     with pytest.raises(BadInput, match=Q_KEY):
         merge_adapters(unet, te, [(good, 1.0), (norm_on_linear, 1.0)])
     assert_same_weights((unet, te), before)
+
+
+def test_flat_text_encoder_names_merge_into_the_same_layer_and_unmerge_exactly():
+    unet, te = tiny_models(0)
+    before = snapshot(unet, te)
+    down, up = torch.zeros(1, 32), torch.zeros(32, 1)
+    down[0, 3], up[7, 0] = 2.0, 1.5  # ΔW[7, 3] = 3 (no alpha: scale 1)
+    canonical = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    flat = "lora_te_encoder_layers_0_self_attn_q_proj"  # what tools see on a transformers-5 model
+    files = [
+        adapter_file_from_tensors({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up})
+        for name in (canonical, flat)
+    ]
+    handle = merge_adapters(unet, te, [(files[0], 1.0), (files[1], 0.5)])
+    q = te.encoder.layers[0].self_attn.q_proj
+    delta = q.weight - before[1]["encoder.layers.0.self_attn.q_proj.weight"]
+    assert float(delta[7, 3]) == pytest.approx(4.5, abs=1e-6)
+    assert float(delta.abs().sum() - delta[7, 3].abs()) == pytest.approx(0.0, abs=1e-5)
+    unmerge_adapters(handle)
+    assert_same_weights((unet, te), before)

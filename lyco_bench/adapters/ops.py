@@ -103,24 +103,41 @@ def merge_adapters(
     unet: nn.Module | None, text_encoder: nn.Module | None, adapters: list[tuple[Source, float]]
 ) -> MergeHandle:
     """W0 ← W0 + Σᵢ λᵢ·ΔWᵢ in place for every module of every file; returns the handle for
-    :func:`unmerge_adapters`. Everything is validated before the first weight changes."""
+    :func:`unmerge_adapters`. Everything is validated before the first weight changes.
+
+    Layers are processed one at a time (ΔW built on the layer's device, summed in float32,
+    rounded once into the layer's dtype), so peak memory is one layer's ΔW, not the model's.
+    The originals of touched layers are kept on the CPU.
+    """
     files = [(as_adapter_file(src), float(lam)) for src, lam in adapters]
     index = layer_index(unet, text_encoder)
-    total = combined_delta(files, unet, text_encoder)
+    # layer → its key and the (file, key, λ) that touch it; a layer may be named by two files
+    # under different keys (text-encoder aliases), so plan by layer identity.
+    plan: dict[int, tuple[str, nn.Module, list[tuple[AdapterFile, str, float]]]] = {}
+    for file, lam in files:
+        for key, layer in _resolve(file, index).items():
+            _rebuild(file, key, layer)  # validation only: algorithm fits the layer, shapes fit
+            plan.setdefault(id(layer), (key, layer, []))[2].append((file, key, lam))
     handle = MergeHandle(sources=[(f.name, lam) for f, lam in files])
     with torch.no_grad():
-        for key, (dw, db) in total.items():
-            layer = index[key]
-            bias = getattr(layer, "bias", None)
+        for key, layer, parts in plan.values():
+            weight, bias = layer.weight, getattr(layer, "bias", None)
             handle.originals[key] = (
                 layer,
-                layer.weight.detach().clone(),
-                None if bias is None else bias.detach().clone(),
+                weight.detach().to("cpu", copy=True),
+                None if bias is None else bias.detach().to("cpu", copy=True),
             )
-            # Sum in float32, round once into the layer's dtype.
-            layer.weight.copy_((layer.weight.float() + dw.to(layer.weight.device)).to(layer.weight.dtype))
-            if db is not None and bias is not None:
-                bias.copy_((bias.float() + db.to(bias.device)).to(bias.dtype))
+            new_weight = weight.float()
+            new_bias = None if bias is None else bias.float()
+            for file, file_key, lam in parts:
+                module = _rebuild(file, file_key, layer)
+                new_weight = new_weight + lam * module.delta_weight().float()
+                delta_bias = module.delta_bias()
+                if delta_bias is not None and new_bias is not None:
+                    new_bias = new_bias + lam * delta_bias.float()
+            weight.copy_(new_weight.to(weight.dtype))
+            if bias is not None:
+                bias.copy_(new_bias.to(bias.dtype))
     return handle
 
 
@@ -130,9 +147,9 @@ def unmerge_adapters(handle: MergeHandle) -> None:
         return
     with torch.no_grad():
         for layer, weight, bias in handle.originals.values():
-            layer.weight.copy_(weight)
+            layer.weight.copy_(weight.to(layer.weight.device))
             if bias is not None:
-                layer.bias.copy_(bias)
+                layer.bias.copy_(bias.to(layer.bias.device))
     handle.merged = False
 
 
