@@ -21,7 +21,7 @@ from typing import Any
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import Job, Plan
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.utils import console, progress_bar
+from lyco_bench.utils import console, progress_bar, stable_hash
 
 POLL_S = 0.5
 
@@ -47,6 +47,7 @@ def execute_job(
         if store.is_done(job.id):  # finished by another runner between our check and the lock
             return {"status": "skipped", "job": job.id}
         store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt})
+        reset_global_rngs(job.id)
         start = time.perf_counter()
         outputs = run_stage(job, store)
         duration = time.perf_counter() - start
@@ -64,6 +65,24 @@ def execute_job(
         {"job": job.id, "kind": job.kind, "event": "failed", "error": result["error"].splitlines()[0]}
     )
     return result
+
+
+def reset_global_rngs(job_id: str) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs from the job id before the job runs.
+
+    A stage that draws from a global RNG anywhere would otherwise depend on what ran before it in
+    the same process (other jobs, in whatever order): with this, a job's outputs depend on the job
+    alone, in-process or in a fresh worker, first or last.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = int(stable_hash(job_id, length=8), 16)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # --- backends: submit(job, attempt) -> handle; wait(handles) -> finished handles -------------

@@ -1,0 +1,187 @@
+"""`lyco-bench run` end to end on a micro study: resume after a kill, two runners on one store,
+adding a configuration, the Ray backend. Each run trains one tiny LoRA for one epoch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lyco_bench.cli import main
+from lyco_bench.sweep.planner import build_plan
+from lyco_bench.sweep.store import StudyStore
+from lyco_bench.sweep.study import load_study
+
+PROMPTS = {
+    "name": "micro",
+    "version": "1",
+    "classes": ["trigger", "style"],
+    "style_templates": ["{} in the style of pencil drawing"],
+    "default_category": {"alter": ["{} on a beach"]},
+}
+
+
+def micro_study(folder: Path, *, model: str, dataset: str, encoders: dict) -> Path:
+    (folder / "micro-prompts.yaml").write_text(yaml.safe_dump(PROMPTS))
+    study = {
+        "name": "micro",
+        "model": model,
+        "dataset": dataset,
+        "prompts": {"set": str(folder / "micro-prompts.yaml"), "images_per_prompt": 1},
+        "sampler": {"steps": 2, "width": 64, "height": 64, "batch_size": 16},
+        "encoders": {**encoders, "modes": ["resize"]},
+        "metrics": ["image_similarity", "text_similarity", "vendi", "style_loss_base"],
+        "seeds": [1],
+        "checkpoint_epochs": [1],
+        "training": {"resolution": 64, "buckets": {"min": 32, "max": 96, "step": 16}, "batch_size": 8,
+                     "warmup_steps": 0},
+        "algorithms": {"lora": {"adapter": {"dim": 2, "alpha": 1}, "training": {"lr": 1e-3}, "default": "lora2"}},
+    }  # fmt: skip
+    path = folder / "micro.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory, tiny_model_dir, demo_dataset_dir):
+    """The micro study on the shared tiny model / demo dataset / tiny encoders, run once in-process."""
+    from lyco_bench.metrics.tiny import make_tiny_encoders
+
+    folder = tmp_path_factory.mktemp("micro")
+    encoders = make_tiny_encoders(folder / "encoders", seed=0)
+    study = micro_study(folder, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)
+    store = folder / "store-ref"
+    code = main(
+        ["run", str(study), "--store", str(store), "--reports", str(folder / "reports"), "--no-plots"]
+    )
+    assert code == 0
+    assert (folder / "reports" / "micro" / "index.html").is_file()
+    return {"folder": folder, "study": study, "store": store, "encoders": encoders}
+
+
+def results(store: Path) -> pd.DataFrame:
+    return pd.read_parquet(store / "micro" / "results.parquet")
+
+
+def done_events(store: Path) -> list[str]:
+    return [e["job"] for e in StudyStore(store / "micro").read_log() if e["event"] == "done"]
+
+
+def _run_cmd(study: Path, store: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lyco_bench.cli",
+        "run",
+        str(study),
+        "--store",
+        str(store),
+        "--no-analysis",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "LYCO_BENCH_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_reference_run_is_complete(micro):
+    table = results(micro["store"])
+    plan = build_plan(load_study(micro["study"]), StudyStore.open(micro["store"], "micro"))
+    assert plan.done_ids() == {job.id for job in plan.jobs}
+    assert sorted(done_events(micro["store"])) == sorted(job.id for job in plan.jobs)
+    assert set(table["metric"]) == {"image_similarity", "text_similarity", "vendi", "style_loss_base"}
+    assert set(table["checkpoint"]) == {"lora2-s1-e001"} and set(table["algo"]) == {"lora"}
+    assert not table.duplicated(["checkpoint", "category", "concept", "subclass", "label"]).any()
+
+
+def test_kill_then_two_runners_finish_with_the_same_results(micro):
+    """Kill a run mid-way; two runners resume it on the same store: no job is done twice, and
+    the results equal those of the uninterrupted run."""
+    store = micro["folder"] / "store-killed"
+    ckpt = store / "micro" / "runs" / "lora2" / "1" / "ckpt-e001.safetensors"
+    proc = subprocess.Popen(_run_cmd(micro["study"], store), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (store / "micro" / "results.parquet").exists()
+    killed_log = StudyStore(store / "micro").read_log()
+    assert {e["pid"] for e in killed_log} == {proc.pid}
+
+    procs = [subprocess.Popen(_run_cmd(micro["study"], store), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    pd.testing.assert_frame_equal(results(store), results(micro["store"]))
+
+    log = StudyStore(store / "micro").read_log()
+    resumed = log[len(killed_log) :]
+    done = [e["job"] for e in log if e["event"] == "done"]
+    plan = build_plan(load_study(micro["study"]), StudyStore.open(store, "micro"))
+    assert sorted(done) == sorted(job.id for job in plan.jobs)  # every job finished exactly once
+    started = [e["job"] for e in resumed if e["event"] == "start"]
+    assert len(started) == len(set(started))  # the two runners never started the same job
+    assert {e["pid"] for e in resumed} == {p.pid for p in procs}  # and both did some of the work
+    # The job the kill interrupted was taken over (its lock was stale: the owner had died).
+    interrupted = {e["job"] for e in killed_log if e["event"] == "start"} - {
+        e["job"] for e in killed_log if e["event"] == "done"
+    }
+    assert interrupted <= set(started)
+
+
+def test_adding_a_configuration_runs_only_its_jobs(micro):
+    store = micro["folder"] / "store-added"
+    shutil.copytree(micro["store"], store)
+    before = set(done_events(store))
+    extra = [
+        "algorithms.lokr={adapter: {algo: lokr, dim: 10000, factor: 4}, training: {lr: 1.0e-3}, default: lokrf4}"
+    ]
+    assert main(["run", str(micro["study"]), *extra, "--store", str(store), "--no-analysis"]) == 0
+    new = [job for job in done_events(store) if job not in before]
+    plan = build_plan(load_study(micro["study"], extra), StudyStore.open(store, "micro"))
+    expected = {job.id for job in plan.jobs if "lokrf4" in job.name}
+    assert (
+        set(new) == expected and len(new) == len(expected) == 1 + 1 + 3 + 1
+    )  # train, generate, 3 encodes, score
+    table = results(store)
+    assert set(table["config"]) == {"lora2", "lokrf4"}
+    # The old configuration's rows are untouched by the addition.
+    old = table[table["config"] == "lora2"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, results(micro["store"]), check_dtype=False)
+
+
+def test_ray_backend_on_a_local_instance(micro, tmp_path):
+    pytest.importorskip("ray")
+    from lyco_bench.sweep.executors import run_plan
+
+    # tiny:/demo:/tiny: encoders built into the store by prepare jobs (seed 0, like the fixtures).
+    tiny = {"dino": "tiny:", "clip": "tiny:", "vgg": "tiny:"}
+    study = micro_study(tmp_path, model="tiny:", dataset="demo:", encoders=tiny)
+    plan = build_plan(load_study(study), StudyStore.open(tmp_path / "store", "micro"))
+    assert len(plan.of_kind("prepare")) == 3
+    summary = run_plan(plan, backend="ray", jobs=2, threads=1)
+    assert summary.complete and len(summary.ran) == len(plan.jobs)
+    pids = {e["pid"] for e in plan.store.read_log()}
+    assert os.getpid() not in pids  # every job ran in a Ray worker
+    from lyco_bench.sweep.collect import collect
+
+    collect(plan)
+    # One torch thread per Ray worker (two in the reference run): equal up to float rounding. The
+    # adapter files differ in size only: their metadata names the model's path.
+    ray_table, ref = results(plan.store.root.parent), results(micro["store"])
+    assert (ray_table["file_bytes"] > 0).all()
+    pd.testing.assert_frame_equal(
+        ray_table.drop(columns="file_bytes"), ref.drop(columns="file_bytes"), rtol=1e-3, atol=1e-5
+    )
