@@ -10,13 +10,10 @@ import importlib
 
 from lyco_bench.adapters.base import ALGORITHMS, AdapterModule, get_algorithm, register_algorithm
 
-# Built-in algorithms register themselves on import.
+# Built-in algorithms register themselves on import (@register_algorithm); a new algorithm file
+# is added here by name (docs/adding-an-algorithm.md).
 for _name in ("lora", "loha", "lokr", "native"):
-    try:
-        importlib.import_module(f"lyco_bench.adapters.{_name}")
-    except ModuleNotFoundError as _exc:  # pragma: no cover - only while an algorithm file is missing
-        if _exc.name != f"lyco_bench.adapters.{_name}":
-            raise
+    importlib.import_module(f"lyco_bench.adapters.{_name}")
 
 from lyco_bench.adapters.fileformat import AdapterFile, load_adapter, save_tensors  # noqa: E402
 from lyco_bench.adapters.inject import AdapterSpec, find_targets, inject  # noqa: E402

@@ -141,7 +141,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     _check_new_output(out, force=args.force)
     sources = [parse_adapter_arg(a) for a in args.adapter]
     files = [(load_adapter(path), lam) for path, lam in sources]  # validate before the heavy load
-    pipe = load_pipeline(args.base)
+    pipe = load_pipeline(args.base, config=args.config)
     handle = merge_adapters(pipe.unet, pipe.text_encoder, files)
     save_pipeline_atomic(pipe, out)
     parts = " + ".join(f"{lam:g}·{Path(f.name).name}" for f, lam in files)
@@ -166,8 +166,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: --out must end in .safetensors")
     if out.exists() and not args.force:
         raise BadInput(f"{out}: already exists (use --force to replace it)")
-    base = load_pipeline(args.base)
-    tuned = load_pipeline(args.tuned)
+    base = load_pipeline(args.base, config=args.config)
+    tuned = load_pipeline(args.tuned, config=args.config)
     te_base = base.text_encoder if not args.unet_only else None
     te_tuned = tuned.text_encoder if not args.unet_only else None
     tensors, rows = extract_lora(
@@ -259,6 +259,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     mer.add_argument("--out", required=True, metavar="DIR", help="output pipeline folder (must not exist)")
     mer.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    mer.add_argument(
+        "--config",
+        default=None,
+        metavar="DIR",
+        help="for single-file .safetensors models offline: a local diffusers folder of the same architecture",
+    )
     mer.set_defaults(func=_cmd_merge)
 
     ext = sub.add_parser(
@@ -287,5 +293,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ext.add_argument("--unet-only", action="store_true", help="leave the text encoder out")
     ext.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
     ext.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    ext.add_argument(
+        "--config",
+        default=None,
+        metavar="DIR",
+        help="for single-file .safetensors models offline: a local diffusers folder of the same architecture",
+    )
     ext.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
     ext.set_defaults(func=_cmd_extract)
