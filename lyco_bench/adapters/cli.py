@@ -150,11 +150,48 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 # --- extract --------------------------------------------------------------------------------
-def _cmd_extract(args: argparse.Namespace) -> int:
+def _extraction_metadata(args: argparse.Namespace) -> dict[str, str]:
+    from lyco_bench import __version__
+
+    settings = {
+        "base": str(args.base),
+        "tuned": str(args.tuned),
+        "rank": args.rank,
+        "conv_rank": args.conv_rank,
+    }
+    return {
+        "lyco_bench.algo": "lora",
+        "lyco_bench.extracted": json.dumps(settings, sort_keys=True),
+        "lyco_bench.base_model": str(args.base),
+        "lyco_bench.version": __version__,
+        "ss_network_module": "lycoris.kohya",
+        "ss_network_dim": str(args.rank),
+        "ss_network_alpha": str(args.rank),
+        "ss_network_args": json.dumps({"algo": "locon", "conv_dim": str(args.conv_rank or args.rank)}),
+    }
+
+
+def _print_extraction(rows: list, *, out: Path, rank: int, width: int | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lyco_bench import __version__
+    console = Console(width=width)
+    table = Table(title=f"extracted rank ≤ {rank}: relative error ‖D − D_r‖/‖D‖ per layer")
+    for col in ("module", "shape", "rank", "rel. error", "bias changed"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for r in rows:
+        shape = "×".join(map(str, r.shape))
+        table.add_row(r.key, shape, str(r.rank), f"{r.relative_error:.4g}", "yes" if r.bias_changed else "")
+    console.print(table)
+    worst = max(rows, key=lambda r: r.relative_error)
+    mean = sum(r.relative_error for r in rows) / len(rows)
+    console.print(
+        f"extracted {len(rows)} layers into {out}: mean relative error {mean:.4g}, "
+        f"worst {worst.relative_error:.4g} ({worst.key})"
+    )
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.fileformat import save_tensors
     from lyco_bench.adapters.ops import extract_lora
     from lyco_bench.models import load_pipeline
@@ -179,55 +216,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         conv_rank=args.conv_rank,
         threshold=args.threshold,
     )
-    metadata = {
-        "lyco_bench.algo": "lora",
-        "lyco_bench.extracted": json.dumps(
-            {
-                "base": str(args.base),
-                "tuned": str(args.tuned),
-                "rank": args.rank,
-                "conv_rank": args.conv_rank,
-            },
-            sort_keys=True,
-        ),
-        "lyco_bench.base_model": str(args.base),
-        "lyco_bench.version": __version__,
-        "ss_network_module": "lycoris.kohya",
-        "ss_network_dim": str(args.rank),
-        "ss_network_alpha": str(args.rank),
-        "ss_network_args": json.dumps({"algo": "locon", "conv_dim": str(args.conv_rank or args.rank)}),
-    }
+    metadata = _extraction_metadata(args)
     save_tensors(out, tensors, metadata)
-    console = Console(width=args.width)
-    table = Table(title=f"extracted rank ≤ {args.rank}: relative error ‖D − D_r‖/‖D‖ per layer")
-    for col in ("module", "shape", "rank", "rel. error", "bias changed"):
-        table.add_column(col, justify="left" if col == "module" else "right")
-    for r in rows:
-        table.add_row(
-            r.key,
-            "×".join(map(str, r.shape)),
-            str(r.rank),
-            f"{r.relative_error:.4g}",
-            "yes" if r.bias_changed else "",
-        )
-    console.print(table)
-    worst = max(rows, key=lambda r: r.relative_error)
-    mean = sum(r.relative_error for r in rows) / len(rows)
-    console.print(
-        f"extracted {len(rows)} layers into {out}: mean relative error {mean:.4g}, "
-        f"worst {worst.relative_error:.4g} ({worst.key})"
-    )
+    _print_extraction(rows, out=out, rank=args.rank, width=args.width)
     return 0
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "adapter",
-        help="inspect, merge or extract adapter files (LoRA/LoCon, LoHa, LoKr, native; LyCORIS/kohya format)",
-        description="Work with adapter files in the kohya/LyCORIS safetensors layout.",
-    )
-    sub = p.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
-
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser(
         "inspect",
         help="per-module algorithm, shapes, rank bound and parameter count of an adapter file",
@@ -238,6 +233,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ins.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
     ins.set_defaults(func=_cmd_inspect)
 
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
     mer = sub.add_parser(
         "merge",
         help="bake adapters into a base model: W0 + Σ λ·ΔW, written as a complete pipeline folder",
@@ -267,6 +264,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     mer.set_defaults(func=_cmd_merge)
 
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
     ext = sub.add_parser(
         "extract",
         help="SVD-extract tuned − base into a LoRA/LoCon of rank R, with the error per layer",
@@ -301,3 +300,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     ext.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
     ext.set_defaults(func=_cmd_extract)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "adapter",
+        help="inspect, merge or extract adapter files (LoRA/LoCon, LoHa, LoKr, native; LyCORIS/kohya format)",
+        description="Work with adapter files in the kohya/LyCORIS safetensors layout.",
+    )
+    sub = p.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
+    _add_inspect(sub)
+    _add_merge(sub)
+    _add_extract(sub)
