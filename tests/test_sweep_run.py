@@ -171,7 +171,21 @@ def test_ray_backend_on_a_local_instance(micro, tmp_path):
     study = micro_study(tmp_path, model="tiny:", dataset="demo:", encoders=tiny)
     plan = build_plan(load_study(study), StudyStore.open(tmp_path / "store", "micro"))
     assert len(plan.of_kind("prepare")) == 3
-    summary = run_plan(plan, backend="ray", jobs=2, threads=1)
+    import ray
+
+    from lyco_bench.sweep.ray_backend import RayBackend
+
+    # A local instance with one logical GPU: train jobs ask for all of it, encode/score a quarter.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"LYCO_BENCH_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}})  # fmt: skip
+    try:
+        backend = RayBackend(plan.store, jobs=2)
+        assert backend.options_for(plan.of_kind("train")[0])["num_gpus"] == 1.0
+        assert backend.options_for(plan.of_kind("score")[0])["num_gpus"] == 0.25
+        assert "num_gpus" not in backend.options_for(plan.of_kind("prepare")[0])
+        summary = run_plan(plan, backend="ray", jobs=2, threads=1)
+    finally:
+        ray.shutdown()
     assert summary.complete and len(summary.ran) == len(plan.jobs)
     pids = {e["pid"] for e in plan.store.read_log()}
     assert os.getpid() not in pids  # every job ran in a Ray worker

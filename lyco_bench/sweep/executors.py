@@ -161,6 +161,7 @@ class _State:
     failed: dict[str, str] = field(default_factory=dict)
     busy_since: dict[str, float] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
+    durations: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _ready(state: _State, busy_recheck: float) -> list[Job]:
@@ -241,9 +242,26 @@ def _loop(state, runner, summary, max_retries, *, bar, task, by_id, on_event) ->
             job = state.in_flight.pop(handle)
             result = runner.result(handle)
             _settle(state, job, result, summary, max_retries)
+            if result["status"] == "done":
+                state.durations.setdefault(job.kind, []).append(result["duration_s"])
+                _report_progress(state, job, result, total=len(by_id), capacity=runner.capacity)
             if on_event:
                 on_event(result["status"], job, result)
             bar.update(task, completed=len(state.done))
+
+
+def _report_progress(state: _State, job: Job, result: dict, *, total: int, capacity: int) -> None:
+    """One line per finished job: done/total, what it was, and the time left at this run's pace."""
+    every = [d for ds in state.durations.values() for d in ds]
+    mean_all = sum(every) / len(every)
+    left = sum(
+        (sum(ds) / len(ds)) if (ds := state.durations.get(j.kind)) else mean_all for j in state.pending
+    ) / max(1, capacity)
+    console.print(
+        f"[{len(state.done)}/{total}] {job.kind} {job.name} done in {result['duration_s']:.1f} s; "
+        f"{len(state.pending)} left, ETA ~{left / 60:.1f} min",
+        highlight=False,
+    )
 
 
 def _recheck_busy(state: _State, store: StudyStore) -> None:
