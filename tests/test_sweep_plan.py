@@ -117,3 +117,22 @@ def test_demo_plan_has_all_four_algorithms(tmp_path):
     algos = {c.adapter["algo"] for c in plan.study.configs}
     assert algos == {"lora", "loha", "lokr", "native"}
     assert {j.name for j in plan.of_kind("prepare")} == {"tiny-model", "demo-dataset", "tiny-encoders"}
+
+
+def test_stage_settings_are_validated_by_their_stages(tmp_path):
+    from lyco_bench.sweep.cli import validate_stage_settings
+
+    validate_stage_settings(_plan(PAPER, tmp_path))  # paper.yaml is valid for the trainer and sampler
+    validate_stage_settings(_plan(DEMO, tmp_path))
+    with pytest.raises(BadInput) as err:
+        validate_stage_settings(
+            _plan(PAPER, tmp_path, ["algorithms.loha.variations.1016-loha4a2-lr1e-3.training.lr=-1"])
+        )
+    assert str(err.value).startswith(f"{PAPER}: algorithms.loha.variations.1016-loha4a2-lr1e-3: ")
+    assert "lr: Input should be greater than 0" in str(err.value)
+    with pytest.raises(BadInput, match=r"algorithms\.lora: .*adapter\.algo: .*unknown algorithm 'lorax'"):
+        validate_stage_settings(_plan(PAPER, tmp_path, ["algorithms.lora.adapter.algo=lorax"]))
+    with pytest.raises(BadInput, match=r"sampler: steps: Input should be greater than or equal to 1"):
+        validate_stage_settings(_plan(PAPER, tmp_path, ["sampler.steps=0"]))
+    with pytest.raises(BadInput, match=r"encoders: modes\.0: "):
+        validate_stage_settings(_plan(PAPER, tmp_path, ["encoders.modes=[squash]"]))

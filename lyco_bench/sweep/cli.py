@@ -32,10 +32,12 @@ def validate_stage_settings(plan: Plan) -> None:
     """Check every block owned by another stage with that stage's config class (BadInput on error)."""
     from lyco_bench.config import validate
     from lyco_bench.generation import SamplerSettings
+    from lyco_bench.metrics import EncoderSettings
     from lyco_bench.sweep.stages import run_config_for
 
     study = plan.study.study
     validate(SamplerSettings, study.sampler, source=f"{plan.study.source}: sampler")
+    validate(EncoderSettings, study.encoders, source=f"{plan.study.source}: encoders")
     seen: set[str] = set()
     for job in plan.of_kind("train"):
         if job.params["config"] not in seen:
