@@ -176,6 +176,35 @@ def test_loss_is_epsilon_mse_on_ddpm_noised_latents(tiny_model_dir, small_datase
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def _one_step_params(cfg, pipe) -> list[torch.Tensor]:
+    from lyco_bench.training.config import resolve_device
+    from lyco_bench.training.session import Session
+
+    session = Session(cfg, device=resolve_device(cfg), pipeline=pipe)
+    try:
+        loss = session.step(session.epoch_batches()[0])
+        assert math.isfinite(loss)
+        return [p.detach().clone() for p in session.params]
+    finally:
+        session.close()
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir, small_dataset, cache_dir, pipe):
+    cfg = run_config(tiny_model_dir, small_dataset, cache_dir)
+    plain = _one_step_params(cfg, pipe)
+    recomputed = _one_step_params(cfg.model_copy(update={"gradient_checkpointing": True}), pipe)
+    assert len(plain) == len(recomputed)
+    for a, b in zip(plain, recomputed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not pipe.unet.is_gradient_checkpointing and not pipe.text_encoder.is_gradient_checkpointing
+
+
+def test_bf16_autocast_step_on_cpu(tiny_model_dir, small_dataset, cache_dir, pipe):
+    cfg = run_config(tiny_model_dir, small_dataset, cache_dir, mixed_precision="bf16", device="cpu")
+    params = _one_step_params(cfg, pipe)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
+
+
 # --- training ------------------------------------------------------------------------------------
 def _snapshot(pipe) -> dict[str, torch.Tensor]:
     return {

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lyco_bench.adapters import AdapterSpec
 from lyco_bench.config import StrictModel
@@ -44,6 +44,8 @@ class BucketSettings(StrictModel):
 
 class RunConfig(StrictModel):
     """One training run. Defaults are the paper's (PAPER.md §2) except where noted."""
+
+    model_config = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
 
     model: str
     """Hub id, local diffusers folder or single-file ``.safetensors`` checkpoint."""

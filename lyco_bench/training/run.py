@@ -210,6 +210,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_help() -> str:
+    """Every configuration key with its default and first docstring line, for ``--help``."""
+    lines = ["configuration keys (defaults are the paper's unless noted):"]
+    defaults = RunConfig(model="-", dataset="-").model_dump(mode="json")
+    for name, field in RunConfig.model_fields.items():
+        value = "(required)" if field.is_required() else json.dumps(defaults[name])
+        if name == "adapter":
+            value = (
+                "{algo, dim, alpha, factor, preset, include, exclude, …} (lyco_bench.adapters.AdapterSpec)"
+            )
+        doc = (field.description or "").strip().splitlines()
+        lines.append(f"  {name}: {value}" + (f"\n      {doc[0]}" if doc else ""))
+    return "\n".join(lines)
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -221,6 +236,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
             "checkpoint. Example: lyco-bench train run.yaml adapter.algo=loha adapter.dim=4 "
             "adapter.alpha=2 seed=24 --out runs/loha-24"
         ),
+        epilog=keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="run configuration (YAML)")
