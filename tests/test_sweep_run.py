@@ -199,3 +199,22 @@ def test_ray_backend_on_a_local_instance(micro, tmp_path):
     pd.testing.assert_frame_equal(
         ray_table.drop(columns="file_bytes"), ref.drop(columns="file_bytes"), rtol=1e-3, atol=1e-5
     )
+
+
+def test_local_worker_processes(tmp_path):
+    """`--jobs 2` locally: spawned worker processes (the main process runs nothing); here on the
+    study's three asset jobs."""
+    from lyco_bench.sweep.executors import run_plan
+    from lyco_bench.sweep.planner import Plan
+
+    tiny = {"dino": "tiny:", "clip": "tiny:", "vgg": "tiny:"}
+    study = micro_study(tmp_path, model="tiny:", dataset="demo:", encoders=tiny)
+    full = build_plan(load_study(study), StudyStore.open(tmp_path / "store", "micro"))
+    plan = Plan(study=full.study, store=full.store, jobs=full.of_kind("prepare"))
+    summary = run_plan(plan, backend="local", jobs=2)
+    assert summary.complete and len(summary.ran) == 3
+    pids = {e["pid"] for e in plan.store.read_log()}
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
+    assert (plan.store.assets_dir / "tiny-model" / "model_index.json").is_file()
+    assert (plan.store.assets_dir / "demo-dataset" / "dataset.yaml").is_file()
+    assert (plan.store.assets_dir / "tiny-encoders" / "settings.json").is_file()
