@@ -21,7 +21,7 @@ def store(tmp_path):
 
 
 def test_marker_requires_intact_outputs(store):
-    job = make_job("score", "a", {"x": 1})
+    job = make_job("score", "a", spec={"x": 1})
     out = store.root / "scores" / "a.parquet"
     out.parent.mkdir(parents=True)
     out.write_bytes(b"12345")
@@ -89,10 +89,10 @@ def test_scheduler_retries_then_blocks_dependents(store, monkeypatch):
 
     monkeypatch.setitem(stages.STAGES, "score", flaky)
     store.root.mkdir(parents=True)
-    a = make_job("score", "flaky", {"n": 1})
-    b = make_job("score", "bad", {"n": 2})
-    c = make_job("score", "after-bad", {"n": 3}, deps=[b.id])
-    d = make_job("score", "after-flaky", {"n": 4}, deps=[a.id])
+    a = make_job("score", "flaky", spec={"n": 1})
+    b = make_job("score", "bad", spec={"n": 2})
+    c = make_job("score", "after-bad", spec={"n": 3}, deps=[b.id])
+    d = make_job("score", "after-flaky", spec={"n": 4}, deps=[a.id])
     summary = executors.run_plan(_plan(store, [a, b, c, d]), max_retries=1)
     assert calls == ["flaky", "flaky", "bad", "bad", "after-flaky"]
     assert summary.ran == [a.id, d.id]
@@ -117,9 +117,9 @@ def test_job_locked_elsewhere_is_waited_for(store, monkeypatch):
 
     monkeypatch.setitem(stages.STAGES, "score", work)
     monkeypatch.setattr(executors, "POLL_S", 0.05)
-    held = make_job("score", "held", {"n": 1})
-    after = make_job("score", "after", {"n": 2}, deps=[held.id])
-    free = make_job("score", "free", {"n": 3})
+    held = make_job("score", "held", spec={"n": 1})
+    after = make_job("score", "after", spec={"n": 2}, deps=[held.id])
+    free = make_job("score", "free", spec={"n": 3})
     other = store.try_lock(held.id)  # stands for another runner (this pid is alive)
     events = []
 

@@ -70,8 +70,9 @@ class Job:
 
 
 def make_job(
-    kind: str, name: str, spec: dict[str, Any], *, deps: list[str] | None = None, **params: Any
+    kind: str, name: str, *, spec: dict[str, Any], deps: list[str] | None = None, **params: Any
 ) -> Job:
+    """A job whose id hashes ``spec`` and ``deps``; ``params`` (not hashed) locate its files."""
     deps = sorted(set(deps or []))
     full_spec = {"kind": kind, **spec, "deps": deps}
     return Job(
@@ -115,11 +116,13 @@ def _prepare_jobs(study: LoadedStudy) -> dict[str, Job]:
     s = study.study
     jobs: dict[str, Job] = {}
     if s.model.startswith(TINY_PREFIX):
-        jobs["model"] = make_job("prepare", "tiny-model", {"asset": "model", "value": s.model})
+        jobs["model"] = make_job("prepare", "tiny-model", spec={"asset": "model", "value": s.model})
     if s.dataset.startswith(DEMO_PREFIX):
-        jobs["dataset"] = make_job("prepare", "demo-dataset", {"asset": "dataset", "value": s.dataset})
+        jobs["dataset"] = make_job("prepare", "demo-dataset", spec={"asset": "dataset", "value": s.dataset})
     if any(isinstance(v, str) and v.startswith(TINY_PREFIX) for v in s.encoders.values()):
-        jobs["encoders"] = make_job("prepare", "tiny-encoders", {"asset": "encoders", "value": s.encoders})
+        jobs["encoders"] = make_job(
+            "prepare", "tiny-encoders", spec={"asset": "encoders", "value": s.encoders}
+        )
     return jobs
 
 
@@ -147,87 +150,84 @@ def _train_job(study: LoadedStudy, config: ResolvedConfig, seed: int, deps: list
         "seed": seed,
         "checkpoint_epochs": sorted(s.checkpoint_epochs),
     }
-    return make_job("train", f"{config.name}-s{seed}", spec, deps=deps, config=config.name, seed=seed)
+    return make_job("train", f"{config.name}-s{seed}", spec=spec, deps=deps, config=config.name, seed=seed)
 
 
-def _score_deps(gen: Job, encodes: list[Job], shared: list[str]) -> list[str]:
-    return [gen.id, *(job.id for job in encodes), *shared]
+def _encode_job(
+    name: str, *, images: str, enc: str, study: LoadedStudy, deps: list[str], **params: Any
+) -> Job:
+    spec = {"images": images, "encoder": enc, "encoders": study.study.encoders}
+    if images == "dataset":
+        spec["dataset"] = study.study.dataset
+    return make_job("encode", name, spec=spec, deps=deps, encoder=enc, **params)
 
 
-def build_plan(study: LoadedStudy, store: StudyStore) -> Plan:
-    """Expand a study into its jobs (shared jobs once), ordered so dependencies come first."""
+def _shared_jobs(study: LoadedStudy, prepare: dict[str, Job]) -> list[Job]:
+    """Work every checkpoint shares: dataset features, base-model images and their features."""
     s = study.study
-    prepare = _prepare_jobs(study)
-    encoders = _encoder_names(study, "generated")
-    metrics = s.metrics
-    base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     ds_dep = [prepare["dataset"].id] if "dataset" in prepare else []
-    jobs: list[Job] = list(prepare.values())
-
-    # Shared work: dataset features per encoder, and the base model's images + their features.
+    base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     dataset_encodes = [
-        make_job(
-            "encode",
-            f"dataset-{enc}",
-            {"images": "dataset", "dataset": s.dataset, "encoder": enc, "encoders": s.encoders},
-            deps=ds_dep + enc_dep,
-            encoder=enc,
-            target="dataset",
+        _encode_job(
+            f"dataset-{enc}", images="dataset", enc=enc, study=study, deps=ds_dep + enc_dep, target="dataset"
         )
         for enc in _encoder_names(study, "reference")
     ]
     base_classes = s.prompts.base_classes if s.prompts.base_classes is not None else s.prompts.classes
-    base_gen = make_job("generate", "base", _sample_spec(study, base_classes), deps=base_deps, target="base")
+    base_gen = make_job(
+        "generate", "base", spec=_sample_spec(study, base_classes), deps=base_deps, target="base"
+    )
     base_encodes = [
-        make_job(
-            "encode",
+        _encode_job(
             f"base-{enc}",
-            {"images": base_gen.id, "encoder": enc, "encoders": s.encoders},
+            images=base_gen.id,
+            enc=enc,
+            study=study,
             deps=[base_gen.id, *enc_dep],
-            encoder=enc,
             target="base",
         )
         for enc in _encoder_names(study, "base")
     ]
-    jobs += dataset_encodes + [base_gen] + base_encodes
-    shared_score_deps = [j.id for j in dataset_encodes + base_encodes] + [base_gen.id]
+    return [*dataset_encodes, base_gen, *base_encodes]
 
+
+def _checkpoint_jobs(
+    study: LoadedStudy, train: Job, epoch: int, *, prepare: dict[str, Job], shared: list[Job]
+) -> list[Job]:
+    """generate → encode (per encoder) → score for one checkpoint of ``train``."""
+    s = study.study
+    enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
+    base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
+    where = {"config": train.params["config"], "seed": train.params["seed"], "epoch": epoch}
+    readable = f"{where['config']}-s{where['seed']}-e{epoch:03d}"
+    gen_spec = {"train": train.id, "epoch": epoch, **_sample_spec(study, s.prompts.classes)}
+    gen = make_job(
+        "generate", readable, spec=gen_spec, deps=[train.id, *base_deps], target="checkpoint", **where
+    )
+    encodes = [
+        _encode_job(f"{readable}-{enc}", images=gen.id, enc=enc, study=study, deps=[gen.id, *enc_dep],
+                    target="checkpoint", **where)
+        for enc in _encoder_names(study, "generated")
+    ]  # fmt: skip
+    score_spec = {"images": gen.id, "metrics": s.metrics, "encoders": s.encoders, "dataset": s.dataset}
+    score_deps = [gen.id, *(j.id for j in encodes + shared), *base_deps]
+    score = make_job("score", readable, spec=score_spec, deps=score_deps, **where)
+    return [gen, *encodes, score]
+
+
+def build_plan(study: LoadedStudy, store: StudyStore) -> Plan:
+    """Expand a study into its jobs (shared jobs once), ordered so dependencies come first."""
+    prepare = _prepare_jobs(study)
+    base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
+    shared = _shared_jobs(study, prepare)
+    jobs = [*prepare.values(), *shared]
     for config in study.configs:
-        for seed in s.seeds:
+        for seed in study.study.seeds:
             train = _train_job(study, config, seed, base_deps)
             jobs.append(train)
-            for epoch in sorted(s.checkpoint_epochs):
-                where = {"config": config.name, "seed": seed, "epoch": epoch}
-                readable = f"{config.name}-s{seed}-e{epoch:03d}"
-                gen = make_job(
-                    "generate",
-                    readable,
-                    {"train": train.id, "epoch": epoch, **_sample_spec(study, s.prompts.classes)},
-                    deps=[train.id, *base_deps],
-                    target="checkpoint",
-                    **where,
-                )
-                encodes = [
-                    make_job(
-                        "encode",
-                        f"{readable}-{enc}",
-                        {"images": gen.id, "encoder": enc, "encoders": s.encoders},
-                        deps=[gen.id, *enc_dep],
-                        encoder=enc,
-                        target="checkpoint",
-                        **where,
-                    )
-                    for enc in encoders
-                ]
-                score = make_job(
-                    "score",
-                    readable,
-                    {"images": gen.id, "metrics": metrics, "encoders": s.encoders, "dataset": s.dataset},
-                    deps=_score_deps(gen, encodes, shared_score_deps) + ds_dep,
-                    **where,
-                )
-                jobs += [gen, *encodes, score]
+            for epoch in sorted(study.study.checkpoint_epochs):
+                jobs += _checkpoint_jobs(study, train, epoch, prepare=prepare, shared=shared)
     return Plan(study=study, store=store, jobs=jobs)
 
 
