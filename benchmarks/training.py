@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,8 +91,8 @@ def tiny_table(*, steps: int) -> list[str]:
     dataset = make_demo_dataset(root / "demo")
     pipe = load_pipeline(model)
     rows = [
-        "| algorithm | trainable params | images/s | s/step | peak RSS above start (MiB) |",
-        "|---|---|---|---|---|",
+        "| algorithm | trainable params | images/s | wall s/step | CPU s/step | peak RSS above start (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     for label, adapter in ALGOS:
         cfg = RunConfig(
@@ -176,6 +177,7 @@ def full_table(*, repeats: int) -> list[str]:
             w, c = _timed(run)
             wall[label].append(w)
             cpu[label].append(c)
+            print(f"  {label}: {w:.2f} s wall, {c:.2f} s CPU", file=sys.stderr, flush=True)
             mem[label] = max(mem.get(label, 0.0), peak_rss_above(start))
             if net is not None:
                 net.remove()

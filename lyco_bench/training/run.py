@@ -78,7 +78,9 @@ def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] 
 
 
 def existing_checkpoints(config: RunConfig, out_dir: Path, up_to: int) -> list[Path]:
-    return [checkpoint_path(out_dir, e) for e in config.save_epochs() if e <= up_to]
+    """The checkpoints of ``config``'s save epochs up to ``up_to`` that are on disk."""
+    paths = [checkpoint_path(out_dir, e) for e in config.save_epochs() if e <= up_to]
+    return [p for p in paths if p.is_file()]
 
 
 def train(
