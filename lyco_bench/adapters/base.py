@@ -8,6 +8,12 @@ parametrizes its weight update ΔW (PAPER.md §1):
 
 without ever copying W0. Everything else (injection, files, merge, extraction, training,
 scoring) is generic over this contract.
+
+Speed: where it costs less (``prefers_merged``, a flop-and-memory-traffic estimate), forward is
+one base op on the temporary W0 + λ·ΔW and saves only x for backward; backward rebuilds that
+weight for dL/dx and gets the factors' gradients without a second pass through the layer
+(``merged_backward``). On large token counts this makes an adapter cost little more than the
+frozen layer; the benchmark is ``benchmarks/adapters.py``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lyco_bench.adapters.base import (
+    MEMORY_WEIGHT,
     AdapterModule,
     BaseLayer,
     alpha_tensor,
@@ -132,7 +133,8 @@ class LoKrModule(AdapterModule):
         )
         self.dim = int(dim)
         self.full = self.layout.w1_rank is None and self.layout.w2_rank is None
-        # Both blocks full: s = 1 and the file's alpha is dim (LyCORIS writes alpha = lora_dim).
+        # Both blocks full: s = 1 whatever alpha is (the paper's "dim 10000"); alpha still goes to
+        # the file, where LyCORIS also writes alpha = dim for this case.
         self.alpha = float(dim if alpha is None else alpha)
         self.scale = 1.0 if self.full else self.alpha / self.dim
         for key, shape in self.layout.shapes().items():
@@ -282,8 +284,8 @@ class LoKrModule(AdapterModule):
 
     def prefers_merged(self, x: torch.Tensor) -> bool:
         w = self.base.weight
-        rebuild = 2.0 * MEM * w.numel()  # write W1 ⊗ W2, then W0 + λ·ΔW
-        thin = min(self._orders(x)) + MEM * tokens(x, self) * w.shape[0]
+        rebuild = 2.0 * MEMORY_WEIGHT * w.numel()  # write W1 ⊗ W2, then W0 + λ·ΔW
+        thin = min(self._orders(x)) + MEMORY_WEIGHT * tokens(x, self) * w.shape[0]
         if torch.is_grad_enabled():
             # merged: rebuild twice + the block gradients (about one bypass);
             # bypass: forward, dL/dθ and dL/dx through the Kronecker factors, and the output sum
@@ -339,9 +341,6 @@ class LoKrModule(AdapterModule):
             a, b = tensors["lokr_w2_a"], tensors["lokr_w2_b"]
             r2 = min(a.shape[0], a.shape[1], b.shape[1])
         return int(r1 * r2)
-
-
-MEM = 16.0  # as base.MEMORY_WEIGHT: cost of moving one element, in multiply-adds
 
 
 def _layout_from_tensors(base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> KronLayout:
