@@ -6,9 +6,12 @@ random weights. Generation (``lyco_bench.generation.generate``, end to end: samp
 manifest; median wall time, best wall time, and process CPU time, the steadiest on a loaded
 machine) with, in the same process and round-robin so that machine load hits all alike:
   - ``base``: the base model;
-  - ``merged``: a LoRA file (dim 8, α 4, attn-mlp, UNet + text encoder) merged into the weights
-    and unmerged again within the call (what ``generate(adapters=…)`` does);
-  - ``bypass``: the same LoRA injected as modules, unmerged (the peer: what merging avoids).
+  - ``merged (weights)``: sampling with a LoRA file (dim 8, α 4, attn-mlp, UNet + text encoder)
+    merged into the weights beforehand — the cost of every image of a checkpoint;
+  - ``merged, merge in call``: ``generate(adapters=…)`` merging and unmerging within the call;
+  - ``bypass (unmerged)``: the same LoRA injected as modules (the peer: what merging avoids);
+  - ``merged, merge once per N images``: the one-time merge + unmerge (timed on its own)
+    amortized over a checkpoint's images (N = 52 in the demo study, 14,900 in the paper).
 Models: the tiny SD model, and (without --quick) a real-shape SD1.5 pipeline (UNet 860M, CLIP
 ViT-L/14 text encoder, SD VAE) with random weights at a small resolution and few steps. Target:
 merged ≤ 1.02× the base model's time.
@@ -123,40 +126,68 @@ def _items(n: int) -> list[PromptItem]:
 def generation_rows(
     pipe, label: str, *, sampler: SamplerSettings, n_images: int, repeats: int, tmp: Path
 ) -> list[dict]:
-    from lyco_bench.adapters import AdapterSpec, inject
+    from lyco_bench.adapters import AdapterSpec, inject, merge_adapters, unmerge_adapters
 
     lora = random_lora(pipe, tmp / f"{label}-lora.safetensors")
     items = _items(n_images)
     counter = iter(range(10**6))
 
-    def run(adapters) -> tuple[float, float]:
-        out = tmp / f"{label}-{next(counter)}"  # a fresh folder: every image is generated
+    def timed(fn) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
-        generate(model=label, adapters=adapters, items=items, out_dir=out, sampler=sampler, pipeline=pipe)
+        fn()
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    def run_bypass() -> tuple[float, float]:
+    def run(adapters=()) -> None:
+        out = tmp / f"{label}-{next(counter)}"  # a fresh folder: every image is generated
+        generate(model=label, adapters=adapters, items=items, out_dir=out, sampler=sampler, pipeline=pipe)
+
+    def merged_steady() -> tuple[float, float]:
+        handle = merge_adapters(pipe.unet, pipe.text_encoder, [(lora, 1.0)])
+        try:
+            return timed(run)
+        finally:
+            unmerge_adapters(handle)
+
+    def bypass() -> tuple[float, float]:
         net = inject(pipe.unet, pipe.text_encoder, AdapterSpec(**LORA))
         net.load_weights(lora)
         try:
-            return run([])
+            return timed(run)
         finally:
             net.remove()
 
-    run([])  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {"base": [], "merged": [], "bypass": []}
-    for _ in range(repeats):
-        times["base"].append(run([]))
-        times["merged"].append(run([(lora, 1.0)]))
-        times["bypass"].append(run_bypass())
+    def merge_unmerge() -> None:
+        unmerge_adapters(merge_adapters(pipe.unet, pipe.text_encoder, [(lora, 1.0)]))
+
+    run()  # warm-up
+    variants = {
+        "base": lambda: timed(run),
+        "merged (weights)": merged_steady,
+        "merged, merge in call": lambda: timed(lambda: run([(lora, 1.0)])),
+        "bypass (unmerged)": bypass,
+    }
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    merge_times = []
+    for _ in range(repeats):  # round-robin: machine load hits every variant alike
+        for name, fn in variants.items():
+            times[name].append(fn())
+        merge_times.append(timed(merge_unmerge))
     wall = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
     cpu = {k: statistics.median(t[1] for t in v) for k, v in times.items()}
     best = {k: min(t[0] for t in v) for k, v in times.items()}
-    return [
+    rows = [
         {"model": label, "variant": k, "img/s": n_images / wall[k], "wall / base": wall[k] / wall["base"],
          "best wall / base": best[k] / best["base"], "cpu s/img": cpu[k] / n_images, "cpu / base": cpu[k] / cpu["base"]}
         for k in times
     ]  # fmt: skip
+    merge_s = statistics.median(t[0] for t in merge_times)
+    per_image = wall["base"] / n_images
+    for n in (52, 14_900):  # images per checkpoint: the demo study; the paper (PAPER.md §4)
+        rows.append({"model": label, "variant": f"merged, merge once per {n} images", "img/s": 1 / (per_image + merge_s / n),
+                     "wall / base": 1 + merge_s / (n * per_image), "best wall / base": float("nan"),
+                     "cpu s/img": float("nan"), "cpu / base": float("nan")})  # fmt: skip
+    print(f"{label}: merge + unmerge {merge_s:.2f} s (median wall)", file=sys.stderr)
+    return rows
 
 
 def _table(rows: list[dict], header: list[str]) -> None:
@@ -172,43 +203,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models only")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["encoders", "generation"], help="run one half only")
     parser.add_argument("--images", type=int, default=8, help="images per measurement (default 8)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    enc_rows, gen_rows = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        from lyco_bench.metrics.tiny import make_tiny_encoders
-        from lyco_bench.models import load_pipeline, make_tiny_model
+        enc_rows = [] if args.only == "generation" else encoders(args, device, tmp)
+        gen_rows = [] if args.only == "encoders" else generation(args, device, tmp)
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats}"
+    )
+    if enc_rows:
+        print(f"\nEncoders ({args.images} images of 512 px, crop mode, preprocessing included)")
+        _table(enc_rows, ["set", "encoder", "img/s"])
+    if gen_rows:
+        print("\nGeneration (generate() end to end, PNGs and manifest included; target: merged ≤ 1.02× base)")
+        _table(
+            gen_rows,
+            ["model", "variant", "img/s", "wall / base", "best wall / base", "cpu s/img", "cpu / base"],
+        )
 
-        enc_rows += encoder_rows(make_tiny_encoders(tmp / "tiny-enc"), "tiny", n_images=args.images, repeats=args.repeats, device=device)  # fmt: skip
-        if not args.quick:
-            real = _real_shape_encoders(tmp / "real-enc")
-            enc_rows += encoder_rows(
-                real, "real-shape", n_images=args.images, repeats=args.repeats, device=device
-            )
-        tiny = load_pipeline(str(make_tiny_model(tmp / "tiny-sd")), device=device)
-        small = SamplerSettings(steps=3, width=64, height=64, batch_size=args.images)
-        gen_rows += generation_rows(tiny, "tiny SD 64px 3 steps", sampler=small, n_images=args.images, repeats=args.repeats, tmp=tmp)  # fmt: skip
-        if not args.quick:
-            del tiny
-            gc.collect()
-            sd = real_shape_pipeline(device)
-            real = SamplerSettings(steps=3, width=128, height=128, batch_size=2)
-            gen_rows += generation_rows(sd, "SD1.5-shape 128px 3 steps", sampler=real, n_images=2, repeats=args.repeats, tmp=tmp)  # fmt: skip
-    threads = torch.get_num_threads()
-    print(
-        f"device {device}, {threads} threads, torch {torch.__version__}, median of {args.repeats}, {sys.platform}"
-    )
-    print(f"\nEncoders ({args.images} images of 512 px, crop mode, preprocessing included)")
-    _table(enc_rows, ["set", "encoder", "img/s"])
-    print(
-        "\nGeneration (generate() end to end; merged = merge + sample + unmerge per call; target ≤ 1.02× base)"
-    )
-    _table(
-        gen_rows, ["model", "variant", "img/s", "wall / base", "best wall / base", "cpu s/img", "cpu / base"]
-    )
+
+def encoders(args: argparse.Namespace, device: str, tmp: Path) -> list[dict]:
+    from lyco_bench.metrics.tiny import make_tiny_encoders
+
+    kw = dict(n_images=args.images, repeats=args.repeats, device=device)
+    rows = encoder_rows(make_tiny_encoders(tmp / "tiny-enc"), "tiny", **kw)
+    if not args.quick:
+        rows += encoder_rows(_real_shape_encoders(tmp / "real-enc"), "real-shape", **kw)
+    return rows
+
+
+def generation(args: argparse.Namespace, device: str, tmp: Path) -> list[dict]:
+    from lyco_bench.models import load_pipeline, make_tiny_model
+
+    tiny = load_pipeline(str(make_tiny_model(tmp / "tiny-sd")), device=device)
+    small = SamplerSettings(steps=3, width=64, height=64, batch_size=args.images)
+    rows = generation_rows(tiny, "tiny SD 64px 3 steps", sampler=small, n_images=args.images, repeats=args.repeats, tmp=tmp)  # fmt: skip
+    if not args.quick:
+        del tiny
+        gc.collect()
+        sd = real_shape_pipeline(device)
+        real = SamplerSettings(steps=3, width=128, height=128, batch_size=2)
+        rows += generation_rows(sd, "SD1.5-shape 128px 3 steps", sampler=real, n_images=2, repeats=max(2, args.repeats // 2), tmp=tmp)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":
