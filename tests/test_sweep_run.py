@@ -207,4 +207,10 @@ def test_local_worker_processes(tmp_path):
     pids = {e["pid"] for e in plan.store.read_log()}
     assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     assert (plan.store.assets_dir / "demo-dataset" / "dataset.yaml").is_file()
-    assert (plan.store.assets_dir / "tiny-encoders" / "settings.json").is_file()
+    # `tiny:` encoder fields resolve to the encoders in the store, with their tiny input sizes.
+    from lyco_bench.sweep.stages import encoder_settings
+
+    settings = encoder_settings(tiny, plan.store)
+    assert Path(settings.dino).is_dir() and Path(settings.clip).is_dir() and Path(settings.vgg).is_file()
+    assert Path(settings.dino).parent == plan.store.assets_dir / "tiny-encoders"
+    assert settings.dino_image_size < 224 and settings.clip_pretrained is None

@@ -76,7 +76,7 @@ def encoder_settings(fields: dict[str, Any], store: StudyStore) -> Any:
         tiny = json.loads(tiny_file.read_text(encoding="utf-8"))
         for key, value in fields.items():
             if isinstance(value, str) and value.startswith(TINY_PREFIX):
-                resolved[key] = tiny[key]
+                resolved[key] = str(tiny_file.parent / tiny[key])
                 size_key = _TINY_SIZE_FIELDS.get(key)
                 if size_key and size_key not in fields:
                     resolved[size_key] = tiny[size_key]
@@ -105,19 +105,18 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
 
         def build(tmp: Path) -> None:
             fields = make_tiny_encoders(tmp, seed=0)
-            # Paths inside the final folder, not the temporary one.
-            fields = {
-                k: (
-                    str(out / Path(v).relative_to(tmp))
-                    if isinstance(v, str) and v.startswith(str(tmp))
-                    else v
-                )
-                for k, v in fields.items()
-            }
+            # Paths relative to the folder, so that the store can move.
+            fields = {k: _relative_to(v, tmp) for k, v in fields.items()}
             atomic_write_json(tmp / "settings.json", fields)
 
         return [_build_fresh(out, build)]
     raise BadInput(f"job {job.id}: unknown asset {asset!r}")
+
+
+def _relative_to(value: Any, folder: Path) -> Any:
+    if isinstance(value, str) and value.startswith(str(folder)):
+        return str(Path(value).relative_to(folder))
+    return value
 
 
 def _build_fresh(out: Path, build: Any) -> Path:
