@@ -15,10 +15,11 @@ rerun skips every image that is on disk and listed with the same prompt and seed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,24 +178,19 @@ def _is_done(item: PromptItem, rows: dict[str, dict[str, Any]], out_dir: Path) -
     return row is not None and row["prompt"] == item.prompt and (out_dir / item.relpath).is_file()
 
 
-def _merged(pipe: Any, adapters: Sequence[AdapterArg]):
-    """Context: adapters merged into the UNet / text-encoder weights, restored on exit."""
-    import contextlib
+@contextlib.contextmanager
+def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[None]:
+    """Adapters merged into the UNet / text-encoder weights (W0 += λ·ΔW), restored on exit."""
+    if not adapters:
+        yield
+        return
+    from lyco_bench.adapters import merge_adapters, unmerge_adapters
 
-    @contextlib.contextmanager
-    def ctx():
-        if not adapters:
-            yield
-            return
-        from lyco_bench.adapters import merge_adapters, unmerge_adapters
-
-        handle = merge_adapters(pipe.unet, pipe.text_encoder, [(str(p), float(lam)) for p, lam in adapters])
-        try:
-            yield
-        finally:
-            unmerge_adapters(handle)
-
-    return ctx()
+    handle = merge_adapters(pipe.unet, pipe.text_encoder, [(str(p), float(lam)) for p, lam in adapters])
+    try:
+        yield
+    finally:
+        unmerge_adapters(handle)
 
 
 def generate(

@@ -118,11 +118,11 @@ def test_rerun_skips_and_resumes_exactly(pipe, items, tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "sample_batch", lambda p, b, s: calls.append(len(b)) or real(p, b, s))
     _run(pipe, items, out)
     assert calls == []  # nothing sampled, nothing loaded
-    victim = "trigger/shapes/triangle/hollow/000-1000.png"
+    victim = "trigger/shapes/circle/000-1000.png"
     (out / victim).unlink()
     _run(pipe, items, out)
-    # the victim's whole batch (its class, 4 per batch) is sampled; only the victim is written
-    assert calls == [1]
+    # the victim's whole batch (the first 4 trigger items) is sampled; only the victim is written
+    assert calls == [4]
     assert _pngs(out) == original
     assert [p for p in original if (out / p).stat().st_mtime_ns != stamps[p]] == [victim]
     assert len(pd.read_parquet(out / "manifest.parquet")) == len(items)
