@@ -393,3 +393,15 @@ def test_autocast_uses_the_plain_bypass_and_trains(algo):
     assert all(p.grad is not None for p in m.parameters())
     ref = base(x) + m.bypass(x)
     assert_close(y.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_host_to_moves_the_frozen_base_with_the_adapter():
+    # The base layer sits outside the module tree; `host.to(dtype)` must still convert it, or
+    # the adapted layer would mix dtypes/devices after `unet.to(...)`.
+    base = nn.Linear(4, 3)
+    module = get_algorithm("lora")(base, dim=2, alpha=1)
+    host = nn.Sequential(module).to(torch.float64)
+    assert module.base.weight.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in module.parameters())
+    out = host(torch.ones(2, 4, dtype=torch.float64))
+    assert out.dtype == torch.float64

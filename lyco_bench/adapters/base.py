@@ -68,6 +68,13 @@ class AdapterModule(nn.Module):
     def base(self) -> BaseLayer:
         return self._base[0]
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 (torch's signature)
+        # The base is outside the module tree, so `host.to(device)` / `.half()` would skip it;
+        # move it together with the adapter so both always live on one device and dtype.
+        super()._apply(fn, recurse)
+        self.base._apply(fn, recurse)
+        return self
+
     @property
     def is_conv(self) -> bool:
         return isinstance(self.base, nn.Conv2d)
