@@ -127,18 +127,33 @@ def merge_adapters(
                 weight.detach().to("cpu", copy=True),
                 None if bias is None else bias.detach().to("cpu", copy=True),
             )
-            new_weight = weight.float()
-            new_bias = None if bias is None else bias.float()
+            # Σᵢ λᵢ·ΔWᵢ accumulated in place in float32 (one ΔW-sized buffer per layer), then
+            # added to W0 once: in place for float32 weights, rounded once for half precision.
+            delta_w: torch.Tensor | None = None
+            delta_b: torch.Tensor | None = None
             for file, file_key, lam in parts:
                 module = _rebuild(file, file_key, layer)
-                new_weight = new_weight + lam * module.delta_weight().float()
-                delta_bias = module.delta_bias()
-                if delta_bias is not None and new_bias is not None:
-                    new_bias = new_bias + lam * delta_bias.float()
-            weight.copy_(new_weight.to(weight.dtype))
-            if bias is not None:
-                bias.copy_(new_bias.to(bias.dtype))
+                delta_w = _accumulate(delta_w, module.delta_weight(), lam)
+                if bias is not None and module.delta_bias() is not None:
+                    delta_b = _accumulate(delta_b, module.delta_bias(), lam)
+            _add_into(weight, delta_w)
+            if delta_b is not None:
+                _add_into(bias, delta_b)
     return handle
+
+
+def _accumulate(total: torch.Tensor | None, delta: torch.Tensor, lam: float) -> torch.Tensor:
+    delta = delta.detach()
+    if total is None:
+        return delta.float().mul_(lam) if delta.dtype != torch.float32 else delta.mul(lam)
+    return total.add_(delta.float(), alpha=lam)
+
+
+def _add_into(param: torch.Tensor, delta: torch.Tensor) -> None:
+    if param.dtype == torch.float32:
+        param.add_(delta.to(param.device))
+    else:
+        param.copy_((param.float() + delta.to(param.device)).to(param.dtype))
 
 
 def unmerge_adapters(handle: MergeHandle) -> None:
