@@ -136,3 +136,18 @@ def test_stage_settings_are_validated_by_their_stages(tmp_path):
         validate_stage_settings(_plan(PAPER, tmp_path, ["sampler.steps=0"]))
     with pytest.raises(BadInput, match=r"encoders: modes\.0: "):
         validate_stage_settings(_plan(PAPER, tmp_path, ["encoders.modes=[squash]"]))
+
+
+def test_critical_path_priority_starts_long_chains_first(tmp_path):
+    from lyco_bench.sweep.executors import critical_path_priority
+    from lyco_bench.sweep.planner import TINY_COST_S as c
+
+    plan = _plan(DEMO, tmp_path)
+    rank = critical_path_priority(plan)
+    by_name = {(job.kind, job.name): rank[job.id] for job in plan.jobs}
+    # score → 1 job; encode → score; generate → encode → score; train → generate → encode → score.
+    assert by_name[("score", "nt-s1-e002")] == c["score"]
+    assert by_name[("encode", "nt-s1-e002-clip")] == c["encode"] + c["score"]
+    assert by_name[("generate", "nt-s1-e002")] == c["generate"] + c["encode"] + c["score"]
+    assert by_name[("train", "nt-s1")] == c["train"] + c["generate"] + c["encode"] + c["score"]
+    assert by_name[("prepare", "tiny-model")] == c["prepare"] + by_name[("train", "nt-s1")]

@@ -162,18 +162,43 @@ class _State:
     busy_since: dict[str, float] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
     durations: dict[str, list[float]] = field(default_factory=dict)
+    priority: dict[str, float] = field(default_factory=dict)
+
+
+def critical_path_priority(plan: Plan) -> dict[str, float]:
+    """Rough seconds from the start of each job to the end of the longest chain that needs it.
+
+    Jobs on long chains (train → generate → encode → score) go first, so that parallel workers
+    are not left idle at the end waiting for one chain (list scheduling by upward rank).
+    """
+    from lyco_bench.sweep.planner import ROUGH_COST_S, TINY_COST_S
+    from lyco_bench.sweep.study import TINY_PREFIX
+
+    model = getattr(getattr(plan.study, "study", None), "model", "")
+    cost = TINY_COST_S if str(model).startswith(TINY_PREFIX) else ROUGH_COST_S
+    dependents: dict[str, list[str]] = {}
+    for job in plan.jobs:
+        for dep in job.deps:
+            dependents.setdefault(dep, []).append(job.id)
+    by_id = plan.by_id()
+    rank: dict[str, float] = {}
+    for job in reversed(plan.jobs):  # dependents come after their dependencies in a plan
+        after = [rank[d] for d in dependents.get(job.id, ()) if d in rank]
+        rank[job.id] = cost.get(by_id[job.id].kind, 1.0) + max(after, default=0.0)
+    return rank
 
 
 def _ready(state: _State, busy_recheck: float) -> list[Job]:
     now = time.monotonic()
     flying = {job.id for job in state.in_flight.values()}
-    return [
+    ready = [
         job
         for job in state.pending
         if job.id not in flying
         and all(dep in state.done for dep in job.deps)
         and now - state.busy_since.get(job.id, -1e9) >= busy_recheck
     ]
+    return sorted(ready, key=lambda job: -state.priority.get(job.id, 0.0))  # stable: plan order on ties
 
 
 def _blocked(state: _State, by_id: dict[str, Job]) -> list[str]:
@@ -203,6 +228,7 @@ def run_plan(
     start = time.perf_counter()
     done = plan.done_ids()
     state = _State(done=set(done), pending=[job for job in plan.jobs if job.id not in done])
+    state.priority = critical_path_priority(plan)
     summary = RunSummary(total=len(plan.jobs), already_done=len(done))
     runner = make_backend(backend, plan.store, jobs=jobs, address=address, threads=threads)
     by_id = plan.by_id()
