@@ -35,7 +35,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise BadInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str = "override") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], *, source: str = "override"
+) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a copy."""
     import copy
 

@@ -132,6 +132,7 @@ def _sample_spec(study: LoadedStudy, classes: list[str] | None) -> dict[str, Any
         "model": s.model,
         "dataset": s.dataset,
         "prompt_set": s.prompts.set,
+        "captions": s.captions,  # <train> prompts are the captions the model was trained on
         "classes": classes,
         "images_per_prompt": s.prompts.images_per_prompt,
         "sampler": s.sampler,

@@ -203,7 +203,11 @@ def prompt_items(spec: dict[str, Any], store: StudyStore) -> tuple[Any, list[Any
     prompt_set = load_prompt_set(spec["prompt_set"])
     dataset = load_dataset(dataset_path(spec["dataset"], store))
     items = expand_prompts(
-        prompt_set, dataset, classes=spec["classes"], images_per_prompt=spec.get("images_per_prompt")
+        prompt_set,
+        dataset,
+        classes=spec["classes"],
+        images_per_prompt=spec.get("images_per_prompt"),
+        caption_strategy=spec.get("captions"),
     )
     return prompt_set, items
 
