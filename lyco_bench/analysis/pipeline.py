@@ -45,7 +45,8 @@ class AnalysisOutputs:
 
 def default_metric_labels(table: pd.DataFrame) -> list[str]:
     """Image similarity + squared centroid distance on DINOv2-resize, text similarity, Vendi on
-    DINOv2 (any mode), in every prompt class present; falls back to every label when a study
+    DINOv2 (any mode) and the style loss against the base model — one family per criterion of
+    PAPER.md §5 — in every prompt class present; falls back to every label when a study
     has no DINOv2 encoder (e.g. a tiny test encoder)."""
     labels = table.drop_duplicates("label")[["label", "metric", "encoder", "mode"]]
     chosen = []
@@ -53,7 +54,7 @@ def default_metric_labels(table: pd.DataFrame) -> list[str]:
         dino = "dinov2" in row.encoder
         if row.metric in ("image_similarity", "squared_centroid_distance") and dino and row.mode == "resize":
             chosen.append(row.label)
-        elif row.metric == "text_similarity" or (row.metric == "vendi" and dino):
+        elif row.metric in ("text_similarity", "style_loss_base") or (row.metric == "vendi" and dino):
             chosen.append(row.label)
     return sorted(chosen) if chosen else sorted(labels["label"])
 
