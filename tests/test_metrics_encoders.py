@@ -122,6 +122,26 @@ def test_vgg_gram_matches_torchvision_layout(tiny_encoders):
     assert_close(feats[0, : c * (c + 1) // 2][rows == cols], grams[0].diagonal(), rtol=1e-4, atol=1e-8)
 
 
+def test_vgg_loads_a_full_torchvision_vgg19_state_dict(tmp_path):
+    """A real checkpoint holds features.0…34 (conv5_4) and the classifier, nothing past index 34."""
+    from safetensors.torch import save_file
+    from torchvision.models.vgg import make_layers
+
+    w = (4, 8, 8, 16, 16)
+    cfg = [w[0], w[0], "M", w[1], w[1], "M", *[w[2]] * 4, "M", *[w[3]] * 4, "M", *[w[4]] * 4, "M"]
+    torch.manual_seed(0)
+    full = make_layers(cfg)  # torchvision's vgg19().features layout, 37 modules
+    state = {f"features.{k}": v.contiguous() for k, v in full.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)
+    save_file(state, str(tmp_path / "vgg19.safetensors"))
+    vgg = enc.VggGramEncoder(str(tmp_path / "vgg19.safetensors"), device="cpu", short_side=16)
+    assert len(vgg.trunk) == 29 and [type(m) for m in vgg.trunk] == [type(m) for m in full[:29]]
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(vgg.trunk(x), full[:29](x))  # ends at conv5_1, before its ReLU
+    assert len(enc.vgg19_features()) == 29
+
+
 def test_bad_encoders_are_bad_input(tiny_encoders, tmp_path):
     with pytest.raises(BadInput, match="encoder 'bogus'"):
         EncoderPool(EncoderSettings(**tiny_encoders)).id("bogus")

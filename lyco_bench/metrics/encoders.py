@@ -30,9 +30,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODER_KINDS = ("dinov2", "clip", "vgg19")
 
-# VGG19 ("E" configuration): conv widths per stage, 'M' = max-pool; indices in the resulting
-# nn.Sequential match torchvision's vgg19().features.
-_VGG19_LAYOUT = (0, 0, "M", 1, 1, "M", 2, 2, 2, 2, "M", 3, 3, 3, 3, "M", 4, 4, 4, 4, "M")
+# VGG19 ("E" configuration) up to stage 4's pool: conv widths per stage, 'M' = max-pool; with
+# conv5_1 appended (index 28) the nn.Sequential's indices match torchvision's vgg19().features[:29].
+_VGG19_LAYOUT = (0, 0, "M", 1, 1, "M", 2, 2, 2, 2, "M", 3, 3, 3, 3, "M")
 VGG19_WIDTHS = (64, 128, 256, 512, 512)
 # conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 taken before their ReLU (PAPER.md §5).
 GRAM_LAYERS = (0, 5, 10, 19, 28)
