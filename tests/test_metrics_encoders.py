@@ -91,6 +91,23 @@ def test_clip_truncation_keeps_end_of_text(tiny_encoders):
     assert img.shape == (1, 16)
 
 
+def test_clip_images_use_open_clips_own_transforms(tiny_encoders):
+    import open_clip
+
+    clip = enc.ClipEncoder(tiny_encoders["clip"], device="cpu")
+    cfg = open_clip.get_model_preprocess_cfg(clip.model)
+    image = noise_image(6, (97, 61))  # odd aspect: torchvision truncates the resized long side
+    for mode, resize_mode in (("crop", "shortest"), ("resize", "squash"), ("padding", "longest")):
+        own = open_clip.image_transform(
+            cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"], resize_mode=resize_mode
+        )
+        with torch.no_grad():
+            want = torch.nn.functional.normalize(clip.model.encode_image(own(image)[None]), dim=-1)
+        assert_close(clip.encode_images([image], mode), want)
+    with pytest.raises(BadInput, match="mode 'zoom'"):
+        clip.encode_images([image], "zoom")
+
+
 def test_vgg_gram_matches_torchvision_layout(tiny_encoders):
     from safetensors.torch import load_file
     from torchvision.models.vgg import make_layers

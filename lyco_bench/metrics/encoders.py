@@ -161,7 +161,9 @@ class ClipEncoder:
     """OpenCLIP image and text towers (any open_clip name + pretrained tag, hf-hub: id or local dir).
 
     A local directory holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
-    ``open_clip_model.safetensors``, the layout of open_clip models on the hub.
+    ``open_clip_model.safetensors``, the layout of open_clip models on the hub. Images go through
+    open_clip's own eval transform for the model (its size, interpolation, mean/std), with resize
+    mode ``squash``/``shortest``/``longest`` for our ``resize``/``crop``/``padding``.
     """
 
     kind = "clip"
@@ -182,15 +184,29 @@ class ClipEncoder:
         size = cfg.get("size", 224)
         self.image_size = size if isinstance(size, int) else size[0]
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        # OpenCLIP's own eval transforms (PAPER.md §5), one per mode: its resize modes are our modes.
+        self._transforms = {
+            mode: open_clip.image_transform(
+                size,
+                is_train=False,
+                mean=self.mean,
+                std=self.std,
+                resize_mode=resize_mode,
+                interpolation=cfg.get("interpolation"),
+                fill_color=cfg.get("fill_color", 0),
+            )
+            for mode, resize_mode in (("resize", "squash"), ("crop", "shortest"), ("padding", "longest"))
+        }
         self.context_length = getattr(self.model, "context_length", 77)
         self.id = clip_id(model, pretrained)
         self.label = source_label(self.kind, model) if local.is_dir() else f"clip:{model}/{pretrained}"
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
-        x = torch.stack(
-            [preprocess(im, mode=mode, size=self.image_size, mean=self.mean, std=self.std) for im in images]
-        ).to(self.device)  # (B, 3, S, S)
+        if mode not in MODES:
+            raise BadInput(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        transform = self._transforms[mode]
+        x = torch.stack([transform(im.convert("RGB")) for im in images]).to(self.device)  # (B, 3, S, S)
         return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
