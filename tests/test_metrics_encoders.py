@@ -43,6 +43,20 @@ def test_preprocess_modes_by_hand():
         enc.preprocess(white, mode="zoom", size=4, mean=mean, std=std)
 
 
+def test_preprocess_matches_open_clip_transforms_on_odd_sizes():
+    """The reference modes reproduce open_clip's eval transforms (what the paper's code used)."""
+    import open_clip
+
+    for size in ((97, 61), (61, 97), (640, 480), (75, 50), (33, 30)):
+        image = noise_image(7, size)
+        for mode, resize_mode in (("crop", "shortest"), ("resize", "squash"), ("padding", "longest")):
+            own = open_clip.image_transform(
+                32, is_train=False, mean=enc.IMAGENET_MEAN, std=enc.IMAGENET_STD, resize_mode=resize_mode
+            )
+            got = enc.preprocess(image, mode=mode, size=32, mean=enc.IMAGENET_MEAN, std=enc.IMAGENET_STD)
+            assert_close(got, own(image), msg=f"{size} {mode}")
+
+
 def test_dinov2_is_the_normalized_layernormed_cls(tiny_encoders):
     from transformers import Dinov2Model
 

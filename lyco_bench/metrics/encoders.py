@@ -52,14 +52,17 @@ def preprocess(image: Image.Image, *, mode: str, size: int, mean, std) -> torch.
     if mode == "resize":
         image = image.resize((size, size), Image.BICUBIC)
     elif mode == "crop":
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        # torchvision's Resize(size) + CenterCrop(size), as in open_clip's eval transform: the long
+        # side is truncated, the crop offset rounded (half to even).
+        long = int(size * max(w, h) / min(w, h))
+        nw, nh = (size, long) if w <= h else (long, size)
         image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
         image = image.crop((left, top, left + size, top + size))
     else:
-        scale = size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        # open_clip's ResizeKeepRatio(longest=1) + CenterCropOrPad: sides rounded, pad split low-first.
+        ratio = max(w / size, h / size)
+        nw, nh = max(1, round(w / ratio)), max(1, round(h / ratio))
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
         canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
         image = canvas
