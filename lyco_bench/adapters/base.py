@@ -174,7 +174,8 @@ class AdapterModule(nn.Module):
         if self.can_merge_forward(x) and self.prefers_merged(x):
             params = tuple(p for p in self.parameters() if p.requires_grad)
             return _MergedForward.apply(x, self, *params)
-        return self.base(x) + self.multiplier * self.bypass(x)
+        # base(x) + λ·bypass(x) in one pass over the output (no separate scaled temporary)
+        return torch.add(self.base(x), self.bypass(x), alpha=self.multiplier)
 
     def can_merge_forward(self, x: torch.Tensor) -> bool:
         """The merged forward needs a frozen base and no autocast (its backward runs outside it)."""

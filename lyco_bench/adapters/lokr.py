@@ -163,6 +163,17 @@ class LoKrModule(AdapterModule):
         w1 = w1.view(*w1.shape, *([1] * (w2.dim() - 2)))  # (out₁, in₁[, 1, 1])
         return torch.kron(w1, w2)
 
+    def merged_weight(self) -> torch.Tensor:
+        # W0 + λs·(W1 ⊗ W2) in one pass over the weight: W viewed as (out₁, out₂, in₁, in₂[, k, k])
+        # holds W[a·out₂ + c, b·in₂ + d] at [a, c, b, d], so the Kronecker product is a broadcast
+        # product of W1 as (out₁, 1, in₁, 1) and W2 as (1, out₂, 1, in₂) that addcmul adds to W0.
+        lay, w0 = self.layout, self.base.weight
+        k = tuple(w0.shape[2:])
+        w1 = self.w1().view(lay.out1, 1, lay.in1, 1, *([1] * len(k)))
+        w2 = self.w2().view(1, lay.out2, 1, lay.in2, *k)
+        w0v = w0.reshape(lay.out1, lay.out2, lay.in1, lay.in2, *k)
+        return torch.addcmul(w0v, w1, w2, value=self.multiplier * self.scale).view(w0.shape)
+
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_bypass(x) if self.is_conv else self._linear_bypass(x)
 
