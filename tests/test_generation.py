@@ -226,3 +226,18 @@ def test_cli(tiny_model_dir, demo_dataset_dir, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     err = capsys.readouterr().err
     assert "error: --adapter" in err and "nope.safetensors: no such file" in err and "steps" in err
+
+
+def test_global_rng_state_neither_changes_nor_is_changed_by_generation(pipe, items, adapter_file, tmp_path):
+    import random
+
+    some = items[:2]
+    _run(pipe, some, tmp_path / "a", adapters=[(adapter_file, 1.0)])
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(7)
+    torch.rand(17), np.random.rand(3), random.random()
+    before = torch.get_rng_state()
+    _run(pipe, some, tmp_path / "b", adapters=[(adapter_file, 1.0)])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _pngs(tmp_path / "a") == _pngs(tmp_path / "b") and len(_pngs(tmp_path / "a")) == 2

@@ -299,3 +299,29 @@ def test_checkpoints_determinism_resume_and_cache(tmp_path, tiny_model_dir, smal
     changed = run_config(tiny_model_dir, small_dataset, cache_dir, epochs=3, checkpoint_epochs=[1], lr=2e-3)
     with pytest.raises(BadInput, match="different lr"):
         train(changed, full_dir)
+
+
+def _perturb_global_rngs() -> None:
+    """Leave torch's, NumPy's and Python's global RNGs somewhere a fresh process would not be."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(7)
+    torch.rand(17), np.random.rand(3), random.random()
+
+
+def test_global_rng_state_neither_changes_nor_is_changed_by_training(
+    tmp_path, tiny_model_dir, small_dataset, cache_dir
+):
+    cfg = run_config(tiny_model_dir, small_dataset, cache_dir, adapter={"algo": "loha", "dim": 2, "alpha": 1})
+    train(cfg, tmp_path / "a")
+    _perturb_global_rngs()
+    before = torch.get_rng_state()
+    train(cfg, tmp_path / "b")
+    # Adapter init seeds a forked RNG: the caller's global stream is left exactly where it was.
+    assert torch.equal(torch.get_rng_state(), before)
+    for path in (checkpoint_path, state_path):
+        assert path(tmp_path / "a", 1).read_bytes() == path(tmp_path / "b", 1).read_bytes()

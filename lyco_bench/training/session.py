@@ -1,8 +1,11 @@
 """One training session: data, model, adapter, optimizer, RNGs, and the ε-prediction step.
 
 Every random draw of training comes from an explicit ``torch.Generator`` (batch order, caption
-dropout, latent sampling + noise + timesteps), each seeded from the run seed, so the state of a run
-at an epoch boundary is a handful of tensors (lyco_bench.training.state) and resuming is exact.
+dropout, latent sampling + noise + timesteps) or, for adapter initialization, from a forked global
+RNG, each seeded from the run seed, so the state of a run at an epoch boundary is a handful of
+tensors (lyco_bench.training.state), resuming is exact, and what ran earlier in the process (any
+draws from torch's, NumPy's or Python's global RNGs) changes nothing. The run never reseeds the
+caller's global RNG either.
 """
 
 from __future__ import annotations
@@ -99,9 +102,14 @@ class Session:
         from lyco_bench.adapters import inject
 
         cfg = self.config
-        torch.manual_seed(cfg.seed)  # adapter initialization draws from the global RNG
         text_encoder = self.pipe.text_encoder if cfg.train_text_encoder else None
-        self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
+        # Adapter initialization (nn.init.*) draws from the global RNG: seed it from the run seed
+        # inside a fork, so the factors depend on the config alone and the caller's RNG state is
+        # neither read nor changed.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []  # init may run there
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
         self.net.to(self.device)
         self.pipe.unet.train()
         if self.pipe.text_encoder is not None:

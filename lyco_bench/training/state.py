@@ -4,7 +4,11 @@ Layout of ``ckpt-eNNN.state.safetensors``:
   tensors   ``param.00000`` …          trainable parameters in optimizer order (exact float32; the
                                        adapter file alone may not round-trip, e.g. native W − W0)
             ``optim.<index>.<name>``    optimizer state tensors (AdamW: step, exp_avg, exp_avg_sq)
-            ``rng.torch``, ``rng.<generator>``, ``rng.cuda``   RNG states as uint8 tensors
+            ``rng.<generator>``         the session's generator states as uint8 tensors (only
+                                       those: training draws nothing from the global RNGs, so
+                                       their state, which depends on what else ran in the process,
+                                       is neither saved nor restored; files that still hold
+                                       ``rng.torch``/``rng.cuda`` load, those keys ignored)
   metadata  ``optimizer_groups``, ``optimizer_scalars``, ``lr_scheduler``, ``grad_scaler``: JSON
             ``epoch``, ``steps``, ``format``
 """
@@ -40,11 +44,8 @@ def save_state(session: Any, path: str | os.PathLike, *, epoch: int) -> None:
                 tensors[f"optim.{index}.{name}"] = value
             else:
                 scalars[f"{index}.{name}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
     for name, generator in session.generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
-    if session.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(session.device)
     schedule = {k: v for k, v in session.lr_scheduler.state_dict().items() if k != "lr_lambdas"}
     metadata = {
         "format": STATE_FORMAT,
@@ -106,11 +107,8 @@ def load_state(session: Any, path: str | os.PathLike, *, name: str) -> None:
     schedule["lr_lambdas"] = [None] * len(groups)
     session.lr_scheduler.load_state_dict(schedule)
     session.scaler.load_state_dict(json.loads(metadata["grad_scaler"]))
-    torch.set_rng_state(tensors["rng.torch"])
     for gen_name, generator in session.generators.items():
         generator.set_state(tensors[f"rng.{gen_name}"])
-    if session.device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], session.device)
     session.steps = session.steps_at_start = int(metadata["steps"])
 
 
