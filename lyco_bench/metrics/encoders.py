@@ -114,14 +114,19 @@ def source_label(kind: str, source: str) -> str:
     return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{source}"
 
 
+# Bumped when the image preprocessing changes, so cached features of the old pixels go unused
+# (2: crop/padding round as open_clip's transforms; CLIP images through open_clip's own).
+PREPROCESS_VERSION = 2
+
+
 def dinov2_id(source: str, image_size: int) -> str:
-    return f"dinov2:{source_tag(source)}:{image_size}"
+    return f"dinov2:{source_tag(source)}:{image_size}:p{PREPROCESS_VERSION}"
 
 
 def clip_id(model: str, pretrained: str | None) -> str:
     if Path(model).is_dir():
-        return f"clip:{source_tag(model)}"
-    return f"clip:{model}/{source_tag(pretrained) if pretrained else pretrained}"
+        return f"clip:{source_tag(model)}:p{PREPROCESS_VERSION}"
+    return f"clip:{model}/{source_tag(pretrained) if pretrained else pretrained}:p{PREPROCESS_VERSION}"
 
 
 def vgg19_id(source: str, short_side: int) -> str:
