@@ -126,13 +126,9 @@ class LoRAModule(AdapterModule):
         return rebuild < pair + add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.multiplier == 0 or self.tucker or not self.can_merge_forward(x):
+        if self.multiplier == 0 or self.tucker or not self.can_merge_forward(x) or not self.prefers_merged(x):
             return super().forward(x)
-        if self.prefers_merged(x):
-            return _MergedLoRA.apply(x, self, self.lora_down, self.lora_up)
-        if not self.is_conv:
-            return _FusedLinearLoRA.apply(x, self, self.lora_down, self.lora_up)
-        return super().forward(x)
+        return _MergedLoRA.apply(x, self, self.lora_down, self.lora_up)
 
     # --- file layout -------------------------------------------------------------------------
     def file_tensors(self) -> dict[str, torch.Tensor]:
@@ -238,42 +234,3 @@ class _MergedLoRA(torch.autograd.Function):
             grad_up = (u.t() @ g2).t().mul_(s)  # (r, N) @ (N, out) -> (out, r)
             grad_down = v.t() @ x2  # (r, N) @ (N, in)
         return grad_x, None, grad_down.mul_(s), grad_up
-
-
-class _FusedLinearLoRA(torch.autograd.Function):
-    """y = x·W0ᵀ + b + λs·(x·Aᵀ)·Bᵀ for a Linear, the low-rank term accumulated into the base output.
-
-    The same maths as base(x) + λ·bypass(x) without the output-sized scale and sum passes: the
-    second product is an in-place addmm on the base output, and backward adds λs·(g·B)·A into
-    g·W0 the same way (one input gradient, no sum of two). Saves x and u = x·Aᵀ (N×r).
-    """
-
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, module: LoRAModule, down: torch.Tensor, up: torch.Tensor
-    ) -> torch.Tensor:
-        s = module.scale * module.multiplier
-        with torch.no_grad():
-            y = F.linear(x, module.base.weight, module.base.bias)  # (…, out)
-            u = x.reshape(-1, x.shape[-1]) @ down.t()  # (N, in) @ (in, r) -> (N, r)
-            y.view(-1, y.shape[-1]).addmm_(u, up.t(), alpha=s)  # += λs·u·Bᵀ
-        ctx.module = module
-        ctx.save_for_backward(x, u)
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, u = ctx.saved_tensors
-        m: LoRAModule = ctx.module
-        down, up = m.lora_down, m.lora_up
-        s = m.scale * m.multiplier
-        x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (N, in), (N, out)
-        v = g2 @ up.t().contiguous().t()  # (N, out) @ (out, r) -> (N, r); layout as in _MergedLoRA
-        grad_x = grad_down = grad_up = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g2 @ m.base.weight).addmm_(v, down, alpha=s).view(x.shape)  # (N, in)
-        if ctx.needs_input_grad[3]:
-            grad_up = (u.t() @ g2).t().mul_(s)  # (r, N) @ (N, out) -> (out, r)
-        if ctx.needs_input_grad[2]:
-            grad_down = (v.t() @ x2).mul_(s)  # (r, N) @ (N, in)
-        return grad_x, None, grad_down, grad_up
