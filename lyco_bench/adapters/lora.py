@@ -25,6 +25,7 @@ from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
     BaseLayer,
+    _MergedForward,
     alpha_tensor,
     check_keys,
     check_shape,
@@ -184,23 +185,13 @@ class LoRAModule(AdapterModule):
         return min(int(down.shape[0]), int(up.shape[0]), int(fan_in))
 
 
-class _MergedLoRA(torch.autograd.Function):
-    """y = op(x, W0 + λsBA): one base op; backward with the four thin products only.
+class _MergedLoRA(_MergedForward):
+    """y = op(x, W0 + λsBA): the shared merged forward; backward with the four thin products only.
 
     Saves x alone (W0 + λsBA is rebuilt in backward). With g = dL/dy, u = x·Aᵀ, v = g·B:
     dL/dx = g·(W0 + λsBA), dL/dB = λs·gᵀu, dL/dA = λs·vᵀx (for conv: u = conv(x, A),
     v = 1×1 conv of g with Bᵀ, dL/dA = conv weight-gradient of (x, v)).
     """
-
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, module: LoRAModule, down: torch.Tensor, up: torch.Tensor
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            y = module.base_op(x, module.merged_weight(), module.base.bias)
-        ctx.module = module
-        ctx.save_for_backward(x)
-        return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
