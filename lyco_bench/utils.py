@@ -129,3 +129,50 @@ def progress_bar(*, transient: bool = False, extra: str = "") -> Progress:
         transient=transient,
         disable=os.environ.get("LYCO_BENCH_NO_PROGRESS") == "1",
     )
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the filesystem holding ``path`` (or its nearest existing ancestor)."""
+    import shutil
+
+    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, what: str, need_bytes: int = 0) -> Path:
+    """Check, before any work, that ``path`` can become (or is) a writable folder.
+
+    BadInput naming ``what`` (e.g. ``--out runs/x``) when ``path`` or one of its parents is a
+    file, when the folder that would hold it is not writable, or when the disk has fewer than
+    ``need_bytes`` free. Writes nothing: writability is probed with ``os.access`` plus a
+    temporary file that is removed at once.
+    """
+    from lyco_bench.errors import BadInput
+
+    path = Path(path)
+    for parent in [path, *path.absolute().parents]:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"{what}: {parent} is a file, not a folder")
+    anchor = _existing_ancestor(path)
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise BadInput(f"{what}: {anchor} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lyco-bench-probe-", dir=anchor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{what}: cannot write in {anchor} ({exc.strerror or exc})") from None
+    if need_bytes > 0:
+        free = free_bytes(anchor)
+        if free < need_bytes:
+            raise BadInput(
+                f"{what}: {free / 1e9:.2f} GB free on the disk of {anchor}, "
+                f"{need_bytes / 1e9:.2f} GB needed"
+            )
+    return path
