@@ -246,23 +246,103 @@ def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
 
     local = Path(model).expanduser()
     if local.is_dir():
-        index = local / "model_index.json"
-        if not index.is_file():
-            raise BadInput(f"{model}: not a diffusers pipeline folder (no model_index.json)")
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-        if class_name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-            raise BadInput(f"{model}: unsupported pipeline class {class_name!r} (Stable Diffusion only)")
-        cls = _pipeline_class("sdxl" if "XL" in class_name else "sd1")
+        cls = _folder_pipeline_class(model, local)
     else:
+        _check_hub_id(model)
         cls = DiffusionPipeline
-    kwargs: dict[str, Any] = dict(dtype=dtype)
+    # use_safetensors=True: a folder (or hub repo) holding only pickled .bin weights is refused
+    # rather than unpickled, for every component (UNet, VAE, text encoder).
+    kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
     if cls.__name__ != "StableDiffusionXLPipeline":  # SDXL has no safety checker
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        return cls.from_pretrained(str(local) if local.is_dir() else model, **kwargs)
+        with contextlib.nullcontext() if local.is_dir() else _hf_warnings_off():
+            return cls.from_pretrained(str(local) if local.is_dir() else model, **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "not found"
-        raise BadInput(f"{model}: could not load the model ({first})") from None
+        if local.is_dir() and _pickle_only(local):
+            raise BadInput(
+                f"{model}: the weights are pickled (.bin), not .safetensors; they are not loaded "
+                "(convert the folder to safetensors)"
+            ) from None
+        where = "could not load the model" if local.is_dir() else "no such folder, nor loadable from the hub"
+        raise BadInput(f"{model}: {where} ({_first_sentence(exc)})") from None
+
+
+def _folder_pipeline_class(model: str, local: Path):
+    index = local / "model_index.json"
+    if not index.is_file():
+        raise BadInput(f"{model}: not a diffusers pipeline folder (no model_index.json)")
+    class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    if class_name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise BadInput(f"{model}: unsupported pipeline class {class_name!r} (Stable Diffusion only)")
+    return _pipeline_class("sdxl" if "XL" in class_name else "sd1")
+
+
+def _pickle_only(folder: Path) -> bool:
+    """True when some component folder has pickled weights and no safetensors beside them."""
+    for part in folder.iterdir():
+        if part.is_dir():
+            names = [f.suffix for f in part.iterdir()]
+            if ".safetensors" not in names and any(n in PICKLE_SUFFIXES for n in names):
+                return True
+    return False
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The gist of a hub/diffusers error, whose messages run over several lines of advice."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" (")[0].split(". ")[0].rstrip(".")
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    )
+
+
+def _check_hub_id(model: str) -> None:
+    """Offline, a hub id must already be in the local Hugging Face cache: say so in one line
+    instead of diffusers' warning about the unreachable hub followed by its error."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not hub_offline():
+        return
+    try:
+        cached = try_to_load_from_cache(model, "model_index.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not a repo id at all
+        raise BadInput(f"{model}: no such file or folder") from None
+    if not isinstance(cached, str):
+        raise BadInput(f"{model}: no such folder, and not in the local Hugging Face cache (HF_HUB_OFFLINE=1)")
+
+
+@contextlib.contextmanager
+def _hf_warnings_off():
+    """diffusers warns "Couldn't connect to the Hub … Will try to load from local cache" before
+    failing; the one-line BadInput says it all."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
+def local_model_bytes(model: str | Path) -> int:
+    """Bytes of a local model's weights (a .safetensors file or a folder's), 0 for a hub id:
+    an estimate of what saving a merged copy needs on disk."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*.safetensors") if f.is_file())
+    return 0
 
 
 def load_pipeline(

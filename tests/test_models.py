@@ -212,7 +212,7 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
     partial = tmp_path / "partial"
     shutil.copytree(tiny_model_dir, partial, ignore=shutil.ignore_patterns("unet"))
     cases[str(partial)] = "could not load the model"
-    cases["someone/not-cached-here"] = "could not load the model"  # a hub id, offline in tests
+    cases["someone/not-cached-here"] = "not in the local Hugging Face cache"  # a hub id, offline in tests
     for model, message in cases.items():
         with pytest.raises(BadInput, match=re.escape(message)) as info:
             load_pipeline(model)
