@@ -295,23 +295,22 @@ def _check_unique(items: Sequence[PromptItem]) -> None:
 
 
 def parse_adapter(text: str) -> tuple[str, float]:
-    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1."""
-    path, sep, tail = text.rpartition(":")
-    if sep:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
+    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1, a finite number (as ``adapter merge``)."""
+    from lyco_bench.adapters.cli import parse_adapter_arg
+
+    return parse_adapter_arg(text)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from lyco_bench.adapters import load_adapter
     from lyco_bench.data import load_dataset
+    from lyco_bench.utils import check_output_dir
 
     adapters = [parse_adapter(a) for a in args.adapter]
     for path, _ in adapters:
         if not Path(path).is_file():
             raise BadInput(f"--adapter {path}: no such file")
+        load_adapter(path)  # unreadable or non-finite: refused before the model loads
     ps = load_prompt_set(args.prompts)
     dataset = load_dataset(args.dataset)
     other = load_dataset(args.combine_dataset) if args.combine_dataset else None
@@ -333,6 +332,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = Path(args.out)
     before = _count_listed(out)
+    # Upper bound: a PNG is at most about its raw RGB size.
+    need = max(len(items) - before, 0) * args.width * args.height * 3
+    check_output_dir(out, what=f"--out {out}", need_bytes=need)
     started = time.perf_counter()
     manifest = generate(
         model=args.model, adapters=adapters, items=items, out_dir=out, sampler=sampler, device=args.device,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,22 +20,31 @@ from pathlib import Path
 from lyco_bench.errors import BadInput
 
 
-def parse_adapter_arg(text: str) -> tuple[str, float]:
-    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1."""
-    path, sep, weight = text.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(weight)
-        except ValueError:
-            pass  # a ':' in the file name, no weight given
-    return text, 1.0
+def parse_adapter_arg(text: str, *, option: str = "--adapter") -> tuple[str, float]:
+    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1 and must be a finite number.
+
+    The text after the last ':' is the multiplier unless the whole text names an existing file
+    or that text looks like a file name (holds a '/' or ends in .safetensors), so ``F:abc`` is
+    reported as a bad λ rather than as a missing file ``F:abc``.
+    """
+    path, sep, tail = text.rpartition(":")
+    if not sep or not path or Path(text).is_file() or "/" in tail or tail.endswith(".safetensors"):
+        return text, 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        raise BadInput(f"{option} {text}: λ {tail!r} is not a number") from None
+    if not math.isfinite(weight):
+        raise BadInput(f"{option} {text}: λ must be a finite number, not {tail!r}")
+    return path, weight
 
 
 # --- inspect --------------------------------------------------------------------------------
 def inspect_rows(file) -> list[dict]:
-    """One row per module: key, algorithm, tensor shapes, rank bound, parameter count."""
-    from lyco_bench.adapters.fileformat import parameter_count, rank_bound
+    """One row per module: key, algorithm, tensor shapes, rank bound, parameter count, finite."""
+    from lyco_bench.adapters.fileformat import nonfinite_modules, parameter_count, rank_bound
 
+    nonfinite = set(nonfinite_modules(file))
     rows = []
     for key, cls in file.modules.items():
         tensors = file.module_tensors(key)
@@ -56,6 +66,7 @@ def inspect_rows(file) -> list[dict]:
                 "alpha": None if alpha is None else float(alpha.float()),
                 "rank_bound": bound,
                 "params": parameter_count(tensors),
+                "finite": key not in nonfinite,
             }
         )
     return rows
@@ -67,7 +78,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from lyco_bench.adapters.fileformat import load_adapter
 
-    file = load_adapter(args.file)
+    file = load_adapter(args.file, allow_nonfinite=True)  # shown first, refused at the end
     rows = inspect_rows(file)
     console = Console(width=args.width)
     if args.json:
@@ -79,7 +90,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for r in rows:
             alpha = "" if r["alpha"] is None else f"{r['alpha']:g}"
             bound = "" if r["rank_bound"] is None else str(r["rank_bound"])
-            table.add_row(r["module"], r["algo"], r["shapes"], alpha, bound, f"{r['params']:,}")
+            algo = r["algo"] if r["finite"] else f"{r['algo']} NaN/inf"
+            table.add_row(r["module"], algo, r["shapes"], alpha, bound, f"{r['params']:,}")
         table.add_section()
         table.add_row("total", "", "", "", "", f"{sum(r['params'] for r in rows):,}")
         console.print(table)
@@ -98,7 +110,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         f"{args.file}: {len(rows)} modules ({algos}; {unet} UNet, {len(rows) - unet} text encoder), "
         f"{sum(r['params'] for r in rows):,} parameters, {Path(args.file).stat().st_size:,} bytes"
     )
+    _refuse_nonfinite(args.file, [r["module"] for r in rows if not r["finite"]])
     return 0
+
+
+def _refuse_nonfinite(path: str, modules: list[str], shown: int = 3) -> None:
+    if modules:
+        more = f" and {len(modules) - shown} more" if len(modules) > shown else ""
+        names = ", ".join(modules[:shown]) + more
+        plural = "s" if len(modules) > 1 else ""
+        raise BadInput(f"{path}: NaN or inf values in {len(modules)} module{plural}: {names}")
 
 
 # --- merge ----------------------------------------------------------------------------------
@@ -134,13 +155,15 @@ def save_pipeline_atomic(pipe, out: Path) -> None:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.fileformat import load_adapter
     from lyco_bench.adapters.ops import merge_adapters
-    from lyco_bench.models import load_pipeline
-    from lyco_bench.utils import console
+    from lyco_bench.models import load_pipeline, local_model_bytes
+    from lyco_bench.utils import check_output_dir, console
 
     out = Path(args.out)
     _check_new_output(out, force=args.force)
     sources = [parse_adapter_arg(a) for a in args.adapter]
     files = [(load_adapter(path), lam) for path, lam in sources]  # validate before the heavy load
+    # The merged pipeline is saved in the base's dtype: about the base's size on disk.
+    check_output_dir(out, what=f"--out {out}", need_bytes=local_model_bytes(args.base))
     pipe = load_pipeline(args.base, config=args.config)
     handle = merge_adapters(pipe.unet, pipe.text_encoder, files)
     save_pipeline_atomic(pipe, out)
@@ -195,6 +218,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.fileformat import save_tensors
     from lyco_bench.adapters.ops import extract_lora
     from lyco_bench.models import load_pipeline
+    from lyco_bench.utils import check_output_dir
 
     out = Path(args.out)
     if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
@@ -203,10 +227,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: --out must end in .safetensors")
     if out.exists() and not args.force:
         raise BadInput(f"{out}: already exists (use --force to replace it)")
+    if out.is_dir():
+        raise BadInput(f"--out {out}: is a folder, not a file")
+    check_output_dir(out.parent, what=f"--out {out}")
     base = load_pipeline(args.base, config=args.config)
     tuned = load_pipeline(args.tuned, config=args.config)
     te_base = base.text_encoder if not args.unet_only else None
     te_tuned = tuned.text_encoder if not args.unet_only else None
+    _check_finite_weights(f"--base {args.base}", {"unet": base.unet, "text_encoder": te_base})
+    _check_finite_weights(f"--tuned {args.tuned}", {"unet": tuned.unet, "text_encoder": te_tuned})
     tensors, rows = extract_lora(
         base.unet,
         te_base,
@@ -220,6 +249,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     save_tensors(out, tensors, metadata)
     _print_extraction(rows, out=out, rank=args.rank, width=args.width)
     return 0
+
+
+def _check_finite_weights(name: str, models: dict) -> None:
+    """BadInput naming the model and the first parameter holding a NaN or inf: its SVD would
+    spread the non-finite values over every extracted factor (or fail to converge)."""
+    import torch
+
+    for part, model in models.items():
+        if model is None:
+            continue
+        for key, value in model.named_parameters():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise BadInput(f"{name}: {part}.{key} holds NaN or inf values")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

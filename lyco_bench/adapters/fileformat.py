@@ -106,13 +106,39 @@ def detect_modules(tensors: dict[str, torch.Tensor], *, name: str) -> dict[str, 
     return modules
 
 
-def load_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read an adapter file (ours, LyCORIS's or kohya's) and detect each module's algorithm."""
+def load_adapter(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> AdapterFile:
+    """Read an adapter file (ours, LyCORIS's or kohya's) and detect each module's algorithm.
+
+    A NaN or ±inf anywhere is BadInput naming the file and the module: merged into a model it
+    would silently turn every image black. ``allow_nonfinite`` is for ``adapter inspect``, which
+    shows such a file before refusing it (:func:`nonfinite_modules`).
+    """
     tensors, metadata = read_tensors(path)
     if not tensors:
         raise BadInput(f"{path}: the file holds no tensors")
     modules = detect_modules(tensors, name=str(path))
-    return AdapterFile(path=Path(path), tensors=tensors, metadata=metadata, modules=modules)
+    file = AdapterFile(path=Path(path), tensors=tensors, metadata=metadata, modules=modules)
+    if not allow_nonfinite:
+        check_finite(file)
+    return file
+
+
+def nonfinite_modules(file: AdapterFile) -> list[str]:
+    """Keys of the modules holding a NaN or ±inf value, sorted."""
+    bad = {
+        key.partition(".")[0]
+        for key, tensor in file.tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    }
+    return sorted(bad)
+
+
+def check_finite(file: AdapterFile) -> None:
+    """BadInput ``<file>: <module>: NaN or inf values …`` unless every tensor is finite."""
+    bad = nonfinite_modules(file)
+    if bad:
+        more = f" (and {len(bad) - 1} more modules)" if len(bad) > 1 else ""
+        raise BadInput(f"{file.name}: {bad[0]}: holds NaN or inf values{more}")
 
 
 def as_adapter_file(source: str | os.PathLike | AdapterFile) -> AdapterFile:
@@ -197,8 +223,10 @@ __all__ = [
     "AdapterFile",
     "adapter_file_from_tensors",
     "as_adapter_file",
+    "check_finite",
     "detect_modules",
     "load_adapter",
+    "nonfinite_modules",
     "parameter_count",
     "rank_bound",
     "read_tensors",

@@ -1,0 +1,247 @@
+"""Bad input as a new user would try it: one line naming the file, field or module, exit 2, and
+nothing written."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lyco_bench.adapters import AdapterSpec, inject, load_adapter
+from lyco_bench.adapters.cli import parse_adapter_arg
+from lyco_bench.adapters.fileformat import nonfinite_modules, save_tensors
+from lyco_bench.cli import main
+from lyco_bench.errors import BadInput
+from lyco_bench.generation import parse_adapter
+from tests.test_adapters_inject import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    perturb,
+)
+
+BAD_KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def one_error_line(capsys) -> str:
+    """The CLI's stderr, which must be exactly one ``error: …`` line."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0].removeprefix("error: ")
+
+
+@pytest.fixture(scope="module")
+def adapter_files(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """A good LoRA for the tiny pipeline, and copies with one NaN / one inf in one module."""
+    from lyco_bench.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model_dir)
+    torch.manual_seed(0)
+    net = inject(pipe.unet, pipe.text_encoder, AdapterSpec(algo="lora", dim=2, preset="attn-only"))
+    perturb(net, scale=0.1)
+    folder = tmp_path_factory.mktemp("adapters")
+    files = {"good": folder / "good.safetensors"}
+    net.save(files["good"])
+    tensors = load_file(files["good"])
+    for name, value in (("nan", math.nan), ("inf", -math.inf)):
+        bad = dict(tensors)
+        bad[f"{BAD_KEY}.lora_up.weight"] = bad[f"{BAD_KEY}.lora_up.weight"].clone()
+        bad[f"{BAD_KEY}.lora_up.weight"][3, 1] = value
+        files[name] = folder / f"{name}.safetensors"
+        save_tensors(files[name], bad, {})
+    return files
+
+
+# --- 1. non-finite adapter tensors ------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+def test_load_adapter_refuses_nonfinite_tensors(adapter_files, kind):
+    path = adapter_files[kind]
+    with pytest.raises(BadInput) as info:
+        load_adapter(path)
+    assert str(info.value) == f"{path}: {BAD_KEY}: holds NaN or inf values"
+    assert nonfinite_modules(load_adapter(path, allow_nonfinite=True)) == [BAD_KEY]
+    assert nonfinite_modules(load_adapter(adapter_files["good"])) == []
+
+
+def test_resume_refuses_a_nonfinite_checkpoint(tiny_model_dir, adapter_files):
+    from lyco_bench.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model_dir)
+    net = inject(pipe.unet, pipe.text_encoder, AdapterSpec(algo="lora", dim=2, preset="attn-only"))
+    with pytest.raises(BadInput, match=re.escape(f"{adapter_files['nan']}: {BAD_KEY}: holds NaN")):
+        net.load_weights(adapter_files["nan"])
+
+
+def test_merge_refuses_nonfinite_adapter(tiny_model_dir, adapter_files, tmp_path, capsys):
+    out = tmp_path / "merged"
+    args = ["adapter", "merge", "--base", str(tiny_model_dir), "--out", str(out)]
+    assert (
+        main([*args, "--adapter", f"{adapter_files['good']}:0.5", "--adapter", str(adapter_files["inf"])])
+        == 2
+    )
+    assert one_error_line(capsys) == f"{adapter_files['inf']}: {BAD_KEY}: holds NaN or inf values"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_refuses_nonfinite_adapter(
+    tiny_model_dir, demo_dataset_dir, adapter_files, tmp_path, capsys
+):
+    out = tmp_path / "images"
+    args = ["generate", "--model", str(tiny_model_dir), "--dataset", str(demo_dataset_dir)]
+    assert (
+        main([*args, "--prompts", "demo", "--adapter", f"{adapter_files['nan']}:0.8", "--out", str(out)]) == 2
+    )
+    assert one_error_line(capsys) == f"{adapter_files['nan']}: {BAD_KEY}: holds NaN or inf values"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_shows_the_table_then_names_nonfinite_modules(adapter_files, capsys):
+    path = adapter_files["nan"]
+    assert main(["adapter", "inspect", str(path), "--width", "250"]) == 2
+    captured = capsys.readouterr()
+    assert f"{BAD_KEY}  lora NaN/inf" in re.sub(r"\s*│\s*", "  ", captured.out)
+    assert captured.err.strip() == f"error: {path}: NaN or inf values in 1 module: {BAD_KEY}"
+    assert main(["adapter", "inspect", str(path), "--json"]) == 2
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["modules"]
+    assert [r["module"] for r in rows if not r["finite"]] == [BAD_KEY]
+    assert main(["adapter", "inspect", str(adapter_files["good"])]) == 0
+
+
+# --- 2. the multiplier λ ------------------------------------------------------------------------
+@pytest.mark.parametrize("parse", [parse_adapter_arg, parse_adapter])
+def test_adapter_multiplier_must_be_a_finite_number(parse, tmp_path):
+    for tail in ("nan", "inf", "-inf", "NaN", "Infinity"):
+        with pytest.raises(BadInput) as info:
+            parse(f"f.safetensors:{tail}")
+        assert str(info.value) == f"--adapter f.safetensors:{tail}: λ must be a finite number, not {tail!r}"
+    with pytest.raises(BadInput) as info:
+        parse("F:abc")
+    assert str(info.value) == "--adapter F:abc: λ 'abc' is not a number"
+    assert parse("F:-0.5") == ("F", -0.5)
+    assert parse("runs:a/b.safetensors") == ("runs:a/b.safetensors", 1.0)  # a ':' in a folder name
+    odd = tmp_path / "odd:name"
+    odd.write_bytes(b"")
+    assert parse(str(odd)) == (str(odd), 1.0)  # an existing file wins over the λ reading
+
+
+def test_cli_says_the_bad_multiplier(tiny_model_dir, demo_dataset_dir, adapter_files, tmp_path, capsys):
+    good = adapter_files["good"]
+    out = tmp_path / "out"
+    gen = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(demo_dataset_dir),
+        "--prompts",
+        "demo",
+    ]
+    assert main([*gen, "--adapter", f"{good}:abc", "--out", str(out)]) == 2
+    assert one_error_line(capsys) == f"--adapter {good}:abc: λ 'abc' is not a number"
+    merge = ["adapter", "merge", "--base", str(tiny_model_dir), "--out", str(out)]
+    assert main([*merge, "--adapter", f"{good}:nan"]) == 2
+    assert one_error_line(capsys) == f"--adapter {good}:nan: λ must be a finite number, not 'nan'"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- 3. extraction from a model holding NaN/inf ----------------------------------------------
+def test_extract_names_the_model_and_module_with_nonfinite_weights(tiny_model_dir, tmp_path, capsys):
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_model_dir, tuned)
+    weights = tuned / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["down_blocks.0.resnets.0.conv1.weight"][0, 0, 0, 0] = math.inf
+    save_file(state, weights)
+    out = tmp_path / "x.safetensors"
+    cmd = ["adapter", "extract", "--base", str(tiny_model_dir), "--rank", "2", "--out", str(out)]
+    assert main([*cmd, "--tuned", str(tuned)]) == 2
+    assert (
+        one_error_line(capsys)
+        == f"--tuned {tuned}: unet.down_blocks.0.resnets.0.conv1.weight holds NaN or inf values"
+    )
+    assert main(["adapter", "extract", "--base", str(tuned), "--tuned", str(tiny_model_dir), *cmd[4:]]) == 2
+    assert one_error_line(capsys).startswith(f"--base {tuned}: unet.down_blocks.0")
+    assert not out.exists()
+
+
+# --- 6. pickled model weights ------------------------------------------------------------------
+def test_model_folder_with_pickled_weights_is_refused(tiny_model_dir, tmp_path, capsys):
+    from lyco_bench.models import load_pipeline
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    pickled_names = {
+        "diffusion_pytorch_model.safetensors": "diffusion_pytorch_model.bin",
+        "model.safetensors": "pytorch_model.bin",
+    }
+    for weights in list(folder.rglob("*.safetensors")):
+        torch.save(load_file(weights), weights.with_name(pickled_names[weights.name]))
+        weights.unlink()
+    message = (
+        f"{folder}: the weights are pickled (.bin), not .safetensors; they are not loaded "
+        "(convert the folder to safetensors)"
+    )
+    with pytest.raises(BadInput) as info:
+        load_pipeline(folder)
+    assert str(info.value) == message
+    out = tmp_path / "x.safetensors"
+    assert (
+        main(
+            [
+                "adapter",
+                "extract",
+                "--base",
+                str(folder),
+                "--tuned",
+                str(folder),
+                "--rank",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert one_error_line(capsys) == message
+    assert not out.exists()
+
+
+def test_no_code_path_unpickles():
+    """Every torch.load in the package passes weights_only=True, and nothing imports pickle."""
+    root = Path(__file__).resolve().parents[1] / "lyco_bench"
+    for source in root.rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{source}: {call}"
+        assert not re.search(r"^\s*(import pickle|from pickle |import dill|import joblib)", text, re.M), (
+            source
+        )
+
+
+# --- 7. model paths that do not exist -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "model", ["./no/such/model", "no/such/model", "~/no-such-model", "sd15.safetensors", "sd15"]
+)
+def test_missing_model_path_is_one_line(model):
+    from lyco_bench.models import load_pipeline
+
+    with pytest.raises(BadInput) as info:
+        load_pipeline(model)
+    assert str(info.value) == f"{model}: no such file or folder"
+
+
+def test_uncached_hub_id_offline_is_one_line(tiny_model_dir, adapter_files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "merged"
+    args = ["adapter", "merge", "--adapter", str(adapter_files["good"]), "--out", str(out)]
+    assert main([*args, "--base", "models/sd15"]) == 2
+    expected = "models/sd15: no such folder, and not in the local Hugging Face cache (HF_HUB_OFFLINE=1)"
+    assert one_error_line(capsys) == expected
+    assert main([*args, "--base", "./models/sd15"]) == 2
+    assert one_error_line(capsys) == "./models/sd15: no such file or folder"
+    assert list(tmp_path.iterdir()) == []
