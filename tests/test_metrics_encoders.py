@@ -219,13 +219,18 @@ def test_cache_hits_second_run_encodes_nothing(tiny_encoders, tmp_path):
     assert calls == []
 
 
-def test_cache_corrupt_entry_is_a_miss(tmp_path):
+def test_cache_shards_and_a_corrupt_shard_is_a_miss(tmp_path):
     cache = FeatureCache(tmp_path)
     cache.put("ab" * 32, "enc:x", "resize", torch.tensor([1.0, 2.0]))
-    assert_close(cache.get("ab" * 32, "enc:x", "resize"), torch.tensor([1.0, 2.0]))
-    cache.path("ab" * 32, "enc:x", "resize").write_bytes(b"\x00garbage")
-    assert cache.get("ab" * 32, "enc:x", "resize") is None
-    assert cache.get("cd" * 32, "enc:x", "crop") is None and cache.misses == 2
+    cache.put("ef" * 32, "enc:x", "resize", torch.tensor([3.0, 4.0]))
+    assert_close(cache.get("ab" * 32, "enc:x", "resize"), torch.tensor([1.0, 2.0]))  # buffered
+    (shard,) = cache.flush()  # one file for both entries
+    assert cache.shards() == [shard] and FeatureCache(tmp_path).count("enc:x") == 2
+    assert_close(FeatureCache(tmp_path).get("ef" * 32, "enc:x", "resize"), torch.tensor([3.0, 4.0]))
+    shard.write_bytes(b"\x00garbage")
+    fresh = FeatureCache(tmp_path)
+    assert fresh.get("ab" * 32, "enc:x", "resize") is None
+    assert fresh.get("cd" * 32, "enc:x", "crop") is None and fresh.misses == 2
 
 
 def _writer(root: str) -> None:
@@ -233,6 +238,7 @@ def _writer(root: str) -> None:
     for i in range(40):
         key = f"{i:064x}"
         cache.put(key, "enc:concurrent", "resize", torch.full((256,), float(i)))
+    cache.flush()  # the same 40 keys from both writers: the same shard name, renamed into place
 
 
 def test_cache_concurrent_writers_leave_valid_entries(tmp_path):
@@ -246,7 +252,7 @@ def test_cache_concurrent_writers_leave_valid_entries(tmp_path):
     cache = FeatureCache(tmp_path)
     for i in range(40):
         assert_close(cache.get(f"{i:064x}", "enc:concurrent", "resize"), torch.full((256,), float(i)))
-    assert not [p for p in Path(tmp_path).rglob("*.tmp")]
+    assert not [p for p in Path(tmp_path).rglob("*.tmp")] and len(cache.shards()) == 1
 
 
 def test_make_tiny_encoders_cli_writes_loadable_settings(tmp_path, capsys):

@@ -16,6 +16,7 @@ from lyco_bench.errors import BadInput
 from lyco_bench.metrics import fidelity
 from lyco_bench.metrics.features import EncoderPool, EncoderSettings
 from lyco_bench.metrics.scoring import ROW_COLUMNS, score
+from lyco_bench.utils import sha256_file
 from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings, write_generation
 
 
@@ -192,21 +193,39 @@ def test_image_similarity_matches_direct_computation(scored, generated, demo_dat
     assert_close(row["value"], fidelity.squared_centroid_distance(ref, gen), rtol=1e-4, atol=1e-6)
 
 
-def test_second_run_encodes_nothing_and_is_identical(
+def test_second_run_encodes_only_style_grams_and_is_identical(
     scored, generated, demo_dataset_dir, tiny_encoders, monkeypatch
 ):
+    """DINOv2/CLIP features and the dataset's and base model's Grams are cached; Grams of generated
+    images are not (nothing reads them twice), so a rescoring runs VGG on exactly the generated
+    images a style loss reads: <style>/<agnostic> ones paired with the base model, and the style
+    category's <train>/<trigger>/<alter> ones."""
+    from lyco_bench.metrics.features import encode_batches  # noqa: F401 (the path under test)
+
     rows, cache = scored
     images, base = generated
+    real_get = EncoderPool.get
 
-    def no_encoding(self, kind):
-        raise AssertionError(f"encoder {kind} used on a fully cached run")
+    def only_vgg(self, kind):
+        assert kind == "vgg19", f"encoder {kind} used on a cached run"
+        return real_get(self, kind)
 
-    monkeypatch.setattr(EncoderPool, "get", no_encoding)
+    monkeypatch.setattr(EncoderPool, "get", only_vgg)
     settings = EncoderSettings(**{**tiny_encoders, "experimental": False})
+    passes: dict[str, int] = {}
     again = score(
-        images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings, cache_dir=cache
-    )
+        images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings, cache_dir=cache,
+        encoder_passes=passes,
+    )  # fmt: skip
     pd.testing.assert_frame_equal(again, rows[rows["metric"] != "clip_iqa"].reset_index(drop=True))
+    manifest = pd.DataFrame(_manifest_rows())
+    base_pairs = set(pd.read_parquet(base / "manifest.parquet")["file"])  # same prompt, seed and file
+    style_reads = (
+        manifest["prompt_class"].isin(["style", "agnostic"]) & manifest["file"].isin(base_pairs)
+    ) | ((manifest["category"] == "patterns") & manifest["prompt_class"].isin(["train", "trigger", "alter"]))
+    # One pass per distinct image content read (some test images are drawn twice).
+    contents = {sha256_file(images / f) for f in manifest.loc[style_reads, "file"]}
+    assert passes == {"vgg19": len(contents)}
 
 
 def test_metric_selection(scored, generated, demo_dataset_dir, tiny_encoders, tmp_path):
@@ -266,7 +285,9 @@ def test_cli_score_is_deterministic_and_atomic(
         )
         == 0
     )
-    assert "0 encoded" in capsys.readouterr().err  # score already cached every generated image
+    # score cached every generated image a DINOv2 metric reads: only the <style> ones are left
+    n_style = sum(r["prompt_class"] == "style" for r in _manifest_rows())
+    assert f"{n_style} encoded" in capsys.readouterr().err
 
 
 def _copy(generated: Path, tmp_path: Path) -> Path:

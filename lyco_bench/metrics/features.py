@@ -7,6 +7,8 @@ encoder is loaded the first time a miss needs it, so a fully cached run loads no
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +60,8 @@ class EncoderPool:
         self.settings = settings
         self._loaded: dict[str, object] = {}
         self.loads: list[str] = []
+        self.passes: Counter[str] = Counter()
+        """Inputs each encoder has processed (images per kind, texts as ``clip-text``)."""
 
     def id(self, kind: str) -> str:
         s = self.settings
@@ -127,6 +131,34 @@ def image_size(path: Path) -> tuple[int, int]:
         raise BadInput(f"{path}: not a readable image") from None
 
 
+def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], list[str]]:
+    """(content hashes, canonical modes) of images: what the cache keys them on."""
+    keys, modes = [], []
+    for p in paths:
+        keys.append(file_hash(Path(p)))
+        # VGG keeps the aspect ratio and ignores the mode; square images look alike in every mode.
+        modes.append("native" if kind == "vgg19" else enc.canonical_mode(image_size(Path(p)), mode))
+    return keys, modes
+
+
+def encode_batches(
+    pool: EncoderPool, kind: str, paths: Sequence[Path], modes: Sequence[str], *, desc: str = ""
+):
+    """Yield ``(indices, features)`` per batch, encoding ``paths[i]`` in ``modes[i]`` (misses only)."""
+    encoder = pool.get(kind)
+    bs = pool.settings.batch_size
+    by_mode = [[i for i in range(len(paths)) if modes[i] == m] for m in sorted(set(modes))]
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(f"encode {kind} {desc}".strip(), total=len(paths), info="")
+        for same_mode in by_mode:
+            for start in range(0, len(same_mode), bs):
+                chunk = same_mode[start : start + bs]
+                feats = encoder.encode_images([open_image(Path(paths[i])) for i in chunk], modes[chunk[0]])
+                pool.passes[kind] += len(chunk)
+                bar.update(task, advance=len(chunk))
+                yield chunk, feats
+
+
 def image_features(
     pool: EncoderPool,
     kind: str,
@@ -135,34 +167,40 @@ def image_features(
     mode: str = "resize",
     cache: FeatureCache,
     desc: str = "",
+    flush: bool = True,
 ) -> torch.Tensor:
-    """Features (N, D) of the images at ``paths`` in ``mode``, from the cache where possible."""
+    """Features (N, D) of the images at ``paths`` in ``mode``, from the cache where possible.
+
+    Each distinct image content is encoded at most once; new features go to ``cache`` and are
+    written as one shard per call (``flush=False`` leaves them buffered for a later flush).
+    """
     if not paths:
         raise ValueError("image_features needs at least one image")
     encoder_id = pool.id(kind)
-    keys, modes = [], []
-    for p in paths:
-        keys.append(file_hash(Path(p)))
-        # VGG keeps the aspect ratio and ignores the mode; square images look alike in every mode.
-        modes.append("native" if kind == "vgg19" else enc.canonical_mode(image_size(Path(p)), mode))
-    rows: list[torch.Tensor | None] = [cache.get(k, encoder_id, m) for k, m in zip(keys, modes, strict=True)]
-    todo = [i for i, r in enumerate(rows) if r is None]
+    keys, modes = image_keys(kind, paths, mode)
+    rows: list[torch.Tensor | None] = [None] * len(paths)
+    for m in sorted(set(modes)):
+        idx = [i for i in range(len(paths)) if modes[i] == m]
+        for i, f in zip(idx, cache.get_many([keys[i] for i in idx], encoder_id, m), strict=True):
+            rows[i] = f
+    first: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        if r is None:
+            first.setdefault((keys[i], modes[i]), i)
+    todo = sorted(first.values())
     if todo:
-        encoder = pool.get(kind)
-        bs = pool.settings.batch_size
-        by_mode = [[i for i in todo if modes[i] == m] for m in sorted(set(modes[i] for i in todo))]
-        with progress_bar(transient=True) as bar:
-            task = bar.add_task(f"encode {kind} {desc}".strip(), total=len(todo), info="")
-            for same_mode in by_mode:
-                for start in range(0, len(same_mode), bs):
-                    chunk = same_mode[start : start + bs]
-                    feats = encoder.encode_images(
-                        [open_image(Path(paths[i])) for i in chunk], modes[chunk[0]]
-                    )
-                    for i, f in zip(chunk, feats, strict=True):
-                        cache.put(keys[i], encoder_id, modes[i], f)
-                        rows[i] = f
-                    bar.update(task, advance=len(chunk))
+        for chunk, feats in encode_batches(
+            pool, kind, [paths[i] for i in todo], [modes[i] for i in todo], desc=desc
+        ):
+            for j, f in zip(chunk, feats, strict=True):
+                i = todo[j]
+                cache.put(keys[i], encoder_id, modes[i], f)
+                rows[i] = f
+        if flush:
+            cache.flush()
+    for i, r in enumerate(rows):
+        if r is None:  # same content as an image encoded just now
+            rows[i] = rows[first[(keys[i], modes[i])]]
     return torch.stack(rows)  # (N, D)
 
 
@@ -170,7 +208,7 @@ def text_features(pool: EncoderPool, texts: list[str], *, cache: FeatureCache) -
     """OpenCLIP text features (N, D) of ``texts``, cached under mode ``text``."""
     encoder_id = pool.id("clip")
     unique = sorted(set(texts))
-    found = {t: cache.get(text_key(t), encoder_id, "text") for t in unique}
+    found = dict(zip(unique, cache.get_many([text_key(t) for t in unique], encoder_id, "text"), strict=True))
     missing = [t for t, f in found.items() if f is None]
     if missing:
         encoder = pool.get("clip")
@@ -180,6 +218,8 @@ def text_features(pool: EncoderPool, texts: list[str], *, cache: FeatureCache) -
             for t, f in zip(chunk, encoder.encode_texts(chunk), strict=True):
                 cache.put(text_key(t), encoder_id, "text", f)
                 found[t] = f
+            pool.passes["clip-text"] += len(chunk)
+        cache.flush()
     return torch.stack([found[t] for t in texts])
 
 

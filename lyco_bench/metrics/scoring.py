@@ -26,7 +26,9 @@ from lyco_bench.metrics.cache import FeatureCache
 from lyco_bench.metrics.features import (
     EncoderPool,
     EncoderSettings,
+    encode_batches,
     image_features,
+    image_keys,
     image_size,
     text_features,
 )
@@ -41,6 +43,7 @@ STYLE_DATASET_CLASSES = ("train", "trigger", "alter")
 BASE_PAIRED_CLASSES = ("style", "agnostic")
 PER_PROMPT_VENDI_CLASSES = ("alter",)
 FIDELITY_METRICS = ("image_similarity", "squared_centroid_distance", "frechet_distance")
+MODES_ORDER = ("resize", "crop", "padding")
 
 
 @dataclass
@@ -57,56 +60,143 @@ class Unit:
 
 
 class Scorer:
+    """Encodes what the requested metrics read — nothing else — and turns it into result rows.
+
+    Features of the checkpoint's own images go to ``own`` (one shard per encoder and mode); the
+    dataset's, the base model's and texts to ``shared``. VGG Gram vectors of generated images are
+    never stored (nothing reads them twice): one streaming pass computes the paired style loss and
+    the per-group Gram statistics from them.
+    """
+
     def __init__(
         self,
         *,
         settings: EncoderSettings,
-        cache: FeatureCache,
+        shared: FeatureCache,
+        own: FeatureCache,
         base: pd.DataFrame | None,
         style_categories,
         metrics,
     ):
-        self.settings, self.cache, self.base, self.metrics = settings, cache, base, set(metrics)
+        from lyco_bench.metrics import METRICS
+
+        self.settings, self.shared, self.own, self.base = settings, shared, own, base
+        self.metrics = {name: METRICS[name] for name in metrics}
         self.style_categories = set(style_categories)
         self.pool = EncoderPool(settings)
         self._memo: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._pair_loss: dict[str, float] = {}
+        self._unit_grams: dict[int, preservation.GramStats] = {}
         self._ref_stats: dict[str, preservation.GramStats] = {}
         self.rows: list[dict] = []
 
-    # --- features ---------------------------------------------------------------------------
-    def feats(self, kind: str, paths: list[Path], mode: str = "resize") -> torch.Tensor:
+    # --- which units each metric reads -------------------------------------------------------
+    def wants(self, *names: str) -> bool:
+        return any(n in self.metrics for n in names)
+
+    def reads(self, name: str, unit: Unit) -> bool:
+        """Whether metric ``name`` is requested and reads ``unit``'s images."""
+        metric = self.metrics.get(name)
+        if metric is None or unit.prompt_class not in metric.prompt_classes:
+            return False
+        if name == "style_loss_dataset":
+            return unit.category in self.style_categories
+        return True
+
+    # --- features -----------------------------------------------------------------------------
+    def feats(self, kind: str, paths: list[Path], mode: str = "resize", *, own: bool = True) -> torch.Tensor:
         """(N, D) features, kept in memory for DINOv2/CLIP (a few KB per image)."""
         todo = [p for p in dict.fromkeys(map(str, paths)) if (kind, mode, p) not in self._memo]
         if todo:
-            for p, f in zip(
-                todo, image_features(self.pool, kind, todo, mode=mode, cache=self.cache), strict=True
-            ):
+            cache = self.own if own else self.shared
+            got = image_features(
+                self.pool, kind, [Path(p) for p in todo], mode=mode, cache=cache, flush=False
+            )
+            for p, f in zip(todo, got, strict=True):
                 self._memo[(kind, mode, p)] = f
         return torch.stack([self._memo[(kind, mode, str(p))] for p in paths])
 
+    def prefetch(self, units: list[Unit]) -> None:
+        """Encode every image the requested metrics read, in full batches, one encoder at a time."""
+        modes = tuple(self.settings.modes)
+        fidelity = [u for u in units if any(self.reads(m, u) for m in FIDELITY_METRICS)]
+        for kind in self.settings.image_encoders:
+            gen_modes: dict[str, set[str]] = {}
+            for u in fidelity:
+                for p in u.rows["path"]:
+                    gen_modes.setdefault(p, set()).update(modes)
+            for u in units:
+                if self.reads("vendi", u):
+                    for p in u.rows["path"]:
+                        gen_modes.setdefault(p, set()).add("resize")
+            for mode in (m for m in MODES_ORDER if any(m in ms for ms in gen_modes.values())):
+                paths = [Path(p) for p, ms in gen_modes.items() if mode in ms]
+                self.feats(kind, paths, mode)
+            references = list(
+                dict.fromkeys(str(p) for u in fidelity for _, refs in u.references for p in refs)
+            )
+            for mode in modes if references else ():
+                self.feats(kind, [Path(p) for p in references], mode, own=False)
+        clip_paths = list(
+            dict.fromkeys(p for u in units if self.reads("text_similarity", u) or self.reads("clip_iqa", u)
+                          for p in u.rows["path"])
+        )  # fmt: skip
+        if clip_paths:
+            self.feats("clip", [Path(p) for p in clip_paths])
+        self._vgg_pass(units)
+        self.own.flush()
+        self.shared.flush()
+
+    def _vgg_pass(self, units: list[Unit]) -> None:
+        """One VGG forward per generated image content some style loss reads; Grams reduced, never stored."""
+        pairs: dict[str, str] = {}
+        for unit in units:
+            if self.base is not None and self.reads("style_loss_base", unit):
+                pair = self._pairs(unit)
+                pairs.update(zip(pair["path"], pair["path_base"], strict=True))
+        members: dict[str, list[int]] = {}
+        for i, unit in enumerate(units):
+            if self.reads("style_loss_dataset", unit):
+                for p in unit.rows["path"]:
+                    members.setdefault(p, []).append(i)
+        paths = sorted(set(pairs) | set(members))
+        if not paths:
+            return
+        same: dict[str, list[str]] = {}  # content hash → the paths holding that content
+        for p, key in zip(paths, image_keys("vgg19", [Path(p) for p in paths], "native")[0], strict=True):
+            same.setdefault(key, []).append(p)
+        uniq = [group[0] for group in same.values()]
+        groups = list(same.values())
+        for chunk, grams in encode_batches(
+            self.pool, "vgg19", [Path(p) for p in uniq], ["native"] * len(uniq)
+        ):
+            batch = [(p, g) for j, g in zip(chunk, grams, strict=True) for p in groups[j]]
+            self._reduce_grams([p for p, _ in batch], [g for _, g in batch], pairs=pairs, members=members)
+
+    def _reduce_grams(self, paths: list[str], grams: list[torch.Tensor], *, pairs, members) -> None:
+        paired = [i for i, p in enumerate(paths) if p in pairs]
+        if paired:
+            base = image_features(self.pool, "vgg19", [Path(pairs[paths[i]]) for i in paired],
+                                  cache=self.shared, flush=False)  # fmt: skip
+            tuned = torch.stack([grams[i] for i in paired])
+            losses = ((tuned.double() - base.double()) ** 2).sum(1)  # per pair ‖Δgram‖²
+            for i, loss in zip(paired, losses.tolist(), strict=True):
+                self._pair_loss[paths[i]] = loss
+        for i, p in enumerate(paths):
+            for u in members.get(p, ()):
+                part = preservation.GramStats.of(grams[i][None])
+                self._unit_grams[u] = part if u not in self._unit_grams else self._unit_grams[u] + part
+
     def gram_stats(self, paths: list[Path]) -> preservation.GramStats:
-        """Streamed Gram statistics (VGG Gram vectors are ~1 MB each: never all in memory)."""
+        """Streamed Gram statistics of reference images (cached: they are shared by every job)."""
         stats = None
         bs = self.settings.batch_size
         for start in range(0, len(paths), bs):
             part = preservation.GramStats.of(
-                image_features(self.pool, "vgg19", paths[start : start + bs], cache=self.cache)
+                image_features(self.pool, "vgg19", paths[start : start + bs], cache=self.shared, flush=False)
             )
             stats = part if stats is None else stats + part
         return stats
-
-    def prefetch(self, units: list[Unit]) -> None:
-        """Encode every image the units need up front, in full batches, one encoder at a time."""
-        generated = list(dict.fromkeys(p for u in units for p in u.rows["path"]))
-        references = list(dict.fromkeys(str(p) for u in units for _, refs in u.references for p in refs))
-        for kind in self.settings.image_encoders:
-            if self.wants(*FIDELITY_METRICS):
-                for mode in self.settings.modes:
-                    self.feats(kind, [Path(p) for p in generated + references], mode)
-            elif self.wants("vendi"):
-                self.feats(kind, [Path(p) for p in generated])
-        if self.wants("text_similarity", "clip_iqa"):
-            self.feats("clip", [Path(p) for p in generated])
 
     # --- rows -------------------------------------------------------------------------------
     def add(
@@ -134,28 +224,21 @@ class Scorer:
         })  # fmt: skip
 
     # --- metrics per unit -------------------------------------------------------------------
-    def wants(self, *names: str) -> bool:
-        return any(n in self.metrics for n in names)
-
-    def score_unit(self, unit: Unit) -> None:
+    def score_unit(self, index: int, unit: Unit) -> None:
         paths = [Path(p) for p in unit.rows["path"]]
         for kind in self.settings.image_encoders:
-            if self.wants(*FIDELITY_METRICS):
+            if any(self.reads(m, unit) for m in FIDELITY_METRICS):
                 self._fidelity(unit, kind, paths)
-            if self.wants("vendi"):
+            if self.reads("vendi", unit):
                 self._vendi(unit, kind, paths)
-        if self.wants("text_similarity", "clip_iqa"):
+        if self.reads("text_similarity", unit) or self.reads("clip_iqa", unit):
             self._clip_metrics(unit, paths)
-        if self.wants("style_loss_base") and unit.prompt_class in BASE_PAIRED_CLASSES:
+        if self.reads("style_loss_base", unit):
             self._style_base(unit)
-        if (
-            self.wants("style_loss_dataset")
-            and unit.category in self.style_categories
-            and unit.prompt_class in STYLE_DATASET_CLASSES
-        ):
+        if self.reads("style_loss_dataset", unit):
             for key, ref_paths in unit.references:
                 stats = self._ref_gram_stats(key or unit.concept, ref_paths)
-                value = preservation.style_loss_from_stats(self.gram_stats(paths), stats)
+                value = preservation.style_loss_from_stats(self._unit_grams[index], stats)
                 self.add(unit, "style_loss_dataset", "vgg19", "", value, len(paths), subclass=key or None)
 
     def _vendi(self, unit: Unit, kind: str, paths: list[Path]) -> None:
@@ -171,12 +254,12 @@ class Scorer:
 
     def _clip_metrics(self, unit: Unit, paths: list[Path]) -> None:
         clip_img, n = self.feats("clip", paths), len(paths)
-        if self.wants("text_similarity"):
-            texts = text_features(self.pool, unit.rows["clip_text"].tolist(), cache=self.cache)
+        if self.reads("text_similarity", unit):
+            texts = text_features(self.pool, unit.rows["clip_text"].tolist(), cache=self.shared)
             self.add(unit, "text_similarity", "clip", "", controllability.text_similarity(clip_img, texts), n)
-        if self.wants("clip_iqa"):
-            good = text_features(self.pool, [g for g, _ in quality.IQA_PROMPT_PAIRS], cache=self.cache)
-            bad = text_features(self.pool, [b for _, b in quality.IQA_PROMPT_PAIRS], cache=self.cache)
+        if self.reads("clip_iqa", unit):
+            good = text_features(self.pool, [g for g, _ in quality.IQA_PROMPT_PAIRS], cache=self.shared)
+            bad = text_features(self.pool, [b for _, b in quality.IQA_PROMPT_PAIRS], cache=self.shared)
             value = quality.clip_iqa(clip_img, good, bad, logit_scale=self._logit_scale())
             self.add(unit, "clip_iqa", "clip", "", value, n)
 
@@ -186,58 +269,45 @@ class Scorer:
             sub = key or None
             for mode in self.settings.modes:
                 if not ref_paths:
-                    for metric in ("image_similarity", "squared_centroid_distance", "frechet_distance"):
+                    for metric in FIDELITY_METRICS:
                         self.add(
                             unit, metric, kind, mode, math.nan, n, reason="no reference images", subclass=sub
                         )
                     continue
-                ref, gen = self.feats(kind, ref_paths, mode), self.feats(kind, paths, mode)
-                self.add(
-                    unit, "image_similarity", kind, mode, fidelity.image_similarity(ref, gen), n, subclass=sub
-                )
-                dist = fidelity.squared_centroid_distance(ref, gen)
-                self.add(unit, "squared_centroid_distance", kind, mode, dist, n, subclass=sub)
+                ref, gen = self.feats(kind, ref_paths, mode, own=False), self.feats(kind, paths, mode)
+                if self.reads("image_similarity", unit):
+                    value = fidelity.image_similarity(ref, gen)
+                    self.add(unit, "image_similarity", kind, mode, value, n, subclass=sub)
+                if self.reads("squared_centroid_distance", unit):
+                    dist = fidelity.squared_centroid_distance(ref, gen)
+                    self.add(unit, "squared_centroid_distance", kind, mode, dist, n, subclass=sub)
+                if not self.reads("frechet_distance", unit):
+                    continue
                 if n >= 2 and len(ref) >= 2:
-                    self.add(
-                        unit,
-                        "frechet_distance",
-                        kind,
-                        mode,
-                        fidelity.frechet_distance(ref, gen),
-                        n,
-                        subclass=sub,
-                    )
+                    value = fidelity.frechet_distance(ref, gen)
+                    self.add(unit, "frechet_distance", kind, mode, value, n, subclass=sub)
                 else:
                     reason = "fewer than 2 generated or reference images"
                     self.add(unit, "frechet_distance", kind, mode, math.nan, n, reason=reason, subclass=sub)
 
-    def _style_base(self, unit: Unit) -> None:
-        if self.base is None:
-            self.add(
-                unit,
-                "style_loss_base",
-                "vgg19",
-                "",
-                math.nan,
-                0,
-                reason="no base-model images (--base-images)",
-            )
-            return
+    def _pairs(self, unit: Unit) -> pd.DataFrame:
         base = self.base[self.base["prompt_class"] == unit.prompt_class]
-        pairs = unit.rows.merge(
+        return unit.rows.merge(
             base[["prompt", "seed", "path"]], on=["prompt", "seed"], suffixes=("", "_base")
         )
+
+    def _style_base(self, unit: Unit) -> None:
+        if self.base is None:
+            reason = "no base-model images (--base-images)"
+            self.add(unit, "style_loss_base", "vgg19", "", math.nan, 0, reason=reason)
+            return
+        pairs = self._pairs(unit)
         if pairs.empty:
             reason = "no base-model image with the same prompt and seed"
             self.add(unit, "style_loss_base", "vgg19", "", math.nan, 0, reason=reason)
             return
-        bs, losses = self.settings.batch_size, []
-        for start in range(0, len(pairs), bs):
-            chunk = pairs.iloc[start : start + bs]
-            tuned = image_features(self.pool, "vgg19", chunk["path"].tolist(), cache=self.cache)
-            base_g = image_features(self.pool, "vgg19", chunk["path_base"].tolist(), cache=self.cache)
-            losses.append(((tuned.double() - base_g.double()) ** 2).sum(1))  # per pair ‖Δgram‖²
-        self.add(unit, "style_loss_base", "vgg19", "", float(torch.cat(losses).mean()), len(pairs))
+        losses = torch.tensor([self._pair_loss[p] for p in pairs["path"]], dtype=torch.float64)
+        self.add(unit, "style_loss_base", "vgg19", "", float(losses.mean()), len(pairs))
 
     def _ref_gram_stats(self, key: str, paths: list[Path]) -> preservation.GramStats:
         cache_key = key + "|" + "|".join(map(str, paths))
@@ -334,6 +404,8 @@ def score(
     cache_dir: str | Path,
     checkpoint: str | None = None,
     metrics: Sequence[str] | None = None,
+    features_dir: str | Path | None = None,
+    encoder_passes: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """Score the images of ``images_dir`` (its manifest) against ``dataset``; rows per ROW_COLUMNS.
 
@@ -341,7 +413,10 @@ def score(
     base model's images of the same prompt set (``style_loss_base``). ``checkpoint``: the name in
     the rows (default: the manifest's ``checkpoint`` column, else the folder name). ``metrics``:
     names from ``METRICS`` to compute (default: all, the experimental ones when
-    ``encoders.experimental``); encoders no requested metric needs are never loaded.
+    ``encoders.experimental``); only the images and encoders those metrics read are encoded.
+    ``cache_dir``: the shared feature cache (dataset, base images, texts); ``features_dir``: where
+    the features of these images go (one shard per encoder and mode; default: ``cache_dir``).
+    ``encoder_passes``: a dict that receives what each encoder processed in this call.
     """
     from lyco_bench.data import load_dataset
 
@@ -356,15 +431,17 @@ def score(
     styles = (
         settings.style_categories if settings.style_categories is not None else infer_style_categories(df)
     )
+    shared = FeatureCache(cache_dir)
+    own = FeatureCache(features_dir) if features_dir is not None else shared
     scorer = Scorer(
-        settings=settings, cache=FeatureCache(cache_dir), base=base, style_categories=styles,
+        settings=settings, shared=shared, own=own, base=base, style_categories=styles,
         metrics=_metric_names(metrics, experimental=settings.experimental),
     )  # fmt: skip
     scorer.prefetch(units)
     with progress_bar() as bar:
         task = bar.add_task("score", total=len(units), info="")
-        for unit in units:
-            scorer.score_unit(unit)
+        for index, unit in enumerate(units):
+            scorer.score_unit(index, unit)
             bar.update(task, advance=1, info=f"{unit.prompt_class} {unit.concept or unit.category}")
     rows = pd.DataFrame(scorer.rows, columns=[c for c in ROW_COLUMNS if c != "checkpoint"])
     rows = pd.concat([category_rows(rows), rows], ignore_index=True)
@@ -375,4 +452,6 @@ def score(
     rows = rows.sort_values(
         ["prompt_class", "category", "concept", "subclass", "metric", "encoder", "mode"], kind="stable"
     )
+    if encoder_passes is not None:
+        encoder_passes.update(scorer.pool.passes)
     return rows.reset_index(drop=True)[ROW_COLUMNS]
