@@ -1,6 +1,8 @@
-"""Prompt sets: versioned YAML files (``prompts/*.yaml``) expanded into the images to generate.
+"""Prompt sets: versioned YAML files expanded into the images to generate.
 
-A prompt set names, per dataset category, the prompts of each prompt class of PAPER.md §4:
+The shipped sets live in the package (``lyco_bench/prompt_sets/*.yaml``: ``lyco-v1``, ``demo``);
+a ``./prompts/<name>.yaml`` in the working folder is found first, so a set can be copied and edited.
+A prompt set names, per dataset category, the prompts of each prompt class of the paper (§4):
 
 - ``train``: the concept's training captions (caption strategy of the set), cycled over the images;
 - ``trigger``: the trigger alone, plus a per-category suffix (the paper's "rune woman, realistic");
@@ -32,7 +34,10 @@ from lyco_bench.errors import BadInput
 
 PromptClass = Literal["train", "trigger", "alter", "style", "agnostic", "combine"]
 PROMPT_CLASSES: tuple[str, ...] = ("train", "trigger", "alter", "style", "agnostic", "combine")
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompt_sets"
+"""The prompt sets shipped with the package (inside it, so a wheel install has them too)."""
+LOCAL_PROMPTS_DIR = "prompts"
+"""Looked up first, relative to the working folder: ``./prompts/<name>.yaml``."""
 DEFAULT_PROMPT_SET = "lyco-v1"
 """What the name ``default`` stands for."""
 
@@ -202,7 +207,7 @@ def _resolve_category(cat: CategoryPrompts, *, base_dir: Path, field: str) -> Ca
 
 
 def find_prompt_set(name_or_path: str | os.PathLike) -> Path:
-    """A path as given, or a bare name looked up in ``./prompts`` then the checkout's ``prompts/``."""
+    """A path as given, or a bare name: ``./prompts/<name>.yaml``, then the package's prompt sets."""
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text or path.is_file():
@@ -211,7 +216,7 @@ def find_prompt_set(name_or_path: str | os.PathLike) -> Path:
         return path
     if text == "default":
         text = DEFAULT_PROMPT_SET
-    for folder in (Path.cwd() / "prompts", PROMPTS_DIR):
+    for folder in (Path.cwd() / LOCAL_PROMPTS_DIR, PROMPTS_DIR):
         candidate = folder / f"{text}.yaml"
         if candidate.is_file():
             return candidate
