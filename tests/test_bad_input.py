@@ -245,3 +245,80 @@ def test_uncached_hub_id_offline_is_one_line(tiny_model_dir, adapter_files, tmp_
     assert main([*args, "--base", "./models/sd15"]) == 2
     assert one_error_line(capsys) == "./models/sd15: no such file or folder"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 4. decompression bombs ---------------------------------------------------------------------
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR claims width×height RGB pixels (its one IDAT row is all there is)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" + b"\x00" * 3 * min(width, 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def bomb_sizes() -> dict[str, tuple[int, int]]:
+    """Over 2× Pillow's limit (Pillow raises) and between 1× and 2× (Pillow only warns)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return {"error": (100_000, 100_000), "warning": (20_000, math.ceil(1.5 * limit / 20_000))}
+
+
+@pytest.fixture
+def dataset_copy(demo_dataset_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(demo_dataset_dir, tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("case", ["error", "warning"])
+@pytest.mark.parametrize("verify", [True, False])
+def test_decompression_bomb_in_a_dataset_names_the_file(dataset_copy, case, verify, recwarn):
+    from PIL import Image
+
+    from lyco_bench.data import load_dataset
+
+    width, height = bomb_sizes()[case]
+    bomb = dataset_copy / "shapes/circle/003.png"
+    bomb.write_bytes(png_claiming(width, height))
+    assert bomb.stat().st_size < 500
+    with pytest.raises(BadInput) as info:
+        load_dataset(dataset_copy, verify_images=verify)
+    assert str(info.value) == (
+        f"{bomb}: image too large ({width * height:,} pixels; Pillow's decompression-bomb limit "
+        f"Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS:,})"
+    )
+    ds = load_dataset(dataset_copy, skip_bad_images=True, verify_images=verify)
+    assert ds.skipped == [bomb]
+    assert len(ds.find("shapes", "circle")[0].images) == 4
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_open_image_checked(tmp_path):
+    from PIL import Image
+
+    from lyco_bench.data.images import image_size_checked, open_image_checked
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (7, 5), "red").save(good)
+    assert image_size_checked(good) == (7, 5)
+    with open_image_checked(good) as img:
+        assert img.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    truncated = tmp_path / "truncated.png"
+    Image.effect_noise((64, 64), 50).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])  # the header survives, the pixels do not
+    assert image_size_checked(truncated) == (64, 64)
+    with (
+        pytest.raises(BadInput, match=re.escape(f"{truncated}: unreadable image (")),
+        open_image_checked(truncated) as img,
+    ):
+        img.load()
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(BadInput, match=re.escape(f"{empty}: unreadable image (cannot identify image file")):
+        image_size_checked(empty)
+    with pytest.raises(BadInput, match=re.escape(f"{tmp_path / 'gone.png'}: no such image file")):
+        image_size_checked(tmp_path / "gone.png")

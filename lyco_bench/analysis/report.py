@@ -52,7 +52,9 @@ def _read_manifest(path: Path) -> pd.DataFrame:
 def _thumb(path: Path):
     from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
+    from lyco_bench.data.images import open_image_checked
+
+    with open_image_checked(path) as img:
         img = ImageOps.contain(img.convert("RGB"), (THUMB, THUMB))  # up- or down-scaled to fit
         cell = Image.new("RGB", (THUMB, THUMB), "white")
         cell.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))

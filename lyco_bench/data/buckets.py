@@ -76,9 +76,11 @@ def image_tensor(path: str | Path, bucket: Bucket, *, flip: bool = False) -> tor
     """The image at ``path`` (EXIF orientation applied) in ``bucket`` as a float tensor in [-1, 1],
     shape (3, H, W)."""
     import numpy as np
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    with Image.open(path) as img:
+    from lyco_bench.data.images import open_image_checked
+
+    with open_image_checked(path) as img:
         image = resize_to_bucket(ImageOps.exif_transpose(img).convert("RGB"), bucket)
     if flip:
         image = ImageOps.mirror(image)

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, field_validator
 
 from lyco_bench.config import StrictModel, read_yaml, validate
+from lyco_bench.data.images import open_image_checked
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import console
 
@@ -160,20 +161,14 @@ def _displayed_size(img, *, strict: bool) -> tuple[int, int]:
 def image_size(path: Path, *, verify: bool = True) -> tuple[int, int]:
     """(width, height) as displayed (EXIF orientation applied). With ``verify`` the whole file is
     decoded, so a truncated image fails here, not mid-run; without it only the header is read."""
-    from PIL import Image, UnidentifiedImageError
-
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if verify and key in _VERIFIED:
         return _VERIFIED[key]
-    try:
-        with Image.open(path) as img:
-            if verify:
-                img.load()
-            size = _displayed_size(img, strict=verify)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "corrupt"
-        raise BadInput(f"{path}: unreadable image ({reason})") from None
+    with open_image_checked(path) as img:
+        if verify:
+            img.load()
+        size = _displayed_size(img, strict=verify)
     if verify:
         _VERIFIED[key] = size
     return size
