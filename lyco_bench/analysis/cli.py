@@ -7,6 +7,16 @@ from pathlib import Path
 
 from lyco_bench.errors import BadInput
 
+# Free space asked of an --out folder before any work: tables, figures and grid PNGs of a study
+# take a few MB; the floor catches a full disk, not a precise size.
+OUT_NEED_BYTES = 16 * 2**20
+
+
+def _check_out(out: Path) -> None:
+    from lyco_bench.utils import check_output_dir
+
+    check_output_dir(out, what=f"--out {out}", need_bytes=OUT_NEED_BYTES)
+
 
 def _split(values: list[str] | None) -> list[str]:
     return [part for value in values or [] for part in value.split(",") if part]
@@ -19,6 +29,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.paper_csv and args.results:
         raise BadInput("analyze: give either RESULTS.parquet or --paper-csv, not both")
+    _check_out(out)
     if args.paper_csv:
         paper_csv = Path(args.paper_csv)
         mapping = (
@@ -54,6 +65,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.leaderboard import write_leaderboard
     from lyco_bench.analysis.results import read_results
 
+    _check_out(Path(args.out))
     table = read_results(args.results)
     paths = write_leaderboard(table, args.out)
     print(f"leaderboard: {table['config'].nunique()} configurations → {paths['md']}")
@@ -77,6 +89,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     index = out / "index.html"
+    if args.results or args.screenshot:
+        _check_out(out)
     if args.results:
         figures = sorted(Path(args.figures).glob("*.png")) if args.figures else []
         study = args.study or out.name

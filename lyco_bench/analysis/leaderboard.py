@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lyco_bench.analysis.results import metric_direction
+from lyco_bench.analysis.results import check_not_empty, metric_direction
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
@@ -154,6 +154,7 @@ def write_leaderboard(
     main family, see `default_metric_labels`)."""
     from lyco_bench.analysis.pipeline import default_metric_labels
 
+    check_not_empty(results)
     out_dir = Path(out_dir)
     shown = list(labels) if labels is not None else default_metric_labels(results)
     board = build_leaderboard(results, directions=directions, labels=shown)

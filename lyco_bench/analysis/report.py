@@ -16,6 +16,7 @@ import pandas as pd
 
 from lyco_bench.analysis.leaderboard import build_leaderboard, display_rows, write_leaderboard
 from lyco_bench.analysis.plots import slug
+from lyco_bench.analysis.results import check_not_empty
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
@@ -132,6 +133,7 @@ def write_report(
     """Write out_dir/index.html (+ leaderboard files, figures/, grids/); returns the index path."""
     from lyco_bench.analysis.pipeline import default_metric_labels
 
+    check_not_empty(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = default_metric_labels(results)

@@ -151,15 +151,33 @@ def write_results(results: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+REQUIRED_COLUMNS = ("checkpoint", "metric", "value", "config", "algo", "epoch")
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
+    """A results table written by :func:`write_results`; BadInput naming the file when it is not
+    a readable parquet file (garbage, truncated, empty), lacks a required column or has no rows."""
+    import pyarrow
+
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: results table not found")
-    table = pd.read_parquet(path)
-    missing = [c for c in ("checkpoint", "metric", "value", "config", "algo", "epoch") if c not in table]
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"{path}: not a readable parquet file ({reason})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table]
     if missing:
-        raise BadInput(f"{path}: missing columns {missing}")
+        raise BadInput(f"{path}: not a results table (no column {', '.join(map(repr, missing))})")
+    check_not_empty(table, str(path))
     return _normalize(table)
+
+
+def check_not_empty(results: pd.DataFrame, name: str = "results") -> None:
+    """BadInput before anything is written: a leaderboard or report of nothing is a mistake."""
+    if results.empty:
+        raise BadInput(f"{name}: the results table has no rows")
 
 
 def parse_paper_column(column: str) -> dict[str, str]:
