@@ -10,6 +10,13 @@ from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, console
 
 DEFAULT_CACHE = ".lyco-cache/features"
+# EncoderSettings fields that may name local weights: relative paths in an --encoders file are
+# relative to that file's folder, so the file works from any working directory.
+PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg")
+# Free space asked before any work: a score table is KBs; a feature cache grows by a few KB per
+# image and encoder, so the floor catches a full disk rather than sizing the cache exactly.
+SCORE_NEED_BYTES = 2**20
+CACHE_NEED_BYTES = 64 * 2**20
 
 
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
@@ -27,11 +34,37 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from lyco_bench.config import load_config
+    from lyco_bench.config import apply_overrides, read_yaml, validate
     from lyco_bench.metrics.features import EncoderSettings
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    return load_config(EncoderSettings, args.encoders, overrides)
+    source = str(args.encoders) if args.encoders else "config"
+    data: dict = {}
+    if args.encoders:
+        raw = read_yaml(args.encoders)
+        if raw is not None and not isinstance(raw, dict):
+            raise BadInput(f"{args.encoders}: expected a mapping at the top level")
+        data = _paths_beside(raw or {}, Path(args.encoders).parent)
+    data = apply_overrides(data, overrides, source=source)  # --set paths stay relative to the cwd
+    return validate(EncoderSettings, data, source=source)
+
+
+def _paths_beside(data: dict, folder: Path) -> dict:
+    """Relative local paths of the PATH_FIELDS that exist beside the YAML file, made absolute;
+    hub ids, open_clip names and torchvision weight names (nothing of that name there) stay."""
+    resolved = dict(data)
+    for key in PATH_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            if (folder / value).exists():
+                resolved[key] = str((folder / value).absolute())
+    return resolved
+
+
+def _check_cache(cache: str) -> None:
+    from lyco_bench.utils import check_output_dir
+
+    check_output_dir(cache, what=f"--cache {cache}", need_bytes=CACHE_NEED_BYTES)
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -55,6 +88,7 @@ def run_encode(args: argparse.Namespace) -> int:
     if not paths:
         raise BadInput(f"{args.images or args.dataset}: no images")
     modes = args.mode or (["native"] if args.encoder == "vgg19" else list(settings.modes))
+    _check_cache(args.cache)
     started = time.perf_counter()
     cache, pool = FeatureCache(args.cache), EncoderPool(settings)
     for mode in modes:
@@ -68,11 +102,16 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from lyco_bench.metrics.scoring import score
+    from lyco_bench.utils import check_output_dir
 
     settings = _settings(args)
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise BadInput(f"--out {out}: expected a .parquet file")
+    if out.is_dir():
+        raise BadInput(f"--out {out}: is a folder, not a file")
+    check_output_dir(out.parent, what=f"--out {out}", need_bytes=SCORE_NEED_BYTES)
+    _check_cache(args.cache)
     started = time.perf_counter()
     rows = score(
         images_dir=args.images, dataset=args.dataset, base_images_dir=args.base_images,
@@ -95,7 +134,8 @@ def run_make_tiny_encoders(args: argparse.Namespace) -> int:
     from lyco_bench.metrics.tiny import make_tiny_encoders
 
     out = Path(args.out)
-    fields = make_tiny_encoders(out, seed=args.seed)
+    # Absolute paths: the encoders.yaml works from any folder, and is read as it was written.
+    fields = make_tiny_encoders(out.absolute(), seed=args.seed)
     with atomic_path(out / "encoders.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(fields, sort_keys=True))
     console.print(f"make-tiny-encoders: DINOv2, OpenCLIP, VGG19 (random weights) → {out}/encoders.yaml")
