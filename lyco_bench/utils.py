@@ -171,8 +171,9 @@ def check_output_dir(path: str | os.PathLike, *, what: str, need_bytes: int = 0)
     if need_bytes > 0:
         free = free_bytes(anchor)
         if free < need_bytes:
-            raise BadInput(
-                f"{what}: {free / 1e9:.2f} GB free on the disk of {anchor}, "
-                f"{need_bytes / 1e9:.2f} GB needed"
-            )
+            raise BadInput(f"{what}: {_size(free)} free on the disk of {anchor}, {_size(need_bytes)} needed")
     return path
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"

@@ -322,3 +322,279 @@ def test_open_image_checked(tmp_path):
         image_size_checked(empty)
     with pytest.raises(BadInput, match=re.escape(f"{tmp_path / 'gone.png'}: no such image file")):
         image_size_checked(tmp_path / "gone.png")
+
+
+# --- 5. results tables ------------------------------------------------------------------------
+@pytest.fixture
+def results_file(tmp_path) -> Path:
+    from lyco_bench.analysis.results import write_results
+    from tests.test_analysis_leaderboard import hand_results
+
+    return write_results(hand_results(tmp_path / "scores"), tmp_path / "in" / "results.parquet")
+
+
+def bad_tables(good: Path) -> dict[str, tuple[Path, str]]:
+    """Broken variants of a results table beside it → the start of the error naming each."""
+    import pandas as pd
+
+    folder = good.parent
+    cases = {}
+    for name, data in (
+        ("garbage", b"this is not parquet\n" * 20),
+        ("truncated", good.read_bytes()[:300]),
+        ("empty", b""),
+    ):
+        path = folder / f"{name}.parquet"
+        path.write_bytes(data)
+        cases[name] = (path, f"{path}: not a readable parquet file (")
+    table = pd.read_parquet(good)
+    path = folder / "no-algo.parquet"
+    table.drop(columns=["algo"]).to_parquet(path)
+    cases["missing column"] = (path, f"{path}: not a results table (no column 'algo')")
+    path = folder / "no-rows.parquet"
+    table.iloc[:0].to_parquet(path)
+    cases["no rows"] = (path, f"{path}: the results table has no rows")
+    return cases
+
+
+@pytest.mark.parametrize("command", ["analyze", "leaderboard", "report"])
+def test_broken_results_tables_are_one_line(results_file, tmp_path, command, capsys):
+    out = tmp_path / "out"
+    for name, (path, message) in bad_tables(results_file).items():
+        assert main([command, str(path), "--out", str(out)]) == 2, name
+        assert one_error_line(capsys).startswith(message), name
+        assert not out.exists(), name
+
+
+def test_empty_results_table_refused_by_the_api(results_file, tmp_path):
+    import pandas as pd
+
+    from lyco_bench.analysis import write_leaderboard, write_report
+
+    empty = pd.read_parquet(results_file).iloc[:0]
+    with pytest.raises(BadInput, match="^results: the results table has no rows$"):
+        write_leaderboard(empty, tmp_path / "board")
+    with pytest.raises(BadInput, match="^results: the results table has no rows$"):
+        write_report(study_name="x", results=empty, out_dir=tmp_path / "report")
+    assert not (tmp_path / "board").exists() and not (tmp_path / "report").exists()
+
+
+# --- 8. encoders.yaml paths are relative to the file ------------------------------------------
+def test_encoder_paths_resolve_beside_the_yaml(tmp_path, monkeypatch):
+    import argparse
+
+    import yaml
+
+    from lyco_bench.metrics.cli import _settings
+    from lyco_bench.metrics.tiny import make_tiny_vgg19
+
+    folder = tmp_path / "config"
+    make_tiny_vgg19(folder / "weights" / "vgg19.safetensors")
+    (folder / "dinov2").mkdir()
+    settings_yaml = folder / "encoders.yaml"
+    fields = {
+        "vgg": "weights/vgg19.safetensors",
+        "dino": "dinov2",
+        "clip": "ViT-B-32",
+        "clip_pretrained": "openai",
+    }
+    settings_yaml.write_text(yaml.safe_dump(fields))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dinov2").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    args = argparse.Namespace(
+        encoders=str(Path("..") / "config" / "encoders.yaml"), overrides=[], device=None
+    )
+    settings = _settings(args)
+    assert settings.vgg == str(Path("../config/weights/vgg19.safetensors").absolute())
+    assert Path(settings.vgg).is_file()
+    assert settings.dino == str(Path("../config/dinov2").absolute())  # not ./dinov2 of the cwd
+    assert (settings.clip, settings.clip_pretrained) == ("ViT-B-32", "openai")  # names stay names
+    args.overrides = ["dino=dinov2", "vgg=IMAGENET1K_V1"]  # --set values are the command line's: cwd
+    settings = _settings(args)
+    assert (settings.dino, settings.vgg) == ("dinov2", "IMAGENET1K_V1")
+    hub = folder / "hub.yaml"
+    hub.write_text(yaml.safe_dump({"dino": "facebook/dinov2-large"}))
+    assert (
+        _settings(argparse.Namespace(encoders=str(hub), overrides=[], device=None)).dino
+        == "facebook/dinov2-large"
+    )
+
+
+# --- 9. output locations checked before any work ------------------------------------------------
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def commands(tiny_model_dir, demo_dataset_dir, adapter_files, results_file, tmp_path):
+    """command name → (argv with {T} where the output goes, the option, whether T is a file)."""
+    import yaml
+
+    run = tmp_path / "in" / "run.yaml"
+    run.write_text(
+        yaml.safe_dump(
+            {"model": str(tiny_model_dir), "dataset": str(demo_dataset_dir), "categories": ["patterns"],
+             "adapter": {"algo": "lora", "dim": 2}, "resolution": 64, "buckets": {"min": 32, "max": 128, "step": 16},
+             "batch_size": 2, "epochs": 1, "checkpoint_epochs": [1], "cache_dir": str(tmp_path / "in" / "latents")}
+        )
+    )  # fmt: skip
+    model, data, good = str(tiny_model_dir), str(demo_dataset_dir), str(adapter_files["good"])
+    images = tmp_path / "in" / "images"
+    images.mkdir()
+    cache = ["--cache", str(tmp_path / "in" / "cache")]
+    return {
+        "train": (["train", str(run), "--out", "{T}"], "--out", False),
+        "generate": (["generate", "--model", model, "--dataset", data, "--prompts", "demo", "--out", "{T}"], "--out", False),
+        "score --out": (["score", "--images", str(images), "--dataset", data, *cache, "--out", "{T}.parquet"], "--out", True),
+        "score --cache": (["score", "--images", str(images), "--dataset", data, "--out", str(images / "s.parquet"), "--cache", "{T}"], "--cache", False),
+        "encode --cache": (["encode", "--dataset", data, "--encoder", "vgg19", "--cache", "{T}"], "--cache", False),
+        "adapter merge": (["adapter", "merge", "--base", model, "--adapter", good, "--out", "{T}"], "--out", False),
+        "adapter extract": (["adapter", "extract", "--base", model, "--tuned", model, "--rank", "2", "--out", "{T}.safetensors"], "--out", True),
+        "analyze": (["analyze", str(results_file), "--no-plots", "--out", "{T}"], "--out", False),
+        "leaderboard": (["leaderboard", str(results_file), "--out", "{T}"], "--out", False),
+        "report": (["report", str(results_file), "--out", "{T}"], "--out", False),
+    }  # fmt: skip
+
+
+def run_refused(argv: list[str], target: Path, capsys, root: Path) -> str:
+    before = tree(root)
+    assert main([a.replace("{T}", str(target)) for a in argv]) == 2
+    assert tree(root) == before
+    return one_error_line(capsys)
+
+
+COMMANDS = ["train", "generate", "score --out", "score --cache", "encode --cache", "adapter merge", "adapter extract", "analyze", "leaderboard", "report"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_output_in_the_way_of_a_file(commands, name, tmp_path, capsys):
+    argv, option, is_file = commands[name]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    target = blocker / "sub" / "x"
+    shown = (
+        f"{target}.parquet" if name == "score --out" else f"{target}.safetensors" if is_file else str(target)
+    )
+    assert (
+        run_refused(argv, target, capsys, tmp_path) == f"{option} {shown}: {blocker} is a file, not a folder"
+    )
+    refused = run_refused(argv, blocker, capsys, tmp_path) if not is_file else None  # --out is the file
+    if name == "adapter merge":  # --out must be new unless --force
+        assert refused == f"{blocker}: already exists (use --force to replace it)"
+    elif not is_file:
+        assert refused == f"{option} {blocker}: {blocker} is a file, not a folder"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_output_on_a_full_disk(commands, name, tmp_path, capsys, monkeypatch):
+    import lyco_bench.utils
+
+    argv, option, is_file = commands[name]
+    monkeypatch.setattr(
+        lyco_bench.utils, "free_bytes", lambda path: 1000 if Path(path) == tmp_path else 10**12
+    )
+    target = tmp_path / "new" / "x"
+    message = run_refused(argv, target, capsys, tmp_path)
+    assert re.fullmatch(
+        rf"{re.escape(option)} {re.escape(str(target))}\S*: 0\.0 MB free on the disk of {re.escape(str(tmp_path))}, \d+\.\d+ [MG]B needed",
+        message,
+    ), message
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_output_folder_not_writable(commands, name, tmp_path, capsys, monkeypatch):
+    import os
+
+    argv, option, is_file = commands[name]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    target = locked / "x"
+    message = run_refused(argv, target, capsys, tmp_path)
+    assert re.fullmatch(
+        rf"{re.escape(option)} {re.escape(str(target))}\S*: {re.escape(str(locked))} is not writable", message
+    )
+
+
+def test_read_only_folder_as_an_unprivileged_user(results_file, tmp_path):
+    """The real permission check, not a patched one: root ignores chmod, so run as nobody."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if not shutil.which("setpriv") or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    shared = Path(tempfile.mkdtemp(prefix="lyco-ro-"))
+    try:
+        shared.chmod(0o755)
+        table = shared / "results.parquet"
+        shutil.copy(results_file, table)
+        table.chmod(0o644)
+        locked = shared / "locked"
+        locked.mkdir(mode=0o555)
+        cmd = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "lyco_bench.cli",
+        ]
+        done = subprocess.run([*cmd, "leaderboard", str(table), "--out", str(locked / "board")], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == f"error: --out {locked / 'board'}: {locked} is not writable"
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(shared)
+
+
+# --- 10. a full disk while a checkpoint is saved -------------------------------------------------
+def test_full_disk_during_a_checkpoint_leaves_no_partial_checkpoint(
+    tiny_model_dir, demo_dataset_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    import lyco_bench.training.run as run
+    from lyco_bench.training import RunConfig, checkpoint_path, find_resume, train
+
+    config = RunConfig(
+        model=str(tiny_model_dir), dataset=str(demo_dataset_dir), categories=["patterns"],
+        adapter={"algo": "lora", "dim": 2}, resolution=64, buckets={"min": 32, "max": 128, "step": 16},
+        batch_size=4, epochs=2, checkpoint_epochs=[1, 2], cache_dir=str(tmp_path / "latents"), seed=3,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    real_save_state = run.save_state
+
+    def full_at_epoch_2(session, path, *, epoch):
+        if epoch == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save_state(session, path, epoch=epoch)
+
+    monkeypatch.setattr(run, "save_state", full_at_epoch_2)
+    with pytest.raises(BadInput) as info:
+        train(config, out)
+    assert str(info.value) == (
+        f"--out {out}: disk full while saving epoch 2 (No space left on device); free some space and rerun to resume"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ckpt-e001.json", "ckpt-e001.safetensors", "ckpt-e001.state.safetensors"
+    ]  # fmt: skip
+    assert find_resume(config, out)[0] == 1
+    monkeypatch.setattr(run, "save_state", real_save_state)
+    assert train(config, out) == [checkpoint_path(out, 1), checkpoint_path(out, 2)]
+
+    first = tmp_path / "first"
+
+    def over_quota(session, path, *, epoch):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(run, "save_state", over_quota)
+    with pytest.raises(
+        BadInput, match=re.escape(f"--out {first}: disk full while saving epoch 1 (Disk quota exceeded)")
+    ):
+        train(config, first)
+    assert list(first.iterdir()) == [] and find_resume(config, first) is None

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from lyco_bench.errors import BadInput
 
+# Free space asked before extracting: an SD1.5 LoRA of rank 8–32 is some tens of MB; a floor that
+# catches a full disk before two pipelines load and every layer is decomposed.
+EXTRACT_NEED_BYTES = 64 * 2**20
+
 
 def parse_adapter_arg(text: str, *, option: str = "--adapter") -> tuple[str, float]:
     """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1 and must be a finite number.
@@ -229,7 +233,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: already exists (use --force to replace it)")
     if out.is_dir():
         raise BadInput(f"--out {out}: is a folder, not a file")
-    check_output_dir(out.parent, what=f"--out {out}")
+    check_output_dir(out.parent, what=f"--out {out}", need_bytes=EXTRACT_NEED_BYTES)
     base = load_pipeline(args.base, config=args.config)
     tuned = load_pipeline(args.tuned, config=args.config)
     te_base = base.text_encoder if not args.unet_only else None

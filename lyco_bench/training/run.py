@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from lyco_bench.training.config import (
 from lyco_bench.training.state import load_state, peak_memory, save_state
 from lyco_bench.utils import (
     atomic_write_json,
+    check_output_dir,
     console,
     device_name,
     git_commit,
@@ -32,6 +34,12 @@ from lyco_bench.utils import (
 )
 
 CHECKPOINT_RE = re.compile(r"^ckpt-e(\d{3,})\.json$")
+
+# Free space asked of --out before the model loads, when there is no checkpoint yet to measure:
+# an SD1.5 LoRA/LoKr/LoHa checkpoint plus its optimizer state is a few to some tens of MB.
+# Resuming asks for twice the last checkpoint + state instead (see _need_bytes).
+FIRST_CHECKPOINT_BYTES = 64 * 2**20
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _resolved(config: RunConfig) -> dict[str, Any]:
@@ -94,7 +102,8 @@ def train(
 
     ``pipeline``: an already loaded pipeline for ``config.model`` (benchmarks, tests); its modules
     are restored when training ends. ``on_epoch_end(epoch)`` runs after each epoch (and after its
-    checkpoint is written).
+    checkpoint is written). ``out_dir`` is checked (a file in the way, not writable, too little
+    free space) before the model loads, so bad output locations fail in one line, not after an epoch.
     """
     from lyco_bench.training.session import Session
 
@@ -106,6 +115,7 @@ def train(
         paths = existing_checkpoints(config, out_dir, config.epochs)
         console.print(f"train: {out_dir} already holds epoch {start_epoch}; nothing to do")
         return paths
+    check_output_dir(out_dir, what=f"--out {out_dir}", need_bytes=_need_bytes(out_dir, start_epoch))
     started = time.perf_counter()
     session = Session(config, device=device, pipeline=pipeline)
     try:
@@ -131,6 +141,14 @@ def train(
         + (f" (resumed from epoch {start_epoch})" if resume else "")
     )
     return existing_checkpoints(config, out_dir, config.epochs)
+
+
+def _need_bytes(out_dir: Path, last_epoch: int) -> int:
+    """Free space one more checkpoint needs, with a 2× margin over the last one's files."""
+    if not last_epoch:
+        return FIRST_CHECKPOINT_BYTES
+    files = (checkpoint_path(out_dir, last_epoch), state_path(out_dir, last_epoch))
+    return 2 * sum(p.stat().st_size for p in files)
 
 
 def _run_epochs(
@@ -164,23 +182,51 @@ def _run_epochs(
 
 
 def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) -> Path:
-    """Adapter file, then resume state, then the run record (its presence marks completion)."""
+    """Adapter file, resume state and run record, all or nothing.
+
+    The three are written under temporary names and renamed into place only once all three are
+    on disk (the record last: it marks the checkpoint complete), so a full disk or a crash never
+    leaves an adapter file without its state and record; resuming then starts from the previous
+    complete checkpoint. A full disk is BadInput naming the out folder.
+    """
+    final = [checkpoint_path(out_dir, epoch), state_path(out_dir, epoch), record_path(out_dir, epoch)]
+    temps = [path.with_name(f".{path.name}.partial") for path in final]
+    placed: list[Path] = []
+    try:
+        session.net.save(temps[0], metadata=_checkpoint_metadata(session, epoch))
+        save_state(session, temps[1], epoch=epoch)
+        atomic_write_json(temps[2], _record(session, temps[0], epoch=epoch, wall=wall))
+        for tmp, path in zip(temps, final, strict=True):
+            os.replace(tmp, path)
+            placed.append(path)
+    except BaseException as exc:
+        for path in [*temps, *placed]:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise BadInput(
+                f"--out {out_dir}: disk full while saving epoch {epoch} ({exc.strerror}); "
+                "free some space and rerun to resume"
+            ) from None
+        raise
+    return final[0]
+
+
+def _checkpoint_metadata(session: Any, epoch: int) -> dict[str, str]:
     config = session.config
-    ckpt = checkpoint_path(out_dir, epoch)
-    session.net.save(
-        ckpt,
-        metadata={
-            "base_model": config.model,
-            "seed": str(config.seed),
-            "epoch": str(epoch),
-            "steps": str(session.steps),
-            "dataset": session.dataset_name,
-            "caption_strategy": config.captions.strategy,
-        },
-    )
-    save_state(session, state_path(out_dir, epoch), epoch=epoch)
+    return {
+        "base_model": config.model,
+        "seed": str(config.seed),
+        "epoch": str(epoch),
+        "steps": str(session.steps),
+        "dataset": session.dataset_name,
+        "caption_strategy": config.captions.strategy,
+    }
+
+
+def _record(session: Any, ckpt: Path, *, epoch: int, wall: float) -> dict[str, Any]:
+    config = session.config
     memory, memory_kind = peak_memory(session.device)
-    record = {
+    return {
         "config": _resolved(config),
         "seed": config.seed,
         "epoch": epoch,
@@ -202,8 +248,6 @@ def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) ->
         "latents_cached": session.cache.hits,
         "file_sha256": sha256_file(ckpt),
     }
-    atomic_write_json(record_path(out_dir, epoch), record)
-    return ckpt
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
