@@ -32,6 +32,7 @@ from lyco_bench.data.dataset import (
     split_tags,
 )
 from lyco_bench.data.demo import make_demo_dataset, register_cli
+from lyco_bench.data.images import image_size_checked, open_image_checked
 from lyco_bench.data.latents import Latent, LatentCache, vae_identity
 
 __all__ = [
@@ -54,10 +55,12 @@ __all__ = [
     "bucket_batches",
     "caption_for",
     "image_size",
+    "image_size_checked",
     "image_tensor",
     "load_dataset",
     "make_buckets",
     "make_demo_dataset",
+    "open_image_checked",
     "register_cli",
     "resize_to_bucket",
     "split_tags",
