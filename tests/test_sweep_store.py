@@ -44,17 +44,19 @@ def test_lock_is_exclusive_and_released(store):
     owner = json.loads(first.path.read_text())
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
     first.release()
-    assert not first.path.exists()
+    assert json.loads(first.path.read_text())["released"]  # a tombstone: the generation stays
+    assert not store.locked_by_other("job-1")
     second = store.try_lock("job-1")
-    assert second is not None
+    assert second is not None and second.path == store.lock_generation_path("job-1", 2)
     second.release()
+    assert store.lock_generations("job-1") == [2]
 
 
 def test_lock_of_dead_process_is_taken_over(store):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    path = store.lock_path("job-2")
+    path = store.lock_generation_path("job-2", 1)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "since": 0}))
     assert lock_is_stale(path)
@@ -64,7 +66,7 @@ def test_lock_of_dead_process_is_taken_over(store):
 
 
 def test_lock_on_other_host_is_stale_only_without_heartbeat(store):
-    path = store.lock_path("job-3")
+    path = store.lock_generation_path("job-3", 1)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": 0}))
     assert not lock_is_stale(path, stale_after=60)

@@ -9,18 +9,45 @@ Layout (docs/internals.md):
     <store>/<study>/scores/<config>/<seed>/e010.parquet
     <store>/<study>/cache/                             feature cache, latent cache
     <store>/<study>/jobs/<job id>.done.json            written last, after every output
-    <store>/<study>/jobs/<job id>.lock                 held while a runner works on the job
+    <store>/<study>/jobs/<job id>.lock                 host lock: an fcntl lock (filelock), held while working
+    <store>/<study>/jobs/<job id>.lock.<n>             lock generation n: {host, pid}, heartbeat; tombstone when released
 
 A job is done only when its done marker exists and every output it lists is still there with the
-recorded size. Locks are created with O_CREAT|O_EXCL, hold the owner's host and pid, and are
-refreshed by a heartbeat; a lock whose owner is gone (same host: pid dead; other host: no
-heartbeat for ``stale_after`` seconds) is taken over.
+recorded size.
+
+Locks. A runner takes a job in two steps. (1) The host lock: a non-blocking fcntl lock on
+``<job id>.lock`` (``filelock``), held for the life of the job; the kernel drops it when the process
+dies, so on one host no pid is guessed. Taken by another process → the job is busy. Where flock is
+unsupported the step is skipped (same-host owners are then judged by pid). (2) A generation: with
+``n`` the highest existing generation, the runner judges generation ``n`` free — released
+(tombstone), or its owner gone: same host: the host lock is ours / the pid is dead; other host: no
+heartbeat (mtime, refreshed every ``HEARTBEAT_S``) for ``stale_after`` seconds — then creates
+``<job id>.lock.<n+1>`` with O_CREAT|O_EXCL, re-lists, and backs off (removes its file) if a higher
+generation exists. Having won it removes the lower generations. Release replaces the file with a
+tombstone by rename (it never disappears), then drops the host lock. So a job keeps its host lock
+file and one generation (briefly more while runners contend).
+
+Why at most one runner holds a job (only exclusive create and rename are relied on):
+  a. The file of the highest generation ever created, M, always exists: a runner removes only
+     generations below one it has created and seen (its own back-off, or a winner's clean-up), and
+     release swaps the file by rename. So a listing shows M (or something newer).
+  b. A runner creates (observed highest) + 1 ≤ M + 1, so M grows one step at a time and each
+     number is created once while it is the newest (O_EXCL: of N runners that judged generation n
+     free, exactly one creates n + 1; the others see n + 1 and judge it, by then held).
+  c. A laggard acting on an old listing can only create a number below M (the file for M exists);
+     its re-listing shows M, so it backs off. A runner wins only the newest generation.
+  d. Generation n + 1 is created only after generation n was judged released or gone; a same-host
+     runner holds the host lock throughout, so two holders need a wrong "gone" verdict: an
+     other-host owner alive without a heartbeat for ``stale_after`` seconds (clock skew, a frozen
+     machine) — the limit of any lease on a shared filesystem.
+A laggard that wins after the job finished re-checks the done marker (``execute_job``) and skips.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -179,25 +206,127 @@ class StudyStore:
 
     # --- locks ------------------------------------------------------------------------
     def lock_path(self, job_id: str) -> Path:
+        """The job's host lock file (an fcntl lock; the file stays when the lock is dropped)."""
         return self.jobs_dir / f"{job_id}{LOCK_SUFFIX}"
 
+    def lock_generation_path(self, job_id: str, generation: int) -> Path:
+        return self.jobs_dir / f"{job_id}{LOCK_SUFFIX}.{generation}"
+
+    def lock_generations(self, job_id: str) -> list[int]:
+        """The job's existing lock generations, ascending (one directory listing)."""
+        prefix = f"{job_id}{LOCK_SUFFIX}."
+        try:
+            names = os.listdir(self.jobs_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            int(name[len(prefix) :])
+            for name in names
+            if name.startswith(prefix) and _GENERATION.fullmatch(name[len(prefix) :])
+        )
+
     def try_lock(self, job_id: str, *, stale_after: float = STALE_AFTER_S) -> JobLock | None:
-        """Take the job's lock, or None when a live runner holds it. Takes over stale locks."""
+        """Take the job's lock, or None when a live runner holds it. Takes over stale locks.
+
+        Of any number of runners that try at once (one host or many), at most one gets the lock:
+        see the module docstring.
+        """
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        path = self.lock_path(job_id)
-        for _ in range(2):
-            lock = JobLock.create(path)
-            if lock is not None:
-                return lock
-            if not lock_is_stale(path, stale_after=stale_after):
+        host_lock = _take_host_lock(self.lock_path(job_id))
+        if host_lock is _BUSY:
+            return None
+        try:
+            lock = self._take_generation(job_id, stale_after, host_lock)
+        except BaseException:
+            if host_lock is not None:
+                _drop_host_lock(host_lock)
+            raise
+        if lock is None and host_lock is not None:
+            _drop_host_lock(host_lock)
+        return lock
+
+    def _take_generation(self, job_id: str, stale_after: float, host_lock: Any) -> JobLock | None:
+        # Same-host owners: gone when the host lock is ours (None: no fcntl locks here, ask the pid).
+        host_free = None if host_lock is None else True
+        for _ in range(3):
+            generations = self.lock_generations(job_id)
+            newest = generations[-1] if generations else 0
+            if newest and not lock_is_stale(
+                self.lock_generation_path(job_id, newest), stale_after=stale_after, host_free=host_free
+            ):
                 return None
-            # The owner is gone: remove its lock and try once more (O_EXCL arbitrates races).
-            path.unlink(missing_ok=True)
+            mine = newest + 1
+            lock = JobLock.create(self.lock_generation_path(job_id, mine), host_lock=host_lock)
+            if lock is None:  # another runner created it first: judge theirs
+                continue
+            generations = self.lock_generations(job_id)
+            if generations and generations[-1] > mine:
+                lock._abandon()  # we acted on an old listing: a newer generation exists
+                continue
+            for old in generations:  # ours is the newest: the older ones are finished with
+                if old < mine:
+                    self.lock_generation_path(job_id, old).unlink(missing_ok=True)
+            return lock
         return None
 
     def locked_by_other(self, job_id: str, *, stale_after: float = STALE_AFTER_S) -> bool:
-        path = self.lock_path(job_id)
-        return path.exists() and not lock_is_stale(path, stale_after=stale_after)
+        """Whether a live runner (another one, or this process through another lock) holds the job."""
+        generations = self.lock_generations(job_id)
+        return bool(generations) and not lock_is_stale(
+            self.lock_generation_path(job_id, generations[-1]), stale_after=stale_after
+        )
+
+
+_GENERATION = re.compile(r"[0-9]+")
+_BUSY = object()  # the host lock is held by another process
+_PROBE = object()  # lock_is_stale: find out whether the host lock is free
+HOST_LOCKS = True  # False: generations and heartbeats alone (as where the filesystem lacks flock)
+
+
+def _take_host_lock(path: Path) -> Any:
+    """The job's host lock, held: a ``filelock`` fcntl lock, never waited for.
+
+    Returns the held lock, ``_BUSY`` when another process holds it, or None where fcntl locks are
+    unavailable (no flock on the filesystem, no ``filelock``): same-host owners are then judged by pid.
+    """
+    if not HOST_LOCKS:
+        return None
+    try:
+        from filelock import Timeout, UnixFileLock
+    except ImportError:
+        return None
+    try:  # no soft-lock fallback (filelock ≥ 4): its markers would be a second, different lock
+        lock = UnixFileLock(str(path), thread_local=False, fallback_to_soft=False)
+    except TypeError:
+        lock = UnixFileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return _BUSY
+    except (OSError, NotImplementedError):
+        return None
+    return lock
+
+
+def _drop_host_lock(lock: Any) -> None:
+    try:
+        lock.release()
+    except (OSError, RuntimeError):
+        pass
+
+
+def _probe_host_lock(generation_path: Path) -> bool | None:
+    """Whether no process holds the host lock of the job this generation file belongs to
+    (None: unknown — not a generation file, or no fcntl locks here)."""
+    name = generation_path.name
+    head, _, tail = name.rpartition(".")
+    if not head.endswith(LOCK_SUFFIX) or not _GENERATION.fullmatch(tail):
+        return None
+    lock = _take_host_lock(generation_path.with_name(head))
+    if lock is None or lock is _BUSY:
+        return None if lock is None else False
+    _drop_host_lock(lock)
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -210,43 +339,69 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_is_stale(path: Path, *, stale_after: float = STALE_AFTER_S) -> bool:
-    """A lock whose owner is gone: dead pid on this host, or no heartbeat for ``stale_after`` s."""
+def lock_is_stale(path: Path, *, stale_after: float = STALE_AFTER_S, host_free: Any = _PROBE) -> bool:
+    """Whether a lock generation is free: released (tombstone), or its owner gone.
+
+    Owner on this host: gone when no process holds the job's host lock (``host_free``: True when
+    the caller holds it, False when another process does, None when there are no fcntl locks;
+    by default probed), or, without a host lock, when its pid is dead. Owner on another host: gone
+    after ``stale_after`` seconds without a heartbeat.
+    """
     try:
         owner = json.loads(path.read_text(encoding="utf-8"))
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
     except (OSError, ValueError):
+        owner = None
+    if not isinstance(owner, dict):
         # Being written right now, or garbage: judge by age alone.
         try:
             return time.time() - path.stat().st_mtime > stale_after
         except OSError:
             return True
+    if owner.get("released"):
+        return True
     if owner.get("host") == socket.gethostname():
+        if owner.get("host_lock"):
+            free = _probe_host_lock(path) if host_free is _PROBE else host_free
+            if free is not None:
+                return free
         return not _pid_alive(int(owner.get("pid", -1)))
     return age > stale_after
 
 
 class JobLock:
-    """An owned lock file; a daemon thread touches it every ``HEARTBEAT_S`` seconds."""
+    """An owned lock generation; a daemon thread touches it every ``HEARTBEAT_S`` seconds.
 
-    def __init__(self, path: Path) -> None:
+    ``release()`` replaces the file with a tombstone (by rename: the generation never vanishes,
+    so no laggard can create it again), then drops the host lock.
+    """
+
+    def __init__(self, path: Path, host_lock: Any = None) -> None:
         self.path = path
+        self._host_lock = host_lock
+        self._released = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
     @classmethod
-    def create(cls, path: Path) -> JobLock | None:
+    def create(cls, path: Path, *, host_lock: Any = None) -> JobLock | None:
+        """Create generation ``path`` (O_CREAT|O_EXCL), or None when it exists."""
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return None
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+            "host_lock": host_lock is not None,
+        }
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(owner))
-        return cls(path)
+        return cls(path, host_lock)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -255,9 +410,29 @@ class JobLock:
             except OSError:
                 return
 
-    def release(self) -> None:
+    def _abandon(self) -> None:
+        """Back off: remove our generation (a newer one exists, so nobody can mistake its absence)."""
         self._stop.set()
+        self._released = True
         self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._stop.set()
+        try:
+            tombstone = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            released = {"released": True, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+            tombstone.write_text(json.dumps(released), encoding="utf-8")
+            if self.path.exists():  # gone only if a newer generation took over and cleaned up
+                os.replace(tombstone, self.path)
+            else:
+                tombstone.unlink(missing_ok=True)
+        finally:
+            if self._host_lock is not None:
+                _drop_host_lock(self._host_lock)
+                self._host_lock = None
 
     def __enter__(self) -> JobLock:
         return self
