@@ -219,7 +219,9 @@ def test_laggard_with_an_old_listing_backs_off(store, monkeypatch, released):
 
     monkeypatch.setattr(StudyStore, "lock_generations", listing)
     monkeypatch.setattr(
-        store_mod.JobLock, "create", classmethod(lambda cls, p, **kw: created.append(p.name) or real_create(p, **kw))
+        store_mod.JobLock,
+        "create",
+        classmethod(lambda cls, p, **kw: created.append(p.name) or real_create(p, **kw)),
     )
     lock = store.try_lock("job")
     assert created[0] == "job.lock.1"  # the laggard did create the old generation again …
