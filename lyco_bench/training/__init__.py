@@ -37,6 +37,7 @@ then end up byte-identical to an uninterrupted run's.
 """
 
 from lyco_bench.training.config import (
+    OUTPUT_VERSION,
     BucketSettings,
     CaptionSettings,
     RunConfig,
@@ -48,6 +49,7 @@ from lyco_bench.training.config import (
 from lyco_bench.training.run import find_resume, register_cli, train
 
 __all__ = [
+    "OUTPUT_VERSION",
     "BucketSettings",
     "CaptionSettings",
     "RunConfig",

@@ -22,6 +22,9 @@ PAPER_ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
     "lokr": {"dim": 10000, "alpha": 1, "factor": 8},
 }
 PAPER_LR = {"lora": 5e-4, "loha": 5e-4, "lokr": 5e-4, "native": 1e-6}
+OUTPUT_VERSION = 1
+"""Bumped when a change to the trainer changes the checkpoints written for the same settings
+(sweep job ids cover it: every finished training becomes stale)."""
 
 
 class CaptionSettings(StrictModel):

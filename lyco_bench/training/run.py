@@ -208,7 +208,17 @@ def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) ->
                 "free some space and rerun to resume"
             ) from None
         raise
+    _drop_older_states(out_dir, epoch)
     return final[0]
+
+
+def _drop_older_states(out_dir: Path, epoch: int) -> None:
+    """Resume states of earlier epochs: nothing reads them once a later checkpoint is complete
+    (resuming starts from the last one), and each is ~3× its adapter file (parameters + Adam)."""
+    for path in out_dir.glob("ckpt-e*.state.safetensors"):
+        match = re.match(r"^ckpt-e(\d{3,})\.state\.safetensors$", path.name)
+        if match and int(match[1]) < epoch:
+            path.unlink(missing_ok=True)
 
 
 def _checkpoint_metadata(session: Any, epoch: int) -> dict[str, str]:
