@@ -40,6 +40,8 @@ MANIFEST_COLUMNS = [
 # Columns that must agree between a manifest on disk and a rerun into the same folder.
 SETTING_COLUMNS = ["checkpoint", "adapters", "prompt_set_version", "sampler", "steps", "cfg", "width", "height", "negative_prompt"]  # fmt: skip
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OUTPUT_VERSION = 1
+"""Bumped when a change here changes the images written for the same inputs (sweep job ids)."""
 
 
 class SamplerSettings(StrictModel):
@@ -124,10 +126,15 @@ def save_png(array: Any, path: Path) -> None:
 
 
 def _adapter_label(adapters: Sequence[AdapterArg]) -> str:
-    return ";".join(f"{Path(p).name}:{float(lam):g}" for p, lam in adapters)
+    """``name@<sha256[:12]>:λ;…``: a retrained file under the same name is another adapter."""
+    from lyco_bench.utils import sha256_file
+
+    return ";".join(f"{Path(p).name}@{sha256_file(p)[:12]}:{float(lam):g}" for p, lam in adapters)
 
 
-def _read_manifest(out_dir: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _read_manifest(
+    out_dir: Path, settings: dict[str, Any], *, checked: Sequence[str] = SETTING_COLUMNS
+) -> dict[str, dict[str, Any]]:
     import pandas as pd
 
     path = out_dir / MANIFEST
@@ -142,7 +149,7 @@ def _read_manifest(out_dir: Path, settings: dict[str, Any]) -> dict[str, dict[st
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise BadInput(f"{path}: not a lyco-bench manifest (no column {missing[0]!r})")
-    for col in SETTING_COLUMNS:
+    for col in checked:
         values = set(df[col].tolist())
         if values and values != {settings[col]}:
             old = sorted(values, key=str)[0]
@@ -204,6 +211,7 @@ def generate(
     checkpoint_name: str | None = None,
     prompt_set: PromptSet | None = None,
     pipeline: Any = None,
+    exact: bool = False,
 ) -> Path:
     """Generate every item not yet in ``out_dir``; return the path of ``manifest.parquet``.
 
@@ -211,7 +219,10 @@ def generate(
     (default: the adapter file stems, or ``"base"``) and ``prompt_set`` (name, version) go into
     the manifest. ``pipeline``: an already loaded pipeline to reuse (e.g. across checkpoints);
     its scheduler is replaced by ``sampler``'s. Item seeds are re-derived from
-    ``sampler.seed_base`` (seed = seed_base + image_index).
+    ``sampler.seed_base`` (seed = seed_base + image_index). ``exact``: the folder ends up holding
+    exactly ``items`` — images of other items are removed and the manifest rows of kept ones are
+    rewritten from their items, so a changed prompt set (another version, an edited template)
+    regenerates only the images whose prompt changed.
     """
     out_dir = Path(out_dir)
     for path, _ in adapters:
@@ -228,9 +239,12 @@ def generate(
         "prompt_set_version": prompt_set.version if prompt_set else "",
         **{k: getattr(sampler, k) for k in ("sampler", "steps", "cfg", "width", "height", "negative_prompt")},
     }
-    rows = _read_manifest(out_dir, settings)
+    checked = [c for c in SETTING_COLUMNS if not (exact and c == "prompt_set_version")]
+    rows = _read_manifest(out_dir, settings, checked=checked)
     done = {item.relpath for item in items if _is_done(item, rows, out_dir)}
     rows = {f: r for f, r in rows.items() if (out_dir / f).is_file()}
+    if exact:
+        rows = _keep_only(out_dir, items, rows, done=done, settings=settings, prompt_set=prompt_set)
     todo = [
         batch
         for batch in plan_batches(items, sampler.batch_size)
@@ -258,6 +272,18 @@ def generate(
             manifest = _write_manifest(out_dir, rows)
             bar.update(task, advance=len(missing))
     return manifest
+
+
+def _keep_only(
+    out_dir: Path, items: Sequence[PromptItem], rows: dict, *, done: set[str], settings, prompt_set
+):
+    """Remove images that are not ``items`` (or not done); rows of done items rebuilt from them."""
+    wanted = {item.relpath: item for item in items}
+    for image in sorted(out_dir.rglob("*.png")) if out_dir.is_dir() else []:
+        rel = image.relative_to(out_dir).as_posix()
+        if rel not in done:
+            image.unlink()
+    return {rel: _row(wanted[rel], settings, prompt_set) for rel in sorted(done)}
 
 
 def plan_batches(items: Sequence[PromptItem], batch_size: int) -> list[list[PromptItem]]:

@@ -312,7 +312,7 @@ def test_manifest_must_match_folder(generated, demo_dataset_dir, tiny_encoders, 
     with pytest.raises(BadInput, match="which is missing"):
         _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
     victim.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(BadInput, match="not a readable image"):
+    with pytest.raises(BadInput, match="unreadable image"):
         _score(images, demo_dataset_dir, tiny_encoders, tmp_path)
     assert not (tmp_path / "cache").exists()  # rejected before anything was encoded
 

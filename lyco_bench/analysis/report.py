@@ -77,6 +77,17 @@ def make_grid(rows: Sequence[Sequence[Path | None]], path: Path) -> Path:
     return path
 
 
+def grid_rows_of(manifest: pd.DataFrame, images_per_grid: int) -> list[tuple[str, pd.DataFrame]]:
+    """(prompt class, the manifest rows drawn in its grid): the first images in MATCH_KEYS order."""
+    ordered = manifest.sort_values(MATCH_KEYS, kind="mergesort")
+    return [(str(pc), rows.head(images_per_grid)) for pc, rows in ordered.groupby("prompt_class", sort=True)]
+
+
+def _present(path: Path | None) -> Path | None:
+    """An image removed after scoring (a study's ``images: grids|none``) is drawn as a grey cell."""
+    return path if path is not None and Path(path).is_file() else None
+
+
 def write_grids(
     image_manifests: Mapping[str, Path], out_dir: Path, *, base_key: str = "base", images_per_grid: int = 8
 ) -> list[dict[str, str]]:
@@ -88,13 +99,12 @@ def write_grids(
     )
     grids = []
     for key, manifest in manifests.items():
-        for prompt_class, rows in manifest.groupby("prompt_class", sort=True):
-            chosen = rows.head(images_per_grid)
-            top = list(chosen["path"])
+        for prompt_class, chosen in grid_rows_of(manifest, images_per_grid):
+            top = [_present(p) for p in chosen["path"]]
             grid_rows = [top]
             if base is not None:
                 grid_rows.append(
-                    [base_index.get(tuple(r[k] for k in MATCH_KEYS)) for _, r in chosen.iterrows()]
+                    [_present(base_index.get(tuple(r[k] for k in MATCH_KEYS))) for _, r in chosen.iterrows()]
                 )
             rel = Path("grids") / f"{slug(key)}__{slug(str(prompt_class))}.png"
             make_grid(grid_rows, out_dir / rel)

@@ -6,7 +6,7 @@ encoder, a mode), holding ``keys`` (N, 32) uint8 — the raw sha256 of each imag
 and ``features`` (N, D) float32. Layout::
 
     <root>/<encoder slug>/<mode>/<shard name>.safetensors     {"keys", "features"} + metadata
-    <root>/<encoder slug>/encoder.json                        the full encoder id
+                                                              (format, the full encoder id, mode)
 
 Content-addressed, so one cache serves every job that reads the same content: a dataset image is
 encoded once for all checkpoints, and a second scoring of the same images encodes nothing.
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lyco_bench.utils import atomic_path, atomic_write_json, sha256_bytes
+from lyco_bench.utils import atomic_path, sha256_bytes
 
 SHARD_FORMAT = "lyco-bench-features/1"
 FLUSH_BYTES = 256 << 20
@@ -137,9 +137,6 @@ class FeatureCache:
             if not bucket:
                 continue
             keys = sorted(bucket)
-            enc_dir = self._encoder_dir(encoder_id)
-            if not (enc_dir / "encoder.json").is_file():
-                atomic_write_json(enc_dir / "encoder.json", {"encoder_id": encoder_id})
             name = sha256_bytes("".join(keys).encode())[:20]
             path = self.shard_dir(encoder_id, mode) / f"{name}.safetensors"
             tensors = {"keys": _key_bytes(keys), "features": torch.stack([bucket[k] for k in keys])}
@@ -158,21 +155,18 @@ class FeatureCache:
     def count(self, encoder_id: str | None = None) -> int:
         """Number of distinct cached entries (of one encoder, or all)."""
         base = self._encoder_dir(encoder_id) if encoder_id else self.root
-        total = 0
-        for folder in sorted({p.parent for p in base.rglob("*.safetensors")}) if base.exists() else []:
-            enc_id = _encoder_id_of(folder.parent)
-            if enc_id is not None:
-                total += len(self._entries(enc_id, folder.name))
-        return total
+        where = {_shard_place(p) for p in base.rglob("*.safetensors")} if base.exists() else set()
+        return sum(len(self._entries(enc_id, mode)) for enc_id, mode in sorted(where - {None}))
 
     def shards(self) -> list[Path]:
         return sorted(self.root.rglob("*.safetensors")) if self.root.exists() else []
 
 
-def _encoder_id_of(encoder_dir: Path) -> str | None:
-    import json
-
+def _shard_place(shard: Path) -> tuple[str, str] | None:
+    """(encoder id, mode) a shard's metadata names, or None for an unreadable file."""
     try:
-        return json.loads((encoder_dir / "encoder.json").read_text(encoding="utf-8"))["encoder_id"]
-    except (OSError, ValueError, KeyError):
+        with safe_open(str(shard), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return meta["encoder_id"], meta["mode"]
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
         return None

@@ -148,7 +148,8 @@ class DinoV2Encoder:
         self.source, self.image_size = source, image_size
         self.device = _resolve_device(device)
         try:
-            self.model = Dinov2Model.from_pretrained(source).eval().to(self.device)
+            # use_safetensors: a folder holding only pickled weights is refused, never unpickled.
+            self.model = Dinov2Model.from_pretrained(source, use_safetensors=True).eval().to(self.device)
         except (OSError, ValueError, RuntimeError) as exc:
             raise _load_error(self.kind, source, exc) from None
         self.id, self.label = dinov2_id(source, image_size), source_label(self.kind, source)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import Field
 
 from lyco_bench.config import StrictModel
@@ -110,25 +110,19 @@ def file_hash(path: Path) -> str:
 
 
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image; a missing or corrupt file is bad input naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: image file missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInput(f"{path}: not a readable image ({str(exc).splitlines()[0][:100]})") from None
+    """Open and fully decode an image (RGB); missing, corrupt or oversized files are bad input."""
+    from lyco_bench.data.images import open_image_checked
+
+    with open_image_checked(path) as im:
+        im.load()
+        return im.convert("RGB")
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise BadInput(f"{path}: image file missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise BadInput(f"{path}: not a readable image") from None
+    """(width, height) from the header, with the same checks as :func:`open_image`."""
+    from lyco_bench.data.images import image_size_checked
+
+    return image_size_checked(path)
 
 
 def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], list[str]]:

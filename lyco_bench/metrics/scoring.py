@@ -44,6 +44,8 @@ BASE_PAIRED_CLASSES = ("style", "agnostic")
 PER_PROMPT_VENDI_CLASSES = ("alter",)
 FIDELITY_METRICS = ("image_similarity", "squared_centroid_distance", "frechet_distance")
 MODES_ORDER = ("resize", "crop", "padding")
+OUTPUT_VERSION = 1
+"""Bumped when a change here changes the rows written for the same images (sweep job ids)."""
 
 
 @dataclass
