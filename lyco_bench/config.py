@@ -8,6 +8,7 @@ turned into :class:`~lyco_bench.errors.BadInput` with the file and the dotted ke
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,10 +36,38 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise BadInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
+_YAML_BOOLS = {"true", "false"}
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_override_value(raw: str) -> Any:
+    """A ``key=value`` override's value as typed: YAML for lists, maps, numbers, true/false, null,
+    but text where YAML 1.1 would mangle it — ``tiny:`` stays a string (not a mapping),
+    ``no``/``off`` stay strings (not booleans), ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``)."""
+    text = raw.strip()
+    if text == "":
+        return ""
+    if _FLOAT_RE.match(text) and not text.lstrip("+-").isdigit():
+        return float(text)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, bool) and text.lower() not in _YAML_BOOLS:
+        return raw
+    if isinstance(value, dict) and not text.startswith("{"):
+        return raw
+    if isinstance(value, list) and not text.startswith("["):
+        return raw
+    if value is not None and not isinstance(value, str | int | float | bool | list | dict):
+        return raw  # dates, timestamps: keep the text
+    return value
+
+
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], *, source: str = "override"
 ) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a copy."""
+    """Apply ``a.b.c=value`` overrides to a nested dict, returning a copy (values: parse_override_value)."""
     import copy
 
     data = copy.deepcopy(data) if data else {}
@@ -46,10 +75,7 @@ def apply_overrides(
         if "=" not in item:
             raise BadInput(f"{source} {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_override_value(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

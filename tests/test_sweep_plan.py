@@ -14,10 +14,13 @@ from lyco_bench.sweep.study import load_study
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper.yaml"
 DEMO = ROOT / "experiments" / "demo.yaml"
+# What cannot exist here (SD1.5, the paper's dataset, the real encoders), swapped for the tiny
+# stand-ins built into the store; everything else is the real study.
+LOCAL = ["model=tiny:", "dataset=demo:", "encoders.dino=tiny:", "encoders.clip=tiny:", "encoders.vgg=tiny:"]
 
 
 def _plan(path, tmp_path, overrides=()):
-    study = load_study(path, list(overrides))
+    study = load_study(path, [*(LOCAL if path == PAPER else []), *overrides])
     return build_plan(study, StudyStore.open(tmp_path, study.name))
 
 
@@ -28,16 +31,17 @@ def test_paper_plan_counts(tmp_path):
     numbers = sorted(int(n.split("-")[0]) for n in names)
     assert numbers == [*range(1001, 1008), *range(1011, 1018), *range(1021, 1028), *range(1031, 1036)]
     counts = {kind: len(plan.of_kind(kind)) for kind in ("prepare", "train", "generate", "encode", "score")}
-    # 26 configs × 3 seeds = 78 runs; × 3 epochs = 234 checkpoints, each generated and scored once.
-    # Shared work counted once: base-model images (1 generate), dataset features (DINOv2 only:
-    # the metrics that read reference images), base features (VGG19 only: style loss vs base).
-    # Each checkpoint's images: DINOv2 + CLIP + VGG19 = 3 encodes → 702 + 1 + 1.
-    assert counts == {"prepare": 0, "train": 78, "generate": 235, "encode": 704, "score": 234}
+    # 26 configs × 3 seeds = 78 runs; × 3 epochs = 234 checkpoints, each generated and scored once
+    # (a score job encodes its own images). Shared work counted once: base-model images (1
+    # generate), dataset features (DINOv2 only: the metrics that read reference images), base
+    # features (VGG19 only: the style loss vs the base model); 3 prepare jobs for the stand-ins.
+    assert counts == {"prepare": 3, "train": 78, "generate": 235, "encode": 2, "score": 234}
     assert len({job.id for job in plan.jobs}) == len(plan.jobs)
 
 
 def test_paper_settings_transcribed(tmp_path):
     configs = {c.name: c for c in load_study(PAPER).configs}
+    assert load_study(PAPER).study.prompts.set == "lyco-v1"
     assert configs["1001-lora8a4"].adapter == {"algo": "lora", "dim": 8, "alpha": 4, "preset": "attn-mlp"}
     assert configs["1001-lora8a4"].training["lr"] == 5e-4
     assert configs["1003-lora32a1"].adapter["alpha"] == 1
@@ -70,8 +74,13 @@ def test_job_ids_are_deterministic_and_local(tmp_path):
     changed = {j.id for j in a.jobs} ^ {j.id for j in c.jobs}
     changed_names = {j.name for j in a.jobs + c.jobs if j.id in changed}
     assert changed_names and all(n.startswith("1006-lora8a4-lr1e-4") for n in changed_names)
-    # 3 seeds × (1 train + 3 × (generate + 3 encodes + score)) = 48 jobs, in both plans.
-    assert len(changed) == 2 * 48
+    # 3 seeds × (1 train + 3 × (generate + score)) = 21 jobs, in both plans.
+    assert len(changed) == 2 * 21
+    # Saving one more epoch adds its jobs; the other checkpoints keep their generate/score ids.
+    d = _plan(PAPER, tmp_path / "d", ["checkpoint_epochs=[10,30,50,70]"])
+    kept = {j.id for j in a.jobs if j.kind in ("generate", "score")} - {j.id for j in d.jobs}
+    assert kept == set()
+    assert {j.id for j in a.of_kind("train")}.isdisjoint(j.id for j in d.of_kind("train"))  # more to train
 
 
 def test_unknown_key_names_path_and_file(tmp_path):
@@ -108,7 +117,7 @@ def test_bad_values_are_bad_input(override, expected):
 
 
 def test_unknown_metric_is_bad_input(tmp_path):
-    with pytest.raises(BadInput, match="metrics: unknown metric 'sharpness'"):
+    with pytest.raises(BadInput, match=f"{PAPER}: metrics: unknown metric 'sharpness'"):
         _plan(PAPER, tmp_path, ["metrics=[sharpness]"])
 
 
@@ -120,22 +129,18 @@ def test_demo_plan_has_all_four_algorithms(tmp_path):
 
 
 def test_stage_settings_are_validated_by_their_stages(tmp_path):
-    from lyco_bench.sweep.cli import validate_stage_settings
-
-    validate_stage_settings(_plan(PAPER, tmp_path))  # paper.yaml is valid for the trainer and sampler
-    validate_stage_settings(_plan(DEMO, tmp_path))
+    _plan(PAPER, tmp_path)  # paper.yaml is valid for the trainer, the sampler and the scorer
+    _plan(DEMO, tmp_path)
     with pytest.raises(BadInput) as err:
-        validate_stage_settings(
-            _plan(PAPER, tmp_path, ["algorithms.loha.variations.1016-loha4a2-lr1e-3.training.lr=-1"])
-        )
+        _plan(PAPER, tmp_path, ["algorithms.loha.variations.1016-loha4a2-lr1e-3.training.lr=-1"])
     assert str(err.value).startswith(f"{PAPER}: algorithms.loha.variations.1016-loha4a2-lr1e-3: ")
     assert "lr: Input should be greater than 0" in str(err.value)
     with pytest.raises(BadInput, match=r"algorithms\.lora: .*adapter\.algo: .*unknown algorithm 'lorax'"):
-        validate_stage_settings(_plan(PAPER, tmp_path, ["algorithms.lora.adapter.algo=lorax"]))
+        _plan(PAPER, tmp_path, ["algorithms.lora.adapter.algo=lorax"])
     with pytest.raises(BadInput, match=r"sampler: steps: Input should be greater than or equal to 1"):
-        validate_stage_settings(_plan(PAPER, tmp_path, ["sampler.steps=0"]))
+        _plan(PAPER, tmp_path, ["sampler.steps=0"])
     with pytest.raises(BadInput, match=r"encoders: modes\.0: "):
-        validate_stage_settings(_plan(PAPER, tmp_path, ["encoders.modes=[squash]"]))
+        _plan(PAPER, tmp_path, ["encoders.modes=[squash]"])
 
 
 def test_critical_path_priority_starts_long_chains_first(tmp_path):
@@ -145,9 +150,9 @@ def test_critical_path_priority_starts_long_chains_first(tmp_path):
     plan = _plan(DEMO, tmp_path)
     rank = critical_path_priority(plan)
     by_name = {(job.kind, job.name): rank[job.id] for job in plan.jobs}
-    # score → 1 job; encode → score; generate → encode → score; train → generate → encode → score.
+    # score → 1 job; generate → score; train → generate → score; shared encodes → score.
     assert by_name[("score", "nt-s1-e002")] == c["score"]
-    assert by_name[("encode", "nt-s1-e002-clip")] == c["encode"] + c["score"]
-    assert by_name[("generate", "nt-s1-e002")] == c["generate"] + c["encode"] + c["score"]
-    assert by_name[("train", "nt-s1")] == c["train"] + c["generate"] + c["encode"] + c["score"]
+    assert by_name[("encode", "dataset-dinov2")] == c["encode"] + c["score"]
+    assert by_name[("generate", "nt-s1-e002")] == c["generate"] + c["score"]
+    assert by_name[("train", "nt-s1")] == c["train"] + c["generate"] + c["score"]
     assert by_name[("prepare", "tiny-model")] == c["prepare"] + by_name[("train", "nt-s1")]

@@ -6,7 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import KINDS, Plan, build_plan, estimate_left
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
@@ -21,39 +20,28 @@ def _human(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def load_plan(study_path: str, overrides: list[str], store_dir: str) -> Plan:
-    """Study file + overrides → plan against the store (no heavy imports)."""
+def load_plan(study_path: str, overrides: list[str], store_dir: str, *, verify_images: bool = False) -> Plan:
+    """Study file + overrides → validated plan against the store; writes nothing.
+
+    Everything a later stage would reject is checked here (lyco_bench.sweep.inputs): BadInput
+    names the study file and the key. ``verify_images`` decodes every dataset image (``run``).
+    """
+    from lyco_bench.sweep.hashing import FileHasher
+
     study = load_study(study_path, overrides)
     store = StudyStore.open(store_dir, study.name)
-    return build_plan(study, store)
+    hasher = FileHasher(store.cache_dir / "file-hashes.json")
+    return build_plan(study, store, verify_images=verify_images, hasher=hasher)
 
 
-def validate_stage_settings(plan: Plan) -> None:
-    """Check every block owned by another stage with that stage's config class (BadInput on error)."""
-    from lyco_bench.config import validate
-    from lyco_bench.generation import SamplerSettings
-    from lyco_bench.metrics import EncoderSettings
-    from lyco_bench.sweep.stages import run_config_for
-
-    study = plan.study.study
-    validate(SamplerSettings, study.sampler, source=f"{plan.study.source}: sampler")
-    validate(EncoderSettings, study.encoders, source=f"{plan.study.source}: encoders")
-    seen: set[str] = set()
-    for job in plan.of_kind("train"):
-        if job.params["config"] not in seen:
-            seen.add(job.params["config"])
-            try:
-                run_config_for(job, plan.store)
-            except BadInput as exc:
-                config = next(c for c in plan.study.configs if c.name == job.params["config"])
-                raise BadInput(f"{plan.study.source}: {config.key_path}: {exc}") from None
-
-
-def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False) -> str:
+def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False, stale_shown: int = 10) -> str:
     from rich.table import Table
 
+    from lyco_bench.sweep.stale import stale_reasons
+
+    stale = stale_reasons(plan, done)
     table = Table(title=f"plan {plan.study.name} ({plan.store.root})")
-    for col in ("kind", "jobs", "done", "left", "work left"):
+    for col in ("kind", "jobs", "done", "stale", "left", "work left"):
         table.add_column(col, justify="left" if col == "kind" else "right")
     left_s, measured = estimate_left(plan, done)
     for kind in KINDS:
@@ -61,19 +49,38 @@ def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False) -> str:
         if not jobs:
             continue
         n_done = sum(job.id in done for job in jobs)
-        table.add_row(
-            kind, str(len(jobs)), str(n_done), str(len(jobs) - n_done), _human(left_s.get(kind, 0.0))
-        )
+        n_stale = sum(job.id in stale for job in jobs)
+        row = [
+            str(len(jobs)),
+            str(n_done),
+            str(n_stale),
+            str(len(jobs) - n_done),
+            _human(left_s.get(kind, 0.0)),
+        ]
+        table.add_row(kind, *row)
     console.print(table)
+    by_id = plan.by_id()
+    for job_id, reason in list(stale.items())[: None if list_jobs else stale_shown]:
+        console.print(f"stale  {by_id[job_id].kind} {by_id[job_id].name}: {reason}", highlight=False)
+    if len(stale) > stale_shown and not list_jobs:
+        console.print(f"… and {len(stale) - stale_shown} more stale jobs (--list shows all)", highlight=False)
     if list_jobs:
         for job in plan.jobs:
-            console.print(f"{'done' if job.id in done else 'left'}  {job.id}", highlight=False)
+            state = "done" if job.id in done else "stale" if job.id in stale else "left"
+            console.print(f"{state:5s}  {job.id}", highlight=False)
+    print_store_estimate(plan)
     n_left = len(plan.jobs) - len(done)
     source = "recorded durations" if measured else "rough per-kind costs"
     return (
-        f"plan {plan.study.name}: {len(plan.jobs)} jobs, {len(done)} done, {n_left} left, "
+        f"plan {plan.study.name}: {len(plan.jobs)} jobs, {len(done)} done ({len(stale)} stale), {n_left} left, "
         f"~{_human(sum(left_s.values()))} of work left ({source})"
     )
+
+
+def print_store_estimate(plan: Plan) -> None:
+    from lyco_bench.sweep.sizing import estimate_store
+
+    console.print(estimate_store(plan).table(), highlight=False)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -86,12 +93,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lyco_bench.sweep.executors import run_plan
+    from lyco_bench.sweep.executors import check_backend_options, run_plan
+    from lyco_bench.utils import check_output_dir
 
     start = time.perf_counter()
-    plan = load_plan(args.study, args.overrides, args.store)
-    validate_stage_settings(plan)
+    check_backend_options(args.backend, jobs=args.jobs, threads=args.threads)
+    check_output_dir(args.store, what="--store")
+    if not args.no_analysis:
+        check_output_dir(args.reports, what="--reports")
+    plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
+    plan.inputs.hasher.save()
     retries = args.max_retries if args.max_retries is not None else plan.study.study.max_retries
     summary = run_plan(
         plan,

@@ -14,58 +14,59 @@ from lyco_bench.sweep.planner import Plan
 from lyco_bench.sweep.stages import checkpoint_name
 
 
-def trainable_parameter_count(ckpt: Path) -> int:
-    """Trained numbers in an adapter file: every tensor except the per-module ``alpha`` scalars."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(ckpt), framework="pt") as fh:
-        for key in fh.keys():
-            if key.endswith(".alpha") or key.endswith("alpha"):
-                continue
-            total += math.prod(fh.get_slice(key).get_shape())
-    return total
-
-
 def _adapter_columns(adapter: dict[str, Any]) -> dict[str, Any]:
     """algo/preset/dim/alpha/factor as the analysis expects them (NaN where a setting is unused)."""
-    from lyco_bench.adapters import AdapterSpec
-
-    spec = AdapterSpec(**adapter)
-    algo = spec.algo
+    algo = adapter["algo"]
     nan = math.nan
     dim = alpha = factor = nan
     if algo in ("lora", "loha", "lokr"):
-        dim = float(spec.dim)
-        alpha = float(spec.alpha if spec.alpha is not None else spec.dim)
+        dim = float(adapter["dim"])
+        alpha = float(adapter["alpha"] if adapter.get("alpha") is not None else adapter["dim"])
     if algo == "lokr":
-        factor = float(spec.factor)
-    return {"algo": algo, "preset": spec.preset, "dim": dim, "alpha": alpha, "factor": factor}
+        factor = float(adapter["factor"])
+    return {"algo": algo, "preset": adapter["preset"], "dim": dim, "alpha": alpha, "factor": factor}
+
+
+def read_run_record(path: Path) -> dict[str, Any]:
+    """A checkpoint's run record (what the trainer actually used); BadInput if unreadable."""
+    import json
+
+    from lyco_bench.errors import BadInput
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["config"]["adapter"]  # noqa: B018 - the part the results table reads
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(f"{path}: missing or unreadable run record") from None
+    return record
 
 
 def runs_table(plan: Plan) -> Any:
-    """One row per scored checkpoint: its configuration, seed, epoch, parameters and file size."""
+    """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size.
+
+    Read from each checkpoint's run record, not re-derived from the study file: a setting left to
+    a per-algorithm default is recorded as the value the trainer used.
+    """
     import pandas as pd
 
-    from lyco_bench.training import checkpoint_path
+    from lyco_bench.training import checkpoint_path, record_path
 
-    configs = {c.name: c for c in plan.study.configs}
     rows = []
     for job in plan.of_kind("score"):
         p = job.params
-        config = configs[p["config"]]
-        ckpt = checkpoint_path(plan.store.run_dir(p["config"], p["seed"]), p["epoch"])
-        lr = config.training.get("lr", math.nan)
+        run_dir = plan.store.run_dir(p["config"], p["seed"])
+        record = read_run_record(record_path(run_dir, p["epoch"]))
+        config = record["config"]
         rows.append(
             {
                 "checkpoint": checkpoint_name(p["config"], p["seed"], p["epoch"]),
                 "config": p["config"],
-                **_adapter_columns(config.adapter),
-                "lr": float(lr),
-                "seed": int(p["seed"]),
-                "epoch": int(p["epoch"]),
-                "trainable_params": trainable_parameter_count(ckpt),
-                "file_bytes": ckpt.stat().st_size,
+                **_adapter_columns(config["adapter"]),
+                "lr": float(config["lr"]),
+                "seed": int(record["seed"]),
+                "epoch": int(record["epoch"]),
+                "trainable_params": int(record["trainable_params"]),
+                "file_bytes": checkpoint_path(run_dir, p["epoch"]).stat().st_size,
             }
         )
     return pd.DataFrame(rows)

@@ -320,13 +320,20 @@ def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retr
             state.failed[job.id] = result["error"]
 
 
-def make_backend(
-    name: str, store: StudyStore, *, jobs: int = 1, address: str | None = None, threads: int | None = None
-) -> Any:
+def check_backend_options(name: str, *, jobs: int = 1, threads: int | None = None) -> None:
+    """BadInput for executor options no backend accepts (checked before anything is written)."""
     if jobs < 1:
         raise BadInput(f"--jobs: must be ≥ 1, got {jobs}")
     if threads is not None and threads < 1:
         raise BadInput(f"--threads: must be ≥ 1, got {threads}")
+    if name not in ("local", "ray"):
+        raise BadInput(f"--backend: unknown backend {name!r} (local or ray)")
+
+
+def make_backend(
+    name: str, store: StudyStore, *, jobs: int = 1, address: str | None = None, threads: int | None = None
+) -> Any:
+    check_backend_options(name, jobs=jobs, threads=threads)
     if name == "local":
         return InProcessBackend(store, threads) if jobs == 1 else ProcessPoolBackend(store, jobs, threads)
     if name == "ray":

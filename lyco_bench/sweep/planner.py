@@ -1,20 +1,24 @@
-"""Planning: a study → a graph of jobs with deterministic ids.
+"""Planning: a study → a graph of jobs whose ids are the identities of their outputs.
 
-Kinds (DESIGN.md data flow):
+Kinds (docs/internals.md):
 
     prepare   build a tiny model / the demo dataset / tiny encoders into the store (only for
               ``tiny:`` / ``demo:`` studies)
     train     (configuration, seed) → one adapter file per checkpoint epoch
     generate  (checkpoint | base model) → images + manifest for the study's prompt classes
-    encode    (image set, encoder) → features in the shared, content-addressed cache
-    score     checkpoint → metric rows (parquet)
+    encode    shared image sets (dataset, base-model images) → features in the shared cache
+    score     checkpoint → its images' features (one shard per encoder and mode) + metric rows
 
-A job id is ``<kind>-<readable>-<hash>`` where the hash covers the job's ``spec``: the settings
-as the user wrote them (after the study's cascade) plus the ids of the jobs it depends on, so a
-change anywhere upstream changes every id downstream, and adding a configuration adds jobs
-without touching the ids of the others. Absolute paths never enter a spec (a study moved to
-another store keeps its ids). Work shared by many checkpoints — base-model images, dataset
-features — is one job.
+A job id is ``<kind>-<readable>-<hash>``; the hash covers the job's ``spec``: every input that
+changes its output (``lyco_bench.sweep.inputs``): settings as resolved after all defaults, the
+content it reads (dataset bytes, prompt set, model and encoder weights and preprocessing, the
+identity of upstream outputs) and its stage's output version. So a change anywhere makes exactly
+the jobs that read it stale, a checkpoint's identity does not depend on which other epochs are
+saved, and adding a configuration leaves every other id unchanged. Absolute paths never enter a
+spec (a study moved to another store keeps its ids). Work shared by many checkpoints — base-model
+images, dataset and base features — is one job; a checkpoint's own images are encoded by its
+score job, which is the only reader of their features (VGG Grams of generated images are reduced
+to style losses on the spot and never stored).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, LoadedStudy, ResolvedConfig
 from lyco_bench.utils import stable_hash
@@ -31,9 +36,12 @@ KINDS = ("prepare", "train", "generate", "encode", "score")
 
 # Rough seconds per job on one GPU for a paper-sized study, used for the estimate of the work left
 # until the store has recorded durations of its own.
-ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "generate": 1800.0, "encode": 120.0, "score": 30.0}
+ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "generate": 1800.0, "encode": 120.0, "score": 120.0}
 # The same for a ``tiny:`` model on a laptop CPU (measured on the demo study, 2 cores).
 TINY_COST_S = {"prepare": 5.0, "train": 10.0, "generate": 3.0, "encode": 1.0, "score": 2.0}
+# Bumped when what a prepare job builds changes (make_tiny_model, make_demo_dataset,
+# make_tiny_encoders): every job downstream of the asset becomes stale.
+ASSET_VERSIONS = {"model": 1, "dataset": 1, "encoders": 1}
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,10 @@ class Job:
 def make_job(
     kind: str, name: str, *, spec: dict[str, Any], deps: list[str] | None = None, **params: Any
 ) -> Job:
-    """A job whose id hashes ``spec`` and ``deps``; ``params`` (not hashed) locate its files."""
+    """A job whose id hashes ``spec``; ``deps`` (ordering only) and ``params`` (where its files
+    are) are not hashed: a spec names the identity of whatever upstream output it reads."""
     deps = sorted(set(deps or []))
-    full_spec = {"kind": kind, **spec, "deps": deps}
+    full_spec = {"kind": kind, **spec}
     return Job(
         id=f"{kind}-{name}-{stable_hash(full_spec)}",
         kind=kind,
@@ -92,6 +101,7 @@ class Plan:
     study: LoadedStudy
     store: StudyStore
     jobs: list[Job]
+    inputs: StudyInputs | None = None
 
     def by_id(self) -> dict[str, Job]:
         return {job.id: job for job in self.jobs}
@@ -100,136 +110,199 @@ class Plan:
         return [job for job in self.jobs if job.kind == kind]
 
     def done_ids(self) -> set[str]:
-        """Jobs whose done marker exists and whose outputs are intact."""
+        """Jobs whose done marker exists and whose outputs are intact.
+
+        A generate job whose images were removed after scoring counts as done only while every
+        job that reads its images is done too; otherwise it regenerates what is missing.
+        """
         present = self.store.marker_ids()
-        return {job.id for job in self.jobs if job.id in present and self.store.is_done(job.id)}
-
-
-def _encoder_names(study: LoadedStudy, images: str) -> list[str]:
-    from lyco_bench.sweep.stages import needed_encoders
-
-    return needed_encoders(study.study, images)
+        done = {job.id for job in self.jobs if job.id in present and self.store.is_done(job.id)}
+        for job in self.of_kind("generate"):
+            if job.id in done and (self.store.read_marker(job.id) or {}).get("pruned"):
+                readers = [j.id for j in self.jobs if job.id in j.deps and j.kind == "score"]
+                if not all(r in done for r in readers):
+                    done.discard(job.id)
+        return done
 
 
 def _prepare_jobs(study: LoadedStudy) -> dict[str, Job]:
     """Asset jobs for ``tiny:`` models/encoders and ``demo:`` datasets, keyed by what they make."""
     s = study.study
     jobs: dict[str, Job] = {}
+
+    def asset(key: str, name: str, value: Any) -> Job:
+        return make_job("prepare", name, spec={"asset": key, "value": value, "version": ASSET_VERSIONS[key]})
+
     if s.model.startswith(TINY_PREFIX):
-        jobs["model"] = make_job("prepare", "tiny-model", spec={"asset": "model", "value": s.model})
+        jobs["model"] = asset("model", "tiny-model", s.model)
     if s.dataset.startswith(DEMO_PREFIX):
-        jobs["dataset"] = make_job("prepare", "demo-dataset", spec={"asset": "dataset", "value": s.dataset})
+        jobs["dataset"] = asset("dataset", "demo-dataset", s.dataset)
     if any(isinstance(v, str) and v.startswith(TINY_PREFIX) for v in s.encoders.values()):
-        jobs["encoders"] = make_job(
-            "prepare", "tiny-encoders", spec={"asset": "encoders", "value": s.encoders}
-        )
+        jobs["encoders"] = asset("encoders", "tiny-encoders", s.encoders)
     return jobs
 
 
-def _sample_spec(study: LoadedStudy, classes: list[str] | None) -> dict[str, Any]:
+def _sampling_spec(study: LoadedStudy, inputs: StudyInputs, classes: list[str] | None) -> dict[str, Any]:
+    """What a generate job reads besides the weights (each key a reason when it changes)."""
+    from lyco_bench.generation import OUTPUT_VERSION
+
     s = study.study
     return {
-        "model": s.model,
-        "dataset": s.dataset,
-        "prompt_set": s.prompts.set,
-        "captions": s.captions,  # <train> prompts are the captions the model was trained on
+        "prompts": inputs.prompts,
+        "dataset": inputs.dataset.prompts,  # <train> prompts are the dataset's captions
+        "captions": s.captions,
         "classes": classes,
         "images_per_prompt": s.prompts.images_per_prompt,
-        "sampler": s.sampler,
+        "sampler": inputs.sampler,
+        "version": OUTPUT_VERSION,
     }
 
 
-def _train_job(study: LoadedStudy, config: ResolvedConfig, seed: int, deps: list[str]) -> Job:
-    s = study.study
+# Keys of a generate spec that choose which images are made, not how each one looks: a folder made
+# under the same remaining keys keeps every image whose prompt and seed are unchanged.
+SAMPLING_CONTENT_KEYS = ("prompts", "dataset", "captions", "classes", "images_per_prompt")
+
+
+def _train_job(
+    study: LoadedStudy, inputs: StudyInputs, config: ResolvedConfig, seed: int, deps: list[str]
+) -> Job:
+    from lyco_bench.training import OUTPUT_VERSION
+
+    run = {**run_identity(inputs.runs[config.name]), "seed": seed}
     spec = {
         "config": config.name,
-        "model": s.model,
-        "dataset": s.dataset,
-        "captions": s.captions,
-        "adapter": config.adapter,
-        "training": config.training,
-        "seed": seed,
-        "checkpoint_epochs": sorted(s.checkpoint_epochs),
+        "run": run,
+        "model": inputs.model,
+        "dataset": inputs.dataset.content,
+        "version": OUTPUT_VERSION,
+        "checkpoint_epochs": sorted(study.study.checkpoint_epochs),
     }
-    return make_job("train", f"{config.name}-s{seed}", spec=spec, deps=deps, config=config.name, seed=seed)
+    return make_job(
+        "train",
+        f"{config.name}-s{seed}",
+        spec=spec,
+        deps=deps,
+        config=config.name,
+        seed=seed,
+        **_where(study),
+    )
+
+
+def _where(study: LoadedStudy) -> dict[str, Any]:
+    """Job params (not hashed): the study's values that locate what a job reads."""
+    s = study.study
+    return {"model": s.model, "dataset": s.dataset, "prompt_set": s.prompts.set, "encoders": s.encoders}
+
+
+def train_run_identity(train: Job) -> dict[str, Any]:
+    """What every checkpoint of ``train`` depends on (not which epochs are saved)."""
+    return {k: v for k, v in train.spec.items() if k not in ("kind", "checkpoint_epochs")}
+
+
+def checkpoint_identity(train: Job, epoch: int) -> dict[str, Any]:
+    """What one saved epoch of ``train`` depends on."""
+    return {**train_run_identity(train), "epoch": epoch}
 
 
 def _encode_job(
-    name: str, *, images: str, enc: str, study: LoadedStudy, deps: list[str], **params: Any
+    study: LoadedStudy, name: str, *, spec: dict[str, Any], enc: str, deps: list[str], target: str
 ) -> Job:
-    spec = {"images": images, "encoder": enc, "encoders": study.study.encoders}
-    if images == "dataset":
-        spec["dataset"] = study.study.dataset
-    return make_job("encode", name, spec=spec, deps=deps, encoder=enc, **params)
+    return make_job("encode", name, spec=spec, deps=deps, encoder=enc, target=target, **_where(study))
 
 
-def _shared_jobs(study: LoadedStudy, prepare: dict[str, Job]) -> list[Job]:
+def _shared_jobs(study: LoadedStudy, inputs: StudyInputs, prepare: dict[str, Job]) -> list[Job]:
     """Work every checkpoint shares: dataset features, base-model images and their features."""
     s = study.study
     enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     ds_dep = [prepare["dataset"].id] if "dataset" in prepare else []
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
-    dataset_encodes = [
-        _encode_job(
-            f"dataset-{enc}", images="dataset", enc=enc, study=study, deps=ds_dep + enc_dep, target="dataset"
+    jobs = []
+    for enc in needed_kinds(inputs.metrics, inputs.scoring["image_encoders"], reads="reference"):
+        spec = {"images": inputs.dataset.images, "encoder": inputs.encoders[enc], "scoring": inputs.scoring}
+        jobs.append(
+            _encode_job(study, f"dataset-{enc}", spec=spec, enc=enc, deps=ds_dep + enc_dep, target="dataset")
         )
-        for enc in _encoder_names(study, "reference")
-    ]
     base_classes = s.prompts.base_classes if s.prompts.base_classes is not None else s.prompts.classes
-    base_gen = make_job(
-        "generate", "base", spec=_sample_spec(study, base_classes), deps=base_deps, target="base"
-    )
-    base_encodes = [
-        _encode_job(
-            f"base-{enc}",
-            images=base_gen.id,
-            enc=enc,
-            study=study,
-            deps=[base_gen.id, *enc_dep],
-            target="base",
+    base_spec = {"checkpoint": {"model": inputs.model}, **_sampling_spec(study, inputs, base_classes)}
+    base_gen = make_job("generate", "base", spec=base_spec, deps=base_deps, target="base", **_where(study))
+    jobs.append(base_gen)
+    for enc in needed_kinds(inputs.metrics, inputs.scoring["image_encoders"], reads="base"):
+        spec = {"images": base_gen.id, "encoder": inputs.encoders[enc], "metrics": inputs.metrics}
+        jobs.append(
+            _encode_job(study, f"base-{enc}", spec=spec, enc=enc, deps=[base_gen.id, *enc_dep], target="base")
         )
-        for enc in _encoder_names(study, "base")
-    ]
-    return [*dataset_encodes, base_gen, *base_encodes]
+    return jobs
 
 
 def _checkpoint_jobs(
-    study: LoadedStudy, train: Job, epoch: int, *, prepare: dict[str, Job], shared: list[Job]
+    study: LoadedStudy,
+    inputs: StudyInputs,
+    train: Job,
+    epoch: int,
+    *,
+    prepare: dict[str, Job],
+    shared: list[Job],
 ) -> list[Job]:
-    """generate → encode (per encoder) → score for one checkpoint of ``train``."""
+    """generate → score (which encodes the checkpoint's images) for one checkpoint of ``train``."""
+    from lyco_bench.metrics import METRICS
+    from lyco_bench.metrics.scoring import OUTPUT_VERSION
+
     s = study.study
-    enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
-    where = {"config": train.params["config"], "seed": train.params["seed"], "epoch": epoch}
-    readable = f"{where['config']}-s{where['seed']}-e{epoch:03d}"
-    gen_spec = {"train": train.id, "epoch": epoch, **_sample_spec(study, s.prompts.classes)}
+    where = {"config": train.params["config"], "seed": train.params["seed"], "epoch": epoch, **_where(study)}
+    readable = f"{train.params['config']}-s{train.params['seed']}-e{epoch:03d}"
+    gen_spec = {
+        "checkpoint": checkpoint_identity(train, epoch),
+        **_sampling_spec(study, inputs, s.prompts.classes),
+    }
     gen = make_job(
         "generate", readable, spec=gen_spec, deps=[train.id, *base_deps], target="checkpoint", **where
     )
-    encodes = [
-        _encode_job(f"{readable}-{enc}", images=gen.id, enc=enc, study=study, deps=[gen.id, *enc_dep],
-                    target="checkpoint", **where)
-        for enc in _encoder_names(study, "generated")
-    ]  # fmt: skip
-    score_spec = {"images": gen.id, "metrics": s.metrics, "encoders": s.encoders, "dataset": s.dataset}
-    score_deps = [gen.id, *(j.id for j in encodes + shared), *base_deps]
-    score = make_job("score", readable, spec=score_spec, deps=score_deps, **where)
-    return [gen, *encodes, score]
+    base = next(j for j in shared if j.kind == "generate")
+    reads_base = any("base" in METRICS[name].needs for name in inputs.metrics)
+    score_spec = {
+        "images": gen.id,
+        "references": inputs.dataset.images,
+        "base": base.id if reads_base else None,
+        "encoders": inputs.encoders,
+        "scoring": inputs.scoring,
+        "metrics": inputs.metrics,
+        "version": OUTPUT_VERSION,
+    }
+    enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
+    score_deps = [gen.id, *(j.id for j in shared), *enc_dep, *base_deps]
+    grid = train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)  # drawn in the report
+    score = make_job("score", readable, spec=score_spec, deps=score_deps, images=s.images, grid=grid, **where)
+    return [gen, score]
 
 
-def build_plan(study: LoadedStudy, store: StudyStore) -> Plan:
-    """Expand a study into its jobs (shared jobs once), ordered so dependencies come first."""
+def build_plan(
+    study: LoadedStudy,
+    store: StudyStore,
+    *,
+    inputs: StudyInputs | None = None,
+    verify_images: bool = False,
+    hasher: Any = None,
+) -> Plan:
+    """Expand a study into its jobs (shared jobs once), ordered so dependencies come first.
+
+    ``inputs``: the study's resolved inputs; computed here when not given, by
+    :func:`lyco_bench.sweep.inputs.resolve_inputs` (``verify_images``, ``hasher``), which
+    validates the study — BadInput before anything is written — and hashes its dataset.
+    """
     prepare = _prepare_jobs(study)
+    if inputs is None:
+        inputs = resolve_inputs(study, store, prepare=prepare, verify_images=verify_images, hasher=hasher)
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
-    shared = _shared_jobs(study, prepare)
+    shared = _shared_jobs(study, inputs, prepare)
     jobs = [*prepare.values(), *shared]
     for config in study.configs:
         for seed in study.study.seeds:
-            train = _train_job(study, config, seed, base_deps)
+            train = _train_job(study, inputs, config, seed, base_deps)
             jobs.append(train)
             for epoch in sorted(study.study.checkpoint_epochs):
-                jobs += _checkpoint_jobs(study, train, epoch, prepare=prepare, shared=shared)
-    return Plan(study=study, store=store, jobs=jobs)
+                jobs += _checkpoint_jobs(study, inputs, train, epoch, prepare=prepare, shared=shared)
+    return Plan(study=study, store=store, jobs=jobs, inputs=inputs)
 
 
 def estimate_left(plan: Plan, done: set[str]) -> tuple[dict[str, float], bool]:

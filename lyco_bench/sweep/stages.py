@@ -13,46 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
-from lyco_bench.sweep.planner import Job
+from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, asset_seed
-from lyco_bench.utils import atomic_path, atomic_write_json
+from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
 
-# Metric → encoder kinds it reads (PAPER.md §5); "image" = EncoderSettings.image_encoders (DINOv2).
-METRIC_ENCODERS = {
-    "image_similarity": ("image",),
-    "squared_centroid_distance": ("image",),
-    "frechet_distance": ("image",),
-    "vendi": ("image",),
-    "text_similarity": ("clip",),
-    "style_loss_base": ("vgg19",),
-    "style_loss_dataset": ("vgg19",),
-    "clip_iqa": ("clip",),
-}
-ENCODER_ORDER = ("dinov2", "clip", "vgg19")
 _TINY_SIZE_FIELDS = {"dino": "dino_image_size", "vgg": "vgg_short_side"}
-
-
-def needed_encoders(study: Any, images: str) -> list[str]:
-    """Encoder kinds the study's metrics read from ``images`` (reference | base | generated).
-
-    Fixed order, no heavy imports: the planner calls it.
-    """
-    from lyco_bench.metrics import METRICS
-
-    names = (
-        study.metrics if study.metrics is not None else [n for n, m in METRICS.items() if not m.experimental]
-    )
-    image_encoders = tuple(study.encoders.get("image_encoders", ("dinov2",)))
-    kinds: set[str] = set()
-    for name in names:
-        if name not in METRICS:
-            raise BadInput(f"metrics: unknown metric {name!r} (known: {', '.join(sorted(METRICS))})")
-        if images not in METRICS[name].needs:
-            continue
-        for kind in METRIC_ENCODERS.get(name, ()):
-            kinds.update(image_encoders if kind == "image" else (kind,))
-    return [kind for kind in ENCODER_ORDER if kind in kinds]
 
 
 # --- resolving the store's assets ------------------------------------------------------------
@@ -130,22 +96,39 @@ def _build_fresh(out: Path, build: Any) -> Path:
     return out
 
 
+def run_config_for_settings(study: Any, config: Any, *, seed: int, store: StudyStore) -> Any:
+    """The trainer's RunConfig of one configuration of ``study`` (BadInput if it is invalid)."""
+    from lyco_bench.config import validate
+    from lyco_bench.training import RunConfig
+
+    captions = {"strategy": study.captions, **config.training.get("captions", {})}
+    data = {
+        **config.training,
+        "model": model_path(study.model, store),
+        "dataset": dataset_path(study.dataset, store),
+        "captions": captions,
+        "adapter": config.adapter,
+        "seed": seed,
+        "epochs": max(study.checkpoint_epochs),
+        "checkpoint_epochs": sorted(study.checkpoint_epochs),
+        "cache_dir": str(store.cache_dir / "latents"),
+    }
+    return validate(RunConfig, data, source=f"configuration {config.name}")
+
+
 def run_config_for(job: Job, store: StudyStore) -> Any:
-    """The trainer's RunConfig for a train job (BadInput naming the configuration if it is invalid)."""
+    """The trainer's RunConfig for a train job: its spec's resolved settings, placed in the store."""
     from lyco_bench.config import validate
     from lyco_bench.training import RunConfig
 
     spec = job.spec
-    captions = {"strategy": spec["captions"], **spec["training"].get("captions", {})}
+    epochs = max(spec["checkpoint_epochs"])
     data = {
-        **spec["training"],
-        "model": model_path(spec["model"], store),
-        "dataset": dataset_path(spec["dataset"], store),
-        "captions": captions,
-        "adapter": spec["adapter"],
-        "seed": spec["seed"],
-        "epochs": max(spec["checkpoint_epochs"]),
+        **spec["run"],
+        "epochs": epochs,
         "checkpoint_epochs": spec["checkpoint_epochs"],
+        "model": model_path(job.params["model"], store),
+        "dataset": dataset_path(job.params["dataset"], store),
         "cache_dir": str(store.cache_dir / "latents"),
     }
     return validate(RunConfig, data, source=f"configuration {spec['config']}")
@@ -155,8 +138,11 @@ def run_train(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.training import checkpoint_path, train
 
     config = run_config_for(job, store)
+    _check_unchanged(job, store, dataset_key="content")
     out_dir = store.run_dir(job.params["config"], job.params["seed"])
-    _claim_dir(out_dir, job)
+    # The folder holds one run: training resumes in it, or extends it to more epochs, only while
+    # every setting that changes a checkpoint is the same.
+    _claim_dir(out_dir, owner=stable_hash(train_run_identity(job)), job=job)
     train(config, out_dir)
     outputs = []
     for epoch in job.spec["checkpoint_epochs"]:
@@ -169,45 +155,67 @@ def run_train(job: Job, store: StudyStore) -> list[Path]:
     return outputs
 
 
-def _claim_dir(out_dir: Path, job: Job) -> None:
-    """Own ``out_dir`` for this job id; a folder left by an older version of the job is moved aside.
+def _claim_dir(out_dir: Path, *, owner: str, job: Job) -> None:
+    """Own ``out_dir`` under ``owner`` (a hash of what its content depends on); a folder left
+    under another owner is moved aside to ``<name>.stale`` (one such copy is kept).
 
-    Training and generation resume from what is in their folder, which is only right when it was
-    written by the very same job (same resolved config).
+    Training and generation resume from what is in their folder, which is only right when it
+    was written under the same owner key.
     """
     owner_file = out_dir / "job.json"
     if owner_file.is_file():
         import json
 
         try:
-            owner = json.loads(owner_file.read_text(encoding="utf-8")).get("job_id")
+            found = json.loads(owner_file.read_text(encoding="utf-8")).get("owner")
         except ValueError:
-            owner = None
-        if owner == job.id:
+            found = None
+        if found == owner:
+            atomic_write_json(owner_file, {"owner": owner, "job_id": job.id, "spec": job.spec})
             return
-        stale = out_dir.with_name(f"{out_dir.name}.stale-{owner or 'unknown'}")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        stale = out_dir.with_name(f"{out_dir.name}.stale")
         shutil.rmtree(stale, ignore_errors=True)
         out_dir.rename(stale)
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
-        stale = out_dir.with_name(f"{out_dir.name}.stale-unknown")
-        shutil.rmtree(stale, ignore_errors=True)
-        out_dir.rename(stale)
-    atomic_write_json(owner_file, {"job_id": job.id, "spec": job.spec})
+    atomic_write_json(owner_file, {"owner": owner, "job_id": job.id, "spec": job.spec})
 
 
-def prompt_items(spec: dict[str, Any], store: StudyStore) -> tuple[Any, list[Any]]:
+def _check_unchanged(job: Job, store: StudyStore, *, dataset_key: str) -> None:
+    """BadInput when the dataset or prompt set changed after planning (the job id would lie)."""
+    from lyco_bench.sweep.hashing import FileHasher
+    from lyco_bench.sweep.inputs import dataset_identity
+
+    value = job.params["dataset"]
+    if not value.startswith(DEMO_PREFIX):
+        from lyco_bench.data import load_dataset
+
+        hasher = FileHasher(store.cache_dir / "file-hashes.json")
+        now = getattr(dataset_identity(load_dataset(value, verify_images=False), hasher), dataset_key)
+        if now != job.spec["dataset"]:
+            raise BadInput(f"dataset {value}: changed since the plan was made; run again to replan")
+    if job.kind == "generate":
+        from lyco_bench.prompts import load_prompt_set
+        from lyco_bench.sweep.inputs import prompt_set_identity
+
+        if prompt_set_identity(load_prompt_set(job.params["prompt_set"])) != job.spec["prompts"]:
+            raise BadInput(
+                f"prompt set {job.params['prompt_set']}: changed since the plan was made; run again"
+            )
+
+
+def prompt_items(job: Job, store: StudyStore) -> tuple[Any, list[Any]]:
     """The prompt set and the items to generate for a generate job."""
     from lyco_bench.data import load_dataset
     from lyco_bench.prompts import expand_prompts, load_prompt_set
 
-    prompt_set = load_prompt_set(spec["prompt_set"])
-    dataset = load_dataset(dataset_path(spec["dataset"], store))
+    prompt_set = load_prompt_set(job.params["prompt_set"])
+    dataset = load_dataset(dataset_path(job.params["dataset"], store), verify_images=False)
     items = expand_prompts(
         prompt_set,
         dataset,
-        classes=spec["classes"],
-        images_per_prompt=spec.get("images_per_prompt"),
-        caption_strategy=spec.get("captions"),
+        classes=job.spec["classes"],
+        images_per_prompt=job.spec.get("images_per_prompt"),
+        caption_strategy=job.spec.get("captions"),
     )
     return prompt_set, items
 
@@ -219,11 +227,13 @@ def checkpoint_name(config: str, seed: int, epoch: int) -> str:
 
 def run_generate(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.generation import SamplerSettings, generate
+    from lyco_bench.sweep.planner import SAMPLING_CONTENT_KEYS
     from lyco_bench.training import checkpoint_path
 
     spec, params = job.spec, job.params
+    _check_unchanged(job, store, dataset_key="prompts")
     sampler = SamplerSettings(**spec["sampler"])
-    prompt_set, items = prompt_items(spec, store)
+    prompt_set, items = prompt_items(job, store)
     if params["target"] == "base":
         out_dir, adapters, name = store.base_images_dir, [], "base"
     else:
@@ -231,15 +241,19 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
         out_dir = store.images_dir(config, seed, epoch)
         adapters = [(checkpoint_path(store.run_dir(config, seed), epoch), 1.0)]
         name = checkpoint_name(config, seed, epoch)
-    _claim_dir(out_dir, job)
+    # Images depend on the weights and the sampler, not on which other prompts are generated: a
+    # folder made under the same weights and sampler keeps every image whose prompt is unchanged.
+    look = {k: v for k, v in spec.items() if k not in SAMPLING_CONTENT_KEYS}
+    _claim_dir(out_dir, owner=stable_hash(look), job=job)
     manifest = generate(
-        model=model_path(spec["model"], store),
+        model=model_path(params["model"], store),
         adapters=adapters,
         items=items,
         out_dir=out_dir,
         sampler=sampler,
         checkpoint_name=name,
         prompt_set=prompt_set,
+        exact=True,
     )
     return [manifest, out_dir]
 
@@ -251,53 +265,61 @@ def images_dir_of(job: Job, store: StudyStore) -> Path:
     return store.images_dir(p["config"], p["seed"], p["epoch"])
 
 
-ENCODE_CHUNK = 64  # images per call: VGG Gram vectors are large, never hold a whole set in memory
-
-
-def _encode_paths(pool: Any, kind: str, paths: list[Path], *, modes: tuple[str, ...], cache: Any) -> int:
-    from lyco_bench.metrics.features import image_features
-
-    for mode in modes:
-        for start in range(0, len(paths), ENCODE_CHUNK):
-            image_features(pool, kind, paths[start : start + ENCODE_CHUNK], mode=mode, cache=cache)
-    return len(paths) * len(modes)
-
-
 def run_encode(job: Job, store: StudyStore) -> list[Path]:
-    """Fill the feature cache with what ``score`` will read for one (image set, encoder)."""
-    from lyco_bench.metrics import FeatureCache
-    from lyco_bench.metrics.features import EncoderPool, list_images
+    """Features of a shared image set (the dataset, the base model's images) into the shared cache.
 
-    settings = encoder_settings(job.spec["encoders"], store)
+    Only the images some requested metric reads with this encoder: the reference concepts of
+    fidelity metrics (VGG: the style categories' concepts), the base images a paired metric reads.
+    """
+    from lyco_bench.metrics import FeatureCache
+    from lyco_bench.metrics.features import EncoderPool, image_features
+
+    settings = encoder_settings(job.params["encoders"], store)
     pool, cache = EncoderPool(settings), FeatureCache(store.cache_dir / "features")
     kind = job.params["encoder"]
-    # Fidelity compares in every reference mode; VGG ignores the mode, CLIP images use "resize".
-    modes = tuple(settings.modes) if kind in settings.image_encoders else ("resize",)
     if job.params["target"] == "dataset":
-        from lyco_bench.data import load_dataset
-
-        dataset = load_dataset(dataset_path(job.spec["dataset"], store))
-        concepts = dataset.concepts
-        if kind == "vgg19" and settings.style_categories is not None:  # style loss: style concepts only
-            concepts = [c for c in concepts if c.category in settings.style_categories]
-        paths = sorted({Path(item.path) for c in concepts for item in c.images})
+        paths, modes = _dataset_paths(job, store, settings, kind)
     else:
-        paths = list_images(images_dir_of(job, store))
-    count = _encode_paths(pool, kind, paths, modes=modes, cache=cache) if paths else 0
+        paths, modes = _base_paths(job, store, kind), ("native",)
+    shards: list[Path] = []
+    for mode in modes if paths else ():
+        image_features(pool, kind, paths, mode=mode, cache=cache, flush=False)
+        shards += cache.flush()
     record = store.jobs_dir / f"{job.id}.features.json"
-    atomic_write_json(record, {"encoder": pool.id(kind), "images": len(paths), "features": count})
-    return [record]
+    atomic_write_json(record, {"encoder": pool.id(kind), "images": len(paths), "encoded": dict(pool.passes)})
+    return [record, *shards]
 
 
-def _encoder_fields(job: Job) -> dict[str, Any]:
-    """Encoder settings of a score job: experimental metrics only when the study asks for one."""
-    from lyco_bench.metrics import METRICS
+def _dataset_paths(
+    job: Job, store: StudyStore, settings: Any, kind: str
+) -> tuple[list[Path], tuple[str, ...]]:
+    from lyco_bench.data import load_dataset
 
-    fields = dict(job.spec["encoders"])
-    metrics = job.spec["metrics"]
-    if "experimental" not in fields:
-        fields["experimental"] = bool(metrics) and any(METRICS[m].experimental for m in metrics)
-    return fields
+    dataset = load_dataset(dataset_path(job.params["dataset"], store), verify_images=False)
+    concepts = dataset.concepts
+    if kind == "vgg19":  # the style loss against the dataset: style concepts only
+        styles = job.spec["scoring"]["style_categories"]
+        concepts = [c for c in concepts if c.category in styles]
+        modes: tuple[str, ...] = ("native",)
+    else:
+        modes = tuple(settings.modes)
+    return sorted({Path(item.path) for c in concepts for item in c.images}), modes
+
+
+def _base_paths(job: Job, store: StudyStore, kind: str) -> list[Path]:
+    """Base-model images a metric that pairs with the base model reads with encoder ``kind``."""
+    from lyco_bench.metrics import METRICS, metric_encoders
+    from lyco_bench.metrics.manifest import read_manifest
+
+    df = read_manifest(store.base_images_dir)
+    image_encoders = tuple(job.params["encoders"].get("image_encoders", ("dinov2",)))
+    classes = {
+        c
+        for name in job.spec["metrics"]
+        if "base" in METRICS[name].needs and kind in metric_encoders(METRICS[name], image_encoders)
+        for c in METRICS[name].prompt_classes
+    }
+    return [Path(p) for p in df.loc[df["prompt_class"].isin(sorted(classes)), "path"]]
 
 
 def run_score(job: Job, store: StudyStore) -> list[Path]:
@@ -305,20 +327,46 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.metrics import score
 
     p = job.params
+    features_dir = store.features_dir(p["config"], p["seed"], p["epoch"])
     frame = score(
         images_dir=store.images_dir(p["config"], p["seed"], p["epoch"]),
-        dataset=load_dataset(dataset_path(job.spec["dataset"], store)),
-        base_images_dir=store.base_images_dir,
-        encoders=encoder_settings(_encoder_fields(job), store),
+        dataset=load_dataset(dataset_path(p["dataset"], store), verify_images=False),
+        base_images_dir=store.base_images_dir if job.spec["base"] else None,
+        encoders=encoder_settings(p["encoders"] | job.spec["scoring"], store),
         cache_dir=store.cache_dir / "features",
+        features_dir=features_dir,
         checkpoint=checkpoint_name(p["config"], p["seed"], p["epoch"]),
+        metrics=job.spec["metrics"],
     )
-    if job.spec["metrics"] is not None:
-        frame = frame[frame["metric"].isin(job.spec["metrics"])].reset_index(drop=True)
     out = store.scores_path(p["config"], p["seed"], p["epoch"])
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
-    return [out]
+    if p["images"] != "keep":
+        prune_images(
+            store.images_dir(p["config"], p["seed"], p["epoch"]), grids=p["images"] == "grids" and p["grid"]
+        )
+        store.mark_pruned(job.spec["images"])
+    return [out, *sorted(features_dir.rglob("*.safetensors"))]
+
+
+def prune_images(images_dir: Path, *, grids: bool, images_per_grid: int = 8) -> int:
+    """Remove a scored checkpoint's images, keeping the report's grid images when ``grids``.
+
+    The manifest stays (it lists what was generated); returns the number of files removed.
+    """
+    from lyco_bench.analysis.report import grid_rows_of
+    from lyco_bench.metrics.manifest import read_manifest
+
+    manifest = read_manifest(images_dir)
+    keep = set()
+    if grids:
+        keep = {f for _, rows in grid_rows_of(manifest, images_per_grid) for f in rows["file"]}
+    removed = 0
+    for file in manifest["file"]:
+        if file not in keep:
+            (images_dir / file).unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 STAGES = {

@@ -63,6 +63,11 @@ HEARTBEAT_S = 20.0
 STALE_AFTER_S = 300.0
 
 
+def job_slot(job_id: str) -> str:
+    """``<kind>-<name>`` of a job id ``<kind>-<name>-<hash>``: what a changed spec replaces."""
+    return job_id.rsplit("-", 1)[0]
+
+
 @dataclass(frozen=True)
 class StudyStore:
     """Paths of one study's store (``root`` is ``<store>/<study>``)."""
@@ -82,6 +87,10 @@ class StudyStore:
 
     def images_dir(self, config: str, seed: int, epoch: int) -> Path:
         return self.root / "images" / config / str(seed) / f"e{epoch:03d}"
+
+    def features_dir(self, config: str, seed: int, epoch: int) -> Path:
+        """Features of a checkpoint's own images: one shard per encoder and mode (its score job's)."""
+        return self.root / "features" / config / str(seed) / f"e{epoch:03d}"
 
     @property
     def base_images_dir(self) -> Path:
@@ -170,7 +179,20 @@ class StudyStore:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_json(self.marker_path(job.id), marker)
+        for old in self.markers_of(job_slot(job.id)) - {job.id}:  # the job it replaces
+            self.marker_path(old).unlink(missing_ok=True)
         return marker
+
+    def mark_pruned(self, job_id: str) -> None:
+        """Record that a generate job's images were removed after scoring (``images: grids|none``):
+        still done for the jobs that read them, to be rerun for any that has yet to."""
+        marker = self.read_marker(job_id)
+        if marker is not None and not marker.get("pruned"):
+            atomic_write_json(self.marker_path(job_id), {**marker, "pruned": True})
+
+    def markers_of(self, slot: str) -> set[str]:
+        """Ids of done markers whose job has the kind and name ``slot`` (any spec)."""
+        return {job_id for job_id in self.marker_ids() if job_slot(job_id) == slot}
 
     def durations_by_kind(self, job_ids: set[str] | None = None) -> dict[str, list[float]]:
         """Recorded durations of done jobs, per kind (for estimates of the work left)."""

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -111,6 +111,10 @@ class Study(StrictModel):
     """Settings passed to the analysis stage (e.g. configurations left out of SHAP)."""
     max_retries: int = Field(default=1, ge=0)
     """How often a failed job is tried again before the run gives up on it."""
+    images: Literal["keep", "grids", "none"] = "keep"
+    """Generated images kept once a checkpoint is scored: ``keep`` all (as the paper did), only the
+    report's ``grids`` (first seed, last epoch, 8 per prompt class), or ``none``. Features and
+    scores stay; a checkpoint whose score goes stale regenerates what it lacks."""
 
     @field_validator("name")
     @classmethod

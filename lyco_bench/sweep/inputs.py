@@ -1,0 +1,293 @@
+"""Everything a study's jobs read, validated before any job runs and turned into identities.
+
+``resolve_inputs`` is what ``plan`` and ``run`` do first. It checks everything a later stage would
+reject — each configuration's training settings as the trainer resolves them, the sampler, the
+encoders and metrics, the prompt set and its expansion against the dataset, the model and
+encoders being resolvable (and the model being one training supports) — so that a bad study
+fails in one line before anything is written, not after hours of training.
+
+It also returns the **identities** that job ids are made of: the settings as resolved after every
+default, a content hash of the dataset (per use: what training reads, what prompts read, what
+scoring reads), the prompt set's content, the model's and encoders' weights and preprocessing,
+and each stage's output version. A job is valid only while all of these are unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lyco_bench.errors import BadInput
+from lyco_bench.sweep.hashing import FileHasher
+from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, LoadedStudy
+from lyco_bench.utils import stable_hash
+
+# Settings of a run that do not change its checkpoints: where things are and how fast they go.
+_RUN_LOCAL_FIELDS = {"model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs"}
+# Schedules whose lr at a step does not depend on the run's length: a checkpoint at epoch e is the
+# same whatever the last epoch is.
+LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    content: str
+    """dataset.yaml, every image's and caption's path and bytes: what training reads."""
+    prompts: str
+    """dataset.yaml, captions and image paths (not their pixels): what prompt expansion reads."""
+    images: str
+    """dataset.yaml, image paths and bytes: the reference sets scoring reads."""
+
+
+@dataclass
+class StudyInputs:
+    """A study's inputs, resolved and checked (see the module docstring)."""
+
+    model: str
+    dataset: DatasetIdentity
+    prompts: str
+    sampler: dict[str, Any]
+    encoders: dict[str, str]
+    """Encoder kind → identity, for the kinds some requested metric reads."""
+    scoring: dict[str, Any]
+    """Encoder settings that change scores besides the weights (modes, image encoders, style categories)."""
+    metrics: list[str]
+    runs: dict[str, dict[str, Any]]
+    """Configuration name → its resolved training settings (what changes a checkpoint)."""
+    images_per_class: dict[str, int] = field(default_factory=dict)
+    """Images each checkpoint generates, per prompt class."""
+    base_images_per_class: dict[str, int] = field(default_factory=dict)
+    dataset_images: list[tuple[str, int, int]] = field(default_factory=list)
+    """(category, width, height) of every dataset image (for the store's size estimate)."""
+    hasher: FileHasher = field(default_factory=FileHasher)
+
+
+def resolve_inputs(
+    study: LoadedStudy,
+    store: Any,
+    *,
+    prepare: dict[str, Any] | None = None,
+    verify_images: bool = False,
+    hasher: FileHasher | None = None,
+) -> StudyInputs:
+    """Validate ``study`` against what its stages accept and compute its inputs' identities.
+
+    ``prepare``: the study's asset jobs (``tiny:``/``demo:``) by asset; their ids stand for the
+    content they build. ``verify_images``: decode every dataset image (``run``) instead of reading
+    headers only (``plan``). BadInput names the study file and the key.
+    """
+    from lyco_bench.config import validate
+    from lyco_bench.generation import SamplerSettings
+    from lyco_bench.metrics.features import EncoderSettings
+
+    s, src = study.study, study.source
+    prepare = prepare or {}
+    hasher = hasher or FileHasher()
+    sampler = validate(SamplerSettings, s.sampler, source=f"{src}: sampler")
+    settings = validate(EncoderSettings, s.encoders, source=f"{src}: encoders")
+    metrics = resolve_metrics(s.metrics, source=src)
+    kinds = needed_kinds(metrics, settings.image_encoders)
+    model = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    encoders = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
+    runs = {c.name: _run_identity(study, c, store) for c in study.configs}
+    with _dataset_folder(s.dataset, src) as dataset_root:
+        dataset = _load_dataset(dataset_root, study, verify=verify_images)
+        if s.dataset.startswith(DEMO_PREFIX):
+            token = f"prepare:{prepare['dataset'].id}"
+            dataset_id = DatasetIdentity(token, token, token)
+        else:
+            dataset_id = dataset_identity(dataset, hasher)
+        prompt_id, counts, base_counts, styles = _prompt_identity(study, dataset)
+    return StudyInputs(
+        model=model,
+        dataset=dataset_id,
+        prompts=prompt_id,
+        sampler=sampler.model_dump(mode="json"),
+        encoders=encoders,
+        scoring={
+            "modes": list(settings.modes),
+            "image_encoders": list(settings.image_encoders),
+            # Resolved here so that encoding the dataset and scoring agree on them.
+            "style_categories": sorted(
+                styles if settings.style_categories is None else settings.style_categories
+            ),
+        },
+        metrics=metrics,
+        runs=runs,
+        images_per_class=counts,
+        base_images_per_class=base_counts,
+        dataset_images=[(c.category, i.width, i.height) for c, i in dataset.items()],
+        hasher=hasher,
+    )
+
+
+def resolve_metrics(names: list[str] | None, *, source: str) -> list[str]:
+    """The metric names a study asks for (None: every non-experimental one), in registry order."""
+    from lyco_bench.metrics import METRICS
+
+    if names is None:
+        return [n for n, m in METRICS.items() if not m.experimental]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise BadInput(f"{source}: metrics: unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
+    return [n for n in METRICS if n in names]
+
+
+def needed_kinds(
+    metrics: list[str], image_encoders: tuple[str, ...], *, reads: str | None = None
+) -> list[str]:
+    """Encoder kinds the metrics read (from ``reads``: reference | base | generated; None: any)."""
+    from lyco_bench.metrics import METRICS, metric_encoders
+    from lyco_bench.metrics.encoders import ENCODER_KINDS
+
+    kinds: set[str] = set()
+    for name in metrics:
+        metric = METRICS[name]
+        if reads is None or reads in metric.needs:
+            kinds.update(metric_encoders(metric, tuple(image_encoders)))
+    return [k for k in ENCODER_KINDS if k in kinds]
+
+
+def dataset_identity(dataset: Any, hasher: FileHasher) -> DatasetIdentity:
+    """Content hashes of a loaded dataset (:class:`DatasetIdentity`)."""
+    root = Path(dataset.root)
+    spec = hasher(root / "dataset.yaml")
+    images, captions = [], []
+    for _, item in dataset.items():
+        path = Path(item.path)
+        rel = path.relative_to(root).as_posix()
+        images.append((rel, hasher(path)))
+        caption = path.with_suffix(".txt")
+        captions.append((rel, hasher(caption) if caption.is_file() else ""))
+    return DatasetIdentity(
+        content=stable_hash({"spec": spec, "images": images, "captions": captions}, length=16),
+        prompts=stable_hash(
+            {"spec": spec, "images": [r for r, _ in images], "captions": captions}, length=16
+        ),
+        images=stable_hash({"spec": spec, "images": images}, length=16),
+    )
+
+
+def run_identity(run: dict[str, Any]) -> dict[str, Any]:
+    """A resolved RunConfig (as JSON) without what does not change its checkpoints."""
+    out = {k: v for k, v in run.items() if k not in _RUN_LOCAL_FIELDS}
+    if run.get("lr_scheduler") in LENGTH_FREE_SCHEDULES:
+        out.pop("epochs", None)
+    return out
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+
+def _model_identity(value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str) -> str:
+    from lyco_bench.sweep.sources import resolve_model
+
+    if value.startswith(TINY_PREFIX):
+        return f"prepare:{prepare['model'].id}"
+    try:
+        return resolve_model(value, hasher=hasher).identity
+    except BadInput as exc:
+        raise BadInput(f"{source}: {exc}") from None
+
+
+def _encoder_identities(
+    settings: Any, kinds: list[str], fields: dict[str, Any], prepare: dict[str, Any], *, source: str
+) -> dict[str, str]:
+    """Kind → the id the feature cache keys on (weights' content + preprocessing version)."""
+    from lyco_bench.metrics.features import EncoderPool
+    from lyco_bench.sweep.sources import check_encoder
+
+    field_of = {"dinov2": "dino", "clip": "clip", "vgg19": "vgg"}
+    tiny = {k: v for k, v in fields.items() if isinstance(v, str) and v.startswith(TINY_PREFIX)}
+    if tiny:
+        # Tiny encoders do not exist until their prepare job builds them: their job id names them.
+        token = f"tiny@{prepare['encoders'].id}"
+        settings = settings.model_copy(update={k: f"{token}/{k}" for k in tiny})
+    for kind in kinds:
+        if field_of[kind] not in tiny:
+            try:
+                check_encoder(kind, settings)
+            except BadInput as exc:
+                raise BadInput(f"{source}: {exc}") from None
+    pool = EncoderPool(settings)
+    return {kind: pool.id(kind) for kind in kinds}
+
+
+def _run_identity(study: LoadedStudy, config: Any, store: Any) -> dict[str, Any]:
+    """The configuration's RunConfig as the trainer resolves it (BadInput naming the config)."""
+    from lyco_bench.sweep.stages import run_config_for_settings
+
+    try:
+        run = run_config_for_settings(study.study, config, seed=study.study.seeds[0], store=store)
+    except BadInput as exc:
+        raise BadInput(f"{study.source}: {config.key_path}: {exc}") from None
+    data = run.model_dump(mode="json")
+    data.pop("seed")  # the train job adds its own seed
+    return data
+
+
+@contextmanager
+def _dataset_folder(value: str, source: str):
+    """The dataset folder to check prompts against; ``demo:`` is drawn into a temporary folder."""
+    from lyco_bench.sweep.study import asset_seed
+
+    if not value.startswith(DEMO_PREFIX):
+        yield Path(value)
+        return
+    from lyco_bench.data import make_demo_dataset
+
+    tmp = Path(tempfile.mkdtemp(prefix="lyco-bench-demo-"))
+    try:
+        yield make_demo_dataset(tmp / "demo", seed=asset_seed(value, DEMO_PREFIX))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_dataset(root: Path, study: LoadedStudy, *, verify: bool) -> Any:
+    from lyco_bench.data import load_dataset
+
+    s = study.study
+    if not root.is_dir():
+        raise BadInput(f"{study.source}: dataset: {s.dataset}: no such dataset folder")
+    skip = bool(s.training.get("skip_bad_images", False))
+    try:
+        return load_dataset(root, skip_bad_images=skip, verify_images=verify)
+    except BadInput as exc:
+        raise BadInput(f"{study.source}: dataset: {exc}") from None
+
+
+def prompt_set_identity(prompt_set: Any) -> str:
+    """A prompt set's content (template files read in), without where it was read from."""
+    return stable_hash(prompt_set.model_dump(mode="json", exclude={"source", "description"}), length=16)
+
+
+def _prompt_identity(
+    study: LoadedStudy, dataset: Any
+) -> tuple[str, dict[str, int], dict[str, int], list[str]]:
+    """The prompt set's identity, images per class for a checkpoint and for the base model, and
+    the dataset categories the set treats as styles."""
+    from lyco_bench.prompts import expand_prompts, load_prompt_set
+
+    s = study.study
+    try:
+        prompt_set = load_prompt_set(s.prompts.set)
+        counts = []
+        base_classes = s.prompts.base_classes if s.prompts.base_classes is not None else s.prompts.classes
+        for classes in (s.prompts.classes, base_classes):
+            items = expand_prompts(
+                prompt_set,
+                dataset,
+                classes=classes,
+                images_per_prompt=s.prompts.images_per_prompt,
+                caption_strategy=s.captions,
+            )
+            counts.append(dict(Counter(item.prompt_class for item in items)))
+        styles = [c for c in dataset.categories if prompt_set.category(c).is_style]
+    except BadInput as exc:
+        raise BadInput(f"{study.source}: prompts: {exc}") from None
+    return prompt_set_identity(prompt_set), counts[0], counts[1], styles

@@ -1,0 +1,274 @@
+"""What a study's store will hold when it is finished: files and bytes per kind of output.
+
+``lyco-bench plan`` prints it, with what each image-retention setting costs, so that a sweep is
+sized before it starts (the paper's: 234 checkpoints × ~14,900 images). The estimate is built
+from the plan itself — images per prompt class from the expanded prompt set, which images each
+metric's encoders read (the metric registry), encoder widths from their configs, adapter sizes
+from the configuration injected into the model built on the ``meta`` device (no weights are
+loaded) — and from what the store already holds where it can be measured (PNG sizes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lyco_bench.sweep.study import TINY_PREFIX
+
+# A 512² Stable Diffusion PNG is about half its raw RGB size (measured ~390 KB on SD1.5 samples);
+# used until the store holds images of its own.
+PNG_RATIO = 0.5
+SAFETENSORS_HEADER = 200  # bytes of header per small tensor file, roughly
+KNOWN_DIMS = {"facebook/dinov2-large": 1024, "facebook/dinov2-base": 768, "facebook/dinov2-small": 384,
+              "facebook/dinov2-giant": 1536}  # fmt: skip
+VGG19_WIDTHS = (64, 128, 256, 512, 512)
+
+
+@dataclass
+class StoreEstimate:
+    """Rows of (what, files, bytes) for a finished study, and the images under each setting."""
+
+    rows: list[tuple[str, int, int]] = field(default_factory=list)
+    images: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Image setting (keep | grids | none) → (files, bytes) of generated images kept."""
+    setting: str = "keep"
+    n_jobs: int = 0
+
+    def add(self, what: str, files: int, size: float) -> None:
+        self.rows.append((what, int(files), int(round(size))))
+
+    @property
+    def files(self) -> int:
+        return sum(f for _, f, _ in self.rows) + self.images[self.setting][0]
+
+    @property
+    def bytes(self) -> int:
+        return sum(b for _, _, b in self.rows) + self.images[self.setting][1]
+
+    def of(self, prefix: str) -> tuple[int, int]:
+        """(files, bytes) of the rows whose name starts with ``prefix``."""
+        rows = [(f, b) for what, f, b in self.rows if what.startswith(prefix)]
+        return sum(f for f, _ in rows), sum(b for _, b in rows)
+
+    def table(self) -> str:
+        lines = [f"{'store when finished':<46} {'files':>11} {'size':>10}"]
+        for what, files, size in self.rows:
+            lines.append(f"{what:<46} {files:>11,} {human_bytes(size):>10}")
+        for setting, (files, size) in self.images.items():
+            mark = " ← study" if setting == self.setting else ""
+            lines.append(f"{'images: ' + setting:<46} {files:>11,} {human_bytes(size):>10}{mark}")
+        lines.append(f"{'total':<46} {self.files:>11,} {human_bytes(self.bytes):>10}")
+        lines.append(
+            f"files besides images: {self.files - self.images[self.setting][0]:,} for {self.n_jobs} jobs"
+        )
+        return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimate:
+    """The finished store of ``plan`` (see the module docstring)."""
+    from lyco_bench.metrics import METRICS, metric_encoders
+
+    s, inputs = plan.study.study, plan.inputs
+    est = StoreEstimate(setting=getattr(s, "images", "keep"), n_jobs=len(plan.jobs))
+    sampler = inputs.sampler
+    square = sampler["width"] == sampler["height"]
+    png = png_bytes or _measured_png_bytes(plan.store) or sampler["width"] * sampler["height"] * 3 * PNG_RATIO
+    n_ckpt = len(plan.of_kind("score"))
+    per_ckpt = sum(inputs.images_per_class.values())
+    n_base = sum(inputs.base_images_per_class.values())
+
+    # Images: kept all, the report's grids only (first seed, last epoch, 8 per prompt class), or none.
+    grids = len(plan.study.configs)
+    per_grid = sum(min(8, n) for n in inputs.images_per_class.values())
+    est.images = {
+        "keep": (n_ckpt * per_ckpt, n_ckpt * per_ckpt * png),
+        "grids": (grids * per_grid, grids * per_grid * png),
+        "none": (0, 0),
+    }
+    est.add("base-model images (shared)", n_base, n_base * png)
+    est.add("manifests (one per image folder)", n_ckpt + 1, (n_ckpt + 1) * (2000 + 120 * per_ckpt))
+
+    dims = {kind: encoder_dim(kind, plan) for kind in inputs.encoders}
+    image_encoders = tuple(inputs.scoring["image_encoders"])
+    for kind in inputs.encoders:
+        reading = [m for m in inputs.metrics if kind in metric_encoders(METRICS[m], image_encoders)]
+        if kind == "vgg19":
+            base_classes = {
+                c for m in reading if "base" in METRICS[m].needs for c in METRICS[m].prompt_classes
+            }
+            n = sum(v for c, v in inputs.base_images_per_class.items() if c in base_classes)
+            est.add("features: base images, vgg19 Grams (shared)", 1 if n else 0, n * dims[kind] * 4)
+            if any("reference" in METRICS[m].needs for m in reading):
+                n = sum(1 for cat, _, _ in inputs.dataset_images if cat in inputs.scoring["style_categories"])
+                est.add("features: style images of the dataset, vgg19", 1 if n else 0, n * dims[kind] * 4)
+            continue
+        classes = {c for m in reading for c in METRICS[m].prompt_classes}
+        n = sum(v for c, v in inputs.images_per_class.items() if c in classes)
+        modes = 1 if square else len(inputs.scoring["modes"])
+        est.add(f"features: checkpoint images, {kind}", n_ckpt * modes, n_ckpt * n * modes * dims[kind] * 4)
+        if any("reference" in METRICS[m].needs for m in reading):
+            n_ref = sum(1 if w == h else len(inputs.scoring["modes"]) for _, w, h in inputs.dataset_images)
+            est.add(
+                f"features: dataset images, {kind} (shared)",
+                len(inputs.scoring["modes"]),
+                n_ref * dims[kind] * 4,
+            )
+    if "clip" in inputs.encoders:
+        texts = per_ckpt  # at most one text per image
+        est.add("features: prompt texts, clip (shared)", 1, texts * dims["clip"] * 4)
+
+    _add_checkpoints(est, plan)
+    n_scores = n_ckpt
+    est.add("score rows (one parquet per checkpoint)", n_scores, n_scores * 40_000)
+    est.add("job markers, records, run folders' job.json", len(plan.jobs) + len(plan.of_kind("train")),
+            len(plan.jobs) * 3000)  # fmt: skip
+    return est
+
+
+def _add_checkpoints(est: StoreEstimate, plan: Any) -> None:
+    """Adapter files per saved epoch, their run records, and the latest resume state per run."""
+    s = plan.study.study
+    epochs = len(s.checkpoint_epochs)
+    total_files = total_bytes = 0
+    for config in plan.study.configs:
+        params = trainable_parameters(plan, config.name)
+        if params is None:
+            est.add(f"checkpoints of {config.name}: model config unknown", 0, 0)
+            continue
+        adapter = params * 4 + SAFETENSORS_HEADER * 8
+        state = params * 4 * 3  # parameters + Adam's two moments, fp32
+        runs = len(s.seeds)
+        total_files += runs * (epochs * 2 + 1)
+        total_bytes += runs * (epochs * (adapter + 3000) + state)
+    est.add("checkpoints + run records + latest resume state", total_files, total_bytes)
+
+
+def trainable_parameters(plan: Any, config_name: str) -> int | None:
+    """Trainable parameters of a configuration: injected into the model built on the meta device."""
+    from lyco_bench.adapters import AdapterSpec, inject
+
+    models = _meta_models(plan)
+    if models is None:
+        return None
+    unet, text_encoder = models
+    run = plan.inputs.runs[config_name]
+    net = inject(unet, text_encoder, AdapterSpec(**run["adapter"]))
+    try:
+        return int(net.num_trainable())
+    finally:
+        net.remove()
+
+
+_META_CACHE: dict[str, Any] = {}
+
+
+def _meta_models(plan: Any) -> tuple[Any, Any] | None:
+    """(UNet, text encoder) of the study's model with no weights (meta tensors), or None."""
+    import torch
+
+    value = plan.study.study.model
+    if value in _META_CACHE:
+        return _META_CACHE[value]
+    configs = _model_configs(value)
+    result = None
+    if configs is not None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        unet_cfg, text_cfg = configs
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_cfg)
+            text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        result = (unet, text)
+    _META_CACHE[value] = result
+    return result
+
+
+def _model_configs(value: str) -> tuple[dict, dict] | None:
+    from lyco_bench.models import TINY_TEXT, TINY_UNET
+
+    if value.startswith(TINY_PREFIX):
+        return dict(TINY_UNET), dict(TINY_TEXT)
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        from lyco_bench.sweep.sources import cached_hub_file
+
+        index = cached_hub_file(value, "model_index.json")
+        folder = index.parent if index is not None else None
+    if folder is None:
+        return None
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        text = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = {k: v for k, v in text.items() if not k.startswith("_") and k not in ("architectures",)}
+    return unet, text
+
+
+def encoder_dim(kind: str, plan: Any) -> int:
+    """Width of one feature vector of encoder ``kind`` (packed Gram length for VGG19)."""
+    fields = plan.study.study.encoders
+    value = {"dinov2": fields.get("dino", "facebook/dinov2-large"), "clip": fields.get("clip", "ViT-L-14"),
+             "vgg19": fields.get("vgg", "IMAGENET1K_V1")}[kind]  # fmt: skip
+    tiny = isinstance(value, str) and value.startswith(TINY_PREFIX)
+    if kind == "vgg19":
+        from lyco_bench.metrics.tiny import TINY_VGG_WIDTHS
+
+        widths = TINY_VGG_WIDTHS if tiny else VGG19_WIDTHS
+        return sum(c * (c + 1) // 2 for c in widths)
+    if kind == "clip":
+        from lyco_bench.metrics.tiny import TINY_CLIP_CONFIG
+
+        if tiny:
+            return TINY_CLIP_CONFIG["embed_dim"]
+        return _clip_dim(value)
+    if tiny:
+        return 32
+    folder = Path(value).expanduser()
+    config = folder / "config.json" if folder.is_dir() else None
+    if config is None:
+        from lyco_bench.sweep.sources import cached_hub_file
+
+        config = cached_hub_file(value, "config.json")
+    if config is not None:
+        try:
+            return int(json.loads(Path(config).read_text(encoding="utf-8"))["hidden_size"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return KNOWN_DIMS.get(value, 1024)
+
+
+def _clip_dim(value: str) -> int:
+    folder = Path(value).expanduser()
+    try:
+        if folder.is_dir():
+            cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+            return int(cfg.get("model_cfg", cfg)["embed_dim"])
+        import open_clip
+
+        return int(open_clip.get_model_config(value)["embed_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 768
+
+
+def _measured_png_bytes(store: Any, sample: int = 200) -> float | None:
+    images = store.root / "images"
+    if not images.is_dir():
+        return None
+    sizes = []
+    for path in images.rglob("*.png"):
+        sizes.append(path.stat().st_size)
+        if len(sizes) >= sample:
+            break
+    return sum(sizes) / len(sizes) if sizes else None

@@ -1,0 +1,215 @@
+"""Where a study's model and encoders come from, checked before any job runs, with their identity.
+
+A model or encoder is given as a local path (a diffusers / transformers / open_clip folder, a
+single ``.safetensors`` file) or a hub id. Before a sweep starts, each one must be resolvable —
+a local path that exists, a hub id in the local Hugging Face cache or, when online, on the hub —
+and a model must be one the trainer supports (SD1.x/SD2.x; SDXL is refused). Each also gets an
+**identity**, the part of a job id that changes when its weights do: a local path is named by a
+content hash of its weight and config files, a hub id by the commit it resolves to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lyco_bench.errors import BadInput
+from lyco_bench.models import hub_offline
+from lyco_bench.sweep.hashing import FileHasher
+from lyco_bench.utils import stable_hash
+
+WEIGHT_SUFFIXES = {".safetensors", ".json", ".txt", ".model"}
+"""Files that make up a model folder's identity: weights, configs, tokenizer files."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    value: str
+    where: str
+    """``folder`` | ``file`` | ``hub``"""
+    arch: str
+    """``sd1`` | ``sd2`` | ``sdxl`` (lyco_bench.models.model_kind)"""
+    identity: str
+
+
+def local_identity(path: Path, hasher: FileHasher) -> str:
+    """``<name>@<hash>`` of a file, or of a folder's weight/config files (relative paths + bytes)."""
+    if path.is_file():
+        return f"{path.name}@{hasher(path)[:16]}"
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    listing = [(p.relative_to(path).as_posix(), hasher(p)) for p in files]
+    return f"{path.name}@{stable_hash(listing, length=16)}"
+
+
+def cached_hub_file(repo_id: str, filename: str) -> Path | None:
+    """The local copy of ``filename`` of hub repo ``repo_id`` in the Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def hub_identity(repo_id: str, marker: str, *, what: str) -> tuple[str, Path | None]:
+    """(``repo@commit``, the cached snapshot folder or None) of a hub repo holding ``marker``.
+
+    Offline and not cached → BadInput; online and not cached → the hub is asked for the commit.
+    """
+    cached = cached_hub_file(repo_id, marker)
+    if cached is not None:
+        snapshot = cached.parent
+        while snapshot.parent.name != "snapshots" and snapshot != snapshot.parent:
+            snapshot = snapshot.parent
+        return f"{repo_id}@{snapshot.name}", snapshot
+    if hub_offline():
+        raise BadInput(
+            f"{what} {repo_id!r}: not a local path, and not in the local Hugging Face cache "
+            "(HF_HUB_OFFLINE is set: download it first, or give a local folder)"
+        )
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo_id, timeout=20)
+    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors alike
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(
+            f"{what} {repo_id!r}: no such local path, and the hub has no such model ({first[:120]})"
+        ) from None
+    return f"{repo_id}@{info.sha}", None
+
+
+def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
+    """Check that ``value`` names a Stable Diffusion model the trainer supports; its identity."""
+    from lyco_bench.models import PICKLE_SUFFIXES, _looks_like_path, _single_file_kind, model_kind
+
+    path = Path(value).expanduser()
+    if path.suffix in PICKLE_SUFFIXES:
+        raise BadInput(f"model {value}: pickled checkpoints are not loaded (convert it to .safetensors)")
+    if path.is_file():
+        arch = _single_file_kind(path)
+        return _supported(ModelSource(value, "file", arch, local_identity(path, hasher)))
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise BadInput(f"model {value}: not a diffusers pipeline folder (no model_index.json)")
+        arch = model_kind(_read_json(path / "unet" / "config.json", what=f"model {value}"))
+        return _supported(ModelSource(value, "folder", arch, local_identity(path, hasher)))
+    if _looks_like_path(value):
+        raise BadInput(f"model {value}: no such file or folder")
+    identity, snapshot = hub_identity(value, "model_index.json", what="model")
+    unet_config = snapshot / "unet" / "config.json" if snapshot is not None else None
+    if unet_config is None or not unet_config.is_file():
+        unet_config = _download_small(value, "unet/config.json")
+    arch = model_kind(_read_json(unet_config, what=f"model {value}")) if unet_config else "sd1"
+    return _supported(ModelSource(value, "hub", arch, identity))
+
+
+def _supported(source: ModelSource) -> ModelSource:
+    if source.arch == "sdxl":
+        raise BadInput(
+            f"model {source.value}: an SDXL model; training supports SD1.x/SD2.x only for now "
+            "(use an SD1.5 model such as stable-diffusion-v1-5/stable-diffusion-v1-5)"
+        )
+    return source
+
+
+def _download_small(repo_id: str, filename: str) -> Path | None:
+    if hub_offline():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except Exception:  # noqa: BLE001 - the arch check is then left to loading
+        return None
+
+
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{what}: unreadable {path} ({type(exc).__name__})") from None
+
+
+# --- encoders --------------------------------------------------------------------------------
+
+
+def check_encoder(kind: str, settings: Any) -> None:
+    """BadInput when the weights of encoder ``kind`` cannot be found (local path, cache or hub)."""
+    if kind == "dinov2":
+        _check_transformers_source(settings.dino, what="encoders.dino")
+    elif kind == "clip":
+        _check_clip_source(settings.clip, settings.clip_pretrained)
+    elif kind == "vgg19":
+        _check_vgg_source(settings.vgg)
+    else:
+        raise BadInput(f"encoder {kind!r}: unknown")
+
+
+def _check_transformers_source(value: str, *, what: str) -> None:
+    from lyco_bench.models import _looks_like_path
+
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInput(f"{what} {value}: not a transformers model folder (no config.json)")
+        return
+    if path.exists() or _looks_like_path(value):
+        raise BadInput(f"{what} {value}: no such folder")
+    hub_identity(value, "config.json", what=what)
+
+
+def _check_clip_source(model: str, pretrained: str | None) -> None:
+    import open_clip
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise BadInput(f"encoders.clip {model}: not an open_clip folder (no open_clip_config.json)")
+        return
+    if model.startswith("hf-hub:"):
+        hub_identity(model[len("hf-hub:") :], "open_clip_config.json", what="encoders.clip")
+        return
+    if model not in open_clip.list_models():
+        raise BadInput(f"encoders.clip {model!r}: not an open_clip architecture nor a local folder")
+    if pretrained is None:
+        return
+    if Path(pretrained).expanduser().is_file():
+        return
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise BadInput(
+            f"encoders.clip_pretrained {pretrained!r}: not a weights file nor a tag of {model} ({known})"
+        )
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo:
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if cached_hub_file(repo, filename) is not None:
+                return
+        if hub_offline():
+            raise BadInput(
+                f"encoders.clip {model}/{pretrained}: weights not in the local Hugging Face cache "
+                "(HF_HUB_OFFLINE is set)"
+            )
+
+
+def _check_vgg_source(value: str) -> None:
+    path = Path(value).expanduser()
+    if path.is_file():
+        return
+    from torchvision.models import VGG19_Weights
+
+    if value not in VGG19_Weights.__members__:
+        raise BadInput(
+            f"encoders.vgg {value}: no such file, and not a torchvision VGG19 weights name "
+            f"({', '.join(VGG19_Weights.__members__)})"
+        )
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG19_Weights[value].url).name
+    if not cached.is_file() and hub_offline():
+        raise BadInput(f"encoders.vgg {value}: weights not in the torch hub cache ({cached}) and offline")
