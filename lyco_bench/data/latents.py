@@ -5,7 +5,8 @@ second configuration trained on the same dataset with the same VAE encodes nothi
 change to an image, the VAE or the bucket rules misses the cache instead of using stale latents.
 
 What is stored: the mean and standard deviation of the VAE's latent distribution (unscaled,
-float32, safetensors). kohya sd-scripts caches one sample drawn at caching time, which freezes
+float32), in shards (:class:`lyco_bench.shards.ShardCache`: one file per bucket and call, not
+one per image), mode ``<w>x<h>[-flip]``. kohya sd-scripts caches one sample drawn at caching time, which freezes
 the sampling noise for the whole run; storing (mean, std) and drawing ``mean + std·ε`` with the
 trainer's generator at each step keeps the non-cached training distribution. The trainer then
 multiplies by ``vae.config.scaling_factor`` (0.18215 for SD1.x) as usual.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from lyco_bench.data.buckets import Bucket, assign_bucket, image_tensor
 from lyco_bench.data.dataset import ImageItem, image_size
-from lyco_bench.utils import atomic_path, progress_bar, sha256_file
+from lyco_bench.utils import progress_bar, sha256_file
 
 
 @dataclass
@@ -54,13 +56,12 @@ class LatentCache:
     """Content-addressed VAE latents under ``root``; ``encoded`` counts images encoded so far."""
 
     def __init__(self, root: str | Path):
+        from lyco_bench.shards import ShardCache
+
         self.root = Path(root)
         self.encoded = 0
         self.hits = 0
-
-    def entry_path(self, *, image_sha: str, vae_id: str, bucket: Bucket, flip: bool = False) -> Path:
-        name = f"{image_sha}-{bucket[0]}x{bucket[1]}{'-flip' if flip else ''}.safetensors"
-        return self.root / vae_id[:16] / image_sha[:2] / name
+        self._shards = ShardCache(self.root)
 
     def get_or_encode(
         self,
@@ -75,40 +76,42 @@ class LatentCache:
         Images are encoded one at a time, so an entry never depends on which other images
         happened to be missing (batched convolutions may differ in the last bits).
         """
-        from safetensors.torch import load_file, save_file
-
-        vae_id = vae_identity(vae)
+        vae_id = f"vae:{vae_identity(vae)[:32]}"
         param = next(vae.parameters())
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        channels = vae.config.latent_channels
+        keys, placed = [], []
+        for item in items:
+            size = (item.width, item.height) if item.width and item.height else image_size(item.path)
+            bucket = assign_bucket(*size, buckets)
+            keys.append(sha256_file(item.path))
+            placed.append((bucket, f"{bucket[0]}x{bucket[1]}{'-flip' if flip else ''}"))
+        found: list[torch.Tensor | None] = [None] * len(items)
+        for mode in sorted({m for _, m in placed}):
+            idx = [i for i, (_, m) in enumerate(placed) if m == mode]
+            for i, vec in zip(idx, self._shards.get_many([keys[i] for i in idx], vae_id, mode), strict=True):
+                found[i] = vec
         latents: list[Latent] = []
         with progress_bar() as bar:
             task = bar.add_task("latents", total=len(items), info="")
-            for item in items:
-                size = (item.width, item.height) if item.width and item.height else image_size(item.path)
-                bucket = assign_bucket(*size, buckets)
-                path = self.entry_path(
-                    image_sha=sha256_file(item.path), vae_id=vae_id, bucket=bucket, flip=flip
-                )
-                cached = _try_load(path, load_file)
-                if cached is None:
+            for i, item in enumerate(items):
+                bucket, mode = placed[i]
+                shape = (channels, bucket[1] // factor, bucket[0] // factor)
+                vec = found[i]
+                if vec is None or vec.numel() != 2 * math.prod(shape):
                     pixels = image_tensor(item.path, bucket, flip=flip)[None]  # (1, 3, H, W)
                     with torch.no_grad():
                         dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
-                    cached = {"mean": dist.mean[0].float().cpu(), "std": dist.std[0].float().cpu()}
-                    with atomic_path(path) as tmp:
-                        save_file({k: v.contiguous() for k, v in cached.items()}, str(tmp))
+                    vec = torch.cat(
+                        [dist.mean[0].float().cpu().flatten(), dist.std[0].float().cpu().flatten()]
+                    )
+                    self._shards.put(keys[i], vae_id, mode, vec)
+                    found[i] = vec
                     self.encoded += 1
                 else:
                     self.hits += 1
-                latents.append(Latent(cached["mean"], cached["std"], bucket))
+                mean, std = vec.view(2, *shape)  # each (C, H/f, W/f)
+                latents.append(Latent(mean, std, bucket))
                 bar.update(task, advance=1, info=f"encoded {self.encoded}")
+        self._shards.flush()
         return latents
-
-
-def _try_load(path: Path, load_file) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        tensors = load_file(str(path))
-    except Exception:  # a damaged entry is re-encoded and overwritten, never trusted
-        return None
-    return tensors if {"mean", "std"} <= tensors.keys() else None

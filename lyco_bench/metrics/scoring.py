@@ -145,6 +145,11 @@ class Scorer:
         )  # fmt: skip
         if clip_paths:
             self.feats("clip", [Path(p) for p in clip_paths])
+        texts = [t for u in units if self.reads("text_similarity", u) for t in u.rows["clip_text"]]
+        if any(self.reads("clip_iqa", u) for u in units):
+            texts += [t for pair in quality.IQA_PROMPT_PAIRS for t in pair]
+        if texts:  # every text in one call: one shard
+            text_features(self.pool, sorted(set(texts)), cache=self.shared)
         self._vgg_pass(units)
         self.own.flush()
         self.shared.flush()
@@ -445,6 +450,7 @@ def score(
         for index, unit in enumerate(units):
             scorer.score_unit(index, unit)
             bar.update(task, advance=1, info=f"{unit.prompt_class} {unit.concept or unit.category}")
+    shared.flush()  # reference Gram vectors read while scoring
     rows = pd.DataFrame(scorer.rows, columns=[c for c in ROW_COLUMNS if c != "checkpoint"])
     rows = pd.concat([category_rows(rows), rows], ignore_index=True)
     if checkpoint is None:

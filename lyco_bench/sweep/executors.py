@@ -44,7 +44,7 @@ def execute_job(
     if lock is None:
         return {"status": "busy", "job": job.id}
     try:
-        if store.is_done(job.id):  # finished by another runner between our check and the lock
+        if store.is_done(job.id, whole=True):  # finished by another runner since our check
             return {"status": "skipped", "job": job.id}
         store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt})
         reset_global_rngs(job.id)
@@ -293,7 +293,7 @@ def _report_progress(state: _State, job: Job, result: dict, *, total: int, capac
 def _recheck_busy(state: _State, store: StudyStore) -> None:
     """Jobs another runner holds: done now? lock gone? then they leave the busy list."""
     for job_id in list(state.busy_since):
-        if store.is_done(job_id):
+        if store.is_done(job_id, whole=True):
             state.done.add(job_id)
             state.pending = [job for job in state.pending if job.id != job_id]
             del state.busy_since[job_id]

@@ -157,7 +157,7 @@ def run_train(job: Job, store: StudyStore) -> list[Path]:
 
 def _claim_dir(out_dir: Path, *, owner: str, job: Job) -> None:
     """Own ``out_dir`` under ``owner`` (a hash of what its content depends on); a folder left
-    under another owner is moved aside to ``<name>.stale`` (one such copy is kept).
+    under another owner is removed — its content is stale and nothing reads it again.
 
     Training and generation resume from what is in their folder, which is only right when it
     was written under the same owner key.
@@ -174,9 +174,7 @@ def _claim_dir(out_dir: Path, *, owner: str, job: Job) -> None:
             atomic_write_json(owner_file, {"owner": owner, "job_id": job.id, "spec": job.spec})
             return
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        stale = out_dir.with_name(f"{out_dir.name}.stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        out_dir.rename(stale)
+        shutil.rmtree(out_dir)
     atomic_write_json(owner_file, {"owner": owner, "job_id": job.id, "spec": job.spec})
 
 

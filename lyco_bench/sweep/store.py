@@ -142,8 +142,11 @@ class StudyStore:
                 return False
         return True
 
-    def is_done(self, job_id: str) -> bool:
+    def is_done(self, job_id: str, *, whole: bool = False) -> bool:
+        """Marker present and outputs intact; ``whole``: also not pruned (images all there)."""
         marker = self.read_marker(job_id)
+        if whole and marker is not None and marker.get("pruned"):
+            return False
         return marker is not None and self.outputs_intact(marker)
 
     def write_marker(
@@ -180,8 +183,13 @@ class StudyStore:
         }
         atomic_write_json(self.marker_path(job.id), marker)
         for old in self.markers_of(job_slot(job.id)) - {job.id}:  # the job it replaces
-            self.marker_path(old).unlink(missing_ok=True)
+            self.forget(old)
         return marker
+
+    def forget(self, job_id: str) -> None:
+        """Remove a superseded job's marker, lock files and records (its id will not run again)."""
+        for path in self.jobs_dir.glob(f"{job_id}.*"):
+            path.unlink(missing_ok=True)
 
     def mark_pruned(self, job_id: str) -> None:
         """Record that a generate job's images were removed after scoring (``images: grids|none``):

@@ -1,0 +1,170 @@
+"""The shard cache: vectors keyed by (content hash, encoder id, mode), stored in shards.
+
+It holds the metrics' features (lyco_bench.metrics: DINOv2/CLIP embeddings, VGG Gram vectors)
+and the trainer's VAE latents (lyco_bench.data.latents).
+
+At the paper's size a cache of one file per (image, encoder, mode) would hold ~10 M small files,
+so features are written as **shards**: one safetensors file per batch of work (an image set, an
+encoder, a mode), holding ``keys`` (N, 32) uint8 — the raw sha256 of each image's bytes or text —
+and ``features`` (N, D) float32. Layout::
+
+    <root>/<encoder slug>/<mode>/<shard name>.safetensors     {"keys", "features"} + metadata
+                                                              (format, the full encoder id, mode)
+
+Content-addressed, so one cache serves every job that reads the same content: a dataset image is
+encoded once for all checkpoints, and a second scoring of the same images encodes nothing.
+A shard's name is the hash of its keys, and it is written to a temporary name and renamed into
+place, so two processes writing the same entries produce one complete file and a reader never
+sees half of one; an unreadable shard is ignored (its entries count as misses).
+
+``put`` only buffers; :meth:`ShardCache.flush` writes the buffered entries as one shard per
+(encoder, mode) — callers flush once at the end of their work (and the buffer flushes itself
+past ``flush_bytes``, so VGG Gram vectors never pile up in memory).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lyco_bench.utils import atomic_path, sha256_bytes
+
+SHARD_FORMAT = "lyco-bench-features/1"
+FLUSH_BYTES = 256 << 20
+
+
+def _key_bytes(keys: Sequence[str]) -> torch.Tensor:
+    data = bytearray(b"".join(bytes.fromhex(k) for k in keys))
+    return torch.frombuffer(data, dtype=torch.uint8).view(len(keys), 32)  # (N, 32)
+
+
+def _key_hex(rows: torch.Tensor) -> list[str]:
+    return [bytes(row).hex() for row in rows.numpy()]
+
+
+class ShardCache:
+    """Vectors keyed by (sha256 of the image bytes or text, encoder id, mode), in shards."""
+
+    def __init__(self, root: str | os.PathLike, *, flush_bytes: int = FLUSH_BYTES):
+        self.root = Path(root)
+        self.flush_bytes = flush_bytes
+        self.hits = 0
+        self.misses = 0
+        self._index: dict[tuple[str, str], dict[str, tuple[Path, int]]] = {}
+        self._pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        self._pending_bytes = 0
+
+    def _encoder_dir(self, encoder_id: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder_id).strip("-")[:60]
+        return self.root / f"{slug}-{sha256_bytes(encoder_id.encode())[:10]}"
+
+    def shard_dir(self, encoder_id: str, mode: str) -> Path:
+        return self._encoder_dir(encoder_id) / mode
+
+    def _entries(self, encoder_id: str, mode: str) -> dict[str, tuple[Path, int]]:
+        """key → (shard, row) for every readable shard of (encoder, mode); built once, then kept."""
+        where = (encoder_id, mode)
+        if where not in self._index:
+            index: dict[str, tuple[Path, int]] = {}
+            folder = self.shard_dir(encoder_id, mode)
+            for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+                try:
+                    with safe_open(str(shard), framework="pt") as fh:
+                        keys = _key_hex(fh.get_tensor("keys"))
+                except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
+                    continue
+                for row, key in enumerate(keys):
+                    index.setdefault(key, (shard, row))
+            self._index[where] = index
+        return self._index[where]
+
+    def get_many(self, keys: Sequence[str], encoder_id: str, mode: str) -> list[torch.Tensor | None]:
+        """The cached feature of each key (None where absent), reading each shard once."""
+        entries = self._entries(encoder_id, mode)
+        pending = self._pending.get((encoder_id, mode), {})
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, key in enumerate(keys):
+            if key in pending:
+                out[i] = pending[key]
+            elif key in entries:
+                shard, row = entries[key]
+                by_shard.setdefault(shard, []).append((i, row))
+        for shard, wanted in by_shard.items():
+            try:
+                with safe_open(str(shard), framework="pt") as fh:
+                    feats = fh.get_slice("features")
+                    if 2 * len(wanted) > feats.get_shape()[0]:  # most of the shard: one read
+                        whole = fh.get_tensor("features")
+                        for i, row in wanted:
+                            out[i] = whole[row]
+                    else:
+                        for i, row in wanted:
+                            out[i] = feats[row : row + 1][0]
+            except (SafetensorError, OSError, RuntimeError):
+                continue  # a shard removed or damaged since indexing: its entries are misses
+        found = sum(f is not None for f in out)
+        self.hits += found
+        self.misses += len(keys) - found
+        return out
+
+    def get(self, key: str, encoder_id: str, mode: str) -> torch.Tensor | None:
+        return self.get_many([key], encoder_id, mode)[0]
+
+    def put(self, key: str, encoder_id: str, mode: str, feature: torch.Tensor) -> None:
+        """Buffer one entry; it is written with the next :meth:`flush`."""
+        feature = feature.detach().to(torch.float32).contiguous().cpu()
+        bucket = self._pending.setdefault((encoder_id, mode), {})
+        if key not in bucket:
+            bucket[key] = feature
+            self._pending_bytes += feature.numel() * 4
+        if self._pending_bytes > self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> list[Path]:
+        """Write buffered entries: one shard per (encoder, mode), named by the hash of its keys."""
+        from safetensors.torch import save_file
+
+        written = []
+        for (encoder_id, mode), bucket in sorted(self._pending.items()):
+            if not bucket:
+                continue
+            keys = sorted(bucket)
+            name = sha256_bytes("".join(keys).encode())[:20]
+            path = self.shard_dir(encoder_id, mode) / f"{name}.safetensors"
+            tensors = {"keys": _key_bytes(keys), "features": torch.stack([bucket[k] for k in keys])}
+            meta = {"format": SHARD_FORMAT, "encoder_id": encoder_id, "mode": mode}
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+            index = self._index.get((encoder_id, mode))
+            if index is not None:
+                for row, key in enumerate(keys):
+                    index.setdefault(key, (path, row))
+            written.append(path)
+        self._pending.clear()
+        self._pending_bytes = 0
+        return written
+
+    def count(self, encoder_id: str | None = None) -> int:
+        """Number of distinct cached entries (of one encoder, or all)."""
+        base = self._encoder_dir(encoder_id) if encoder_id else self.root
+        where = {_shard_place(p) for p in base.rglob("*.safetensors")} if base.exists() else set()
+        return sum(len(self._entries(enc_id, mode)) for enc_id, mode in sorted(where - {None}))
+
+    def shards(self) -> list[Path]:
+        return sorted(self.root.rglob("*.safetensors")) if self.root.exists() else []
+
+
+def _shard_place(shard: Path) -> tuple[str, str] | None:
+    """(encoder id, mode) a shard's metadata names, or None for an unreadable file."""
+    try:
+        with safe_open(str(shard), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return meta["encoder_id"], meta["mode"]
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
+        return None
