@@ -148,6 +148,10 @@ _VERIFIED: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 
 def _displayed_size(img, *, strict: bool) -> tuple[int, int]:
+    if not strict and img.format == "PNG" and "exif" not in img.info:
+        # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels: a header-only
+        # read (planning, scoring) takes the orientation from a chunk before them, or none.
+        return img.size
     try:
         orientation = img.getexif().get(0x0112, 1)
     except (OSError, SyntaxError, ValueError):

@@ -60,9 +60,8 @@ class StoreEstimate:
             mark = " ← study" if setting == self.setting else ""
             lines.append(f"{'images: ' + setting:<46} {files:>11,} {human_bytes(size):>10}{mark}")
         lines.append(f"{'total':<46} {self.files:>11,} {human_bytes(self.bytes):>10}")
-        lines.append(
-            f"files besides images: {self.files - self.images[self.setting][0]:,} for {self.n_jobs} jobs"
-        )
+        others = self.files - self.images[self.setting][0] - self.of("base-model images")[0]
+        lines.append(f"files besides images: {others:,} for {self.n_jobs} jobs")
         return "\n".join(lines)
 
 
@@ -130,9 +129,29 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
     _add_checkpoints(est, plan)
     n_scores = n_ckpt
     est.add("score rows (one parquet per checkpoint)", n_scores, n_scores * 40_000)
-    est.add("job markers, records, run folders' job.json", len(plan.jobs) + len(plan.of_kind("train")),
-            len(plan.jobs) * 3000)  # fmt: skip
+    owners = len(plan.of_kind("train")) + len(plan.of_kind("generate"))  # job.json in their folders
+    est.add(
+        "job markers, locks, records, folders' job.json", 3 * len(plan.jobs) + owners, len(plan.jobs) * 3000
+    )
+    _add_latents(est, plan)
+
     return est
+
+
+def _add_latents(est: StoreEstimate, plan: Any) -> None:
+    """VAE latents (mean, std) of every dataset image in its bucket: one shard per bucket."""
+    from lyco_bench.data import assign_bucket, make_buckets
+
+    run = next(iter(plan.inputs.runs.values()))
+    b = run["buckets"]
+    buckets = make_buckets(run["resolution"], min_size=b["min"], max_size=b["max"], step=b["step"])
+    used = [assign_bucket(w, h, buckets) for _, w, h in plan.inputs.dataset_images]
+    # SD's VAE: 4 latent channels, 8× smaller sides; mean and std in float32.
+    est.add(
+        "latents of the dataset (shared)",
+        len(set(used)),
+        sum(2 * 4 * (w // 8) * (h // 8) * 4 for w, h in used),
+    )
 
 
 def _add_checkpoints(est: StoreEstimate, plan: Any) -> None:
@@ -154,15 +173,33 @@ def _add_checkpoints(est: StoreEstimate, plan: Any) -> None:
 
 
 def trainable_parameters(plan: Any, config_name: str) -> int | None:
-    """Trainable parameters of a configuration: injected into the model built on the meta device."""
+    """Trainable parameters of a configuration: from a run record in the store when one exists,
+    else the configuration injected into the model built on the meta device (once per setting)."""
+    import json as _json
+
+    for seed in plan.study.study.seeds:
+        for record in sorted(plan.store.run_dir(config_name, seed).glob("ckpt-e*.json")):
+            try:
+                return int(_json.loads(record.read_text(encoding="utf-8"))["trainable_params"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    adapter = plan.inputs.runs[config_name]["adapter"]
+    key = (plan.study.study.model, _json.dumps(adapter, sort_keys=True))
+    if key not in _PARAMS_CACHE:
+        _PARAMS_CACHE[key] = _injected_parameters(plan, adapter)
+    return _PARAMS_CACHE[key]
+
+
+_PARAMS_CACHE: dict[tuple[str, str], int | None] = {}
+
+
+def _injected_parameters(plan: Any, adapter: dict[str, Any]) -> int | None:
     from lyco_bench.adapters import AdapterSpec, inject
 
     models = _meta_models(plan)
     if models is None:
         return None
-    unet, text_encoder = models
-    run = plan.inputs.runs[config_name]
-    net = inject(unet, text_encoder, AdapterSpec(**run["adapter"]))
+    net = inject(*models, AdapterSpec(**adapter))
     try:
         return int(net.num_trainable())
     finally:
