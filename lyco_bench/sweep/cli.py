@@ -142,7 +142,13 @@ def _finish(plan: Plan, args: argparse.Namespace) -> Path | None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a study key, e.g. seeds=[23]")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no lr=1e-4; values are "
+        "read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text)",
+    )
     p.add_argument(
         "--store", default="runs", help="store folder; the study lives in STORE/<study> (default: runs)"
     )
