@@ -146,8 +146,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no lr=1e-4; values are "
-        "read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text)",
+        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no training.lr=1e-4; values "
+        "are read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text)",
     )
     p.add_argument(
         "--store", default="runs", help="store folder; the study lives in STORE/<study> (default: runs)"
