@@ -97,10 +97,17 @@ def apply_overrides(
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    if err["type"] == "value_error":
+        # A validator's "<key>: <message>" names a key below loc (e.g. an algorithm's own setting).
+        msg = msg.removeprefix("Value error, ")
+        key, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[A-Za-z_][\w.]*", key):
+            loc, msg = f"{loc}.{key}" if loc else key, rest
+    loc = loc or "<root>"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{source}: {loc}: {msg}{extra}"
 

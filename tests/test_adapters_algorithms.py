@@ -10,10 +10,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from lyco_bench.adapters.base import ALGORITHMS, detect_algorithm, get_algorithm
-from lyco_bench.adapters.loha import LoHaModule
-from lyco_bench.adapters.lokr import LoKrModule, factorize
-from lyco_bench.adapters.lora import LoRAModule
-from lyco_bench.adapters.native import NativeModule
+from lyco_bench.adapters.algorithms.loha import LoHaModule
+from lyco_bench.adapters.algorithms.lokr import LoKrModule, factorize
+from lyco_bench.adapters.algorithms.lora import LoRAModule
+from lyco_bench.adapters.algorithms.native import NativeModule
 from lyco_bench.errors import BadInput
 
 F64 = torch.float64
@@ -168,7 +168,7 @@ SETTINGS = {
     "lokr-lowrank": dict(dim=1, alpha=2.0, factor=4),
     "lokr-tucker": dict(dim=1, alpha=2.0, factor=4, use_tucker=True),
     "lokr-both": dict(dim=1, alpha=2.0, factor=-1, decompose_both=True),
-    "native": dict(dim=1),
+    "native": dict(),
 }
 
 
@@ -316,7 +316,7 @@ LYCORIS_CASES = [
         {"factor": 8, "use_tucker": True},
     ),
     ("lokr", "LokrModule", dict(dim=2, alpha=2.0, factor=-1, decompose_both=True), {"decompose_both": True}),
-    ("native", "FullModule", dict(dim=1), {}),
+    ("native", "FullModule", dict(), {}),
 ]
 
 
@@ -326,7 +326,7 @@ def test_file_shapes_and_alpha_match_lycoris(algo, lyco_cls, ours, theirs):
     for base in (nn.Linear(640, 320), nn.Conv2d(64, 96, 3, padding=1), nn.Conv2d(64, 96, 1)):
         base.requires_grad_(False)
         lyco = getattr(modules, lyco_cls)(
-            "x", base, lora_dim=ours["dim"], alpha=ours.get("alpha", ours["dim"]), **theirs
+            "x", base, lora_dim=ours.get("dim", 1), alpha=ours.get("alpha", ours.get("dim", 1)), **theirs
         )
         mine = ALGORITHMS[algo](base, **ours)
         want = {k: tuple(v.shape) for k, v in lyco.state_dict().items() if not k.startswith("dora")}
@@ -361,11 +361,11 @@ def test_bad_file_tensors_name_the_module():
 
 
 def test_seeded_init_is_deterministic():
-    for algo in ("lora", "loha", "lokr"):
+    for algo, settings in (("lora", {}), ("loha", {}), ("lokr", {"factor": 4})):
         states = []
         for _ in range(2):
             torch.manual_seed(7)
-            states.append(ALGORITHMS[algo](linear(16, 12), dim=2, factor=4).file_tensors())
+            states.append(ALGORITHMS[algo](linear(16, 12), dim=2, **settings).file_tensors())
         for key in states[0]:
             assert torch.equal(states[0][key], states[1][key])
 
@@ -383,7 +383,7 @@ def test_alpha_defaults_to_dim_and_multiplier_zero_is_base():
 def test_autocast_uses_the_plain_bypass_and_trains(algo):
     torch.manual_seed(0)
     base = nn.Linear(16, 16).requires_grad_(False)
-    m = ALGORITHMS[algo](base, dim=2, factor=4)
+    m = ALGORITHMS[algo](base, dim=2)
     randomize(m)
     x = torch.randn(64, 16, requires_grad=True)  # many rows: the merged forward would be chosen
     with torch.autocast("cpu", dtype=torch.bfloat16):

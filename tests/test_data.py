@@ -218,7 +218,7 @@ def test_concept_without_trigger(dataset_copy):
     _expect_bad(dataset_copy, "shapes/square: concept has no entry (no trigger)")
     _edit_yaml(dataset_copy, "trigger: zqx shape", "trigger: '  '")
     _expect_bad(
-        dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: Value error, trigger must not be empty"
+        dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: trigger must not be empty"
     )
     _edit_yaml(dataset_copy, "trigger: '  '", "repeats_typo: 1")
     _expect_bad(dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: Field required")

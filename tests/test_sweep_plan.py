@@ -96,7 +96,7 @@ def test_unknown_key_names_path_and_file(tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("seeds=[1,1]", "seeds: Value error, values must be unique"),
+        ("seeds=[1,1]", "seeds: values must be unique"),
         ("colour=red", "colour: unknown key"),
         (
             "prompts.images_per_prompt=0",

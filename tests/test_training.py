@@ -58,7 +58,8 @@ def run_config(model, dataset, cache, **changes) -> RunConfig:
 # --- configuration -----------------------------------------------------------------------------
 def test_defaults_are_the_papers():
     cfg = RunConfig(model="m", dataset="d")
-    assert (cfg.adapter.algo, cfg.adapter.dim, cfg.adapter.alpha, cfg.adapter.preset) == (
+    adapter = cfg.adapter
+    assert (adapter.algo, adapter.options["dim"], adapter.options["alpha"], adapter.preset) == (
         "lora",
         8,
         4.0,
@@ -70,12 +71,12 @@ def test_defaults_are_the_papers():
     assert (cfg.buckets.min, cfg.buckets.max, cfg.buckets.step) == (320, 960, 64)
     assert (cfg.captions.strategy, cfg.captions.dropout, cfg.train_text_encoder) == ("tags", 0.05, True)
     loha = RunConfig(model="m", dataset="d", adapter={"algo": "loha"})
-    assert (loha.adapter.dim, loha.adapter.alpha) == (4, 2.0)
+    assert (loha.adapter.options["dim"], loha.adapter.options["alpha"]) == (4, 2.0)
     lokr = RunConfig(model="m", dataset="d", adapter={"algo": "lokr"})
-    assert (lokr.adapter.factor, lokr.adapter.dim) == (8, 10000)
+    assert (lokr.adapter.options["factor"], lokr.adapter.options["dim"]) == (8, 10000)
     assert RunConfig(model="m", dataset="d", adapter={"algo": "native"}).lr == 1e-6
-    # A given dim keeps α = dim unless α is given too.
-    assert RunConfig(model="m", dataset="d", adapter={"dim": 32}).adapter.alpha is None
+    # A given dim keeps α = dim (scale 1) unless α is given too.
+    assert RunConfig(model="m", dataset="d", adapter={"dim": 32}).adapter.options["alpha"] == 32.0
     off = RunConfig(model="m", dataset="d", train_text_encoder=False)
     assert off.adapter.train_text_encoder is False
     assert RunConfig(model="m", dataset="d", epochs=3, checkpoint_epochs=[2, 1, 2]).save_epochs() == [1, 2, 3]
@@ -87,7 +88,7 @@ def test_defaults_are_the_papers():
         ("lrr=1e-4", "lrr: unknown key"),
         ("lr=-1", "lr:"),
         ("adapter.algo=bogus", "adapter.algo"),
-        ("adapter.rank=4", "adapter.rank: unknown key"),
+        ("adapter.rank=4", "adapter.rank: not a setting of lora (its settings: dim, alpha, use_tucker)"),
         ("captions.strategy=words", "captions.strategy"),
         ("betas=[0.9, 1.5]", "betas"),
         ("checkpoint_epochs=[60]", "checkpoint_epochs: 60 is after the last epoch"),

@@ -7,13 +7,43 @@ API is listed in ``docs/internals.md`` ("adapters").
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-from lyco_bench.adapters.base import ALGORITHMS, AdapterModule, get_algorithm, register_algorithm
+from lyco_bench.adapters import algorithms as _builtin
+from lyco_bench.adapters.base import (
+    ALGORITHMS,
+    AdapterModule,
+    AlgorithmOptions,
+    CapacityRule,
+    get_algorithm,
+    register_algorithm,
+)
+from lyco_bench.errors import BadInput
 
-# Built-in algorithms register themselves on import (@register_algorithm); a new algorithm file
-# is added here by name (docs/adding-an-algorithm.md).
-for _name in ("lora", "loha", "lokr", "native"):
-    importlib.import_module(f"lyco_bench.adapters.{_name}")
+ENTRY_POINT_GROUP = "lyco_bench.algorithms"
+
+
+def _load_algorithms() -> None:
+    """Import every built-in algorithm file, then the algorithms other packages declare under the
+    ``lyco_bench.algorithms`` entry point (``name = "package.module:Class"``)."""
+    from importlib.metadata import entry_points
+
+    for info in sorted(pkgutil.iter_modules(_builtin.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{_builtin.__name__}.{info.name}")
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        try:
+            cls = point.load()
+        except Exception as exc:  # noqa: BLE001 - any import error of a plug-in is reported alike
+            raise BadInput(
+                f"algorithm plug-in {point.name} ({point.value}): cannot be imported ({exc})"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, AdapterModule)):
+            raise BadInput(f"algorithm plug-in {point.name} ({point.value}): not an AdapterModule subclass")
+        if ALGORITHMS.get(cls.algo) is not cls:
+            register_algorithm(cls)
+
+
+_load_algorithms()
 
 from lyco_bench.adapters.fileformat import AdapterFile, load_adapter, save_tensors  # noqa: E402
 from lyco_bench.adapters.inject import AdapterSpec, find_targets, inject  # noqa: E402
@@ -29,8 +59,11 @@ from lyco_bench.adapters.ops import (  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
+    "ENTRY_POINT_GROUP",
     "AdapterFile",
     "AdapterModule",
+    "AlgorithmOptions",
+    "CapacityRule",
     "AdapterNetwork",
     "AdapterSpec",
     "MergeHandle",

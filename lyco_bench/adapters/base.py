@@ -18,15 +18,55 @@ frozen layer; the benchmark is ``benchmarks/adapters.py``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, ValidationError
 from torch import nn
 
+from lyco_bench.config import StrictModel, format_validation_error
 from lyco_bench.errors import BadInput
 
 BaseLayer = nn.Linear | nn.Conv2d
+
+
+class AlgorithmOptions(StrictModel):
+    """An algorithm's own settings (dim, α, factor, …): one strict model per algorithm, a docstring
+    under each field. A study's ``adapter:`` block is validated against the chosen algorithm's
+    model, so a new option touches only its algorithm's file."""
+
+    model_config = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
+
+
+def paired_alpha(data: Any, *, dim: int, alpha: float) -> Any:
+    """Default α for a (dim, α) pair: the algorithm's default pair when neither is given, α = dim
+    (scale 1, as kohya and LyCORIS read a file without alpha) when only dim is."""
+    if isinstance(data, dict) and data.get("alpha") is None:
+        data = {**data, "alpha": float(data["dim"]) if "dim" in data else alpha}
+        data.setdefault("dim", dim)
+    return data
+
+
+@dataclass(frozen=True)
+class CapacityRule:
+    """How an algorithm's settings map to the analysis feature *Capacity* (the paper's levels).
+
+    ``setting``: the option that sets capacity, with the paper's ``levels`` for it; a study whose
+    values the table does not cover gets levels by order (``ascending``: a larger value is more
+    capacity), counted from ``start``. ``constant``: the algorithm has one capacity (native
+    fine-tuning: 4), whose SHAP value is then folded into Algo (``fold_into_algo``). An algorithm
+    with no rule gets log10 of its trainable parameter count.
+    """
+
+    setting: str | None = None
+    levels: Mapping[float, float] = field(default_factory=dict)
+    ascending: bool = True
+    start: int = 2
+    constant: float | None = None
+    fold_into_algo: bool = False
 
 
 class AdapterModule(nn.Module):
@@ -43,18 +83,42 @@ class AdapterModule(nn.Module):
                    ``"dense"`` forms dL/dW = gᵀx once and backpropagates it through
                    :meth:`delta_weight` (Hadamard products, whose bypass is not cheaper).
 
+    What an algorithm declares besides its maths (everything downstream reads these, so no
+    algorithm name appears outside its own file):
+      Options:        its settings (:class:`AlgorithmOptions` subclass), defaults = its reference
+                      defaults (the paper's for LoRA/LoHa/LoKr)
+      default_lr:     learning rate when a study gives none
+      merges_exactly: W0 + λ·ΔW reproduces the forward (generation merges; else it attaches)
+      capacity:       :class:`CapacityRule` for the analysis; lr_grid: the paper's 3 lr levels
+      aliases:        names other tools use for it (LyCORIS ``locon``, ``full``); the first is
+                      written as ``algo`` in kohya ``ss_network_args``
+
     Constructors share one signature so the injector can build any algorithm:
-    ``Cls(base, *, dim, alpha=None, multiplier=1.0, factor=-1, use_tucker=False,
-    decompose_both=False)``; options that do not apply to an algorithm are ignored.
+    ``Cls(base, options=None, *, multiplier=1.0, **settings)`` — an ``Options`` instance, or its
+    fields as keyword arguments (an unknown one is BadInput naming the algorithm).
     """
 
     algo: ClassVar[str]
     file_keys: ClassVar[frozenset[str]]
     detect_keys: ClassVar[frozenset[str]]
     grad_mode: ClassVar[str] = "bypass"
+    Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
+    default_lr: ClassVar[float] = 5e-4
+    merges_exactly: ClassVar[bool] = True
+    capacity: ClassVar[CapacityRule | None] = None
+    lr_grid: ClassVar[tuple[float, ...] | None] = None
+    aliases: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, base: BaseLayer, *, multiplier: float = 1.0) -> None:
+    def __init__(
+        self,
+        base: BaseLayer,
+        options: AlgorithmOptions | Mapping[str, Any] | None = None,
+        *,
+        multiplier: float = 1.0,
+        **settings: Any,
+    ) -> None:
         super().__init__()
+        self.options = self.parse_options(options, settings)
         if not isinstance(base, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"{type(base).__name__} cannot be adapted (Linear or Conv2d only)")
         if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
@@ -83,6 +147,26 @@ class AdapterModule(nn.Module):
         """An uninitialized factor on the base's device and dtype."""
         w = self.base.weight
         return nn.Parameter(torch.empty(*shape, device=w.device, dtype=w.dtype))
+
+    @classmethod
+    def parse_options(
+        cls,
+        options: AlgorithmOptions | Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> AlgorithmOptions:
+        """The algorithm's Options from an instance, a mapping or keyword settings (BadInput)."""
+        if isinstance(options, cls.Options) and not settings:
+            return options
+        data = {**dict(options or {}), **dict(settings or {})}
+        try:
+            return cls.Options.model_validate(data)
+        except ValidationError as exc:
+            raise BadInput(format_validation_error(exc, source=cls.algo)) from None
+
+    @classmethod
+    def label(cls, options: AlgorithmOptions) -> str:
+        """The name results and analysis show for this algorithm with these settings."""
+        return cls.algo
 
     # --- the maths: each algorithm defines these ---------------------------------------
     def delta_weight(self) -> torch.Tensor:
@@ -293,19 +377,34 @@ def register_algorithm(cls: type[AdapterModule]) -> type[AdapterModule]:
 
 
 def get_algorithm(name: str) -> type[AdapterModule]:
-    try:
+    """The algorithm registered as ``name`` or under an alias of another tool (``locon``, ``full``)."""
+    if name in ALGORITHMS:
         return ALGORITHMS[name]
-    except KeyError:
-        known = ", ".join(sorted(ALGORITHMS))
-        raise BadInput(f"unknown algorithm {name!r} (known: {known})") from None
-
-
-def detect_algorithm(suffixes: set[str], *, name: str) -> type[AdapterModule]:
-    """The algorithm whose ``detect_keys`` are present among a module's key suffixes."""
     for cls in ALGORITHMS.values():
-        if cls.detects(suffixes):
-            unknown = suffixes - cls.file_keys
-            if unknown:
-                raise BadInput(f"{name}: unknown key suffix {sorted(unknown)[0]!r} for {cls.algo}")
+        if name in cls.aliases:
             return cls
-    raise BadInput(f"{name}: unknown key suffixes {sorted(suffixes)}")
+    known = ", ".join(sorted(ALGORITHMS))
+    raise BadInput(f"unknown algorithm {name!r} (known: {known})")
+
+
+def detect_algorithm(suffixes: set[str], *, name: str, hints: set[str] | frozenset[str] = frozenset()):
+    """The algorithm of a module with these key suffixes.
+
+    ``hints``: algorithm names a file's metadata gives (lyco-bench's ``lyco_bench.algo``,
+    LyCORIS's ``algo``); a hinted algorithm that can read the keys wins. Otherwise the most
+    specific match: the algorithm with the most ``detect_keys`` among those present — so
+    LoRA + ``dora_scale`` is LoRA with DoRA, and an algorithm whose keys extend another's is
+    told apart from it.
+    """
+    hinted = [ALGORITHMS[h] for h in sorted(hints) if h in ALGORITHMS]
+    for cls in hinted:
+        if cls.detects(suffixes) and suffixes <= cls.file_keys:
+            return cls
+    candidates = [cls for cls in ALGORITHMS.values() if cls.detects(suffixes)]
+    if not candidates:
+        raise BadInput(f"{name}: unknown key suffixes {sorted(suffixes)}")
+    cls = max(candidates, key=lambda c: (len(c.detect_keys), suffixes <= c.file_keys))
+    unknown = suffixes - cls.file_keys
+    if unknown:
+        raise BadInput(f"{name}: unknown key suffix {sorted(unknown)[0]!r} for {cls.algo}")
+    return cls

@@ -89,8 +89,30 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, metadata
 
 
-def detect_modules(tensors: dict[str, torch.Tensor], *, name: str) -> dict[str, type]:
-    """Group ``<module>.<suffix>`` keys by module and detect each module's algorithm."""
+def metadata_hints(metadata: dict[str, str]) -> frozenset[str]:
+    """Algorithm names a file's metadata gives: lyco-bench's ``lyco_bench.algo`` (``a`` or ``a+b``)
+    and LyCORIS's ``algo`` in ``ss_network_args``, translated through the registry's aliases."""
+    from lyco_bench.adapters.base import get_algorithm
+
+    names = set(metadata.get("lyco_bench.algo", "").split("+"))
+    try:
+        names.add(str(json.loads(metadata.get("ss_network_args", "{}")).get("algo", "")))
+    except (ValueError, AttributeError):
+        pass
+    hints = set()
+    for name in names - {""}:
+        try:
+            hints.add(get_algorithm(name).algo)
+        except BadInput:
+            continue  # an algorithm this installation does not have: detect by keys
+    return frozenset(hints)
+
+
+def detect_modules(
+    tensors: dict[str, torch.Tensor], *, name: str, hints: frozenset[str] = frozenset()
+) -> dict[str, type]:
+    """Group ``<module>.<suffix>`` keys by module and detect each module's algorithm
+    (``hints``: algorithms named by the file's metadata, :func:`metadata_hints`)."""
     suffixes: dict[str, set[str]] = {}
     for key in tensors:
         module, dot, suffix = key.partition(".")
@@ -102,7 +124,7 @@ def detect_modules(tensors: dict[str, torch.Tensor], *, name: str) -> dict[str, 
         if NormAdapter.detect_keys <= found and found <= NormAdapter.file_keys:
             modules[module] = NormAdapter
         else:
-            modules[module] = detect_algorithm(found, name=f"{name}: {module}")
+            modules[module] = detect_algorithm(found, name=f"{name}: {module}", hints=hints)
     return modules
 
 
@@ -116,7 +138,7 @@ def load_adapter(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> A
     tensors, metadata = read_tensors(path)
     if not tensors:
         raise BadInput(f"{path}: the file holds no tensors")
-    modules = detect_modules(tensors, name=str(path))
+    modules = detect_modules(tensors, name=str(path), hints=metadata_hints(metadata))
     file = AdapterFile(path=Path(path), tensors=tensors, metadata=metadata, modules=modules)
     if not allow_nonfinite:
         check_finite(file)
@@ -149,8 +171,9 @@ def adapter_file_from_tensors(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> AdapterFile:
     """An in-memory AdapterFile (e.g. from extraction or a live network), validated like a file."""
-    modules = detect_modules(tensors, name="<adapter>")
-    return AdapterFile(path=None, tensors=dict(tensors), metadata=dict(metadata or {}), modules=modules)
+    metadata = dict(metadata or {})
+    modules = detect_modules(tensors, name="<adapter>", hints=metadata_hints(metadata))
+    return AdapterFile(path=None, tensors=dict(tensors), metadata=metadata, modules=modules)
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec)

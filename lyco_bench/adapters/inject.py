@@ -18,9 +18,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator, model_validator
 from torch import nn
 
 from lyco_bench.adapters.base import ALGORITHMS, get_algorithm
@@ -35,27 +35,29 @@ TE_MLP = ("fc1", "fc2")
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 
 
+# AdapterSpec's own fields; every other key of an ``adapter:`` block is a setting of its algorithm
+# (``conv_<setting>``: of the algorithm of k×k convolutions).
+SPEC_FIELDS = ("algo", "conv_algo", "preset", "include", "exclude", "train_text_encoder", "train_norm")
+
+
 class AdapterSpec(StrictModel):
-    """What to train and how: one algorithm (or one for linear and one for k×k conv layers)."""
+    """What to train and how: one algorithm (or one for linear and one for k×k conv layers) with
+    its own settings, and which layers.
+
+    In a study or a run config the algorithm's settings are written flat beside ``algo``
+    (``{algo: lora, dim: 8, alpha: 4, conv_dim: 4, preset: full}``); they are validated by the
+    algorithm's ``Options`` and stored resolved, every default filled in.
+    """
 
     algo: str = "lora"
     """Algorithm for Linear and 1×1 conv layers (a name in ``ALGORITHMS``)."""
-    dim: int = 8
-    """Rank r (LoKr: rank of the decomposed blocks; ≥ half the block size means a full block)."""
-    alpha: float | None = None
-    """Scale numerator α (ΔW carries α/r); None → dim, i.e. scale 1."""
-    factor: int = -1
-    """LoKr split factor f (−1: most balanced)."""
-    use_tucker: bool = False
-    """Tucker core for k×k convolutions (LoCon ``lora_mid``, LoHa ``hada_t*``, LoKr ``lokr_t2``)."""
-    decompose_both: bool = False
-    """LoKr: decompose W1 too when it is large enough."""
+    options: dict[str, Any] = {}
+    """The algorithm's settings (its ``Options``: dim, alpha, factor, …), all defaults resolved."""
     conv_algo: str | None = None
     """Algorithm for k×k (k > 1) conv layers; None → ``algo``."""
-    conv_dim: int | None = None
-    """Rank for k×k conv layers; None → ``dim``."""
-    conv_alpha: float | None = None
-    """α for k×k conv layers; None → ``alpha``."""
+    conv_options: dict[str, Any] = {}
+    """Settings for k×k conv layers (``conv_dim``, ``conv_alpha``, …): the linear settings with
+    these changes when the algorithm is the same, as LyCORIS does; resolved like ``options``."""
     preset: Literal["attn-only", "attn-mlp", "full"] = "attn-mlp"
     """Which layers are trained (module docstring)."""
     include: list[str] = []
@@ -67,6 +69,28 @@ class AdapterSpec(StrictModel):
     train_norm: bool = False
     """With preset ``full``: also train the UNet's GroupNorm/LayerNorm weights (as the paper did)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _algorithm_settings(cls, data: Any) -> Any:
+        """Flat keys → ``options`` / ``conv_options``, resolved by the algorithms' Options."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        options = dict(data.pop("options", None) or {})
+        conv = dict(data.pop("conv_options", None) or {})
+        for key in [k for k in data if k not in SPEC_FIELDS]:
+            if key.startswith("conv_"):
+                conv[key[len("conv_") :]] = data.pop(key)
+            else:
+                options[key] = data.pop(key)
+        algo, conv_algo = data.get("algo", "lora"), data.get("conv_algo")
+        if isinstance(algo, str) and algo in ALGORITHMS:
+            data["options"] = _resolve(algo, options)
+            same = conv_algo in (None, algo)
+            if isinstance(conv_algo, str | type(None)) and (same or conv_algo in ALGORITHMS):
+                data["conv_options"] = _resolve(conv_algo or algo, {**(options if same else {}), **conv})
+        return data
+
     @field_validator("algo", "conv_algo")
     @classmethod
     def _known_algorithm(cls, value: str | None) -> str | None:
@@ -74,27 +98,33 @@ class AdapterSpec(StrictModel):
             raise ValueError(f"unknown algorithm {value!r} (known: {', '.join(sorted(ALGORITHMS))})")
         return value
 
-    @field_validator("dim", "conv_dim")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be ≥ 1")
-        return value
-
-    @field_validator("factor")
-    @classmethod
-    def _factor(cls, value: int) -> int:
-        if value == 0 or value < -1:
-            raise ValueError("must be -1 (balanced) or a positive integer")
-        return value
-
-    def settings_for(self, layer: nn.Module) -> tuple[str, int, float]:
-        """(algo, dim, alpha) for one layer: k×k convs take the conv_* settings (as LyCORIS does)."""
+    def settings_for(self, layer: nn.Module) -> tuple[str, dict[str, Any]]:
+        """(algo, settings) for one layer: k×k convs take the conv ones (as LyCORIS does)."""
         if isinstance(layer, nn.Conv2d) and max(layer.kernel_size) > 1:
-            dim = self.conv_dim or self.dim
-            alpha = self.conv_alpha if self.conv_alpha is not None else self.alpha
-            return self.conv_algo or self.algo, dim, float(alpha if alpha is not None else dim)
-        return self.algo, self.dim, float(self.alpha if self.alpha is not None else self.dim)
+            return self.conv_algo or self.algo, self.conv_options
+        return self.algo, self.options
+
+    def label(self) -> str:
+        """How results name this algorithm (its ``label`` for these settings; ``a+b`` for a
+        separate conv algorithm)."""
+        name = ALGORITHMS[self.algo].label(ALGORITHMS[self.algo].Options(**self.options))
+        if self.conv_algo not in (None, self.algo):
+            name += "+" + self.conv_algo
+        return name
+
+
+def _resolve(algo: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """An algorithm's settings with its defaults filled in (ValueError naming what is wrong)."""
+    cls = ALGORITHMS[algo]
+    try:
+        return cls.Options.model_validate(settings).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "settings"
+        known = ", ".join(cls.Options.model_fields) or "none"
+        if err["type"] == "extra_forbidden":
+            raise ValueError(f"{key}: not a setting of {algo} (its settings: {known})") from None
+        raise ValueError(f"{key}: {err['msg']} ({algo})") from None
 
 
 @dataclass
@@ -222,14 +252,6 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
         if isinstance(target.layer, NORM_TYPES):
             modules[target.key] = NormAdapter(target.layer)
             continue
-        algo, dim, alpha = spec.settings_for(target.layer)
-        cls = get_algorithm(algo)
-        modules[target.key] = cls(
-            target.layer,
-            dim=dim,
-            alpha=alpha,
-            factor=spec.factor,
-            use_tucker=spec.use_tucker,
-            decompose_both=spec.decompose_both,
-        )
+        algo, settings = spec.settings_for(target.layer)
+        modules[target.key] = get_algorithm(algo)(target.layer, settings)
     return AdapterNetwork(targets=targets, modules=modules, spec=spec)

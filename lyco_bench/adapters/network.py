@@ -19,11 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lyco_bench import __version__
-from lyco_bench.adapters.base import AdapterModule
+from lyco_bench.adapters.base import ALGORITHMS, AdapterModule
 from lyco_bench.errors import BadInput
-
-# Algorithm names as LyCORIS's kohya network module (`lycoris.kohya`) spells them.
-LYCORIS_ALGO_NAMES = {"lora": "locon", "loha": "loha", "lokr": "lokr", "native": "full"}
 
 
 class NormAdapter(nn.Module):
@@ -177,21 +174,21 @@ class AdapterNetwork(nn.Module):
         spec = self.spec
         settings = spec.model_dump(mode="json")
         algo = spec.algo if spec.conv_algo in (None, spec.algo) else f"{spec.algo}+{spec.conv_algo}"
-        network_args = {
-            "algo": LYCORIS_ALGO_NAMES.get(spec.algo, spec.algo),
-            "preset": spec.preset,
-            "conv_dim": str(spec.conv_dim or spec.dim),
-            "conv_alpha": str(spec.conv_alpha if spec.conv_alpha is not None else spec.alpha or spec.dim),
-            "factor": str(spec.factor),
-        }
+        cls = ALGORITHMS[spec.algo]
+        # The kohya/LyCORIS hints other tools read: LyCORIS's name for the algorithm (its first
+        # alias), the rank and α, and the conv settings.
+        options, conv = spec.options, spec.conv_options
+        network_args = {"algo": (cls.aliases or (spec.algo,))[0], "preset": spec.preset}
+        network_args.update({f"conv_{k}": str(conv[k]) for k in ("dim", "alpha") if k in conv})
+        network_args.update({k: str(v) for k, v in options.items() if k not in ("dim", "alpha")})
         meta = {
             "lyco_bench.algo": algo,
             "lyco_bench.settings": json.dumps(settings, sort_keys=True),
             "lyco_bench.version": __version__,
             "lyco_bench.modules": str(len(self.adapters)),
             "ss_network_module": "lycoris.kohya",
-            "ss_network_dim": str(spec.dim),
-            "ss_network_alpha": str(spec.alpha if spec.alpha is not None else spec.dim),
+            "ss_network_dim": str(options.get("dim", "")),
+            "ss_network_alpha": str(options.get("alpha", "")),
             "ss_network_args": json.dumps(network_args, sort_keys=True),
         }
         for name, value in (metadata or {}).items():

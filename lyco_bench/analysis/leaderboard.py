@@ -14,7 +14,8 @@ from lyco_bench.analysis.results import check_not_empty, metric_direction
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
-ID_COLUMNS = ["config", "algo", "preset", "lr", "dim", "alpha", "factor", "epoch"]
+ID_COLUMNS = ["config", "algo", "preset", "lr", "epoch"]
+"""Besides these, a row shows its algorithm's declared settings (results.setting_columns)."""
 # Pareto axes (PAPER.md §6 first trade-off panel): image vs text similarity on <alter> prompts.
 FIDELITY = ("image_similarity", ("alter", "train", "trigger"))
 CONTROLLABILITY = ("text_similarity", ("alter", "train", "trigger"))
@@ -31,9 +32,17 @@ def checkpoint_values(results: pd.DataFrame) -> pd.DataFrame:
     keys = ["checkpoint", "label", "metric"]
     values = table.groupby(keys, sort=True)["value"].mean().reset_index()
     runs = results.drop_duplicates("checkpoint").set_index("checkpoint")
-    for col in [*ID_COLUMNS, "seed", "trainable_params", "file_bytes"]:
+    for col in [*id_columns(results), "seed", "trainable_params", "file_bytes"]:
         values[col] = values["checkpoint"].map(runs[col]) if col in runs else np.nan
     return values
+
+
+def id_columns(results: pd.DataFrame) -> list[str]:
+    """config, algo, preset, lr, the algorithms' settings present in the table, epoch."""
+    from lyco_bench.analysis.results import setting_columns
+
+    settings = [c for c in setting_columns(results) if results[c].notna().any()]
+    return [*ID_COLUMNS[:-1], *settings, ID_COLUMNS[-1]]
 
 
 def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -76,9 +85,10 @@ def build_leaderboard(
         file_bytes=("file_bytes", "mean"),
         n_seeds=("seed", "nunique"),
     )
-    attrs = values.drop_duplicates("config").set_index("config")[ID_COLUMNS[1:-1]]
+    ids = id_columns(results)
+    attrs = values.drop_duplicates("config").set_index("config")[ids[1:-1]]
     board = stats.join(extra).reset_index().join(attrs, on="config")
-    board = board[[*ID_COLUMNS, *[c for c in board.columns if c not in ID_COLUMNS]]]
+    board = board[[*ids, *[c for c in board.columns if c not in ids]]]
 
     all_labels = results.drop_duplicates("label")[["label", "metric", "prompt_class"]]
     ranked = board["algo"] != "base"

@@ -24,7 +24,12 @@ PANELS = [
     (("style_loss_base", ("style",)), ("image_similarity", ("train",))),
 ]
 STYLE_FALLBACK = ("style_loss_dataset", ("train", "trigger", "alter"))
-ALGO_MARKERS = {"lora": "o", "loha": "s", "lokr": "^", "native": "D"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def algo_marker(algo: str, algos: list[str]) -> str:
+    """A marker per algorithm, by its place among the table's algorithms (sorted)."""
+    return MARKERS[sorted(algos).index(algo) % len(MARKERS)] if algo in algos else "x"
 
 
 def slug(text: str) -> str:
@@ -171,9 +176,10 @@ def tradeoff_figure(
 def _scatter(ax, points: pd.DataFrame, *, x: str, y: str, factor: str, cmap) -> None:
     levels = sorted(points[factor].dropna().unique(), key=str)
     colors = {lv: cmap(i / max(len(levels) - 1, 1)) for i, lv in enumerate(levels)}
+    algos = sorted(points["algo"].astype(str).unique())
     for (algo, level), group in points.groupby(["algo", factor], sort=True):
         ax.scatter(
-            group[x], group[y], s=18 + group["Epoch"].to_numpy() / 2, marker=ALGO_MARKERS.get(algo, "x"),
+            group[x], group[y], s=18 + group["Epoch"].to_numpy() / 2, marker=algo_marker(algo, algos),
             color=colors[level], label=f"{algo} {factor}={_fmt(level)}", alpha=0.85,
         )  # fmt: skip
     ax.set_xlabel(x, fontsize=8)
@@ -194,10 +200,11 @@ def epoch_curves(values: pd.DataFrame, *, label: str, path: Path) -> Path:
     per_ckpt = rows.groupby(["config", "algo", "seed", "Epoch"], sort=True)["value"].mean().reset_index()
     with _figure(path, figsize=(7, 4.5)) as fig:
         ax = fig.subplots()
+        algos = sorted(per_ckpt["algo"].astype(str).unique())
         for (config, algo), group in per_ckpt.groupby(["config", "algo"], sort=True):
             stats = group.groupby("Epoch", sort=True)["value"].agg(["mean", "std"]).fillna(0.0)
             ax.errorbar(
-                stats.index, stats["mean"], yerr=stats["std"], marker=ALGO_MARKERS.get(algo, "x"),
+                stats.index, stats["mean"], yerr=stats["std"], marker=algo_marker(algo, algos),
                 capsize=2, linewidth=1, markersize=4, label=str(config),
             )  # fmt: skip
         ax.set_xlabel("epoch")

@@ -22,10 +22,9 @@ SCORE_COLUMNS = [
     "checkpoint", "category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode",
     "value", "n_images", "prompt_set_version", "reason",
 ]  # fmt: skip
-RUN_COLUMNS = [
-    "config", "algo", "preset", "lr", "dim", "alpha", "factor", "seed", "epoch",
-    "trainable_params", "file_bytes",
-]  # fmt: skip
+RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_params", "file_bytes"]
+"""Columns every run has; besides them a run carries its algorithm's declared settings (dim, α,
+factor, …: ``setting_columns``), NaN where another algorithm has none."""
 PATH_COLUMNS = ["category", "concept", "subclass"]
 
 # Directions of the metrics the paper reports (PAPER.md §5, §6: "distance metrics are ranked
@@ -123,8 +122,8 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
         raise BadInput("runs: missing column 'checkpoint'")
     if runs["checkpoint"].duplicated().any():
         raise BadInput("runs: duplicate checkpoint rows")
-    run_cols = ["checkpoint"] + [c for c in RUN_COLUMNS if c in runs]
-    table = scores.drop(columns=[c for c in RUN_COLUMNS if c in scores]).merge(
+    run_cols = list(runs.columns)
+    table = scores.drop(columns=[c for c in run_cols if c in scores and c != "checkpoint"]).merge(
         runs[run_cols], on="checkpoint", how="left", validate="many_to_one"
     )
     for col in RUN_COLUMNS:
@@ -136,6 +135,12 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
     table["algo"] = table["algo"].astype(object)
     table.loc[base, "algo"] = "base"
     return sort_table(_normalize(table))
+
+
+def setting_columns(table: pd.DataFrame) -> list[str]:
+    """The algorithm settings a results table carries (every run column but the common ones)."""
+    common = {*SCORE_COLUMNS, *RUN_COLUMNS, "label"}
+    return [c for c in table.columns if c not in common]
 
 
 def sort_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -234,7 +239,8 @@ def _wide_to_long(path: Path, *, final_epoch: int) -> pd.DataFrame:
 
 
 def read_config_mapping(path: str | Path) -> pd.DataFrame:
-    """config_mapping.csv → config, algo (full → native), preset, lr, dim, alpha, factor."""
+    """config_mapping.csv → config, algo (LyCORIS's names → ours: full → native), preset, lr, dim,
+    alpha, factor (the settings the paper's algorithms declare)."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: config mapping not found")
@@ -245,8 +251,8 @@ def read_config_mapping(path: str | Path) -> pd.DataFrame:
     runs = pd.DataFrame(
         {
             "config": raw["Config"].astype(str),
-            # the paper's algo "full" is native fine-tuning; "full" stays a preset name only
-            "algo": raw["Algo"].astype(str).replace({"full": "native"}),
+            # the paper's algo names are LyCORIS's ("full" is native fine-tuning): the registry's aliases
+            "algo": raw["Algo"].astype(str).map(_algorithm_name),
             "preset": raw["Preset"].astype(str),
             "lr": pd.to_numeric(raw["Lr"], errors="coerce"),
             "dim": pd.to_numeric(raw["Dim"], errors="coerce"),
@@ -257,6 +263,15 @@ def read_config_mapping(path: str | Path) -> pd.DataFrame:
     if runs["config"].duplicated().any():
         raise BadInput(f"{path}: duplicate Config rows")
     return runs
+
+
+def _algorithm_name(name: str) -> str:
+    from lyco_bench.adapters import get_algorithm
+
+    try:
+        return get_algorithm(name).algo
+    except BadInput:
+        return name
 
 
 def read_paper_csv(

@@ -1,9 +1,10 @@
 """CatBoost + SHAP on scaled ranks (PAPER.md §6): which hyperparameters move each metric.
 
-Features per checkpoint: Algo and Preset (categorical), Epoch, Capacity (1–4) and Lr level (1–3).
-One CatBoostRegressor per metric label predicts the scaled rank; shap.TreeExplainer attributes
-each prediction to the features. For native fine-tuning Capacity is a constant of the algorithm,
-so its SHAP value is folded into Algo (the paper's convention).
+Features per checkpoint: Algo and Preset (categorical), Epoch, Capacity and Lr level, the last
+two from what each algorithm declares (``CapacityRule``, ``lr_grid``: the paper's levels 1–4 and
+1–3 for LoRA/LoHa/LoKr/native). One CatBoostRegressor per metric label predicts the scaled rank;
+shap.TreeExplainer attributes each prediction to the features. An algorithm whose Capacity is a
+constant (native fine-tuning) has its Capacity SHAP value folded into Algo (the paper's convention).
 """
 
 from __future__ import annotations
@@ -18,18 +19,8 @@ FEATURES = ["Algo", "Preset", "Epoch", "Capacity", "Lr level"]
 CATEGORICAL = ["Algo", "Preset"]
 CATBOOST_PARAMS = {"iterations": 300, "learning_rate": 0.1, "random_seed": 123, "nan_mode": "Min"}
 
-# PAPER.md §6: capacity levels by algorithm (LoRA/LoHa by dim, LoKr by factor; native is 4).
-PAPER_CAPACITY: dict[str, tuple[str, dict[float, int]]] = {
-    "lora": ("dim", {8: 2, 32: 3}),
-    "loha": ("dim", {4: 2, 16: 3}),
-    "lokr": ("factor", {12: 1, 8: 2, 4: 3}),
-}
-NATIVE_CAPACITY = 4
-LYCORIS_LRS = (1e-4, 5e-4, 1e-3)
-NATIVE_LRS = (5e-7, 1e-6, 5e-6)
 
-
-def _lookup(values: pd.Series, table: Mapping[float, int]) -> pd.Series:
+def _lookup(values: pd.Series, table: Mapping[float, float]) -> pd.Series:
     """Map values through `table` (float-tolerant); NaN where a value is not in it."""
     out = pd.Series(np.nan, index=values.index)
     for key, level in table.items():
@@ -37,7 +28,7 @@ def _lookup(values: pd.Series, table: Mapping[float, int]) -> pd.Series:
     return out
 
 
-def _levels(values: pd.Series, table: Mapping[float, int], *, ascending: bool, start: int) -> pd.Series:
+def _levels(values: pd.Series, table: Mapping[float, float], *, ascending: bool, start: int) -> pd.Series:
     """Levels from the paper's table. When the table matches none of the values (another study's
     grid), levels by order of the distinct values instead. Values outside a partly matching table
     are NaN, which CatBoost's nan_mode='Min' puts below every level."""
@@ -49,27 +40,50 @@ def _levels(values: pd.Series, table: Mapping[float, int], *, ascending: bool, s
     return values.map({v: start + i for i, v in enumerate(order)}).astype(float)
 
 
+def algorithm_of(label: str):
+    """The registered algorithm behind a results-table ``algo`` label (``lora``, ``lora+dora``, …),
+    or None (the base model, an algorithm this installation lacks)."""
+    from lyco_bench.adapters import get_algorithm
+    from lyco_bench.errors import BadInput
+
+    try:
+        return get_algorithm(str(label).split("+")[0])
+    except BadInput:
+        return None
+
+
 def capacity_level(table: pd.DataFrame) -> pd.Series:
+    """Capacity per row from what each algorithm declares (its CapacityRule: the paper's levels for
+    LoRA/LoHa/LoKr/native); an algorithm without a rule gets log10 of its trainable parameters."""
     out = pd.Series(np.nan, index=table.index)
     for algo, rows in table.groupby("algo", sort=True):
-        if algo == "native":
-            out[rows.index] = NATIVE_CAPACITY
-            continue
-        column, paper = PAPER_CAPACITY.get(str(algo), ("dim", {}))
-        # a larger LoKr factor gives a smaller W1 ⊗ W2 split of each dim: fewer parameters
-        out[rows.index] = _levels(
-            rows[column], paper, ascending=column == "dim", start=1 if column == "factor" else 2
-        )
+        cls = algorithm_of(algo)
+        rule = cls.capacity if cls is not None else None
+        if rule is not None and rule.constant is not None:
+            out[rows.index] = rule.constant
+        elif rule is not None and rule.setting in rows:
+            values = pd.to_numeric(rows[rule.setting], errors="coerce")
+            out[rows.index] = _levels(values, rule.levels, ascending=rule.ascending, start=rule.start)
+        elif "trainable_params" in rows:
+            out[rows.index] = np.log10(pd.to_numeric(rows["trainable_params"], errors="coerce").clip(lower=1))
     return out
 
 
 def lr_level(table: pd.DataFrame) -> pd.Series:
+    """Lr level per row: the algorithm's declared grid (the paper's three levels), else by order."""
     out = pd.Series(np.nan, index=table.index)
     for algo, rows in table.groupby("algo", sort=True):
-        grid = NATIVE_LRS if algo == "native" else LYCORIS_LRS
+        cls = algorithm_of(algo)
+        grid = (cls.lr_grid if cls is not None else None) or ()
         paper = {lr: i + 1 for i, lr in enumerate(grid)}
         out[rows.index] = _levels(rows["lr"], paper, ascending=True, start=1)
     return out
+
+
+def folds_capacity(algo: str) -> bool:
+    """Whether an algorithm's Capacity is a constant whose SHAP value belongs to Algo (native)."""
+    cls = algorithm_of(algo)
+    return bool(cls is not None and cls.capacity is not None and cls.capacity.fold_into_algo)
 
 
 def encode_features(table: pd.DataFrame) -> pd.DataFrame:
@@ -114,10 +128,10 @@ def fit_shap(features: pd.DataFrame, target: pd.Series, *, label: str, thread_co
     model.fit(x, target.to_numpy(dtype=float))
     explainer = shap.TreeExplainer(model)
     values = np.asarray(explainer.shap_values(x), dtype=float)  # (n_rows, 5)
-    native = (x["Algo"] == "native").to_numpy()
+    folded = x["Algo"].map(folds_capacity).to_numpy(dtype=bool)
     algo_col, cap_col = FEATURES.index("Algo"), FEATURES.index("Capacity")
-    values[native, algo_col] += values[native, cap_col]
-    values[native, cap_col] = 0.0
+    values[folded, algo_col] += values[folded, cap_col]
+    values[folded, cap_col] = 0.0
     expected = float(np.ravel(explainer.expected_value)[0])
     prediction = np.asarray(model.predict(x), dtype=float)
     return ShapFit(label=label, features=x, values=values, expected_value=expected, prediction=prediction)

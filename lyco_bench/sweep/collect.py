@@ -6,7 +6,6 @@ never holds duplicate rows and does not depend on the order in which jobs ran.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,12 @@ from lyco_bench.sweep.stages import checkpoint_name
 
 
 def _adapter_columns(adapter: dict[str, Any]) -> dict[str, Any]:
-    """algo/preset/dim/alpha/factor as the analysis expects them (NaN where a setting is unused)."""
-    algo = adapter["algo"]
-    nan = math.nan
-    dim = alpha = factor = nan
-    if algo in ("lora", "loha", "lokr"):
-        dim = float(adapter["dim"])
-        alpha = float(adapter["alpha"] if adapter.get("alpha") is not None else adapter["dim"])
-    if algo == "lokr":
-        factor = float(adapter["factor"])
-    return {"algo": algo, "preset": adapter["preset"], "dim": dim, "alpha": alpha, "factor": factor}
+    """algo (the algorithm's label for its settings), preset, and every setting the algorithm
+    declares (its Options: dim, alpha, factor, …) as the trainer resolved them."""
+    from lyco_bench.adapters import AdapterSpec
+
+    spec = AdapterSpec(**adapter)
+    return {"algo": spec.label(), "preset": spec.preset, **spec.options}
 
 
 def read_run_record(path: Path) -> dict[str, Any]:

@@ -10,18 +10,10 @@ from typing import Any, Literal
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from lyco_bench.adapters import AdapterSpec
+from lyco_bench.adapters import ALGORITHMS, AdapterSpec
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
 
-# PAPER.md §2 defaults per algorithm: LoRA dim 8 α 4, LoHa dim 4 α 2, LoKr factor 8 with full
-# blocks (the paper's dim 10000, which makes both Kronecker factors full matrices and s = 1).
-PAPER_ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"dim": 8, "alpha": 4},
-    "loha": {"dim": 4, "alpha": 2},
-    "lokr": {"dim": 10000, "alpha": 1, "factor": 8},
-}
-PAPER_LR = {"lora": 5e-4, "loha": 5e-4, "lokr": 5e-4, "native": 1e-6}
 OUTPUT_VERSION = 1
 """Bumped when a change to the trainer changes the checkpoints written for the same settings
 (sweep job ids cover it: every finished training becomes stale)."""
@@ -60,12 +52,12 @@ class RunConfig(StrictModel):
     """Leave unreadable images out with a warning instead of failing."""
     captions: CaptionSettings = CaptionSettings()
     adapter: AdapterSpec = AdapterSpec()
-    """Algorithm, its hyperparameters, preset, include/exclude (lyco_bench.adapters.AdapterSpec).
-    Left-out dim/alpha/factor take the paper's defaults for the algorithm (PAPER_ADAPTER_DEFAULTS)."""
+    """Algorithm, its settings, preset, include/exclude (lyco_bench.adapters.AdapterSpec); settings
+    left out take the algorithm's own defaults (the paper's for LoRA/LoHa/LoKr)."""
     train_text_encoder: bool = True
     """Adapt the text encoder too (the paper does); kept equal to ``adapter.train_text_encoder``."""
     lr: float = Field(5e-4, gt=0)
-    """Left out: the paper's default for the algorithm (5e-4 for LyCORIS algorithms, 1e-6 native)."""
+    """Left out: the algorithm's ``default_lr`` (the paper's: 5e-4 for LyCORIS algorithms, 1e-6 native)."""
     text_encoder_lr: float | None = Field(None, gt=0)
     """None: the same as ``lr`` (as the paper)."""
     lr_scheduler: Literal["constant_with_warmup", "constant", "cosine", "linear"] = "constant_with_warmup"
@@ -105,14 +97,10 @@ class RunConfig(StrictModel):
         adapter = data.get("adapter", {})
         if not isinstance(adapter, dict):
             return data  # let validation name the bad value
+        adapter = dict(adapter)
         algo = adapter.get("algo", "lora")
-        # The paper's defaults of the chosen algorithm for what the config leaves out; α only
-        # together with dim (a given dim keeps AdapterSpec's α = dim unless α is given too).
-        defaults = dict(PAPER_ADAPTER_DEFAULTS.get(algo, {}))
-        if "dim" in adapter:
-            defaults.pop("alpha", None)
-        adapter = {**defaults, **adapter}
-        data.setdefault("lr", PAPER_LR.get(algo, PAPER_LR["lora"]))
+        if algo in ALGORITHMS:  # an unknown one is named by AdapterSpec's own check
+            data.setdefault("lr", ALGORITHMS[algo].default_lr)
         # One switch, two places: the adapter spec selects the layers, the trainer the lr groups.
         if "train_text_encoder" in data:
             adapter.setdefault("train_text_encoder", data["train_text_encoder"])

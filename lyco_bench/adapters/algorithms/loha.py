@@ -18,16 +18,21 @@ dense dL/dW = gᵀx is formed once in backward and pushed through the Hadamard p
 from __future__ import annotations
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
     AdapterModule,
+    AlgorithmOptions,
     BaseLayer,
+    CapacityRule,
     alpha_tensor,
     check_keys,
     check_shape,
     dense_input_grad,
     dense_weight_grad,
+    paired_alpha,
     read_alpha,
     register_algorithm,
 )
@@ -36,31 +41,39 @@ from lyco_bench.errors import BadInput
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
+class LoHaOptions(AlgorithmOptions):
+    """LoHa settings; defaults are the paper's (dim 4, α 2)."""
+
+    dim: int = Field(4, ge=1)
+    """Rank r of each of the two products (rank(ΔW) ≤ r²)."""
+    alpha: float = 2.0
+    """α of the scale α/r; left out: 2 with the default rank (the paper's 4/2), else dim."""
+    use_tucker: bool = False
+    """Tucker cores for k×k convolutions (LyCORIS ``hada_t1``/``hada_t2``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha(cls, data):
+        return paired_alpha(data, dim=4, alpha=2.0)
+
+
 @register_algorithm
 class LoHaModule(AdapterModule):
     """LoHa for Linear and Conv2d (optionally Tucker for k×k kernels)."""
 
     algo = "loha"
+    Options = LoHaOptions
+    capacity = CapacityRule("dim", {4: 2, 16: 3})  # the paper's Capacity levels (§6)
+    lr_grid = LYCORIS_LR_GRID
     file_keys = frozenset({*_FACTORS, "hada_t1", "hada_t2", "alpha"})
     detect_keys = frozenset(_FACTORS)
     grad_mode = "dense"
 
-    def __init__(
-        self,
-        base: BaseLayer,
-        *,
-        dim: int,
-        alpha: float | None = None,
-        multiplier: float = 1.0,
-        factor: int = -1,
-        use_tucker: bool = False,
-        decompose_both: bool = False,
-    ) -> None:
-        super().__init__(base, multiplier=multiplier)
-        if dim < 1:
-            raise BadInput(f"loha: dim must be ≥ 1, got {dim}")
+    def __init__(self, base: BaseLayer, options=None, *, multiplier: float = 1.0, **settings) -> None:
+        super().__init__(base, options, multiplier=multiplier, **settings)
+        dim, use_tucker = self.options.dim, self.options.use_tucker
         self.dim = int(dim)
-        self.alpha = float(dim if alpha is None else alpha)
+        self.alpha = float(self.options.alpha)
         self.scale = self.alpha / self.dim
         w = base.weight
         out_ch, in_ch, k = w.shape[0], w.shape[1], tuple(w.shape[2:])

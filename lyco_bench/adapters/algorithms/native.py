@@ -6,7 +6,7 @@ The copy is initialized to W0 (ΔW = 0) and the forward is one F.linear / F.conv
 training costs what plain fine-tuning costs, and AdamW's weight decay acts on W itself, as in
 plain fine-tuning. The frozen W0 stays in the host model so ΔW can be saved and merged.
 File keys (LyCORIS "full"): ``diff`` = ΔW and ``diff_b`` = Δb (when the layer has a bias).
-``dim``/``alpha`` do not apply and are ignored.
+It has no settings.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from lyco_bench.adapters.base import (
     AdapterModule,
     BaseLayer,
+    CapacityRule,
     check_keys,
     check_shape,
     register_algorithm,
@@ -29,22 +30,17 @@ class NativeModule(AdapterModule):
     """Plain fine-tuning of one Linear or Conv2d layer, stored as a weight difference."""
 
     algo = "native"
+    aliases = ("full",)  # LyCORIS's name
+    default_lr = 1e-6  # the paper's (§2)
+    # One capacity for the whole algorithm (the paper's 4), folded into Algo by the analysis.
+    capacity = CapacityRule(constant=4.0, fold_into_algo=True)
+    lr_grid = (5e-7, 1e-6, 5e-6)  # the paper's lr levels for native fine-tuning (§6)
     file_keys = frozenset({"diff", "diff_b"})
     detect_keys = frozenset({"diff"})
     grad_mode = "dense"
 
-    def __init__(
-        self,
-        base: BaseLayer,
-        *,
-        dim: int = 1,
-        alpha: float | None = None,
-        multiplier: float = 1.0,
-        factor: int = -1,
-        use_tucker: bool = False,
-        decompose_both: bool = False,
-    ) -> None:
-        super().__init__(base, multiplier=multiplier)
+    def __init__(self, base: BaseLayer, options=None, *, multiplier: float = 1.0, **settings) -> None:
+        super().__init__(base, options, multiplier=multiplier, **settings)
         self.weight = nn.Parameter(base.weight.detach().clone())
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone())
 

@@ -26,21 +26,56 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
+    AlgorithmOptions,
     BaseLayer,
+    CapacityRule,
     alpha_tensor,
     check_keys,
     check_shape,
     matmul_cost,
+    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
 )
 from lyco_bench.errors import BadInput
+
+
+class LoKrOptions(AlgorithmOptions):
+    """LoKr settings; defaults are the paper's (factor 8, both blocks full: dim 10000, α 1)."""
+
+    dim: int = Field(10000, ge=1)
+    """Rank of a decomposed block; ≥ half a block's larger side makes that block a full matrix
+    (the paper's 10000: both full, scale 1)."""
+    alpha: float = 1.0
+    """α of the scale α/r (not applied when both blocks are full); left out: 1 with the default
+    dim, else dim."""
+    factor: int = 8
+    """Split factor f of each dimension into (f', d/f'), f' the divisor ≤ f closest to f; −1:
+    the most balanced split."""
+    use_tucker: bool = False
+    """Tucker core for a decomposed W2 of a k×k convolution (``lokr_t2``)."""
+    decompose_both: bool = False
+    """Decompose W1 too when it is large enough."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha(cls, data):
+        return paired_alpha(data, dim=10000, alpha=1.0)
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (balanced) or a positive integer")
+        return value
 
 
 def factorize(dim: int, factor: int = -1) -> tuple[int, int]:
@@ -105,6 +140,10 @@ class LoKrModule(AdapterModule):
     """LoKr for Linear and Conv2d."""
 
     algo = "lokr"
+    Options = LoKrOptions
+    # The paper's Capacity levels (§6): a larger factor splits into a smaller W1 ⊗ W2, less capacity.
+    capacity = CapacityRule("factor", {12: 1, 8: 2, 4: 3}, ascending=False, start=1)
+    lr_grid = LYCORIS_LR_GRID
     file_keys = frozenset(
         {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"}
     )
@@ -114,20 +153,16 @@ class LoKrModule(AdapterModule):
     def __init__(
         self,
         base: BaseLayer,
+        options=None,
         *,
-        dim: int,
-        alpha: float | None = None,
         multiplier: float = 1.0,
-        factor: int = -1,
-        use_tucker: bool = False,
-        decompose_both: bool = False,
         layout: KronLayout | None = None,
+        **settings,
     ) -> None:
-        super().__init__(base, multiplier=multiplier)
-        if dim < 1:
-            raise BadInput(f"lokr: dim must be ≥ 1, got {dim}")
-        if factor == 0 or factor < -1:
-            raise BadInput(f"lokr: factor must be -1 or ≥ 1, got {factor}")
+        super().__init__(base, options, multiplier=multiplier, **settings)
+        o = self.options
+        dim, alpha, factor = o.dim, o.alpha, o.factor
+        use_tucker, decompose_both = o.use_tucker, o.decompose_both
         self.layout = layout or KronLayout.plan(
             base, dim=dim, factor=factor, decompose_both=decompose_both, use_tucker=bool(use_tucker)
         )
@@ -135,7 +170,7 @@ class LoKrModule(AdapterModule):
         self.full = self.layout.w1_rank is None and self.layout.w2_rank is None
         # Both blocks full: s = 1 whatever alpha is (the paper's "dim 10000"); alpha still goes to
         # the file, where LyCORIS also writes alpha = dim for this case.
-        self.alpha = float(dim if alpha is None else alpha)
+        self.alpha = float(alpha)
         self.scale = 1.0 if self.full else self.alpha / self.dim
         for key, shape in self.layout.shapes().items():
             setattr(self, key, self._new(*shape))

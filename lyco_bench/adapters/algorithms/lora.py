@@ -19,22 +19,45 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
+    AlgorithmOptions,
     BaseLayer,
+    CapacityRule,
     _MergedForward,
     alpha_tensor,
     check_keys,
     check_shape,
     matmul_cost,
+    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
 )
 from lyco_bench.errors import BadInput
+
+# The paper's learning-rate levels for the LyCORIS algorithms (Yeh et al. 2024, §6).
+LYCORIS_LR_GRID = (1e-4, 5e-4, 1e-3)
+
+
+class LoRAOptions(AlgorithmOptions):
+    """LoRA / LoCon settings; defaults are the paper's (dim 8, α 4)."""
+
+    dim: int = Field(8, ge=1)
+    """Rank r of ΔW = (α/r)·B·A."""
+    alpha: float = 4.0
+    """α of the scale α/r; left out: 4 with the default rank (the paper's 8/4), else dim (scale 1)."""
+    use_tucker: bool = False
+    """Tucker core for k×k convolutions (LyCORIS ``lora_mid``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha(cls, data):
+        return paired_alpha(data, dim=8, alpha=4.0)
 
 
 @register_algorithm
@@ -45,23 +68,16 @@ class LoRAModule(AdapterModule):
     file_keys = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"})
     detect_keys = frozenset({"lora_down.weight", "lora_up.weight"})
     grad_mode = "bypass"
+    Options = LoRAOptions
+    aliases = ("locon",)
+    capacity = CapacityRule("dim", {8: 2, 32: 3})  # the paper's Capacity levels (§6)
+    lr_grid = LYCORIS_LR_GRID
 
-    def __init__(
-        self,
-        base: BaseLayer,
-        *,
-        dim: int,
-        alpha: float | None = None,
-        multiplier: float = 1.0,
-        factor: int = -1,
-        use_tucker: bool = False,
-        decompose_both: bool = False,
-    ) -> None:
-        super().__init__(base, multiplier=multiplier)
-        if dim < 1:
-            raise BadInput(f"lora: dim must be ≥ 1, got {dim}")
+    def __init__(self, base: BaseLayer, options=None, *, multiplier: float = 1.0, **settings) -> None:
+        super().__init__(base, options, multiplier=multiplier, **settings)
+        dim, alpha, use_tucker = self.options.dim, self.options.alpha, self.options.use_tucker
         self.dim = int(dim)
-        self.alpha = float(dim if alpha is None else alpha)
+        self.alpha = float(alpha)
         self.scale = self.alpha / self.dim
         w = base.weight
         out_ch, in_ch = w.shape[0], w.shape[1]
