@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from lyco_bench.adapters.base import ALGORITHMS
-from lyco_bench.adapters.loha import LoHaModule  # noqa: F401
-from lyco_bench.adapters.lokr import LoKrModule  # noqa: F401  (registers the algorithms)
-from lyco_bench.adapters.lora import LoRAModule  # noqa: F401
-from lyco_bench.adapters.native import NativeModule  # noqa: F401
+from lyco_bench.adapters.algorithms.loha import LoHaModule  # noqa: F401
+from lyco_bench.adapters.algorithms.lokr import LoKrModule  # noqa: F401  (registers the algorithms)
+from lyco_bench.adapters.algorithms.lora import LoRAModule  # noqa: F401
+from lyco_bench.adapters.algorithms.native import NativeModule  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ ALGOS = [
     ("LoHa d4 a2", "loha", dict(dim=4, alpha=2)),
     ("LoKr f8 full", "lokr", dict(dim=10000, alpha=10000, factor=8)),
     ("LoKr f8 d8", "lokr", dict(dim=8, alpha=8, factor=8)),
-    ("native", "native", dict(dim=1)),
+    ("native", "native", dict()),
 ]
 
 
