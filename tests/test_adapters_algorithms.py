@@ -104,6 +104,31 @@ def test_lokr_low_rank_conv_delta_matches_index_formula():
     assert_close(m.delta_weight(), expected)
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_lokr_tucker_delta_at_every_rank_by_hand_and_as_lycoris(rank):
+    base = conv(16, 32, 3, padding=1)  # factor 4: W1 4×4, W2 8×4×3×3 (decomposed while r < 4)
+    m = LoKrModule(base, dim=rank, alpha=1.5, factor=4, use_tucker=True)
+    assert m.layout.tucker and m.layout.w2_rank == rank and m.scale == 1.5 / rank
+    randomize(m)
+    w1, t, a, b = (getattr(m, k).detach() for k in ("lokr_w1", "lokr_t2", "lokr_w2_a", "lokr_w2_b"))
+    w2 = torch.zeros(8, 4, 3, 3, dtype=F64)  # W2[c, d] = Σ_xy T[x, y]·A[x, c]·B[y, d]
+    for c, d, x, y in itertools.product(range(8), range(4), range(rank), range(rank)):
+        w2[c, d] += t[x, y] * a[x, c] * b[y, d]
+    expected = torch.zeros(32, 16, 3, 3, dtype=F64)
+    for i, j, c, d in itertools.product(range(4), range(4), range(8), range(4)):
+        expected[i * 8 + c, j * 4 + d] = m.scale * w1[i, j] * w2[c, d]
+    assert_close(m.delta_weight(), expected)
+    assert_close(m.merged_weight(), base.weight + expected)
+
+    modules = pytest.importorskip("lycoris.modules")
+    lyco = modules.LokrModule("x", base, lora_dim=rank, alpha=1.5, factor=4, use_tucker=True).double()
+    lyco.load_state_dict(m.file_tensors())
+    x = torch.randn(2, 16, 6, 6, dtype=F64)
+    with torch.no_grad():
+        assert_close(lyco(x) - base(x), m.bypass(x))
+        assert_close(lyco(x), m(x))
+
+
 def test_lokr_scale_rule():
     lin = linear(64, 64)
     assert LoKrModule(lin, dim=10000, alpha=1.0, factor=8).scale == 1.0  # both full

@@ -190,7 +190,9 @@ class LoKrModule(AdapterModule):
         if lay.w2_rank is None:
             return self.lokr_w2
         if lay.tucker:
-            return torch.einsum("abhw,ac,bd->cdhw", self.lokr_t2, self.lokr_w2_a, self.lokr_w2_b)
+            # einsum returns a permuted layout at rank ≥ 2, which torch.kron cannot view
+            w2 = torch.einsum("abhw,ac,bd->cdhw", self.lokr_t2, self.lokr_w2_a, self.lokr_w2_b)
+            return w2.contiguous()
         return (self.lokr_w2_a @ self.lokr_w2_b).view(lay.out2, lay.in2, *lay.kernel)
 
     def delta_weight(self) -> torch.Tensor:
