@@ -63,7 +63,8 @@ class SamplerSettings(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
-AdapterArg = tuple[str | os.PathLike, float]
+AdapterArg = tuple[str | os.PathLike, float] | tuple[str | os.PathLike, float, int | None]
+"""(file, λ) or (file, λ, rank): a rank keeps the file's first rank components (DyLoRA, ``dyn=``)."""
 
 
 def base_images_key(model: str | os.PathLike, prompt_set: PromptSet, sampler: SamplerSettings) -> str:
@@ -129,7 +130,11 @@ def _adapter_label(adapters: Sequence[AdapterArg]) -> str:
     """``name@<sha256[:12]>:λ;…``: a retrained file under the same name is another adapter."""
     from lyco_bench.utils import sha256_file
 
-    return ";".join(f"{Path(p).name}@{sha256_file(p)[:12]}:{float(lam):g}" for p, lam in adapters)
+    parts = []
+    for path, lam, *rank in adapters:
+        dyn = f":dyn={rank[0]}" if rank and rank[0] is not None else ""
+        parts.append(f"{Path(path).name}@{sha256_file(path)[:12]}:{float(lam):g}{dyn}")
+    return ";".join(parts)
 
 
 def _read_manifest(
@@ -192,8 +197,10 @@ def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[None]:
         yield
         return
     from lyco_bench.adapters import merge_adapters, unmerge_adapters
+    from lyco_bench.adapters.cli import load_adapter_arg
 
-    handle = merge_adapters(pipe.unet, pipe.text_encoder, [(str(p), float(lam)) for p, lam in adapters])
+    sources = [(load_adapter_arg(p, rank[0] if rank else None), float(lam)) for p, lam, *rank in adapters]
+    handle = merge_adapters(pipe.unet, pipe.text_encoder, sources)
     try:
         yield
     finally:
@@ -225,13 +232,13 @@ def generate(
     regenerates only the images whose prompt changed.
     """
     out_dir = Path(out_dir)
-    for path, _ in adapters:
+    for path, *_ in adapters:
         if not Path(path).is_file():
             raise BadInput(f"--adapter {path}: no such file")
     items = [item.with_seed_base(sampler.seed_base) for item in items]
     _check_unique(items)
     if checkpoint_name is None:
-        checkpoint_name = "+".join(Path(p).stem for p, _ in adapters) or "base"
+        checkpoint_name = "+".join(Path(p).stem for p, *_ in adapters) or "base"
     settings = {
         "checkpoint": checkpoint_name,
         "adapters": _adapter_label(adapters),
@@ -320,23 +327,23 @@ def _check_unique(items: Sequence[PromptItem]) -> None:
 # --- command line ---------------------------------------------------------------------------
 
 
-def parse_adapter(text: str) -> tuple[str, float]:
-    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1, a finite number (as ``adapter merge``)."""
+def parse_adapter(text: str) -> tuple[str, float, int | None]:
+    """``FILE[:λ][:dyn=R]`` → (file, λ, rank); λ defaults to 1, a finite number (as ``adapter merge``)."""
     from lyco_bench.adapters.cli import parse_adapter_arg
 
     return parse_adapter_arg(text)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from lyco_bench.adapters import load_adapter
+    from lyco_bench.adapters.cli import load_adapter_arg
     from lyco_bench.data import load_dataset
     from lyco_bench.utils import check_output_dir
 
     adapters = [parse_adapter(a) for a in args.adapter]
-    for path, _ in adapters:
+    for path, _, rank in adapters:
         if not Path(path).is_file():
             raise BadInput(f"--adapter {path}: no such file")
-        load_adapter(path)  # unreadable or non-finite: refused before the model loads
+        load_adapter_arg(path, rank)  # unreadable, non-finite or bad rank: refused before the model loads
     ps = load_prompt_set(args.prompts)
     dataset = load_dataset(args.dataset)
     other = load_dataset(args.combine_dataset) if args.combine_dataset else None
@@ -407,7 +414,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="hub id, diffusers folder or single .safetensors file")
-    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:λ]", help="adapter file merged with weight λ (default 1); repeat to merge several")  # fmt: skip
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:λ][:dyn=R]", help="adapter file merged with weight λ (default 1), optionally kept to its first R rank components (DyLoRA); repeat to merge several")  # fmt: skip
     p.add_argument("--prompts", required=True, help="prompt set name (prompts/<name>.yaml) or YAML path")
     p.add_argument("--dataset", required=True, help="dataset folder (its concepts and triggers)")
     p.add_argument("--classes", nargs="+", choices=PROMPT_CLASSES, help="prompt classes (default: the set's)")

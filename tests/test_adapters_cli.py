@@ -37,10 +37,12 @@ def adapter_file(tiny_model_dir, tmp_path_factory):
 
 
 def test_parse_adapter_arg():
-    assert parse_adapter_arg("a.safetensors") == ("a.safetensors", 1.0)
-    assert parse_adapter_arg("dir/a.safetensors:0.5") == ("dir/a.safetensors", 0.5)
-    assert parse_adapter_arg("x:y.safetensors:-1") == ("x:y.safetensors", -1.0)
-    assert parse_adapter_arg("x:y.safetensors") == ("x:y.safetensors", 1.0)
+    assert parse_adapter_arg("a.safetensors") == ("a.safetensors", 1.0, None)
+    assert parse_adapter_arg("dir/a.safetensors:0.5") == ("dir/a.safetensors", 0.5, None)
+    assert parse_adapter_arg("x:y.safetensors:-1") == ("x:y.safetensors", -1.0, None)
+    assert parse_adapter_arg("x:y.safetensors") == ("x:y.safetensors", 1.0, None)
+    assert parse_adapter_arg("d/a.safetensors:0.5:dyn=8") == ("d/a.safetensors", 0.5, 8)
+    assert parse_adapter_arg("d/a.safetensors:dyn=4") == ("d/a.safetensors", 1.0, 4)
 
 
 def test_inspect_prints_modules_totals_and_metadata(adapter_file, capsys):

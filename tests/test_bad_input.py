@@ -122,11 +122,14 @@ def test_adapter_multiplier_must_be_a_finite_number(parse, tmp_path):
     with pytest.raises(BadInput) as info:
         parse("F:abc")
     assert str(info.value) == "--adapter F:abc: λ 'abc' is not a number"
-    assert parse("F:-0.5") == ("F", -0.5)
-    assert parse("runs:a/b.safetensors") == ("runs:a/b.safetensors", 1.0)  # a ':' in a folder name
+    assert parse("F:-0.5") == ("F", -0.5, None)
+    assert parse("runs:a/b.safetensors") == ("runs:a/b.safetensors", 1.0, None)  # a ':' in a folder name
     odd = tmp_path / "odd:name"
     odd.write_bytes(b"")
-    assert parse(str(odd)) == (str(odd), 1.0)  # an existing file wins over the λ reading
+    assert parse(str(odd)) == (str(odd), 1.0, None)  # an existing file wins over the λ reading
+    for tail, said in (("dyn=x", "dyn='x' is not a whole number"), ("dyn=0", "dyn must be ≥ 1")):
+        with pytest.raises(BadInput, match=said):
+            parse(f"f.safetensors:{tail}")
 
 
 def test_cli_says_the_bad_multiplier(tiny_model_dir, demo_dataset_dir, adapter_files, tmp_path, capsys):

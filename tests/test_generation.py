@@ -193,8 +193,8 @@ def test_base_images_key_and_adapter_argument():
     assert key != base_images_key(
         "runwayml/stable-diffusion-v1-5", ps.model_copy(update={"version": "1.1"}), SAMPLER
     )
-    assert parse_adapter("a/b.safetensors:0.5") == ("a/b.safetensors", 0.5)
-    assert parse_adapter("a/b.safetensors") == ("a/b.safetensors", 1.0)
+    assert parse_adapter("a/b.safetensors:0.5") == ("a/b.safetensors", 0.5, None)
+    assert parse_adapter("a/b.safetensors") == ("a/b.safetensors", 1.0, None)
 
 
 def test_cli(tiny_model_dir, demo_dataset_dir, tmp_path, capsys):

@@ -236,6 +236,23 @@ class AdapterModule(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def truncate_tensors(
+        cls, tensors: dict[str, torch.Tensor], rank: int, *, name: str
+    ) -> dict[str, torch.Tensor]:
+        """A module's file tensors kept to their first ``rank`` rank components (A1111's ``dyn=``),
+        for algorithms whose factors are ordered by rank (DyLoRA files); BadInput for the others."""
+        raise BadInput(f"{name}: {cls.algo} factors are not ordered by rank; they cannot be truncated")
+
+    @classmethod
+    def truncates(cls) -> bool:
+        """Whether :meth:`truncate_tensors` applies to this algorithm."""
+        return cls.truncate_tensors.__func__ is not AdapterModule.truncate_tensors.__func__
+
+    def before_step(self, generator: torch.Generator) -> None:
+        """Called by the trainer before each training step, with a generator seeded from the run's
+        seed and the step (DyLoRA samples its rank here). Default: nothing."""
+
+    @classmethod
     def parameter_count(cls, tensors: dict[str, torch.Tensor]) -> int:
         """Trainable numbers a module's file tensors hold (the scalar ``alpha`` excluded)."""
         return sum(t.numel() for key, t in tensors.items() if key != "alpha")
@@ -397,8 +414,8 @@ def detect_algorithm(suffixes: set[str], *, name: str, hints: set[str] | frozens
     told apart from it.
     """
     hinted = [ALGORITHMS[h] for h in sorted(hints) if h in ALGORITHMS]
-    for cls in hinted:
-        if cls.detects(suffixes) and suffixes <= cls.file_keys:
+    for cls in hinted:  # by keys alone some algorithms cannot be told apart (DyLoRA is a LoRA file)
+        if cls.detect_keys and cls.detect_keys <= suffixes <= cls.file_keys:
             return cls
     candidates = [cls for cls in ALGORITHMS.values() if cls.detects(suffixes)]
     if not candidates:

@@ -1,7 +1,7 @@
 """``lyco-bench adapter inspect|merge|extract``: look into, bake in and extract adapter files.
 
   inspect FILE                                  per-module algorithm, shapes, rank bound, params
-  merge --base MODEL --adapter FILE[:λ] … --out DIR   a complete pipeline folder with W0 + Σλ·ΔW
+  merge --base MODEL --adapter FILE[:λ][:dyn=R] … --out DIR   a complete pipeline folder with W0 + Σλ·ΔW
   extract --base MODEL --tuned MODEL2 --rank R --out FILE   SVD of tuned − base into a LoRA
 
 Everything is validated before anything is written; outputs appear atomically (temp + rename).
@@ -24,23 +24,45 @@ from lyco_bench.errors import BadInput
 EXTRACT_NEED_BYTES = 64 * 2**20
 
 
-def parse_adapter_arg(text: str, *, option: str = "--adapter") -> tuple[str, float]:
-    """``FILE`` or ``FILE:λ`` → (file, λ); λ defaults to 1 and must be a finite number.
+def parse_adapter_arg(text: str, *, option: str = "--adapter") -> tuple[str, float, int | None]:
+    """``FILE[:λ][:dyn=R]`` → (file, λ, rank or None); λ defaults to 1 and must be a finite
+    number; ``dyn=R`` keeps the first R rank components (A1111's syntax, for DyLoRA files).
 
     The text after the last ':' is the multiplier unless the whole text names an existing file
     or that text looks like a file name (holds a '/' or ends in .safetensors), so ``F:abc`` is
     reported as a bad λ rather than as a missing file ``F:abc``.
     """
+    rank = None
+    head, sep, tail = text.rpartition(":")
+    if sep and head and tail.startswith("dyn=") and not Path(text).is_file():
+        try:
+            rank = int(tail[len("dyn=") :])
+        except ValueError:
+            raise BadInput(
+                f"{option} {text}: dyn={tail[4:]!r} is not a whole number of rank components"
+            ) from None
+        if rank < 1:
+            raise BadInput(f"{option} {text}: dyn must be ≥ 1")
+        text = head
     path, sep, tail = text.rpartition(":")
     if not sep or not path or Path(text).is_file() or "/" in tail or tail.endswith(".safetensors"):
-        return text, 1.0
+        return text, 1.0, rank
     try:
         weight = float(tail)
     except ValueError:
         raise BadInput(f"{option} {text}: λ {tail!r} is not a number") from None
     if not math.isfinite(weight):
         raise BadInput(f"{option} {text}: λ must be a finite number, not {tail!r}")
-    return path, weight
+    return path, weight, rank
+
+
+def load_adapter_arg(path: str | Path, rank: int | None = None):
+    """The AdapterFile one ``--adapter`` names: the file, truncated to ``rank`` when given."""
+    from lyco_bench.adapters.fileformat import load_adapter
+    from lyco_bench.adapters.ops import truncate_adapter
+
+    file = load_adapter(path)
+    return file if rank is None else truncate_adapter(file, rank)
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -83,6 +105,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.fileformat import load_adapter
 
     file = load_adapter(args.file, allow_nonfinite=True)  # shown first, refused at the end
+    if args.rank is not None:
+        from lyco_bench.adapters.ops import truncate_adapter
+
+        file = truncate_adapter(file, args.rank)
     rows = inspect_rows(file)
     console = Console(width=args.width)
     if args.json:
@@ -157,7 +183,6 @@ def save_pipeline_atomic(pipe, out: Path) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from lyco_bench.adapters.fileformat import load_adapter
     from lyco_bench.adapters.ops import merge_adapters
     from lyco_bench.models import load_pipeline, local_model_bytes
     from lyco_bench.utils import check_output_dir, console
@@ -165,7 +190,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_new_output(out, force=args.force)
     sources = [parse_adapter_arg(a) for a in args.adapter]
-    files = [(load_adapter(path), lam) for path, lam in sources]  # validate before the heavy load
+    files = [(load_adapter_arg(path, rank), lam) for path, lam, rank in sources]  # before the heavy load
     # The merged pipeline is saved in the base's dtype: about the base's size on disk.
     check_output_dir(out, what=f"--out {out}", need_bytes=local_model_bytes(args.base))
     pipe = load_pipeline(args.base, config=args.config)
@@ -276,6 +301,12 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     )
     ins.add_argument("file", help="adapter .safetensors file (lyco-bench, LyCORIS or kohya)")
     ins.add_argument("--json", action="store_true", help="print the rows and metadata as JSON instead")
+    ins.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="show the file truncated to its first RANK rank components (DyLoRA)",
+    )
     ins.add_argument("--width", type=int, default=None, help="table width (default: terminal width)")
     ins.set_defaults(func=_cmd_inspect)
 
@@ -297,7 +328,7 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
         "--adapter",
         required=True,
         action="append",
-        metavar="FILE[:λ]",
+        metavar="FILE[:λ][:dyn=R]",
         help="adapter file with an optional multiplier (default 1); repeat to combine several",
     )
     mer.add_argument("--out", required=True, metavar="DIR", help="output pipeline folder (must not exist)")

@@ -126,6 +126,16 @@ class AdapterNetwork(nn.Module):
         return self._targets[key].text_encoder
 
     # --- training ---------------------------------------------------------------------
+    def before_step(self, step: int, *, seed: int) -> None:
+        """Let modules prepare a training step (``AdapterModule.before_step``), in module order,
+        from one generator seeded by (seed, step): the same draws when a run resumes."""
+        hooks = [m for m in self.adapters.values() if type(m).before_step is not AdapterModule.before_step]
+        if not hooks:
+            return
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+        for module in hooks:
+            module.before_step(generator)
+
     def set_multiplier(self, multiplier: float) -> None:
         """λ in forward(x) = base(x) + λ·ΔW·x for every module."""
         for module in self.adapters.values():

@@ -66,6 +66,24 @@ def _rebuild(file: AdapterFile, key: str, layer: nn.Module):
             ) from None
 
 
+def truncate_adapter(source: Source, rank: int) -> AdapterFile:
+    """The adapter with every module kept to its first ``rank`` rank components (A1111's
+    ``dyn=``: one DyLoRA training evaluated at several ranks); BadInput for an algorithm whose
+    factors are not ordered by rank, or a rank above a module's."""
+    from lyco_bench.adapters.fileformat import adapter_file_from_tensors
+
+    file = as_adapter_file(source)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, cls in file.modules.items():
+        if not hasattr(cls, "truncate_tensors"):
+            raise BadInput(f"{file.name}: {key}: {cls.algo} cannot be truncated to a rank")
+        kept = cls.truncate_tensors(file.module_tensors(key), rank, name=f"{file.name}: {key}")
+        tensors.update({f"{key}.{suffix}": t for suffix, t in kept.items()})
+    truncated = adapter_file_from_tensors(tensors, {**file.metadata, "lyco_bench.rank": str(rank)})
+    truncated.path = file.path
+    return truncated
+
+
 def delta_weights(
     file: Source, unet: nn.Module | None, text_encoder: nn.Module | None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

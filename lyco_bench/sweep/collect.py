@@ -54,9 +54,10 @@ def runs_table(plan: Plan) -> Any:
         config = record["config"]
         rows.append(
             {
-                "checkpoint": checkpoint_name(p["config"], p["seed"], p["epoch"]),
-                "config": p["config"],
+                "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
+                "config": p["evaluated"],
                 **_adapter_columns(config["adapter"]),
+                **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
                 "lr": float(config["lr"]),
                 "seed": int(record["seed"]),
                 "epoch": int(record["epoch"]),
@@ -72,7 +73,7 @@ def collect(plan: Plan) -> Any:
     from lyco_bench.analysis import collect_results, write_results
 
     score_files = [
-        plan.store.scores_path(j.params["config"], j.params["seed"], j.params["epoch"])
+        plan.store.scores_path(j.params["evaluated"], j.params["seed"], j.params["epoch"])
         for j in plan.of_kind("score")
     ]
     results = collect_results(score_files, runs_table(plan))
@@ -99,7 +100,8 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
     manifests = {"base": plan.store.base_images_dir / "manifest.parquet"}
     for config in plan.study.configs:
-        manifests[config.name] = plan.store.images_dir(config.name, seed, epoch) / "manifest.parquet"
+        for name, _ in config.evaluations():
+            manifests[name] = plan.store.images_dir(name, seed, epoch) / "manifest.parquet"
     return write_report(
         study_name=plan.study.name,
         results=results,

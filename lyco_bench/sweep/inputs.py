@@ -228,7 +228,23 @@ def _run_identity(study: LoadedStudy, config: Any, store: Any) -> dict[str, Any]
         raise BadInput(f"{study.source}: {config.key_path}: {exc}") from None
     data = run.model_dump(mode="json")
     data.pop("seed")  # the train job adds its own seed
+    _check_eval_ranks(study, config, run.adapter)
     return data
+
+
+def _check_eval_ranks(study: LoadedStudy, config: Any, adapter: Any) -> None:
+    """Evaluation ranks need an algorithm whose factors are ordered by rank, and ranks ≤ its dim."""
+    from lyco_bench.adapters import get_algorithm
+
+    if not config.eval_ranks:
+        return
+    where = f"{study.source}: {config.key_path}: eval_ranks"
+    cls = get_algorithm(adapter.algo)
+    if not cls.truncates():
+        raise BadInput(f"{where}: {adapter.algo} factors are not ordered by rank; they cannot be truncated")
+    dim = adapter.options.get("dim")
+    if dim is not None and max(config.eval_ranks) > dim:
+        raise BadInput(f"{where}: rank {max(config.eval_ranks)} is above the trained rank {dim}")
 
 
 @contextmanager

@@ -242,24 +242,26 @@ def _checkpoint_jobs(
     *,
     prepare: dict[str, Job],
     shared: list[Job],
+    name: str,
+    rank: int | None,
 ) -> list[Job]:
-    """generate → score (which encodes the checkpoint's images) for one checkpoint of ``train``."""
+    """generate → score (which encodes the checkpoint's images) for one checkpoint of ``train``,
+    evaluated as configuration ``name`` (at ``rank`` components when given)."""
     from lyco_bench.metrics import METRICS
     from lyco_bench.metrics.scoring import OUTPUT_VERSION
 
     s = study.study
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
-    where = {"config": train.params["config"], "seed": train.params["seed"], "epoch": epoch, **_where(study)}
-    readable = f"{train.params['config']}-s{train.params['seed']}-e{epoch:03d}"
-    gen_spec = {
-        "checkpoint": checkpoint_identity(train, epoch),
-        **_sampling_spec(study, inputs, s.prompts.classes),
-    }
+    where = {"config": train.params["config"], "evaluated": name, "rank": rank, "seed": train.params["seed"],
+             "epoch": epoch, **_where(study)}  # fmt: skip
+    readable = f"{name}-s{train.params['seed']}-e{epoch:03d}"
+    checkpoint = checkpoint_identity(train, epoch) | ({"rank": rank} if rank is not None else {})
+    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, s.prompts.classes)}
     gen = make_job(
         "generate", readable, spec=gen_spec, deps=[train.id, *base_deps], target="checkpoint", **where
     )
     base = next(j for j in shared if j.kind == "generate")
-    reads_base = any("base" in METRICS[name].needs for name in inputs.metrics)
+    reads_base = any("base" in METRICS[m].needs for m in inputs.metrics)
     score_spec = {
         "images": gen.id,
         "references": inputs.dataset.images,
@@ -301,7 +303,10 @@ def build_plan(
             train = _train_job(study, inputs, config, seed, base_deps)
             jobs.append(train)
             for epoch in sorted(study.study.checkpoint_epochs):
-                jobs += _checkpoint_jobs(study, inputs, train, epoch, prepare=prepare, shared=shared)
+                for name, rank in config.evaluations():
+                    jobs += _checkpoint_jobs(
+                        study, inputs, train, epoch, prepare=prepare, shared=shared, name=name, rank=rank
+                    )
     return Plan(study=study, store=store, jobs=jobs, inputs=inputs)
 
 

@@ -236,9 +236,9 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
         out_dir, adapters, name = store.base_images_dir, [], "base"
     else:
         config, seed, epoch = params["config"], params["seed"], params["epoch"]
-        out_dir = store.images_dir(config, seed, epoch)
-        adapters = [(checkpoint_path(store.run_dir(config, seed), epoch), 1.0)]
-        name = checkpoint_name(config, seed, epoch)
+        out_dir = store.images_dir(params["evaluated"], seed, epoch)
+        adapters = [(checkpoint_path(store.run_dir(config, seed), epoch), 1.0, params["rank"])]
+        name = checkpoint_name(params["evaluated"], seed, epoch)
     # Images depend on the weights and the sampler, not on which other prompts are generated: a
     # folder made under the same weights and sampler keeps every image whose prompt is unchanged.
     look = {k: v for k, v in spec.items() if k not in SAMPLING_CONTENT_KEYS}
@@ -260,7 +260,7 @@ def images_dir_of(job: Job, store: StudyStore) -> Path:
     p = job.params
     if p["target"] == "base":
         return store.base_images_dir
-    return store.images_dir(p["config"], p["seed"], p["epoch"])
+    return store.images_dir(p["evaluated"], p["seed"], p["epoch"])
 
 
 def run_encode(job: Job, store: StudyStore) -> list[Path]:
@@ -325,23 +325,24 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.metrics import score
 
     p = job.params
-    features_dir = store.features_dir(p["config"], p["seed"], p["epoch"])
+    features_dir = store.features_dir(p["evaluated"], p["seed"], p["epoch"])
     frame = score(
-        images_dir=store.images_dir(p["config"], p["seed"], p["epoch"]),
+        images_dir=store.images_dir(p["evaluated"], p["seed"], p["epoch"]),
         dataset=load_dataset(dataset_path(p["dataset"], store), verify_images=False),
         base_images_dir=store.base_images_dir if job.spec["base"] else None,
         encoders=encoder_settings(p["encoders"] | job.spec["scoring"], store),
         cache_dir=store.cache_dir / "features",
         features_dir=features_dir,
-        checkpoint=checkpoint_name(p["config"], p["seed"], p["epoch"]),
+        checkpoint=checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
         metrics=job.spec["metrics"],
     )
-    out = store.scores_path(p["config"], p["seed"], p["epoch"])
+    out = store.scores_path(p["evaluated"], p["seed"], p["epoch"])
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     if p["images"] != "keep":
         prune_images(
-            store.images_dir(p["config"], p["seed"], p["epoch"]), grids=p["images"] == "grids" and p["grid"]
+            store.images_dir(p["evaluated"], p["seed"], p["epoch"]),
+            grids=p["images"] == "grids" and p["grid"],
         )
         store.mark_pruned(job.spec["images"])
     return [out, *sorted(features_dir.rglob("*.safetensors"))]

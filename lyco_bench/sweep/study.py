@@ -44,6 +44,9 @@ class Variation(StrictModel):
     """Adapter settings overriding the block's (AdapterSpec fields: dim, alpha, factor, preset, …)."""
     training: dict[str, Any] = Field(default_factory=dict)
     """Training settings overriding the block's and the study's (lr, …)."""
+    eval_ranks: list[int] | None = None
+    """Ranks to evaluate the trained adapter at (its first r rank components, e.g. DyLoRA's), each
+    a configuration of its own on the leaderboard (``<name>-r<rank>``); None: the block's."""
     description: str = ""
 
 
@@ -57,6 +60,15 @@ class AlgorithmBlock(StrictModel):
     """Name of the configuration that uses the block's defaults unchanged (None: no such config)."""
     variations: dict[str, Variation] = Field(default_factory=dict)
     """Named configurations, each a change from the defaults."""
+    eval_ranks: list[int] = Field(default_factory=list)
+    """Ranks to evaluate each trained adapter at (empty: as trained); see Variation.eval_ranks."""
+
+    @field_validator("eval_ranks")
+    @classmethod
+    def _ranks(cls, value: list[int]) -> list[int]:
+        if any(r < 1 for r in value) or len(set(value)) != len(value):
+            raise ValueError("ranks must be unique and ≥ 1")
+        return sorted(value)
 
     @field_validator("default")
     @classmethod
@@ -158,6 +170,14 @@ class ResolvedConfig:
     """Where it was defined in the YAML (for error messages)."""
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    eval_ranks: tuple[int, ...] = ()
+    """Ranks it is evaluated at (empty: as trained)."""
+
+    def evaluations(self) -> list[tuple[str, int | None]]:
+        """(name on the leaderboard, rank or None) of each evaluation of this configuration."""
+        if not self.eval_ranks:
+            return [(self.name, None)]
+        return [(f"{self.name}-r{r}", r) for r in self.eval_ranks]
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +205,7 @@ def resolve_configs(study: Study) -> list[ResolvedConfig]:
                     adapter=adapter,
                     training=training,
                     key_path=f"algorithms.{block_name}",
+                    eval_ranks=tuple(block.eval_ranks),
                 )
             )
         for name, variation in block.variations.items():
@@ -196,6 +217,9 @@ def resolve_configs(study: Study) -> list[ResolvedConfig]:
                     training=deep_merge(training, variation.training),
                     key_path=f"algorithms.{block_name}.variations.{name}",
                     description=variation.description,
+                    eval_ranks=tuple(
+                        sorted(variation.eval_ranks if variation.eval_ranks is not None else block.eval_ranks)
+                    ),
                 )
             )
     return configs

@@ -221,6 +221,7 @@ class Session:
 
     def step(self, batch: list[int]) -> float:
         """One optimizer step; returns the batch loss."""
+        self.net.before_step(self.steps, seed=self.config.seed)
         loss = self.loss(batch)
         self.scaler.scale(loss).backward()
         if self.config.max_grad_norm > 0:
