@@ -106,6 +106,21 @@ def test_preset_module_counts(models, preset, unet_count, te_count):
     assert sum(t.text_encoder for t in targets) == te_count
 
 
+def test_ia3_preset_selects_keys_values_and_feed_forward_outputs(models):
+    """The (IA)³ layers, as LyCORIS's ia3 preset: to_k/to_v of attn1/attn2 and ff.net.2 of each
+    transformer block (in module order: down0, up1 ×2, mid), text-encoder k/v_proj and mlp.fc2."""
+    blocks = ["down_blocks_0_attentions_0", "up_blocks_1_attentions_0", "up_blocks_1_attentions_1"]
+    blocks.append("mid_block_attentions_0")
+    unet_layers = ["attn1_to_k", "attn1_to_v", "attn2_to_k", "attn2_to_v", "ff_net_2"]
+    te_layers = ["self_attn_k_proj", "self_attn_v_proj", "mlp_fc2"]
+    expected = [f"lora_unet_{b}_transformer_blocks_0_{layer}" for b in blocks for layer in unet_layers]
+    expected += [f"lora_te_text_model_encoder_layers_{i}_{layer}" for i in range(2) for layer in te_layers]
+    targets = find_targets(*models, AdapterSpec(preset="ia3"))
+    assert [t.key for t in targets] == expected
+    assert all(isinstance(t.layer, nn.Linear) for t in targets)
+    assert len(find_targets(*models, AdapterSpec(preset="ia3", train_text_encoder=False))) == 20
+
+
 def test_attn_only_selects_only_attention_projections(models):
     keys = [t.key for t in find_targets(*models, AdapterSpec(preset="attn-only"))]
     ends = ("to_q", "to_k", "to_v", "to_out_0", "q_proj", "k_proj", "v_proj", "out_proj")

@@ -7,6 +7,10 @@ The preset rule (PAPER.md §1):
              proj_in/proj_out) + text-encoder attention and MLP (fc1/fc2)
   full       every Linear and Conv2d of the UNet (ResNet convs, time embedding, samplers,
              conv_in/out) + the text encoder as in attn-mlp; with ``train_norm`` also its norm layers
+  ia3        the layers (IA)³ rescales (Liu et al. 2022): attn1/attn2 to_k/to_v and ff.net.2 of
+             UNet transformer blocks + text-encoder self_attn k_proj/v_proj and mlp.fc2 (keys and
+             values scaled on their output, the feed-forward hidden activation on ff.net.2's and
+             fc2's input, as LyCORIS's ia3 preset)
 
 Module keys follow kohya/LyCORIS: ``lora_unet_<module path, dots → _>`` and
 ``lora_te_<path>``, where the text-encoder path starts at ``text_model.`` (the layout of
@@ -32,6 +36,8 @@ TE_PREFIX = "lora_te"
 ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 TE_ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 TE_MLP = ("fc1", "fc2")
+IA3_ATTN_PROJECTIONS = ("to_k", "to_v")
+IA3_TE_ATTN_PROJECTIONS = ("k_proj", "v_proj")
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 
 
@@ -58,7 +64,7 @@ class AdapterSpec(StrictModel):
     conv_options: dict[str, Any] = {}
     """Settings for k×k conv layers (``conv_dim``, ``conv_alpha``, …): the linear settings with
     these changes when the algorithm is the same, as LyCORIS does; resolved like ``options``."""
-    preset: Literal["attn-only", "attn-mlp", "full"] = "attn-mlp"
+    preset: Literal["attn-only", "attn-mlp", "full", "ia3"] = "attn-mlp"
     """Which layers are trained (module docstring)."""
     include: list[str] = []
     """fnmatch patterns on module keys; when given, only matching modules are trained."""
@@ -169,16 +175,25 @@ def _unet_selected(path: str, layer: nn.Module, preset: str, transformer_paths: 
     if preset == "attn-mlp":
         return True
     # attn-only: to_q/to_k/to_v/to_out.0 of attn1/attn2 in the transformer blocks
+    # ia3: to_k/to_v of attn1/attn2 and ff.net.2 in the transformer blocks
     parts = path.split(".")
+    if not isinstance(layer, nn.Linear):
+        return False
+    if preset == "ia3" and parts[-3:] == ["ff", "net", "2"]:
+        return True
     tail = ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
     owner = parts[-3] if parts[-1].isdigit() else parts[-2]
-    return isinstance(layer, nn.Linear) and tail in ATTN_PROJECTIONS and owner in ("attn1", "attn2")
+    projections = IA3_ATTN_PROJECTIONS if preset == "ia3" else ATTN_PROJECTIONS
+    return tail in projections and owner in ("attn1", "attn2")
 
 
 def _te_selected(path: str, preset: str) -> bool:
     parts = path.split(".")
     if len(parts) < 2 or "layers" not in parts:
         return False
+    if preset == "ia3":
+        attention = parts[-2] == "self_attn" and parts[-1] in IA3_TE_ATTN_PROJECTIONS
+        return attention or parts[-2:] == ["mlp", "fc2"]
     if parts[-2] == "self_attn" and parts[-1] in TE_ATTN_PROJECTIONS:
         return True
     return preset != "attn-only" and parts[-2] == "mlp" and parts[-1] in TE_MLP
