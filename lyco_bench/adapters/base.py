@@ -164,6 +164,12 @@ class AdapterModule(nn.Module):
             raise BadInput(format_validation_error(exc, source=cls.algo)) from None
 
     @classmethod
+    def layer_settings(cls, key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings for the layer with file key ``key`` ((IA)³ scales the input of the
+        feed-forward output layers, the output elsewhere). Default: the same for every layer."""
+        return dict(settings)
+
+    @classmethod
     def label(cls, options: AlgorithmOptions) -> str:
         """The name results and analysis show for this algorithm with these settings."""
         return cls.algo

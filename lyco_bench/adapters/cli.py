@@ -91,7 +91,7 @@ def inspect_rows(file) -> list[dict]:
                 "shapes": shapes,
                 "alpha": None if alpha is None else float(alpha.float()),
                 "rank_bound": bound,
-                "params": parameter_count(tensors),
+                "params": parameter_count(cls, tensors),
                 "finite": key not in nonfinite,
             }
         )

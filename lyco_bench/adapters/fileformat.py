@@ -237,8 +237,12 @@ def rank_bound(cls: type, tensors: dict[str, torch.Tensor]) -> int | None:
     return int(fn(tensors))
 
 
-def parameter_count(tensors: dict[str, torch.Tensor]) -> int:
-    """Trained numbers in one module (the scalar ``alpha`` is a setting, not a parameter)."""
+def parameter_count(cls: type, tensors: dict[str, torch.Tensor]) -> int:
+    """Trained numbers in one module, as its algorithm counts them (settings stored as tensors,
+    such as ``alpha`` or (IA)³'s ``on_input``, are not parameters)."""
+    count = getattr(cls, "parameter_count", None)
+    if count is not None:
+        return int(count(tensors))
     return sum(t.numel() for k, t in tensors.items() if k != "alpha")
 
 

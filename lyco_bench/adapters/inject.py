@@ -268,5 +268,6 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
             modules[target.key] = NormAdapter(target.layer)
             continue
         algo, settings = spec.settings_for(target.layer)
-        modules[target.key] = get_algorithm(algo)(target.layer, settings)
+        cls = get_algorithm(algo)
+        modules[target.key] = cls(target.layer, cls.layer_settings(target.key, settings))
     return AdapterNetwork(targets=targets, modules=modules, spec=spec)
