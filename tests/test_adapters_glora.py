@@ -1,4 +1,4 @@
-"""GLoRA (LyCORIS's layout, LyCORIS as the oracle).
+"""GLoRA (LyCORIS's layout, LyCORIS as the oracle) and GLoKr (lyco-bench's own definition).
 
 For both: ΔW = 0 at init, forward and gradients against the dense formula in float64, bypass =
 ΔW·x, file round trip, rank bounds and parameter counts, a tiny UNet + text encoder injected,
@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.testing import assert_close
 
@@ -25,8 +26,11 @@ from lyco_bench.adapters import (
     merge_adapters,
     unmerge_adapters,
 )
+from lyco_bench.adapters.algorithms.glokr import GLoKrModule
 from lyco_bench.adapters.algorithms.glora import GLoRAModule
+from lyco_bench.adapters.algorithms.lokr import factorize
 from lyco_bench.adapters.base import detect_algorithm
+from lyco_bench.config import validate
 from lyco_bench.errors import BadInput
 from tests.test_adapters_inject import (
     one_thread,  # noqa: F401 (autouse fixture)
@@ -66,6 +70,10 @@ LAYERS = {
 SETTINGS = {
     "glora": dict(dim=3, alpha=1.5),
     "glora-rank1": dict(dim=1, alpha=2.0),
+    "glokr-full": dict(factor=4),
+    "glokr-lowrank": dict(dim=1, alpha=2.0, factor=4),
+    "glokr-tucker": dict(dim=1, alpha=2.0, factor=4, use_tucker=True),
+    "glokr-both": dict(dim=1, alpha=2.0, factor=-1, decompose_both=True),
 }
 CASES = list(itertools.product(SETTINGS, LAYERS))
 
@@ -89,6 +97,23 @@ def dense_glora(m: GLoRAModule) -> torch.Tensor:
     return m.scale * (wa + wb)
 
 
+def dense_glokr(m: GLoKrModule) -> torch.Tensor:
+    """ΔW = s·(W0·(A1 ⊗ A2) + W1 ⊗ W2) with explicit Kronecker matrices."""
+    w0 = m.base.weight.detach()
+    a = torch.kron(m.a1().detach(), m.a2().detach())  # (in, in)
+    if m.is_conv:
+        wa = torch.einsum("oihw,ij->ojhw", w0, a)
+        w1, w2 = m.w1().detach(), m.w2().detach()
+        wk = torch.zeros_like(w0)
+        lay = m.w_layout
+        for x, y, c, d in itertools.product(range(lay.out1), range(lay.in1), range(lay.out2), range(lay.in2)):
+            wk[x * lay.out2 + c, y * lay.in2 + d] = w1[x, y] * w2[c, d]
+    else:
+        wa = w0 @ a
+        wk = torch.kron(m.w1().detach(), m.w2().detach())
+    return m.scale * (wa + wk)
+
+
 # --- ΔW by hand and against the dense formula ------------------------------------------------------
 
 
@@ -106,11 +131,42 @@ def test_glora_linear_delta_by_hand():
     assert_close(m.delta_weight(), torch.tensor([[6.0, 2.0], [-6.0, 0.0]], dtype=F64))
 
 
+def test_glokr_linear_delta_by_hand():
+    base = linear(4, 2)
+    with torch.no_grad():
+        base.weight.copy_(torch.tensor([[1.0, 0, 0, 2.0], [0, 1.0, 0, 0]]))
+    m = GLoKrModule(base, factor=2)  # out 2 = 1·2, in 4 = 2·2, every block full: s = 1
+    assert m.scale == 1.0 and set(m.file_tensors()) == {
+        "glokr_a1",
+        "glokr_a2",
+        "glokr_w1",
+        "glokr_w2",
+        "alpha",
+    }
+    with torch.no_grad():
+        m.glokr_a1.copy_(torch.tensor([[1.0, 0], [0, 2.0]]))
+        m.glokr_a2.copy_(torch.tensor([[0, 1.0], [1.0, 0]]))  # A1 ⊗ A2 swaps within pairs, ×2 in the second
+        m.glokr_w1.copy_(torch.tensor([[1.0, -1.0]]))
+        m.glokr_w2.copy_(torch.tensor([[1.0, 0], [0, 0]]))
+    a = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 2], [0, 0, 2, 0]], dtype=F64)
+    kron = torch.tensor([[1, 0, -1, 0], [0, 0, 0, 0]], dtype=F64)
+    assert_close(m.delta_weight(), base.weight @ a + kron)
+
+
 @pytest.mark.parametrize(("setting", "layer"), CASES)
 def test_zero_delta_at_init(setting, layer):
     m, _ = make(setting, layer)
     assert_close(m.delta_weight(), torch.zeros_like(m.base.weight), rtol=0, atol=0)
     assert any(p.abs().max() > 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize(("setting", "layer"), CASES)
+def test_delta_weight_and_bypass_match_the_dense_formula(setting, layer):
+    m, x = make(setting, layer)
+    randomize(m)
+    dense = dense_glora(m) if isinstance(m, GLoRAModule) else dense_glokr(m)
+    assert_close(m.delta_weight(), dense)
+    assert_close(m.bypass(x), m.base_op(x, dense, None))
 
 
 @pytest.mark.parametrize("merged", [False, True], ids=["bypass", "merged"])
@@ -143,7 +199,65 @@ def test_gradients_without_input_grad_and_multiplier_zero(setting):
     assert torch.equal(m(x), m.base(x))
 
 
+def test_glokr_kronecker_orders_agree(monkeypatch):
+    for layer in LAYERS:
+        m, x = make("glokr-lowrank", layer)
+        randomize(m)
+        ref = m.base_op(x, m.delta_weight(), None)
+        for first in (True, False):
+            monkeypatch.setattr(m, "_w_orders", lambda _x, f=first: (0.0, 1.0) if f else (1.0, 0.0))
+            assert_close(m.bypass(x), ref)
+
+
+def test_glokr_gradcheck():
+    m = GLoKrModule(linear(6, 4), dim=1, alpha=3.0, factor=2)
+    randomize(m)
+    params = tuple(m.parameters())
+    assert torch.autograd.gradcheck(lambda *_: m.delta_weight(), params)
+    x = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp, *_: m(inp), (x, *params))
+
+
+def test_prefers_merged_follows_the_token_count():
+    for cls, settings in ((GLoRAModule, dict(dim=4)), (GLoKrModule, dict(factor=4))):
+        m = cls(nn.Linear(64, 64).requires_grad_(False), **settings)
+        with torch.no_grad():
+            assert not m.prefers_merged(torch.randn(1, 64))
+            assert m.prefers_merged(torch.randn(4096, 64))
+
+
 # --- ranks and parameter counts ------------------------------------------------------------------
+
+
+def test_rank_bounds_are_reached():
+    torch.manual_seed(0)
+    cases = [
+        (GLoRAModule(linear(24, 20), dim=3), 6),  # rank(W0·a1·a2) + rank(b1·b2) = 3 + 3
+        (GLoRAModule(conv(16, 24, 3), dim=1), 10),  # W0·a1 keeps 9 kernel positions: 9 + 1
+        (GLoRAModule(conv(8, 12, 1), dim=2), 4),
+        # A1 4×4 ⊗ A2 of rank 1, plus W1 4×4 ⊗ W2 (6×4) of rank 1
+        (GLoKrModule(linear(16, 24), dim=1, factor=4), 4 * 1 + 4 * 1),
+        (GLoKrModule(linear(16, 16), factor=4), 16),
+    ]
+    for m, rank in cases:
+        randomize(m)
+        assert flat_rank(m.delta_weight()) == type(m).rank_bound(m.file_tensors()) == rank, m
+
+
+def test_parameter_counts():
+    m = GLoRAModule(conv(8, 12, 3), dim=2)
+    # a1 [in, r], a2 [r, in] (1×1), b1 [out, r] (1×1), b2 [r, in, 3, 3]
+    assert GLoRAModule.parameter_count(m.file_tensors()) == 8 * 2 * 2 + 12 * 2 + 2 * 8 * 9
+    assert m.dim == 2 and sum(p.numel() for p in m.parameters()) == 8 * 2 * 2 + 12 * 2 + 2 * 8 * 9
+    lin = nn.Linear(320, 640)
+    k = GLoKrModule(lin, factor=8)  # in 320 = 8·40, out 640 = 8·80: every block full
+    lokr = ALGORITHMS["lokr"](lin, factor=8)
+    extra = 8 * 8 + 40 * 40  # A1 ⊗ A2 on top of LoKr's W1 ⊗ W2
+    lokr_count = ALGORITHMS["lokr"].parameter_count(lokr.file_tensors())
+    assert GLoKrModule.parameter_count(k.file_tensors()) == lokr_count + extra
+    low = GLoKrModule(lin, dim=4, factor=8)  # A2 40×40 → 40×4 + 4×40, W2 80×40 → 80×4 + 4×40
+    assert GLoKrModule.parameter_count(low.file_tensors()) == 64 + 2 * 4 * 40 + 8 * 8 + 4 * (80 + 40)
+    assert low.scale == 1.0 and k.scale == 1.0  # α left out with dim 4: α = dim
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -191,13 +305,84 @@ def test_glora_older_layout_is_read_by_shape():
         )
 
 
+def test_bad_files_name_the_module():
+    base = linear(16, 12)
+    good = GLoRAModule(base, dim=2).file_tensors()
+    with pytest.raises(BadInput, match=r"^lora_unet_g: b1.weight has shape \(11, 2\)"):
+        GLoRAModule.from_file_tensors(
+            base, dict(good, **{"b1.weight": torch.zeros(11, 2)}), name="lora_unet_g"
+        )
+    with pytest.raises(BadInput, match=r"lora_unet_g: glora needs .* \(missing b2.weight\)"):
+        GLoRAModule.from_file_tensors(
+            base, {k: v for k, v in good.items() if k != "b2.weight"}, name="lora_unet_g"
+        )
+    with pytest.raises(BadInput, match="unknown key suffix 'bm.weight' for glora"):
+        detect_algorithm(set(good) | {"bm.weight"}, name="lora_unet_g")
+    kr = GLoKrModule(base, dim=1, factor=4).file_tensors()
+    with pytest.raises(BadInput, match="lora_unet_k: glokr_a2_b has shape"):
+        GLoKrModule.from_file_tensors(base, dict(kr, glokr_a2_b=torch.zeros(1, 5)), name="lora_unet_k")
+    with pytest.raises(BadInput, match="lora_unet_k: glokr block W1 5×4"):
+        GLoKrModule.from_file_tensors(base, dict(kr, glokr_w1=torch.zeros(5, 4)), name="lora_unet_k")
+    with pytest.raises(BadInput, match="lora_unet_k: glokr needs glokr_a2 or"):
+        GLoKrModule.from_file_tensors(
+            base, {k: v for k, v in kr.items() if not k.startswith("glokr_a2")}, name="lora_unet_k"
+        )
+    with pytest.raises(BadInput, match="lora_unet_k: glokr_t2 given"):
+        GLoKrModule.from_file_tensors(base, dict(kr, glokr_t2=torch.zeros(1, 1, 3, 3)), name="lora_unet_k")
+    assert (
+        detect_algorithm({"glokr_a1", "glokr_a2", "glokr_w1", "glokr_w2", "alpha"}, name="k") is GLoKrModule
+    )
+    assert detect_algorithm(set(good), name="g") is GLoRAModule
+
+
 # --- settings ------------------------------------------------------------------------------------
+
+
+def test_spec_settings_and_defaults():
+    assert AdapterSpec(algo="glora", dim=4).options == {"dim": 4, "alpha": 4.0}  # only dim: α = dim
+    assert AdapterSpec(algo="glora").options == {"dim": 8, "alpha": 4.0}
+    assert AdapterSpec(algo="glokr").options == {
+        "dim": 10000,
+        "alpha": 1.0,
+        "factor": 8,
+        "use_tucker": False,
+        "decompose_both": False,
+    }
+    spec = AdapterSpec(algo="glokr", factor=4, dim=2, conv_dim=1)
+    assert (spec.options["factor"], spec.options["dim"], spec.options["alpha"]) == (4, 2, 2.0)
+    assert (spec.conv_options["factor"], spec.conv_options["dim"]) == (4, 1)
+    with pytest.raises(
+        ValidationError, match=r"use_tucker: not a setting of glora \(its settings: dim, alpha\)"
+    ):
+        AdapterSpec(algo="glora", use_tucker=True)
+    with pytest.raises(BadInput, match=r"factor: not a setting of glora"):
+        validate(AdapterSpec, {"algo": "glora", "factor": 4}, source="x")
+    with pytest.raises(BadInput, match=r"rank: not a setting of glokr"):
+        validate(AdapterSpec, {"algo": "glokr", "rank": 4}, source="x")
+    with pytest.raises(BadInput, match=r"factor"):
+        validate(AdapterSpec, {"algo": "glokr", "factor": 0}, source="x")
+    with pytest.raises(BadInput, match=r"dim"):
+        validate(AdapterSpec, {"algo": "glora", "dim": 0}, source="x")
+    with pytest.raises(BadInput, match=r"glora.*unknown_opt"):
+        GLoRAModule(linear(4, 4), unknown_opt=1)
+
+
+def test_glokr_blocks_follow_the_factor_rule():
+    m = GLoKrModule(nn.Linear(320, 1280), dim=4, factor=8)
+    assert (m.w_layout.out1, m.w_layout.out2) == factorize(1280, 8)
+    assert (m.a_layout.in1, m.a_layout.in2) == factorize(320, 8) == (m.w_layout.in1, m.w_layout.in2)
+    assert (m.a_layout.w1_rank, m.a_layout.w2_rank, m.w_layout.w2_rank) == (None, 4, 4)
+    assert m.scale == 1.0  # α = dim
+    assert GLoKrModule(nn.Linear(320, 1280), dim=4, alpha=2.0, factor=8).scale == 0.5
+    assert GLoKrModule(nn.Linear(320, 1280), alpha=3.0, factor=8).scale == 1.0  # every block full
 
 
 # --- the tiny models: inject, train, save, load, merge --------------------------------------------
 
 SPECS = {
     "glora": AdapterSpec(algo="glora", dim=4, alpha=2, preset="full"),
+    "glokr": AdapterSpec(algo="glokr", dim=2, alpha=1, factor=4, preset="full"),
+    "glokr-full": AdapterSpec(algo="glokr", factor=-1, preset="attn-mlp"),
 }
 
 
