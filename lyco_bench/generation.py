@@ -96,8 +96,11 @@ def make_scheduler(pipe: Any, sampler: str) -> Any:
     raise BadInput(f"sampler: unknown sampler {sampler!r} (ddim, euler, dpm++)")
 
 
-def sample_batch(pipe: Any, items: Sequence[PromptItem], sampler: SamplerSettings) -> Any:
-    """Sample one batch; returns uint8 images (B, H, W, 3). One generator per image (its seed)."""
+def sample_batch(
+    pipe: Any, items: Sequence[PromptItem], sampler: SamplerSettings, methods: Sequence[Any] = ()
+) -> Any:
+    """Sample one batch; returns uint8 images (B, H, W, 3). One generator per image (its seed);
+    ``methods`` (model-level, attached or merged) rewrite each prompt (TI: trigger → its tokens)."""
     import numpy as np
 
     device = pipe.device
@@ -105,7 +108,7 @@ def sample_batch(pipe: Any, items: Sequence[PromptItem], sampler: SamplerSetting
     generators = [torch.Generator(device=gen_device).manual_seed(item.seed) for item in items]
     with torch.inference_mode():
         out = pipe(
-            prompt=[item.prompt for item in items],
+            prompt=[_method_prompt(item.prompt, methods) for item in items],
             negative_prompt=[sampler.negative_prompt] * len(items),
             num_inference_steps=sampler.steps,
             guidance_scale=sampler.cfg,
@@ -116,6 +119,12 @@ def sample_batch(pipe: Any, items: Sequence[PromptItem], sampler: SamplerSetting
         )
     images = np.asarray(out.images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
     return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _method_prompt(text: str, methods: Sequence[Any]) -> str:
+    for method in methods:
+        text = method.prompt(text)
+    return text
 
 
 def save_png(array: Any, path: Path) -> None:
@@ -191,20 +200,40 @@ def _is_done(item: PromptItem, rows: dict[str, dict[str, Any]], out_dir: Path) -
 
 
 @contextlib.contextmanager
-def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[None]:
-    """Adapters merged into the UNet / text-encoder weights (W0 += λ·ΔW), restored on exit."""
-    if not adapters:
-        yield
-        return
+def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[list[Any]]:
+    """Adapters merged into the UNet / text-encoder weights (W0 += λ·ΔW), restored on exit.
+
+    A model-level method's file (lyco_bench.methods: Textual Inversion, Hypernetworks) is merged
+    too when that is exact, else attached for the call; the methods are yielded, for their prompts.
+    """
     from lyco_bench.adapters import merge_adapters, unmerge_adapters
     from lyco_bench.adapters.cli import load_adapter_arg
+    from lyco_bench.methods import method_of_file
 
-    sources = [(load_adapter_arg(p, rank[0] if rank else None), float(lam)) for p, lam, *rank in adapters]
-    handle = merge_adapters(pipe.unet, pipe.text_encoder, sources)
+    layers, methods = [], []
+    for path, lam, *rank in adapters:
+        cls = method_of_file(path)
+        if cls is None:
+            layers.append((load_adapter_arg(path, rank[0] if rank else None), float(lam)))
+        else:
+            method = cls.from_file(path)
+            method.set_multiplier(float(lam))
+            methods.append(method)
+    handle = merge_adapters(pipe.unet, pipe.text_encoder, layers) if layers else None
+    undo = []
     try:
-        yield
+        for method in methods:
+            if method.merges_exactly:
+                undo.append((method.unmerge, method.merge(pipe)))
+            else:
+                method.attach(pipe)
+                undo.append((lambda _h, m=method: m.detach(), None))
+        yield methods
     finally:
-        unmerge_adapters(handle)
+        for fn, arg in reversed(undo):
+            fn(arg)
+        if handle is not None:
+            unmerge_adapters(handle)
 
 
 def generate(
@@ -263,14 +292,14 @@ def generate(
         pipeline = _load(model, device=device or default_device(), dtype=DTYPES[sampler.dtype])
     pipeline.scheduler = make_scheduler(pipeline, sampler.sampler)
     total = sum(i.relpath not in done for batch in todo for i in batch)
-    with _merged(pipeline, adapters), progress_bar() as bar:
+    with _merged(pipeline, adapters) as methods, progress_bar() as bar:
         task = bar.add_task("generate", total=total, info=checkpoint_name)
         for batch in todo:
             # The whole batch is sampled even if some of it is on disk: its composition fixes
             # the float rounding, so a resumed run writes the same bytes as an uninterrupted one.
             missing = [
                 (item, image)
-                for item, image in zip(batch, sample_batch(pipeline, batch, sampler), strict=True)
+                for item, image in zip(batch, sample_batch(pipeline, batch, sampler, methods), strict=True)
                 if item.relpath not in done
             ]
             for item, image in missing:
@@ -337,13 +366,16 @@ def parse_adapter(text: str) -> tuple[str, float, int | None]:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.cli import load_adapter_arg
     from lyco_bench.data import load_dataset
+    from lyco_bench.methods import method_of_file
     from lyco_bench.utils import check_output_dir
 
     adapters = [parse_adapter(a) for a in args.adapter]
     for path, _, rank in adapters:
         if not Path(path).is_file():
             raise BadInput(f"--adapter {path}: no such file")
-        load_adapter_arg(path, rank)  # unreadable, non-finite or bad rank: refused before the model loads
+        # unreadable, non-finite or a bad rank: refused before the model loads
+        method = method_of_file(path)
+        method.from_file(path) if method is not None else load_adapter_arg(path, rank)
     ps = load_prompt_set(args.prompts)
     dataset = load_dataset(args.dataset)
     other = load_dataset(args.combine_dataset) if args.combine_dataset else None

@@ -28,8 +28,12 @@ def _load_algorithms() -> None:
     ``lyco_bench.algorithms`` entry point (``name = "package.module:Class"``)."""
     from importlib.metadata import entry_points
 
-    for info in sorted(pkgutil.iter_modules(_builtin.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{_builtin.__name__}.{info.name}")
+    import lyco_bench.methods as _methods
+
+    for package in (_builtin, _methods):  # layer algorithms, then model-level methods
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if not info.name.startswith("_") and info.name != "base":
+                importlib.import_module(f"{package.__name__}.{info.name}")
     for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
         try:
             cls = point.load()
@@ -37,8 +41,12 @@ def _load_algorithms() -> None:
             raise BadInput(
                 f"algorithm plug-in {point.name} ({point.value}): cannot be imported ({exc})"
             ) from None
-        if not (isinstance(cls, type) and issubclass(cls, AdapterModule)):
-            raise BadInput(f"algorithm plug-in {point.name} ({point.value}): not an AdapterModule subclass")
+        from lyco_bench.methods.base import is_model_method
+
+        if not (isinstance(cls, type) and (issubclass(cls, AdapterModule) or is_model_method(cls))):
+            raise BadInput(
+                f"algorithm plug-in {point.name} ({point.value}): not an AdapterModule or ModelMethod subclass"
+            )
         if ALGORITHMS.get(cls.algo) is not cls:
             register_algorithm(cls)
 

@@ -391,8 +391,9 @@ def alpha_tensor(alpha: float) -> torch.Tensor:
 ALGORITHMS: dict[str, type[AdapterModule]] = {}
 
 
-def register_algorithm(cls: type[AdapterModule]) -> type[AdapterModule]:
-    """Class decorator: make an algorithm available by its ``algo`` name."""
+def register_algorithm(cls: type) -> type:
+    """Class decorator: make a layer algorithm (an AdapterModule) or a model-level method (a
+    lyco_bench.methods.ModelMethod) available by its ``algo`` name."""
     if cls.algo in ALGORITHMS and ALGORITHMS[cls.algo] is not cls:
         raise ValueError(f"algorithm {cls.algo!r} registered twice")
     ALGORITHMS[cls.algo] = cls
@@ -419,11 +420,15 @@ def detect_algorithm(suffixes: set[str], *, name: str, hints: set[str] | frozens
     LoRA + ``dora_scale`` is LoRA with DoRA, and an algorithm whose keys extend another's is
     told apart from it.
     """
-    hinted = [ALGORITHMS[h] for h in sorted(hints) if h in ALGORITHMS]
+    hinted = [
+        ALGORITHMS[h] for h in sorted(hints) if h in ALGORITHMS and issubclass(ALGORITHMS[h], AdapterModule)
+    ]
     for cls in hinted:  # by keys alone some algorithms cannot be told apart (DyLoRA is a LoRA file)
         if cls.detect_keys and cls.detect_keys <= suffixes <= cls.file_keys:
             return cls
-    candidates = [cls for cls in ALGORITHMS.values() if cls.detects(suffixes)]
+    candidates = [
+        cls for cls in ALGORITHMS.values() if issubclass(cls, AdapterModule) and cls.detects(suffixes)
+    ]
     if not candidates:
         raise BadInput(f"{name}: unknown key suffixes {sorted(suffixes)}")
     cls = max(candidates, key=lambda c: (len(c.detect_keys), suffixes <= c.file_keys))

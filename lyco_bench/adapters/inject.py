@@ -254,8 +254,13 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
     Every parameter of both models is frozen; only the adapter parameters train. The caller
     seeds torch before calling (initialization uses the global RNG, in target order).
     """
+    from lyco_bench.adapters.base import AdapterModule
     from lyco_bench.adapters.network import AdapterNetwork, NormAdapter
 
+    if not issubclass(get_algorithm(spec.algo), AdapterModule):
+        raise BadInput(
+            f"adapter: {spec.algo} is a model-level method, not a layer algorithm: it attaches to a pipeline"
+        )
     targets = find_targets(unet, text_encoder, spec)
     if not targets:
         raise BadInput(f"adapter: preset {spec.preset!r} with include/exclude selects no module")

@@ -136,6 +136,11 @@ class AdapterNetwork(nn.Module):
         for module in hooks:
             module.before_step(generator)
 
+    def caption(self, text: str, concept: Any) -> str:
+        """Training captions as the adapters need them: unchanged (a model-level method may
+        rewrite them, lyco_bench.methods)."""
+        return text
+
     def set_multiplier(self, multiplier: float) -> None:
         """λ in forward(x) = base(x) + λ·ΔW·x for every module."""
         for module in self.adapters.values():

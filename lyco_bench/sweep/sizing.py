@@ -194,7 +194,10 @@ _PARAMS_CACHE: dict[tuple[str, str], int | None] = {}
 
 
 def _injected_parameters(plan: Any, adapter: dict[str, Any]) -> int | None:
-    from lyco_bench.adapters import AdapterSpec, inject
+    from lyco_bench.adapters import AdapterModule, AdapterSpec, get_algorithm, inject
+
+    if not issubclass(get_algorithm(adapter["algo"]), AdapterModule):
+        return None  # a model-level method: its size is known once it is trained
 
     models = _meta_models(plan)
     if models is None:

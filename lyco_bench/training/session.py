@@ -99,18 +99,25 @@ class Session:
     def _build_network(self) -> None:
         from diffusers import DDPMScheduler
 
-        from lyco_bench.adapters import inject
+        from lyco_bench.adapters import get_algorithm, inject
+        from lyco_bench.methods import is_model_method
 
         cfg = self.config
         text_encoder = self.pipe.text_encoder if cfg.train_text_encoder else None
+        cls = get_algorithm(cfg.adapter.algo)
         # Adapter initialization (nn.init.*) draws from the global RNG: seed it from the run seed
         # inside a fork, so the factors depend on the config alone and the caller's RNG state is
         # neither read nor changed.
         devices = [self.device.index or 0] if self.device.type == "cuda" else []  # init may run there
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
-            self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
+            if is_model_method(cls):  # acts on the pipeline as a whole (TI, hypernetworks)
+                concepts = list({c.key: c for c, _ in self.pairs}.values())
+                self.net = cls(cfg.adapter.options).attach(self.pipe, concepts=concepts)
+            else:
+                self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
         self.net.to(self.device)
+        self.text_encoder_gradients = cfg.train_text_encoder or getattr(cls, "text_encoder_gradients", False)
         self.pipe.unet.train()
         if self.pipe.text_encoder is not None:
             self.pipe.text_encoder.train(cfg.train_text_encoder)
@@ -175,12 +182,15 @@ class Session:
 
         cfg, noise_gen = self.config, self.generators["noise"]
         captions = [
-            caption_for(
-                self.pairs[i][1],
+            self.net.caption(
+                caption_for(
+                    self.pairs[i][1],
+                    self.pairs[i][0],
+                    cfg.captions.strategy,
+                    dropout=cfg.captions.dropout,
+                    generator=self.generators["caption"],
+                ),
                 self.pairs[i][0],
-                cfg.captions.strategy,
-                dropout=cfg.captions.dropout,
-                generator=self.generators["caption"],
             )
             for i in batch
         ]
@@ -214,7 +224,7 @@ class Session:
         with torch.autocast(
             dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
         ):
-            with torch.set_grad_enabled(self.config.train_text_encoder):
+            with torch.set_grad_enabled(self.text_encoder_gradients):
                 cond = self.pipe.text_encoder(ids.to(dev))[0]  # (B, 77, D) last hidden state
             pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B, 4, h, w)
         return F.mse_loss(pred.float(), target.to(dev).float())
