@@ -8,6 +8,7 @@ with Wja: [r, out], Wjb: [r, in], Tj: [r, r, k, k].
 
 Init (as LyCORIS): W1b, W2b ~ N(0, 1), W1a ~ N(0, 0.1), T ~ N(0, 0.1), W2a = 0, so ΔW = 0.
 File keys: ``hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b`` (+ ``hada_t1, hada_t2``), ``alpha``.
+With ``dora`` the update is weight-decomposed (``lyco_bench.adapters.dora``, key ``dora_scale``).
 
 Memory: ΔW is built by a custom autograd Function that saves only the factors and recomputes
 the two dense products in backward one at a time, so no ΔW-sized tensor is kept for backward.
@@ -36,6 +37,7 @@ from lyco_bench.adapters.base import (
     read_alpha,
     register_algorithm,
 )
+from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -50,6 +52,8 @@ class LoHaOptions(AlgorithmOptions):
     """α of the scale α/r; left out: 2 with the default rank (the paper's 4/2), else dim."""
     use_tucker: bool = False
     """Tucker cores for k×k convolutions (LyCORIS ``hada_t1``/``hada_t2``)."""
+    dora: bool = False
+    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -58,14 +62,14 @@ class LoHaOptions(AlgorithmOptions):
 
 
 @register_algorithm
-class LoHaModule(AdapterModule):
+class LoHaModule(DoRAMixin, AdapterModule):
     """LoHa for Linear and Conv2d (optionally Tucker for k×k kernels)."""
 
     algo = "loha"
     Options = LoHaOptions
     capacity = CapacityRule("dim", {4: 2, 16: 3})  # the paper's Capacity levels (§6)
     lr_grid = LYCORIS_LR_GRID
-    file_keys = frozenset({*_FACTORS, "hada_t1", "hada_t2", "alpha"})
+    file_keys = frozenset({*_FACTORS, "hada_t1", "hada_t2", "alpha", "dora_scale"})
     detect_keys = frozenset(_FACTORS)
     grad_mode = "dense"
 
@@ -106,10 +110,10 @@ class LoHaModule(AdapterModule):
         a, b = self._side_params(j)
         return (a @ b).view_as(self.base.weight)  # (out, r) @ (r, in·k·k)
 
-    def delta_weight(self) -> torch.Tensor:
-        return _HadamardDelta.apply(self, *self.parameters())
+    def update_weight(self) -> torch.Tensor:
+        return _HadamardDelta.apply(self, *self.update_parameters())
 
-    def delta_weight_vjp(self, grad_w: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def update_vjp(self, grad_w: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grads: dict[str, torch.Tensor] = {}
         for j, other in ((1, 2), (2, 1)):
             with torch.no_grad():
@@ -129,9 +133,11 @@ class LoHaModule(AdapterModule):
                 side_grads = (g2 @ b.detach().t(), a.detach().t() @ g2)  # (out, r), (r, in·k·k)
             del g_side
             grads.update(zip(names, side_grads, strict=True))
-        return tuple(grads[name] for name, p in self.named_parameters() if p.requires_grad)
+        return tuple(grads[name] for name, p in self.named_update_parameters() if p.requires_grad)
 
     def merged_weight(self) -> torch.Tensor:
+        if self.dora:
+            return super().merged_weight()
         with torch.no_grad():
             # W0 + λs·W1 ⊙ W2 in one pass over the weight
             return torch.addcmul(
@@ -143,7 +149,7 @@ class LoHaModule(AdapterModule):
     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
         """One rebuild of W1, W2 serves dL/dx and the factors: with G = λs·gᵀx,
         dL/dW1 = G ⊙ W2 and dL/dW2 = G ⊙ W1 (each built in place on the other product)."""
-        if self.tucker:
+        if self.tucker or self.dora:
             return super().merged_backward(x, g, input_grad=input_grad)
         with torch.no_grad():
             w1, w2 = self._side(1), self._side(2)
@@ -198,7 +204,9 @@ class LoHaModule(AdapterModule):
             t = tensors[key]
             # LyCORIS stores the conv factors as 2-D matrices; accept a 4-D 1×1 layout too.
             check_shape(name, key, t.reshape(shape) if t.numel() == _numel(shape) else t, shape)
-        module = cls(base, dim=dim, alpha=read_alpha(tensors, dim, name=name), use_tucker=tucker)
+        alpha = read_alpha(tensors, dim, name=name)
+        module = cls(base, dim=dim, alpha=alpha, use_tucker=tucker, dora=has_dora(tensors))
+        module.load_dora_scale(tensors, name=name)
         with torch.no_grad():
             for key, shape in shapes.items():
                 getattr(module, key).copy_(tensors[key].reshape(shape))
@@ -212,7 +220,7 @@ class LoHaModule(AdapterModule):
             r, out_ch, fan_in = a.shape[0], a.shape[1], b.shape[1] * tensors["hada_t1"][0, 0].numel()
         else:
             r, out_ch, fan_in = b.shape[0], a.shape[0], b[0].numel()
-        return int(min(r * r, out_ch, fan_in))
+        return dora_rank_bound(tensors, min(r * r, out_ch, fan_in), out_ch, fan_in)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -234,6 +242,6 @@ class _HadamardDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor):
         module: LoHaModule = ctx.module
-        trainable = iter(module.delta_weight_vjp(grad_w))
-        grads = [next(trainable) if p.requires_grad else None for p in module.parameters()]
+        trainable = iter(module.update_vjp(grad_w))
+        grads = [next(trainable) if p.requires_grad else None for p in module.update_parameters()]
         return (None, *grads)

@@ -13,6 +13,7 @@ s = α/r, except s = 1 when both blocks are full (the paper's "dim 10000").
 Init (as LyCORIS): W1 (or W1a, W1b), W2a, T2 Kaiming-uniform; W2 or W2b = 0, so ΔW = 0.
 File keys: ``lokr_w1 | lokr_w1_a, lokr_w1_b``, ``lokr_w2 | lokr_w2_a, lokr_w2_b (+ lokr_t2)``,
 ``alpha``. Non-Tucker conv W2b is stored flattened as [r, in₂·k·k], Tucker W2a as [r, out₂].
+With ``dora`` the update is weight-decomposed (``lyco_bench.adapters.dora``, key ``dora_scale``).
 
 Training never builds ΔW·x densely: with X the input reshaped to (…, in₁, in₂),
 (W1 ⊗ W2)·x = vec(W1·X·W2ᵀ); for conv, a k×k conv with W2 over the in₁ channel groups then a
@@ -45,6 +46,7 @@ from lyco_bench.adapters.base import (
     register_algorithm,
     tokens,
 )
+from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput
 
 
@@ -64,6 +66,8 @@ class LoKrOptions(AlgorithmOptions):
     """Tucker core for a decomposed W2 of a k×k convolution (``lokr_t2``)."""
     decompose_both: bool = False
     """Decompose W1 too when it is large enough."""
+    dora: bool = False
+    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -136,7 +140,7 @@ class KronLayout:
 
 
 @register_algorithm
-class LoKrModule(AdapterModule):
+class LoKrModule(DoRAMixin, AdapterModule):
     """LoKr for Linear and Conv2d."""
 
     algo = "lokr"
@@ -145,7 +149,8 @@ class LoKrModule(AdapterModule):
     capacity = CapacityRule("factor", {12: 1, 8: 2, 4: 3}, ascending=False, start=1)
     lr_grid = LYCORIS_LR_GRID
     file_keys = frozenset(
-        {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"}
+        {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
+        | {"alpha", "dora_scale"}
     )
     detect_keys = frozenset({"lokr_w1"})  # or lokr_w1_a: see detects()
     grad_mode = "bypass"
@@ -195,12 +200,14 @@ class LoKrModule(AdapterModule):
             return w2.contiguous()
         return (self.lokr_w2_a @ self.lokr_w2_b).view(lay.out2, lay.in2, *lay.kernel)
 
-    def delta_weight(self) -> torch.Tensor:
+    def update_weight(self) -> torch.Tensor:
         w1, w2 = self.w1() * self.scale, self.w2()
         w1 = w1.view(*w1.shape, *([1] * (w2.dim() - 2)))  # (out₁, in₁[, 1, 1])
         return torch.kron(w1, w2)
 
     def merged_weight(self) -> torch.Tensor:
+        if self.dora:
+            return super().merged_weight()
         # W0 + λs·(W1 ⊗ W2) in one pass over the weight: W viewed as (out₁, out₂, in₁, in₂[, k, k])
         # holds W[a·out₂ + c, b·in₂ + d] at [a, c, b, d], so the Kronecker product is a broadcast
         # product of W1 as (out₁, 1, in₁, 1) and W2 as (1, out₂, 1, in₂) that addcmul adds to W0.
@@ -211,7 +218,7 @@ class LoKrModule(AdapterModule):
         w0v = w0.reshape(lay.out1, lay.out2, lay.in1, lay.in2, *k)
         return torch.addcmul(w0v, w1, w2, value=self.multiplier * self.scale).view(w0.shape)
 
-    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+    def update_bypass(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_bypass(x) if self.is_conv else self._linear_bypass(x)
 
     def _linear_bypass(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,6 +296,8 @@ class LoKrModule(AdapterModule):
         output gradient reshaped by blocks. The factors' gradients follow by autograd through
         the (small) block parametrizations W1(θ), W2(θ).
         """
+        if self.dora:
+            return super().merged_param_grads(x, g)
         with torch.no_grad():
             w1, w2 = self.w1(), self.w2()
             gw1, gw2 = (
@@ -349,7 +358,7 @@ class LoKrModule(AdapterModule):
     def file_tensors(self) -> dict[str, torch.Tensor]:
         out = {key: getattr(self, key).detach() for key in self.layout.shapes()}
         out["alpha"] = alpha_tensor(self.alpha)
-        return out
+        return {**out, **self.dora_file_tensors()}
 
     @classmethod
     def from_file_tensors(cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> LoKrModule:
@@ -359,13 +368,14 @@ class LoKrModule(AdapterModule):
             if key not in tensors:
                 raise BadInput(f"{name}: lokr needs {key}")
             check_shape(name, key, tensors[key], shape)
-        extra = set(tensors) - set(layout.shapes()) - {"alpha"}
+        extra = set(tensors) - set(layout.shapes()) - {"alpha", "dora_scale"}
         if extra:
             raise BadInput(f"{name}: lokr key {sorted(extra)[0]!r} does not fit the other blocks")
         rank = layout.w1_rank or layout.w2_rank
         alpha = read_alpha(tensors, rank or 1, name=name)
         dim = rank if rank is not None else max(1, round(alpha))
-        module = cls(base, dim=dim, alpha=alpha, layout=layout)
+        module = cls(base, dim=dim, alpha=alpha, layout=layout, dora=has_dora(tensors))
+        module.load_dora_scale(tensors, name=name)
         with torch.no_grad():
             for key in layout.shapes():
                 getattr(module, key).copy_(tensors[key])
@@ -375,20 +385,24 @@ class LoKrModule(AdapterModule):
     def rank_bound(cls, tensors: dict[str, torch.Tensor]) -> int:
         # rank(A ⊗ B) = rank(A)·rank(B), with B flattened to [out₂, in₂·k·k]
         if "lokr_w1" in tensors:
-            r1 = min(tensors["lokr_w1"].shape)
+            (out1, in1), r1 = tensors["lokr_w1"].shape, min(tensors["lokr_w1"].shape)
         else:
             a, b = tensors["lokr_w1_a"], tensors["lokr_w1_b"]
-            r1 = min(a.shape[0], a.shape[1], b.shape[1])
+            out1, in1 = a.shape[0], b.shape[1]
+            r1 = min(out1, a.shape[1], in1)
         if "lokr_w2" in tensors:
             w2 = tensors["lokr_w2"]
-            r2 = min(w2.shape[0], w2[0].numel())
+            out2, fan2 = w2.shape[0], w2[0].numel()
+            r2 = min(out2, fan2)
         elif "lokr_t2" in tensors:
             a, b, t = tensors["lokr_w2_a"], tensors["lokr_w2_b"], tensors["lokr_t2"]
-            r2 = min(a.shape[0], a.shape[1], b.shape[1] * t[0, 0].numel())
+            out2, fan2 = a.shape[1], b.shape[1] * t[0, 0].numel()
+            r2 = min(a.shape[0], out2, fan2)
         else:
             a, b = tensors["lokr_w2_a"], tensors["lokr_w2_b"]
-            r2 = min(a.shape[0], a.shape[1], b.shape[1])
-        return int(r1 * r2)
+            out2, fan2 = a.shape[0], b.shape[1]
+            r2 = min(out2, a.shape[1], fan2)
+        return dora_rank_bound(tensors, r1 * r2, out1 * out2, in1 * fan2)
 
 
 def _layout_from_tensors(base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> KronLayout:

@@ -11,6 +11,7 @@ to a core (Tucker decomposition, as LyCORIS's LoCon):
 Init (as kohya/LyCORIS): A (and M) Kaiming-uniform, B = 0, so ΔW = 0 at step 0.
 File keys (kohya/LyCORIS): ``lora_down.weight`` = A, ``lora_up.weight`` = B, ``lora_mid.weight``
 = M, ``alpha``; conv factors are stored as 4-D conv weights, linear ones as 2-D matrices.
+With ``dora`` the update is weight-decomposed (``lyco_bench.adapters.dora``, key ``dora_scale``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from lyco_bench.adapters.base import (
     register_algorithm,
     tokens,
 )
+from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput
 
 # The paper's learning-rate levels for the LyCORIS algorithms (Yeh et al. 2024, §6).
@@ -53,6 +55,8 @@ class LoRAOptions(AlgorithmOptions):
     """α of the scale α/r; left out: 4 with the default rank (the paper's 8/4), else dim (scale 1)."""
     use_tucker: bool = False
     """Tucker core for k×k convolutions (LyCORIS ``lora_mid``)."""
+    dora: bool = False
+    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -61,11 +65,11 @@ class LoRAOptions(AlgorithmOptions):
 
 
 @register_algorithm
-class LoRAModule(AdapterModule):
+class LoRAModule(DoRAMixin, AdapterModule):
     """LoRA for Linear, LoCon (optionally Tucker) for Conv2d."""
 
     algo = "lora"
-    file_keys = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"})
+    file_keys = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale"})
     detect_keys = frozenset({"lora_down.weight", "lora_up.weight"})
     grad_mode = "bypass"
     Options = LoRAOptions
@@ -94,7 +98,7 @@ class LoRAModule(AdapterModule):
         nn.init.zeros_(self.lora_up)
 
     # --- maths -----------------------------------------------------------------------------
-    def delta_weight(self) -> torch.Tensor:
+    def update_weight(self) -> torch.Tensor:
         up = self.lora_up.flatten(1)  # (out, r)
         if self.tucker:
             down = self.lora_down.flatten(1)  # (r, in)
@@ -104,7 +108,7 @@ class LoRAModule(AdapterModule):
         return dw.view_as(self.base.weight)
 
     def merged_weight(self) -> torch.Tensor:
-        if self.tucker:
+        if self.tucker or self.dora:
             return super().merged_weight()
         w0 = self.base.weight
         # W0 + λs·B·A in one pass over the weight
@@ -116,7 +120,7 @@ class LoRAModule(AdapterModule):
         )
         return merged.view_as(w0)
 
-    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+    def update_bypass(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_conv:
             return F.linear(
                 F.linear(x, self.lora_down), self.lora_up * self.scale
@@ -143,7 +147,9 @@ class LoRAModule(AdapterModule):
         return rebuild < pair + add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.multiplier == 0 or self.tucker or not self.can_merge_forward(x) or not self.prefers_merged(x):
+        if self.dora or self.tucker or self.multiplier == 0:
+            return super().forward(x)
+        if not self.can_merge_forward(x) or not self.prefers_merged(x):
             return super().forward(x)
         return _MergedLoRA.apply(x, self, self.lora_down, self.lora_up)
 
@@ -156,7 +162,7 @@ class LoRAModule(AdapterModule):
         }
         if self.tucker:
             out["lora_mid.weight"] = self.lora_mid.detach()
-        return out
+        return {**out, **self.dora_file_tensors()}
 
     @classmethod
     def from_file_tensors(cls, base: BaseLayer, tensors: dict[str, torch.Tensor], *, name: str) -> LoRAModule:
@@ -181,7 +187,9 @@ class LoRAModule(AdapterModule):
             name, "lora_down.weight", down.reshape(down.shape[0], -1), (dim, math.prod(down_shape[1:]))
         )
         check_shape(name, "lora_up.weight", up.reshape(up.shape[0], -1), (out_ch, dim))
-        module = cls(base, dim=dim, alpha=read_alpha(tensors, dim, name=name), use_tucker=mid is not None)
+        alpha = read_alpha(tensors, dim, name=name)
+        module = cls(base, dim=dim, alpha=alpha, use_tucker=mid is not None, dora=has_dora(tensors))
+        module.load_dora_scale(tensors, name=name)
         with torch.no_grad():
             # kohya writes 1×1 conv factors as 4-D and linear ones as 2-D; accept either layout.
             module.lora_down.copy_(down.reshape(module.lora_down.shape))
@@ -198,7 +206,8 @@ class LoRAModule(AdapterModule):
             if "lora_mid.weight" not in tensors
             else down.shape[1] * math.prod(tensors["lora_mid.weight"].shape[2:])
         )
-        return min(int(down.shape[0]), int(up.shape[0]), int(fan_in))
+        bound = min(int(down.shape[0]), int(up.shape[0]), int(fan_in))
+        return dora_rank_bound(tensors, bound, int(up.shape[0]), int(fan_in))
 
 
 class _MergedLoRA(_MergedForward):
