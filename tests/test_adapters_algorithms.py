@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from lyco_bench.adapters.base import ALGORITHMS, detect_algorithm, get_algorithm
 from lyco_bench.adapters.algorithms.loha import LoHaModule
 from lyco_bench.adapters.algorithms.lokr import LoKrModule, factorize
 from lyco_bench.adapters.algorithms.lora import LoRAModule
 from lyco_bench.adapters.algorithms.native import NativeModule
+from lyco_bench.adapters.base import ALGORITHMS, detect_algorithm, get_algorithm
 from lyco_bench.errors import BadInput
 
 F64 = torch.float64

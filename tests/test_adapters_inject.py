@@ -155,9 +155,12 @@ def test_conv_settings_apply_to_kxk_convs_only(models):
     assert (conv3.dim, conv3.alpha) == (2, 1.0)
     assert (conv1.dim, conv1.alpha) == (4, 2.0)
     assert (linear.dim, linear.alpha) == (4, 2.0)
-    assert spec.settings_for(nn.Linear(3, 3)) == ("lora", {"dim": 4, "alpha": 2.0, "use_tucker": False})
+    assert spec.settings_for(nn.Linear(3, 3)) == (
+        "lora",
+        {"dim": 4, "alpha": 2.0, "use_tucker": False, "dora": False},
+    )
     assert AdapterSpec(dim=6).settings_for(nn.Conv2d(2, 2, 3))[1]["alpha"] == 6.0  # α = dim when only dim
-    assert AdapterSpec().options == {"dim": 8, "alpha": 4.0, "use_tucker": False}  # LoRA's defaults
+    assert AdapterSpec().options == {"dim": 8, "alpha": 4.0, "use_tucker": False, "dora": False}  # LoRA's
 
 
 def test_inject_freezes_the_models_and_remove_restores_them():
@@ -226,7 +229,9 @@ def test_spec_validation_names_the_field():
         validate(AdapterSpec, {"preset": "everything"}, source="x")
     with pytest.raises(BadInput, match=r"dim"):
         validate(AdapterSpec, {"dim": 0}, source="x")
-    with pytest.raises(BadInput, match=r"ranks: not a setting of lora \(its settings: dim, alpha, use_tucker"):
+    with pytest.raises(
+        BadInput, match=r"ranks: not a setting of lora \(its settings: dim, alpha, use_tucker, dora"
+    ):
         validate(AdapterSpec, {"ranks": 3}, source="x")
     with pytest.raises(BadInput, match=r"factor: not a setting of loha"):
         validate(AdapterSpec, {"algo": "loha", "factor": 4}, source="x")  # each algorithm's own settings

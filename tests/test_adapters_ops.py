@@ -244,10 +244,10 @@ def test_bad_files_leave_the_model_untouched(tmp_path):
     unknown = tmp_path / "unknown.safetensors"
     save_tensors(
         unknown,
-        {f"{Q_KEY}.lora_down.weight": down, f"{Q_KEY}.lora_up.weight": up, f"{Q_KEY}.dora_scale": up},
+        {f"{Q_KEY}.lora_down.weight": down, f"{Q_KEY}.lora_up.weight": up, f"{Q_KEY}.lora_side.weight": up},
         {},
     )
-    with pytest.raises(BadInput, match=rf"{unknown}.*{Q_KEY}.*unknown key suffix 'dora_scale'"):
+    with pytest.raises(BadInput, match=rf"{unknown}.*{Q_KEY}.*unknown key suffix 'lora_side.weight'"):
         merge_adapters(unet, te, [(good, 1.0), (unknown, 1.0)])
 
     norm_on_linear = adapter_file_from_tensors({f"{Q_KEY}.w_norm": torch.zeros(32)})

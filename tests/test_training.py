@@ -88,7 +88,10 @@ def test_defaults_are_the_papers():
         ("lrr=1e-4", "lrr: unknown key"),
         ("lr=-1", "lr:"),
         ("adapter.algo=bogus", "adapter.algo"),
-        ("adapter.rank=4", "adapter.rank: not a setting of lora (its settings: dim, alpha, use_tucker)"),
+        (
+            "adapter.rank=4",
+            "adapter.rank: not a setting of lora (its settings: dim, alpha, use_tucker, dora)",
+        ),
         ("captions.strategy=words", "captions.strategy"),
         ("betas=[0.9, 1.5]", "betas"),
         ("checkpoint_epochs=[60]", "checkpoint_epochs: 60 is after the last epoch"),

@@ -209,6 +209,25 @@ class LoRAModule(DoRAMixin, AdapterModule):
         bound = min(int(down.shape[0]), int(up.shape[0]), int(fan_in))
         return dora_rank_bound(tensors, bound, int(up.shape[0]), int(fan_in))
 
+    @classmethod
+    def truncate_tensors(
+        cls, tensors: dict[str, torch.Tensor], rank: int, *, name: str
+    ) -> dict[str, torch.Tensor]:
+        """The first ``rank`` components (A1111's ``dyn=``); α is kept, so a reader's scale becomes
+        α/rank — DyLoRA's scale at that rank."""
+        dim = int(tensors["lora_down.weight"].shape[0])
+        if "dora_scale" in tensors:  # its magnitudes normalize the full-rank W0 + ΔW: no rank order
+            raise BadInput(f"{name}: a DoRA module (dora_scale) cannot be truncated to a rank")
+        if not 1 <= rank <= dim:
+            raise BadInput(f"{name}: rank {rank} is outside 1..{dim}")
+        out = dict(tensors)
+        out["lora_down.weight"] = tensors["lora_down.weight"][:rank].contiguous()
+        out["lora_up.weight"] = tensors["lora_up.weight"][:, :rank].contiguous()
+        if "lora_mid.weight" in tensors:
+            out["lora_mid.weight"] = tensors["lora_mid.weight"][:rank, :rank].contiguous()
+        out.setdefault("alpha", alpha_tensor(dim))  # no alpha means scale 1 at the full rank
+        return out
+
 
 class _MergedLoRA(_MergedForward):
     """y = op(x, W0 + λsBA): the shared merged forward; backward with the four thin products only.
