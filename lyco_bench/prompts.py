@@ -32,7 +32,9 @@ from pydantic import Field, model_validator
 from lyco_bench.config import StrictModel, read_yaml, validate
 from lyco_bench.errors import BadInput
 
-PromptClass = Literal["train", "trigger", "alter", "style", "agnostic", "combine"]
+PromptClass = Literal["train", "trigger", "alter", "style", "agnostic", "combine", "class"]
+"""``class``: a concept's class prompt, drawn by the base model for prior preservation (not in
+prompt sets; the sweep makes these items itself)."""
 PROMPT_CLASSES: tuple[str, ...] = ("train", "trigger", "alter", "style", "agnostic", "combine")
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompt_sets"
 """The prompt sets shipped with the package (inside it, so a wheel install has them too)."""

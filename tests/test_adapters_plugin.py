@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def readme_blocks(language: str) -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Adding an algorithm") : text.index("## Benchmarks")]
-    return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith(language + "\n")]
+    return [
+        block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith(language + "\n")
+    ]
 
 
 @pytest.fixture(scope="module")

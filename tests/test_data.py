@@ -217,9 +217,7 @@ def test_concept_without_trigger(dataset_copy):
     shutil.copy(dataset_copy / "shapes/circle/000.png", dataset_copy / "shapes/square/000.png")
     _expect_bad(dataset_copy, "shapes/square: concept has no entry (no trigger)")
     _edit_yaml(dataset_copy, "trigger: zqx shape", "trigger: '  '")
-    _expect_bad(
-        dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: trigger must not be empty"
-    )
+    _expect_bad(dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: trigger must not be empty")
     _edit_yaml(dataset_copy, "trigger: '  '", "repeats_typo: 1")
     _expect_bad(dataset_copy, "dataset.yaml: concepts.shapes/circle.trigger: Field required")
     _edit_yaml(dataset_copy, "repeats_typo: 1", "trigger: zqx shape\n    repeats_typo: 1")

@@ -40,6 +40,12 @@ class ConceptSpec(StrictModel):
     repeats: int = Field(1, ge=1)
     """How many times each image is seen per epoch (balances uneven concepts)."""
     subclasses: dict[str, SubclassSpec] = {}
+    class_prompt: str = ""
+    """DreamBooth prior preservation: a prompt for images of the concept's class ("a plush toy"),
+    which the base model draws as class images (needed when a run asks for prior preservation)."""
+    class_images: str | None = None
+    """Or a folder of class images (a kohya regularization folder), relative to the dataset root;
+    their caption is the class prompt."""
 
     @field_validator("trigger")
     @classmethod
@@ -82,6 +88,8 @@ class Concept:
     strip_tags: list[str]
     repeats: int
     images: list[ImageItem] = field(default_factory=list)
+    class_prompt: str = ""
+    class_images: Path | None = None
 
     @property
     def key(self) -> str:
@@ -187,6 +195,12 @@ def _leaf(folder: Path, *, spec: ConceptSpec, names: tuple, options: dict, skipp
     if sub and sub.descriptive_suffix:
         descriptive = ", ".join(p for p in (descriptive, sub.descriptive_suffix) if p)
     leaf = Concept(category, concept, subclass, trigger, descriptive, list(spec.strip_tags), spec.repeats)
+    leaf.class_prompt = spec.class_prompt.strip()
+    if spec.class_images is not None:
+        leaf.class_images = options["root"] / spec.class_images
+        if not leaf.class_images.is_dir():
+            raise BadInput(f"{options['root'] / 'dataset.yaml'}: concepts.{category}/{concept}.class_images: "
+                           f"no folder {leaf.class_images}")  # fmt: skip
     for path in _image_files(folder):
         try:
             width, height = image_size(path, verify=options["verify"])
@@ -258,7 +272,7 @@ def load_dataset(
                 )
     skipped: list[Path] = []
     concepts = []
-    options = {"skip_bad": skip_bad_images, "verify": verify_images}
+    options = {"skip_bad": skip_bad_images, "verify": verify_images, "root": root}
     for key in sorted(on_disk):
         if categories is None or key.split("/")[0] in categories:
             concepts += _concept_leaves(root, key, spec.concepts[key], options=options, skipped=skipped)

@@ -58,6 +58,8 @@ DEMO_LEAVES = [
         "outline",
     ),
 ]
+# Each category's class, for DreamBooth prior preservation (the base model draws class images).
+DEMO_CLASS_PROMPTS = {"patterns": "a pattern", "shapes": "a simple shape"}
 DEMO_BACKGROUNDS = {
     "white": (245, 245, 240),
     "yellow": (240, 220, 120),
@@ -124,6 +126,7 @@ def _demo_yaml() -> str:
                 "descriptive": leaf.descriptive,
                 "strip_tags": leaf.concept_tags,
                 "repeats": leaf.repeats,
+                "class_prompt": DEMO_CLASS_PROMPTS[leaf.category],
             },
         )
         if leaf.subclass:

@@ -22,6 +22,17 @@ def _adapter_columns(adapter: dict[str, Any]) -> dict[str, Any]:
     return {"algo": spec.label(), "preset": spec.preset, **spec.options}
 
 
+def _run_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """algo, preset and the algorithm's settings, plus prior preservation's weight (0 when off);
+    with prior preservation the algo is ``<algo>+prior`` (native + prior = DreamBooth), so the
+    analysis tells the two methods apart."""
+    columns = _adapter_columns(config["adapter"])
+    weight = float(config.get("prior_loss_weight", 0.0))
+    if weight > 0:
+        columns["algo"] += "+prior"
+    return {**columns, "prior_loss_weight": weight}
+
+
 def read_run_record(path: Path) -> dict[str, Any]:
     """A checkpoint's run record (what the trainer actually used); BadInput if unreadable."""
     import json
@@ -56,7 +67,7 @@ def runs_table(plan: Plan) -> Any:
             {
                 "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
                 "config": p["evaluated"],
-                **_adapter_columns(config["adapter"]),
+                **_run_columns(config),
                 **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
                 "lr": float(config["lr"]),
                 "seed": int(record["seed"]),

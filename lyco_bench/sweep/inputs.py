@@ -28,7 +28,9 @@ from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, LoadedStudy
 from lyco_bench.utils import stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
-_RUN_LOCAL_FIELDS = {"model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs"}
+_RUN_LOCAL_FIELDS = {
+    "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "class_images",
+}  # fmt: skip
 # Schedules whose lr at a step does not depend on the run's length: a checkpoint at epoch e is the
 # same whatever the last epoch is.
 LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
@@ -62,6 +64,9 @@ class StudyInputs:
     images_per_class: dict[str, int] = field(default_factory=dict)
     """Images each checkpoint generates, per prompt class."""
     base_images_per_class: dict[str, int] = field(default_factory=dict)
+    class_prompts: list[str] = field(default_factory=list)
+    """The dataset's class prompts (prior preservation), sorted; concepts with a class_images
+    folder bring their own images instead."""
     dataset_images: list[tuple[str, int, int]] = field(default_factory=list)
     """(category, width, height) of every dataset image (for the store's size estimate)."""
     hasher: FileHasher = field(default_factory=FileHasher)
@@ -103,6 +108,7 @@ def resolve_inputs(
         else:
             dataset_id = dataset_identity(dataset, hasher)
         prompt_id, counts, base_counts, styles = _prompt_identity(study, dataset)
+        class_prompts = _class_prompts(study, dataset, runs)
     return StudyInputs(
         model=model,
         dataset=dataset_id,
@@ -122,6 +128,7 @@ def resolve_inputs(
         images_per_class=counts,
         base_images_per_class=base_counts,
         dataset_images=[(c.category, i.width, i.height) for c, i in dataset.items()],
+        class_prompts=class_prompts,
         hasher=hasher,
     )
 
@@ -275,6 +282,21 @@ def _load_dataset(root: Path, study: LoadedStudy, *, verify: bool) -> Any:
         return load_dataset(root, skip_bad_images=skip, verify_images=verify)
     except BadInput as exc:
         raise BadInput(f"{study.source}: dataset: {exc}") from None
+
+
+def _class_prompts(study: LoadedStudy, dataset: Any, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Class prompts for prior preservation; BadInput when a configuration asks for it and a
+    concept has neither a class prompt nor a class_images folder."""
+    prompts = sorted({c.class_prompt for c in dataset.concepts if c.class_images is None and c.class_prompt})
+    asking = [name for name, run in runs.items() if run.get("prior_loss_weight", 0) > 0]
+    missing = [c.key for c in dataset.concepts if c.class_images is None and not c.class_prompt]
+    if asking and missing:
+        config = next(c for c in study.configs if c.name == asking[0])
+        raise BadInput(
+            f"{study.source}: {config.key_path}: prior preservation needs a class_prompt (or a "
+            f"class_images folder) for concept {missing[0]} in dataset.yaml"
+        )
+    return prompts
 
 
 def prompt_set_identity(prompt_set: Any) -> str:

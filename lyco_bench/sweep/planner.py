@@ -41,7 +41,7 @@ ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "generate": 1800.0, "encod
 TINY_COST_S = {"prepare": 5.0, "train": 10.0, "generate": 3.0, "encode": 1.0, "score": 2.0}
 # Bumped when what a prepare job builds changes (make_tiny_model, make_demo_dataset,
 # make_tiny_encoders): every job downstream of the asset becomes stale.
-ASSET_VERSIONS = {"model": 1, "dataset": 1, "encoders": 1}
+ASSET_VERSIONS = {"model": 1, "dataset": 2, "encoders": 1}
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,17 @@ SAMPLING_CONTENT_KEYS = ("prompts", "dataset", "captions", "classes", "images_pe
 
 
 def _train_job(
-    study: LoadedStudy, inputs: StudyInputs, config: ResolvedConfig, seed: int, deps: list[str]
+    study: LoadedStudy,
+    inputs: StudyInputs,
+    config: ResolvedConfig,
+    seed: int,
+    deps: list[str],
+    class_jobs: dict[int, Job],
 ) -> Job:
     from lyco_bench.training import OUTPUT_VERSION
 
-    run = {**run_identity(inputs.runs[config.name]), "seed": seed}
+    resolved = inputs.runs[config.name]
+    run = {**run_identity(resolved), "seed": seed}
     spec = {
         "config": config.name,
         "run": run,
@@ -177,6 +183,10 @@ def _train_job(
         "version": OUTPUT_VERSION,
         "checkpoint_epochs": sorted(study.study.checkpoint_epochs),
     }
+    class_job = class_jobs.get(resolved["num_class_images"]) if resolved["prior_loss_weight"] > 0 else None
+    if class_job is not None:  # prior preservation reads the base model's class images
+        spec["class_images"] = class_job.id
+        deps = [*deps, class_job.id]
     return make_job(
         "train",
         f"{config.name}-s{seed}",
@@ -184,8 +194,30 @@ def _train_job(
         deps=deps,
         config=config.name,
         seed=seed,
+        class_images=class_job.params["count"] if class_job is not None else None,
         **_where(study),
     )
+
+
+def _class_jobs(study: LoadedStudy, inputs: StudyInputs, deps: list[str]) -> dict[int, Job]:
+    """Class images of the base model for prior preservation: one job per number of images asked
+    for, shared by every configuration that asks for it (DreamBooth's class images)."""
+    from lyco_bench.generation import OUTPUT_VERSION
+
+    counts = sorted({r["num_class_images"] for r in inputs.runs.values() if r["prior_loss_weight"] > 0})
+    jobs = {}
+    for count in counts if inputs.class_prompts else ():
+        spec = {
+            "checkpoint": {"model": inputs.model},
+            "class_prompts": inputs.class_prompts,
+            "images_per_prompt": count,
+            "sampler": inputs.sampler,
+            "version": OUTPUT_VERSION,
+        }
+        jobs[count] = make_job(
+            "generate", f"class-{count}", spec=spec, deps=deps, target="class", count=count, **_where(study)
+        )
+    return jobs
 
 
 def _where(study: LoadedStudy) -> dict[str, Any]:
@@ -297,10 +329,11 @@ def build_plan(
         inputs = resolve_inputs(study, store, prepare=prepare, verify_images=verify_images, hasher=hasher)
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     shared = _shared_jobs(study, inputs, prepare)
-    jobs = [*prepare.values(), *shared]
+    class_jobs = _class_jobs(study, inputs, base_deps)
+    jobs = [*prepare.values(), *shared, *class_jobs.values()]
     for config in study.configs:
         for seed in study.study.seeds:
-            train = _train_job(study, inputs, config, seed, base_deps)
+            train = _train_job(study, inputs, config, seed, base_deps, class_jobs)
             jobs.append(train)
             for epoch in sorted(study.study.checkpoint_epochs):
                 for name, rank in config.evaluations():

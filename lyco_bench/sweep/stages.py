@@ -131,6 +131,8 @@ def run_config_for(job: Job, store: StudyStore) -> Any:
         "dataset": dataset_path(job.params["dataset"], store),
         "cache_dir": str(store.cache_dir / "latents"),
     }
+    if job.params.get("class_images") is not None:
+        data["class_images"] = str(store.class_images_dir(job.params["class_images"]))
     return validate(RunConfig, data, source=f"configuration {spec['config']}")
 
 
@@ -229,8 +231,10 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.training import checkpoint_path
 
     spec, params = job.spec, job.params
-    _check_unchanged(job, store, dataset_key="prompts")
     sampler = SamplerSettings(**spec["sampler"])
+    if params["target"] == "class":
+        return _generate_class_images(job, store, sampler)
+    _check_unchanged(job, store, dataset_key="prompts")
     prompt_set, items = prompt_items(job, store)
     if params["target"] == "base":
         out_dir, adapters, name = store.base_images_dir, [], "base"
@@ -253,6 +257,28 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
         prompt_set=prompt_set,
         exact=True,
     )
+    return [manifest, out_dir]
+
+
+def _generate_class_images(job: Job, store: StudyStore, sampler: Any) -> list[Path]:
+    """The base model's images of each class prompt (prior preservation), ``count`` per prompt."""
+    from lyco_bench.generation import generate
+    from lyco_bench.prompts import PromptItem
+
+    items = [
+        PromptItem(prompt=prompt, clip_text=prompt, prompt_class="class", category="", concept="",
+                   subclass=None, prompt_index=p, image_index=i, seed=sampler.seed_base + i, group=f"class/{p}")
+        for p, prompt in enumerate(job.spec["class_prompts"])
+        for i in range(job.spec["images_per_prompt"])
+    ]  # fmt: skip
+    out_dir = store.class_images_dir(job.params["count"])
+    _claim_dir(
+        out_dir, owner=stable_hash({k: v for k, v in job.spec.items() if k != "class_prompts"}), job=job
+    )
+    manifest = generate(
+        model=model_path(job.params["model"], store), items=items, out_dir=out_dir, sampler=sampler,
+        checkpoint_name="base", exact=True,
+    )  # fmt: skip
     return [manifest, out_dir]
 
 

@@ -92,6 +92,10 @@ class StudyStore:
         """Features of a checkpoint's own images: one shard per encoder and mode (its score job's)."""
         return self.root / "features" / config / str(seed) / f"e{epoch:03d}"
 
+    def class_images_dir(self, count: int) -> Path:
+        """The base model's class images for prior preservation (``count`` per class prompt)."""
+        return self.root / "images" / "class" / f"n{count}"
+
     @property
     def base_images_dir(self) -> Path:
         return self.root / "images" / "base"

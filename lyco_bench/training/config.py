@@ -85,6 +85,15 @@ class RunConfig(StrictModel):
     cache_dir: str | None = None
     """Latent cache; None: ``$LYCO_BENCH_CACHE`` or ``~/.cache/lyco-bench``, then ``/latents``.
     Entries are keyed by image content, VAE and bucket, so one cache serves every run."""
+    prior_loss_weight: float = Field(0.0, ge=0)
+    """DreamBooth prior preservation (Ruiz et al. 2023, eq. 2): loss = MSE(instance) + w·MSE(class)
+    with a class image of each instance's concept in the same batch; 0: off, 1.0 DreamBooth's."""
+    class_images: str | None = None
+    """Class images for prior preservation: a folder written by ``lyco-bench generate`` (its
+    manifest's prompts are the concepts' ``class_prompt``); the sweep fills it. Concepts with a
+    ``class_images`` folder in dataset.yaml use that instead."""
+    num_class_images: int = Field(100, ge=1)
+    """Class images per class prompt (DreamBooth's 100) when lyco-bench generates them."""
     noise_offset: float = Field(0.0, ge=0)
     """Adds offset·N(0, I) per (sample, channel) to the noise (0: plain DDPM, as the paper)."""
 

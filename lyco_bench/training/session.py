@@ -48,13 +48,15 @@ class Session:
                 module.requires_grad_(False)
             self._check_buckets()
             self._encode_latents()
+            self.prior = self._prior_data()
             self._build_network()
             self._build_optimizer()
         except BaseException:
             self.close()
             raise
+        names = (*GENERATORS, "prior") if self.prior is not None else GENERATORS
         self.generators = {
-            name: torch.Generator().manual_seed(derived_seed(config.seed, name)) for name in GENERATORS
+            name: torch.Generator().manual_seed(derived_seed(config.seed, name)) for name in names
         }
         self.steps = self.steps_at_start = 0
         self.last_loss = float("nan")
@@ -95,6 +97,15 @@ class Session:
             [item for _, item in self.pairs], self.pipe.vae, buckets=self.buckets
         )
         self.scaling = float(self.pipe.vae.config.scaling_factor)
+
+    def _prior_data(self) -> Any:
+        """Class images for prior preservation (lyco_bench.training.prior), or None when off."""
+        if self.config.prior_loss_weight <= 0:
+            return None
+        from lyco_bench.training.prior import PriorData
+
+        concepts = list({c.key: c for c, _ in self.pairs}.values())
+        return PriorData(self.config, concepts, self.cache, self.pipe.vae)
 
     def _build_network(self) -> None:
         from diffusers import DDPMScheduler
@@ -194,7 +205,14 @@ class Session:
             )
             for i in batch
         ]
-        x0 = torch.stack([self.latents[i].sample(noise_gen) for i in batch]) * self.scaling  # (B, 4, h, w)
+        latents = [self.latents[i] for i in batch]
+        if self.prior is not None:  # one class sample per instance, in the batch's bucket
+            bucket = latents[0].bucket
+            for i in batch:
+                prompt, latent = self.prior.sample(self.pairs[i][0].key, bucket, self.generators["prior"])
+                captions.append(prompt)
+                latents.append(latent)
+        x0 = torch.stack([latent.sample(noise_gen) for latent in latents]) * self.scaling  # (B[+B], 4, h, w)
         noise = torch.randn(x0.shape, generator=noise_gen)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(
@@ -226,8 +244,13 @@ class Session:
         ):
             with torch.set_grad_enabled(self.text_encoder_gradients):
                 cond = self.pipe.text_encoder(ids.to(dev))[0]  # (B, 77, D) last hidden state
-            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B, 4, h, w)
-        return F.mse_loss(pred.float(), target.to(dev).float())
+            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B[+B], 4, h, w)
+        pred, target = pred.float(), target.to(dev).float()
+        if self.prior is None:
+            return F.mse_loss(pred, target)
+        n = len(batch)  # instance samples first, then their class samples
+        prior = F.mse_loss(pred[n:], target[n:])
+        return F.mse_loss(pred[:n], target[:n]) + self.config.prior_loss_weight * prior
 
     def step(self, batch: list[int]) -> float:
         """One optimizer step; returns the batch loss."""
