@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lyco_bench.adapters.base import ALGORITHMS
 from lyco_bench.adapters.algorithms.loha import LoHaModule  # noqa: F401
 from lyco_bench.adapters.algorithms.lokr import LoKrModule  # noqa: F401  (registers the algorithms)
 from lyco_bench.adapters.algorithms.lora import LoRAModule  # noqa: F401
 from lyco_bench.adapters.algorithms.native import NativeModule  # noqa: F401
+from lyco_bench.adapters.base import ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ ALGOS = [
     ("LoKr f8 full", "lokr", dict(dim=10000, alpha=10000, factor=8)),
     ("LoKr f8 d8", "lokr", dict(dim=8, alpha=8, factor=8)),
     ("native", "native", dict()),
+    # the other methods, at their reference defaults
+    ("LoRA d8 a4 DoRA", "lora", dict(dim=8, alpha=4, dora=True)),
+    ("LoHa d4 a2 DoRA", "loha", dict(dim=4, alpha=2, dora=True)),
+    ("LoKr f8 full DoRA", "lokr", dict(dim=10000, alpha=10000, factor=8, dora=True)),
+    ("DyLoRA d32 a16 b4", "dylora", dict(dim=32, alpha=16, block_size=4)),
+    ("GLoRA d8 a4", "glora", dict(dim=8, alpha=4)),
+    ("GLoKr f8 full", "glokr", dict(factor=8)),
+    ("IA3 (output)", "ia3", dict(on_input=False)),
 ]
 
 
@@ -59,17 +67,28 @@ def ours(algo: str, settings: dict) -> Callable[[nn.Module], nn.Module]:
 
 
 def lycoris(algo: str, settings: dict, *, bypass: bool) -> Callable[[nn.Module], nn.Module] | None:
-    from lycoris.modules import full, locon, loha, lokr
+    from lycoris.modules import dylora, full, glora, ia3, locon, loha, lokr
 
     cls = {
         "lora": locon.LoConModule,
         "loha": loha.LohaModule,
         "lokr": lokr.LokrModule,
         "native": full.FullModule,
+        "dylora": dylora.DyLoraModule,
+        "glora": glora.GLoRAModule,
+        "ia3": ia3.IA3Module,
     }
+    if algo not in cls:
+        return None  # GLoKr: lyco-bench's own, no peer
     kw = {"lora_dim": settings.get("dim", 1), "alpha": settings.get("alpha", 1)}
     if algo == "lokr":
         kw["factor"] = settings["factor"]
+    if algo == "dylora":
+        kw["block_size"] = settings["block_size"]
+    if settings.get("dora"):
+        kw["weight_decompose"] = True
+    if algo == "ia3":
+        kw["train_on_input"] = bool(settings.get("on_input"))
     if algo == "native" and bypass:
         return None  # FullModule has no bypass path; its default path is the one to compare
 
@@ -85,7 +104,16 @@ def peft_builder(algo: str, settings: dict) -> Callable[[nn.Module], nn.Module] 
     import peft
 
     if algo == "lora":
-        cfg = peft.LoraConfig(r=settings["dim"], lora_alpha=settings["alpha"], target_modules=["layer"])
+        cfg = peft.LoraConfig(
+            r=settings["dim"], lora_alpha=settings["alpha"], target_modules=["layer"],
+            use_dora=bool(settings.get("dora")),
+        )  # fmt: skip
+    elif algo == "ia3":
+        cfg = peft.IA3Config(
+            target_modules=["layer"], feedforward_modules=["layer"] if settings.get("on_input") else []
+        )
+    elif settings.get("dora"):
+        return None  # PEFT has DoRA for LoRA only
     elif algo == "loha":
         cfg = peft.LoHaConfig(r=settings["dim"], alpha=settings["alpha"], target_modules=["layer"])
     elif algo == "lokr":
