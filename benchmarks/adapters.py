@@ -91,6 +91,8 @@ def lycoris(algo: str, settings: dict, *, bypass: bool) -> Callable[[nn.Module],
         kw["train_on_input"] = bool(settings.get("on_input"))
     if algo == "native" and bypass:
         return None  # FullModule has no bypass path; its default path is the one to compare
+    if algo == "dylora" and bypass:
+        return None  # LyCORIS's DyLoRA bypass views its sampled-rank factors at the full rank: it fails
 
     def build(layer: nn.Module) -> nn.Module:
         module = cls[algo]("bench", layer, multiplier=1.0, bypass_mode=bypass, **kw)
