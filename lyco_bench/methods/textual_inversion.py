@@ -143,7 +143,7 @@ class _TokenEmbedding(nn.Module):
         vectors = method.vectors
         if method.multiplier != 1.0:
             vectors = vectors * method.multiplier
-        rows = vectors.to(base.dtype)[local.clamp(0, self.count - 1)]
+        rows = vectors.to(base.device, base.dtype)[local.clamp(0, self.count - 1)]
         return torch.where(mine.unsqueeze(-1), rows, base)
 
 
@@ -178,9 +178,10 @@ class TextualInversion(ModelMethod):
             token = opts.token.replace("{concept}", _slug(key)).lower()
             for seen, value, what in ((by_token, token, "token"), (by_trigger, trigger, "trigger")):
                 if value in seen:
+                    hint = "; put {concept} in adapter.token" if what == "token" else ""
                     raise BadInput(
                         f"{self.algo}: concepts {seen[value]} and {key} have the same {what} {value!r} "
-                        "(textual_inversion needs one per concept; put {concept} in adapter.token)"
+                        f"(each concept needs its own{hint})"
                     )
                 seen[value] = key
             ids = self._init_ids(tokenizer, concept)
@@ -439,6 +440,8 @@ class TextualInversion(ModelMethod):
             meta = self.file_metadata(metadata)
             meta[EMBEDDINGS_META] = json.dumps([asdict(one)], sort_keys=True)
             path = out_dir / f"{_slug(p.token) or 'embedding'}.safetensors"
+            if path in paths:
+                raise BadInput(f"{self.source}: two tokens export to the same file {path.name}")
             save_tensors(path, {KOHYA_KEY: tensors[p.key]}, meta)
             paths.append(path)
         return paths
@@ -493,13 +496,16 @@ def _load_pickle(path: Path) -> Any:
     """A ``.pt``/``.bin`` file through torch's restricted unpickler (tensors and plain containers)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise BadInput(
-            f"{path}: refused: it holds pickled objects other than tensors (torch.load "
-            "weights_only); convert it to .safetensors"
-        ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and re.search(
+            r"GLOBAL|allowlist|safe_globals|unrecognized function", text
+        ):
+            raise BadInput(
+                f"{path}: refused: it holds pickled objects other than tensors (torch.load "
+                "weights_only); convert it to .safetensors"
+            ) from None
+        first = (text.splitlines() or [type(exc).__name__])[0]
         raise BadInput(f"{path}: unreadable embedding file ({first})") from None
 
 
