@@ -134,8 +134,9 @@ class HypernetworkOptions(AlgorithmOptions):
     last_layer_dropout: bool = False
     """With ``use_dropout`` and no ``dropout_structure``: dropout after the last hidden layer too."""
     dropout_structure: list[float] | None = None
-    """Dropout probability after each layer of ``layer_structure`` (same length, first and last
-    0, each in [0, 1)); when given it is used as is (``use_dropout`` is then not read)."""
+    """Dropout probability after each layer of ``layer_structure`` (same length, each in [0, 1);
+    the first is not used, A1111 writes 0 first and last); when given it is used as is
+    (``use_dropout`` is then not read)."""
     weight_init: Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"] = (
         "Normal"
     )
@@ -176,8 +177,8 @@ class HypernetworkOptions(AlgorithmOptions):
         if ds is not None:
             if len(ds) != len(self.layer_structure):
                 raise ValueError("dropout_structure: needs one entry per layer_structure entry")
-            if ds[0] != 0 or ds[-1] != 0 or any(not 0 <= p < 1 for p in ds):
-                raise ValueError("dropout_structure: first and last must be 0, every entry in [0, 1)")
+            if any(not 0 <= p < 1 for p in ds):
+                raise ValueError("dropout_structure: every entry must be in [0, 1)")
         return self
 
     def dropout_probs(self) -> list[float]:
