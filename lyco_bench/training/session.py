@@ -131,7 +131,8 @@ class Session:
         self.text_encoder_gradients = cfg.train_text_encoder or getattr(cls, "text_encoder_gradients", False)
         self.pipe.unet.train()
         if self.pipe.text_encoder is not None:
-            self.pipe.text_encoder.train(cfg.train_text_encoder)
+            # A model-level method leaves the text encoder's weights alone (TI trains new rows only).
+            self.pipe.text_encoder.train(cfg.train_text_encoder and not is_model_method(cls))
         if cfg.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
