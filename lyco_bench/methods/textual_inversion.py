@@ -33,20 +33,22 @@ encoder runs once per prompt), so attaching already costs what the base model co
 Files (safetensors). One concept is kohya's file, which A1111, ComfyUI and diffusers load:
 ``{"emb_params": [n, d]}``. Several concepts (one run trains every concept of the dataset) cannot
 share one kohya file — A1111 and diffusers refuse a file with more than one tensor — so
-lyco-bench's layout keeps the first concept under ``emb_params`` (ComfyUI reads that one) and
-concept i ≥ 1 under ``emb_params.<i>``, all [n, d] float32. Metadata: ``lyco_bench.algo`` =
-``textual_inversion``, ``lyco_bench.embeddings`` (JSON list, file order: ``key``, ``token``,
-``vectors``, ``trigger``, ``concept``), ``lyco_bench.settings`` (the options), plus the caller's
-keys (``lyco_bench.<key>``). :func:`export_embeddings` writes one kohya file per concept
-(``<token without <>>.safetensors``, A1111's prompt word is the file name), each again a valid
-one-concept lyco-bench file.
+lyco-bench's layout keeps the first concept under ``emb_params`` (ComfyUI, which takes a file's
+first tensor, reads that one) and concept i ≥ 1 under ``emb_params.<i>``, all [n, d] float32.
+Metadata: ``lyco_bench.algo`` = ``textual_inversion``, ``lyco_bench.embeddings`` (JSON list in file
+order: ``key``, ``token``, ``vectors``, ``trigger``, ``concept``), ``lyco_bench.settings`` (the
+options), plus the caller's keys (``lyco_bench.<key>``). :func:`export_embeddings` writes one
+kohya file per concept (``<token without <>>.safetensors``: A1111's prompt word is the file
+name), each again a valid one-concept lyco-bench file.
 
-Read as well (never unpickling anything): kohya ``emb_params`` and diffusers ``learned_embeds``
-(``{token: [d] or [n, d]}``) safetensors; A1111 ``.pt`` (``string_to_param``) and diffusers
-``.bin`` only through ``torch.load(weights_only=True)``: a pickled object it refuses is BadInput
-naming the file. A foreign file has no trigger: its token (A1111/kohya: the file name, diffusers:
-its key) is written in prompts as in those tools. SDXL files (``clip_l``/``clip_g``) are refused:
-they need two text encoders. A width that does not fit the text encoder is BadInput at attach.
+Read as well, without ever running pickled code: kohya ``emb_params`` and diffusers
+``learned_embeds`` (``{token: [d] or [n, d]}``) safetensors; A1111 ``.pt`` (``string_to_param``)
+and diffusers ``.bin`` only through ``torch.load(weights_only=True)``: a pickled object it
+refuses is BadInput naming the file. A foreign file has no trigger: its token (A1111/kohya: the
+file name, diffusers: its key) is written in prompts as in those tools. SDXL files
+(``clip_l``/``clip_g``) are refused: they need two text encoders. A width that does not fit the
+text encoder is BadInput at attach. Several methods may be attached at once; detach them in the
+reverse order (generation does).
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ class Session:
             else:
                 self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
         self.net.to(self.device)
-        self.text_encoder_gradients = cfg.train_text_encoder or getattr(cls, "text_encoder_gradients", False)
+        # Gradients through the text encoder: for its adapters, or a method's parameters before it (TI).
+        method = is_model_method(cls)
+        self.text_encoder_gradients = cls.text_encoder_gradients if method else cfg.train_text_encoder
         self.pipe.unet.train()
         if self.pipe.text_encoder is not None:
             # A model-level method leaves the text encoder's weights alone (TI trains new rows only).
