@@ -405,3 +405,24 @@ def test_generation_with_the_trained_file_is_deterministic(trained, pipe, tmp_pa
     base = run(tmp_path / "base", [])
     assert first and first == second
     assert first.keys() == base.keys() and all(first[k] != base[k] for k in first)
+
+
+def test_two_embeddings_attached_together(pipe, tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    first, second = torch.randn(2, WIDTH, generator=gen), torch.randn(1, WIDTH, generator=gen)
+    save_tensors(tmp_path / "onezq.safetensors", {"emb_params": first}, {})
+    save_tensors(tmp_path / "two.safetensors", {"<two>": second}, {})
+    tokenizer, embedding = pipe.tokenizer, pipe.text_encoder.get_input_embeddings()
+    a = TextualInversion.from_file(tmp_path / "onezq.safetensors").attach(pipe)
+    b = TextualInversion.from_file(tmp_path / "two.safetensors").attach(pipe)
+    try:
+        ids = pipe.tokenizer("onezq onezq_1 <two> red", return_tensors="pt").input_ids
+        rows = pipe.text_encoder.get_input_embeddings()(ids)[0]
+        assert torch.equal(rows[1:3], first) and torch.equal(rows[3], second[0])
+        assert torch.equal(rows[4], embedding.weight[_ids(pipe, "red")[0]])
+        with pytest.raises(RuntimeError, match="reverse order"):
+            a.detach()
+    finally:
+        b.detach()
+        a.detach()
+    assert pipe.tokenizer is tokenizer and pipe.text_encoder.get_input_embeddings() is embedding
