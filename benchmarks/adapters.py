@@ -91,6 +91,8 @@ def lycoris(algo: str, settings: dict, *, bypass: bool) -> Callable[[nn.Module],
         kw["train_on_input"] = bool(settings.get("on_input"))
     if algo == "native" and bypass:
         return None  # FullModule has no bypass path; its default path is the one to compare
+    if settings.get("dora") and bypass:
+        return None  # LyCORIS's bypass path leaves the weight decomposition out: not DoRA
     if algo == "dylora" and bypass:
         return None  # LyCORIS's DyLoRA bypass views its sampled-rank factors at the full rank: it fails
 

@@ -154,14 +154,14 @@ def register_cli(subparsers) -> None:
     src.add_argument("--dataset", help="dataset folder (its dataset.yaml and images)")
     p.add_argument("--encoder", required=True, help="dinov2 | clip | vgg19")
     p.add_argument("--mode", action="append", choices=["resize", "crop", "padding"],
-                   help="reference-image mode, repeatable (default: the settings' modes, PAPER.md: all three)")  # fmt: skip
+                   help="reference-image mode, repeatable (default: the settings' modes, all three by default)")  # fmt: skip
     _add_encoder_options(p)
     p.set_defaults(func=run_encode)
 
     p = subparsers.add_parser(
         "score",
         help="score a checkpoint's generated images (metric rows → parquet)",
-        description="Compute PAPER.md §5's metrics (image/text similarity, centroid distance, Vendi, style "
+        description="Compute the paper's metrics (image/text similarity, centroid distance, Vendi, style "
         "losses, Fréchet distance, experimental CLIP-IQA) for the images in a generation folder against the "
         "dataset; one row per (category, concept, subclass, prompt class, metric, encoder, mode).",
     )

@@ -1,19 +1,25 @@
-"""Diversity (PAPER.md §5): the Vendi score (Friedman & Dieng 2023) with a linear kernel.
+"""Diversity (the paper, §5): the Vendi score (Friedman & Dieng 2023) with a linear kernel.
 
 VS_q = exp(H_q(λ)), λ the eigenvalues of K/n, K = X·Xᵀ of L2-normalized features; q = 1 gives
 exp(−Σ λᵢ log λᵢ). Computed through the vendi-score package's ``score_K`` (n ≤ D) or
 ``score_dual`` (eigenvalues of Xᵀ·X/n, the same non-zero spectrum, when n > D); both honour q,
-unlike its ``score_X`` (PAPER.md §9).
+unlike its ``score_X``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lyco_bench.metrics.values import MetricValue
+
+PER_PROMPT_CLASSES = ("alter",)
+"""Prompt classes whose Vendi score is taken per prompt and averaged (content-changing prompts)."""
 
 
 def vendi_score(features: torch.Tensor, *, q: float = 1.0) -> float:
@@ -40,3 +46,18 @@ def vendi_per_group(features: torch.Tensor, groups: Sequence, *, q: float = 1.0)
         if len(idx) >= 2:
             scores.append(vendi_score(features[torch.from_numpy(idx)], q=q))
     return (float(np.mean(scores)), len(scores)) if scores else (float("nan"), 0)
+
+
+def vendi_rows(view) -> Iterator[MetricValue]:
+    """The unit's Vendi score (``<alter>``: per prompt, averaged); a set statistic (no std)."""
+    from lyco_bench.metrics.manifest import prompt_groups
+
+    gen, n = view.generated(), view.n
+    if view.unit.prompt_class in PER_PROMPT_CLASSES:
+        value, used = vendi_per_group(gen, prompt_groups(view.unit.rows))
+        reason = "" if used else "no prompt with 2 images"
+    elif n >= 2:
+        value, reason = vendi_score(gen), ""
+    else:
+        value, reason = math.nan, "fewer than 2 images"
+    yield MetricValue(value, n, reason=reason)

@@ -1,4 +1,5 @@
-"""Image and text encoders of PAPER.md §5: DINOv2 (transformers), OpenCLIP, VGG19 Gram features.
+"""Image and text encoders of the paper (§5): DINOv2 (transformers), OpenCLIP, VGG19 Gram features;
+and the HPS v2.1 preference model (an OpenCLIP ViT-H-14 with the HPS checkpoint).
 
 Each encoder takes a hub id / open_clip tag or a local path, so tests and the CPU demo use tiny
 random-weight models saved locally and loaded through the same code as the real ones. Every
@@ -6,7 +7,7 @@ encoder exposes an ``id`` (what the feature cache keys on: it changes when the w
 and ``encode_images(list[PIL.Image], mode) -> (B, D) float32 tensor`` run batched under
 ``torch.no_grad`` on the GPU when there is one.
 
-Reference-image modes (PAPER.md §5, as the paper's evaluation code did with open_clip's
+Reference-image modes (the paper, §5, as the paper's evaluation code did with open_clip's
 transform): ``resize`` squashes to S×S, ``crop`` resizes the short side to S then centre-crops,
 ``padding`` resizes the long side to S and pads the rest with black. For a square image all three
 give the same pixels, which the feature cache uses (see ``canonical_mode``).
@@ -28,13 +29,24 @@ from lyco_bench.utils import sha256_bytes, sha256_file
 MODES = ("resize", "crop", "padding")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ENCODER_KINDS = ("dinov2", "clip", "vgg19")
+ENCODER_KINDS = ("dinov2", "clip", "vgg19", "hps")
+ENCODER_FIELDS = {"dinov2": "dino", "clip": "clip", "vgg19": "vgg", "hps": "hps"}
+"""The EncoderSettings field naming each kind's weights."""
+MODELESS_KINDS = ("vgg19", "hps")
+"""Kinds with one preprocessing of their own, whatever the reference mode: cached under ``native``."""
+STREAMED_KINDS = ("vgg19",)
+"""Kinds whose features of generated images are reduced as they are computed, never stored."""
+TEXT_KINDS = ("clip", "hps")
+"""Kinds with a text tower."""
+HPS_ARCH = "ViT-H-14"
+HPS_CHECKPOINT = "xswu/HPSv2/HPS_v2.1_compressed.pt"
+"""HPS v2.1 on the hub: ``<owner>/<repo>/<file>``."""
 
 # VGG19 ("E" configuration) up to stage 4's pool: conv widths per stage, 'M' = max-pool; with
 # conv5_1 appended (index 28) the nn.Sequential's indices match torchvision's vgg19().features[:29].
 _VGG19_LAYOUT = (0, 0, "M", 1, 1, "M", 2, 2, 2, 2, "M", 3, 3, 3, 3, "M")
 VGG19_WIDTHS = (64, 128, 256, 512, 512)
-# conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 taken before their ReLU (PAPER.md §5).
+# conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 taken before their ReLU (the paper, §5).
 GRAM_LAYERS = (0, 5, 10, 19, 28)
 
 
@@ -92,7 +104,8 @@ def _load_error(kind: str, source: str, exc: Exception) -> BadInput:
 @functools.lru_cache(maxsize=64)
 def _local_weights_id(path: Path, stamp: tuple) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = "".join(sha256_file(p) for p in files if p.suffix in {".safetensors", ".json", ".bin"})
+    suffixes = {".safetensors", ".json", ".bin", ".pt", ".pth"}
+    digest = "".join(sha256_file(p) for p in files if p.suffix in suffixes)
     return f"{path.name}@{sha256_bytes(digest.encode())[:12]}"
 
 
@@ -131,6 +144,15 @@ def clip_id(model: str, pretrained: str | None) -> str:
 
 def vgg19_id(source: str, short_side: int) -> str:
     return f"vgg19:{source_tag(source)}:{short_side}"
+
+
+def hps_id(model: str, checkpoint: str | None) -> str:
+    return f"hps:{source_tag(model)}/{source_tag(checkpoint) if checkpoint else checkpoint}:p{PREPROCESS_VERSION}"
+
+
+def hps_label(model: str, checkpoint: str | None) -> str:
+    name = Path(model).name if Path(model).exists() else model
+    return f"hps:{name}/{Path(checkpoint).name if checkpoint else checkpoint}"
 
 
 class DinoV2Encoder:
@@ -193,7 +215,7 @@ class ClipEncoder:
         size = cfg.get("size", 224)
         self.image_size = size if isinstance(size, int) else size[0]
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-        # OpenCLIP's own eval transforms (PAPER.md §5), one per mode: its resize modes are our modes.
+        # OpenCLIP's own eval transforms (the paper, §5), one per mode: its resize modes are our modes.
         self._transforms = {
             mode: open_clip.image_transform(
                 size,
@@ -222,7 +244,7 @@ class ClipEncoder:
         """Token ids (B, context_length), cut to the context but always ending with end-of-text.
 
         CLIP pools the text at its end-of-text token (the argmax id); losing it to truncation
-        would pool an arbitrary word (PAPER.md §9).
+        would pool an arbitrary word.
         """
         tokens = self.tokenizer(texts, context_length=self.context_length)  # (B, L)
         eot = getattr(self.tokenizer, "eot_token_id", None)
@@ -239,6 +261,106 @@ class ClipEncoder:
 
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+
+def hps_preprocess(image: Image.Image, *, size: int, mean, std, fill: int = 0) -> torch.Tensor:
+    """HPS v2's evaluation transform: the longest side to ``size`` (bicubic, sides rounded), the
+    rest padded with ``fill`` (split low-first), no centre crop; then normalized (3, size, size).
+
+    HPS v2 skips the step for an image whose longest side already equals ``size``; it is padded
+    here too, so that every image comes out square.
+    """
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / float(max(w, h))
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.BICUBIC)
+    canvas = Image.new("RGB", (size, size), (fill, fill, fill))
+    canvas.paste(image, ((size - nw) // 2, (size - nh) // 2))
+    return _normalize(_to_tensor(canvas), mean, std)
+
+
+def _hub_file(spec: str) -> Path:
+    """``<owner>/<repo>/<file>`` from the Hugging Face hub (or its local cache when offline)."""
+    parts = spec.split("/")
+    if len(parts) < 3:
+        raise BadInput(f"encoders.hps_checkpoint {spec!r}: no such file, and not <owner>/<repo>/<file> on the hub")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+    except Exception as exc:  # hub errors: offline, missing, no access
+        raise _load_error("hps", spec, exc) from None
+
+
+def load_state_file(path: str | Path, *, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file read with ``weights_only=True`` (never a general
+    unpickle); ``{"state_dict": …}`` wrappers and ``module.`` prefixes (DDP) are removed."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors / the restricted unpickler raise many types
+        raise _load_error(what, str(path), exc) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"encoder {what} {str(path)!r}: not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+class HpsEncoder(ClipEncoder):
+    """HPS v2.1: an OpenCLIP model (``ViT-H-14``, or a local ``open_clip_config.json`` folder) whose
+    weights are replaced by the HPS checkpoint (a local ``.pt``/``.safetensors`` file, or
+    ``<owner>/<repo>/<file>`` on the hub). Image and text features are L2-normalized, so the HPS
+    of an image for a text is their dot product. Images go through :func:`hps_preprocess`
+    whatever the mode; texts are tokenized as for CLIP (end-of-text kept).
+    """
+
+    kind = "hps"
+
+    def __init__(self, model: str = HPS_ARCH, checkpoint: str | None = HPS_CHECKPOINT, *, device=None):
+        import open_clip
+
+        self.device = _resolve_device(device)
+        local = Path(model)
+        name = f"local-dir:{local}" if local.is_dir() else model
+        try:
+            self.model = open_clip.create_model(name, pretrained=None, load_weights=False)
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _load_error(self.kind, model, exc) from None
+        if checkpoint:
+            file = Path(checkpoint).expanduser()
+            state = load_state_file(file if file.is_file() else _hub_file(checkpoint), what=self.kind)
+            try:
+                self.model.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+                raise BadInput(
+                    f"encoder hps {checkpoint!r}: does not fit {model} ({first[0].strip()[:200]})"
+                ) from None
+        self.model = self.model.eval().to(self.device)
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        self.context_length = getattr(self.model, "context_length", 77)
+        self.id, self.label = hps_id(model, checkpoint), hps_label(model, checkpoint)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], mode: str = "resize") -> torch.Tensor:
+        x = torch.stack(
+            [hps_preprocess(im, size=self.image_size, mean=self.mean, std=self.std) for im in images]
+        ).to(self.device)  # (B, 3, S, S)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
 
 
 def vgg19_features(widths: tuple[int, ...] = VGG19_WIDTHS) -> torch.nn.Sequential:
@@ -277,7 +399,7 @@ def gram_features(feature_maps: list[torch.Tensor]) -> torch.Tensor:
 
     G is symmetric, so only its upper triangle is kept, with off-diagonal entries scaled by √2:
     squared L2 distances (and means/variances) of these vectors equal those of the full flattened
-    Grams (PAPER.md §5) at half the storage.
+    Grams (the paper, §5) at half the storage.
     """
     packed = []
     for fm in feature_maps:
@@ -291,7 +413,7 @@ def gram_features(feature_maps: list[torch.Tensor]) -> torch.Tensor:
 
 
 class VggGramEncoder:
-    """VGG19 Gram features (PAPER.md §5): ImageNet weights by default, or a local safetensors file.
+    """VGG19 Gram features (the paper, §5): ImageNet weights by default, or a local safetensors file.
 
     The short side is resized to ``short_side`` keeping the aspect ratio (no crop), so images of
     different shapes are encoded one shape-group at a time.

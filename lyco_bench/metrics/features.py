@@ -26,7 +26,7 @@ Mode = Literal["resize", "crop", "padding"]
 
 
 class EncoderSettings(StrictModel):
-    """Which encoders score a checkpoint (PAPER.md §5 defaults) and how they run."""
+    """Which encoders score a checkpoint (the paper's defaults, §5) and how they run."""
 
     dino: str = "facebook/dinov2-large"
     """DINOv2 weights: a hub id or a local transformers folder (fidelity, diversity, Fréchet)."""
@@ -38,6 +38,11 @@ class EncoderSettings(StrictModel):
     vgg: str = "IMAGENET1K_V1"
     """VGG19 weights: a torchvision weights name or a local safetensors state dict (style losses)."""
     vgg_short_side: int = Field(224, ge=16)
+    hps: str = "ViT-H-14"
+    """HPS v2.1's OpenCLIP architecture (or a local ``open_clip_config.json`` folder) (``hps_delta``)."""
+    hps_checkpoint: str | None = "xswu/HPSv2/HPS_v2.1_compressed.pt"
+    """The HPS weights: a local ``.pt`` (read with ``weights_only``) or ``.safetensors`` file, or
+    ``<owner>/<repo>/<file>`` on the Hugging Face hub; None: the architecture's random init."""
     modes: tuple[Mode, ...] = ("resize", "crop", "padding")
     """How reference (dataset) images are brought to the encoder's square input."""
     image_encoders: tuple[Literal["dinov2", "clip"], ...] = ("dinov2",)
@@ -71,12 +76,16 @@ class EncoderPool:
             return enc.clip_id(s.clip, s.clip_pretrained)
         if kind == "vgg19":
             return enc.vgg19_id(s.vgg, s.vgg_short_side)
+        if kind == "hps":
+            return enc.hps_id(s.hps, s.hps_checkpoint)
         raise BadInput(f"encoder {kind!r}: unknown (expected one of {', '.join(enc.ENCODER_KINDS)})")
 
     def label(self, kind: str) -> str:
         s = self.settings
         if kind == "clip" and not Path(s.clip).is_dir():
             return f"clip:{s.clip}/{s.clip_pretrained}"
+        if kind == "hps":
+            return enc.hps_label(s.hps, s.hps_checkpoint)
         return enc.source_label(kind, {"dinov2": s.dino, "clip": s.clip, "vgg19": s.vgg}[kind])
 
     def get(self, kind: str):
@@ -87,6 +96,8 @@ class EncoderPool:
                 model = enc.DinoV2Encoder(s.dino, device=s.device, image_size=s.dino_image_size)
             elif kind == "clip":
                 model = enc.ClipEncoder(s.clip, s.clip_pretrained, device=s.device)
+            elif kind == "hps":
+                model = enc.HpsEncoder(s.hps, s.hps_checkpoint, device=s.device)
             else:
                 model = enc.VggGramEncoder(s.vgg, device=s.device, short_side=s.vgg_short_side)
             self._loaded[kind] = model
@@ -130,8 +141,8 @@ def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], 
     keys, modes = [], []
     for p in paths:
         keys.append(file_hash(Path(p)))
-        # VGG keeps the aspect ratio and ignores the mode; square images look alike in every mode.
-        modes.append("native" if kind == "vgg19" else enc.canonical_mode(image_size(Path(p)), mode))
+        # VGG and HPS preprocess in their own way, whatever the mode; square images look alike in every mode.
+        modes.append("native" if kind in enc.MODELESS_KINDS else enc.canonical_mode(image_size(Path(p)), mode))
     return keys, modes
 
 
@@ -198,21 +209,23 @@ def image_features(
     return torch.stack(rows)  # (N, D)
 
 
-def text_features(pool: EncoderPool, texts: list[str], *, cache: FeatureCache) -> torch.Tensor:
-    """OpenCLIP text features (N, D) of ``texts``, cached under mode ``text``."""
-    encoder_id = pool.id("clip")
+def text_features(
+    pool: EncoderPool, texts: list[str], *, cache: FeatureCache, kind: str = "clip"
+) -> torch.Tensor:
+    """Text features (N, D) of ``texts`` with the text tower of ``kind`` (clip, hps), cached under mode ``text``."""
+    encoder_id = pool.id(kind)
     unique = sorted(set(texts))
     found = dict(zip(unique, cache.get_many([text_key(t) for t in unique], encoder_id, "text"), strict=True))
     missing = [t for t, f in found.items() if f is None]
     if missing:
-        encoder = pool.get("clip")
+        encoder = pool.get(kind)
         bs = pool.settings.batch_size
         for start in range(0, len(missing), bs):
             chunk = missing[start : start + bs]
             for t, f in zip(chunk, encoder.encode_texts(chunk), strict=True):
                 cache.put(text_key(t), encoder_id, "text", f)
                 found[t] = f
-            pool.passes["clip-text"] += len(chunk)
+            pool.passes[f"{kind}-text"] += len(chunk)
         cache.flush()
     return torch.stack([found[t] for t in texts])
 

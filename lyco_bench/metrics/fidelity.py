@@ -1,16 +1,21 @@
-"""Fidelity (PAPER.md §5): image similarity, squared centroid distance, Fréchet distance.
+"""Fidelity: image similarity, squared centroid distance, Fréchet distance; two-concept composition.
 
 Inputs are feature matrices, reference (R, D) and generated (G, D); rows are L2-normalized here
-(a no-op for the encoders' already normalized output).
+(a no-op for the encoders' already normalized output). The ``*_rows`` functions are the registry's
+compute functions (see :mod:`lyco_bench.metrics.values`): one value per reference set and mode.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lyco_bench.metrics.values import NAN, NO_REFERENCE, MetricValue, sample_std
 
 
 def image_similarity(reference: torch.Tensor, generated: torch.Tensor) -> float:
@@ -20,6 +25,12 @@ def image_similarity(reference: torch.Tensor, generated: torch.Tensor) -> float:
     """
     r, g = F.normalize(reference.double(), dim=1), F.normalize(generated.double(), dim=1)
     return float(r.mean(0) @ g.mean(0))
+
+
+def image_similarity_per_image(reference: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """(G,) mean cosine of each generated image to the references: their mean is image_similarity."""
+    r, g = F.normalize(reference.double(), dim=1), F.normalize(generated.double(), dim=1)
+    return g @ r.mean(0)
 
 
 def squared_centroid_distance(reference: torch.Tensor, generated: torch.Tensor) -> float:
@@ -65,3 +76,86 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
         trace_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum())
     value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt)
     return max(value, 0.0)
+
+
+# --- compute functions of the registry --------------------------------------------------------
+def _per_reference(view, one: Callable) -> Iterator[MetricValue]:
+    """``one(ref, gen, subclass, mode)`` for each reference set of the unit and each mode."""
+    for key, ref_paths in view.unit.references:
+        sub = key or None
+        for mode in view.modes:
+            if not ref_paths:
+                yield MetricValue(NAN, view.n, reason=NO_REFERENCE, subclass=sub, mode=mode)
+                continue
+            yield one(view.reference(ref_paths, mode), view.generated(mode), sub, mode)
+
+
+def image_similarity_rows(view) -> Iterator[MetricValue]:
+    def one(ref, gen, sub, mode):
+        std = sample_std(image_similarity_per_image(ref, gen))
+        return MetricValue(image_similarity(ref, gen), len(gen), std=std, subclass=sub, mode=mode)
+
+    return _per_reference(view, one)
+
+
+def squared_centroid_distance_rows(view) -> Iterator[MetricValue]:
+    def one(ref, gen, sub, mode):
+        return MetricValue(squared_centroid_distance(ref, gen), len(gen), subclass=sub, mode=mode)
+
+    return _per_reference(view, one)
+
+
+def frechet_distance_rows(view) -> Iterator[MetricValue]:
+    def one(ref, gen, sub, mode):
+        if len(gen) >= 2 and len(ref) >= 2:
+            return MetricValue(frechet_distance(ref, gen), len(gen), subclass=sub, mode=mode)
+        reason = "fewer than 2 generated or reference images"
+        return MetricValue(NAN, len(gen), reason=reason, subclass=sub, mode=mode)
+
+    return _per_reference(view, one)
+
+
+# --- two concepts in one image (<combine>) ----------------------------------------------------
+def composition_min(similarities: list[float]) -> float:
+    """The weaker concept's image similarity: min over the pair (NaN if any is undefined)."""
+    if not similarities or any(math.isnan(s) for s in similarities):
+        return NAN
+    return float(min(similarities))
+
+
+def composition_drop(reference: torch.Tensor, single: torch.Tensor, combined: torch.Tensor) -> float:
+    """Image similarity of a concept's own ``<trigger>`` images minus that of the ``<combine>`` ones."""
+    return image_similarity(reference, single) - image_similarity(reference, combined)
+
+
+def composition_min_rows(view) -> Iterator[MetricValue]:
+    """Per mode: min over the two concepts of the combine images' similarity to each dataset."""
+    for mode in view.modes:
+        sims, reason = [], ""
+        for key, ref_paths in view.unit.references:
+            if not ref_paths:
+                reason = f"{NO_REFERENCE} of {key}"
+                break
+            sims.append(image_similarity(view.reference(ref_paths, mode), view.generated(mode)))
+        if reason:
+            yield MetricValue(NAN, view.n, reason=reason, mode=mode)
+        elif len(sims) < 2:
+            yield MetricValue(NAN, view.n, reason="fewer than 2 concepts in the image", mode=mode)
+        else:
+            yield MetricValue(composition_min(sims), view.n, mode=mode)
+
+
+def composition_drop_rows(view) -> Iterator[MetricValue]:
+    """Per concept of the pair and mode: its single-concept <trigger> similarity minus the combine one."""
+    for key, ref_paths in view.unit.references:
+        single = view.images_of("trigger", key)
+        for mode in view.modes:
+            if not ref_paths:
+                yield MetricValue(NAN, view.n, reason=NO_REFERENCE, subclass=key, mode=mode)
+            elif not single:
+                reason = "no <trigger> images of the concept"
+                yield MetricValue(NAN, view.n, reason=reason, subclass=key, mode=mode)
+            else:
+                ref = view.reference(ref_paths, mode)
+                value = composition_drop(ref, view.features(single, mode), view.generated(mode))
+                yield MetricValue(value, view.n, subclass=key, mode=mode)

@@ -1,4 +1,4 @@
-"""Base-model preservation (PAPER.md §5): style losses on VGG19 Gram features.
+"""Base-model preservation (the paper, §5): style losses on VGG19 Gram features.
 
 Gram vectors come from :func:`lyco_bench.metrics.encoders.gram_features` (packed so that their
 squared L2 distances equal those of the full flattened, concatenated Grams).
@@ -6,9 +6,12 @@ squared L2 distances equal those of the full flattened, concatenated Grams).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from lyco_bench.metrics.values import NAN, MetricValue, paired_or_reason, sample_std
 
 
 def style_loss_paired(base: torch.Tensor, tuned: torch.Tensor) -> float:
@@ -21,7 +24,7 @@ def style_loss_paired(base: torch.Tensor, tuned: torch.Tensor) -> float:
 
 
 def style_loss_distribution(first: torch.Tensor, second: torch.Tensor) -> float:
-    """‖μ₁ − μ₂‖² + var₁ + var₂ of two Gram-vector sets (PAPER.md §5, style loss vs the dataset).
+    """‖μ₁ − μ₂‖² + var₁ + var₂ of two Gram-vector sets (the paper, §5, style loss vs the dataset).
 
     varₖ = mean squared distance of set k to its mean (population variance summed over
     dimensions), so the sum equals the mean of ‖x − y‖² over all cross pairs (x, y).
@@ -56,3 +59,22 @@ def style_loss_from_stats(first: GramStats, second: GramStats) -> float:
     var_a = first.total_sq / first.n - float((mu_a**2).sum())
     var_b = second.total_sq / second.n - float((mu_b**2).sum())
     return float(((mu_a - mu_b) ** 2).sum()) + max(var_a, 0.0) + max(var_b, 0.0)
+
+
+# --- compute functions of the registry --------------------------------------------------------
+def style_loss_base_rows(view) -> Iterator[MetricValue]:
+    """Mean over (generated, base) pairs of the same prompt and seed of ‖Δgram‖²; std over pairs."""
+    pairs, reason = paired_or_reason(view)
+    if pairs is None:
+        yield MetricValue(NAN, 0, reason=reason)
+        return
+    losses = view.pair_sq_distances(pairs)  # (P,) float64
+    yield MetricValue(float(losses.mean()), len(pairs), std=sample_std(losses))
+
+
+def style_loss_dataset_rows(view) -> Iterator[MetricValue]:
+    """Gram statistics of the unit's images (streamed) against each reference set's (a set statistic)."""
+    for key, ref_paths in view.unit.references:
+        stats = view.reference_stats(key or view.unit.concept, ref_paths)
+        value = style_loss_from_stats(view.streamed_stats(), stats)
+        yield MetricValue(value, view.n, subclass=key or None)

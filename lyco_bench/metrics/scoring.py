@@ -1,12 +1,17 @@
-"""Scoring one checkpoint's images: every metric of the registry on every group, as result rows.
+"""Scoring one checkpoint's images: every requested metric of the registry on every group, as rows.
 
 Groups ("units") per prompt class: each concept (``/category/concept``) and each of its subclasses
 (``/category/concept/subclass``), then category rows = the mean over that category's concept-level
 values that are defined (``n_images`` their sum). Images that do not show one concept are compared
 with several: a ``<combine>`` image ("a+b") with each of its two concepts and an ``<agnostic>``
-image with every concept of its category (all concepts for global prompts, concept leakage); their
-fidelity rows carry the reference concept's key in ``subclass``. Undefined values are NaN rows with
-a ``reason``.
+image with every concept of its category (all concepts for global prompts, concept leakage); such
+rows carry the reference concept's key in ``subclass``. ``<agnostic>`` units are split by tier
+(the manifest's ``subclass``: "" for prompts without one); a tiered unit's per-concept rows carry
+``<tier>:<key>``. Undefined values are NaN rows with a ``reason``.
+
+Nothing here names a metric: the scorer asks the registry (:data:`lyco_bench.metrics.METRICS`)
+which units, encoders, images and texts each requested metric reads, encodes them, and calls each
+metric's compute function with a :class:`UnitView`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import pandas as pd
 import torch
 
 from lyco_bench.errors import BadInput
-from lyco_bench.metrics import controllability, diversity, fidelity, preservation, quality
+from lyco_bench.metrics import preservation
 from lyco_bench.metrics.cache import FeatureCache
+from lyco_bench.metrics.encoders import MODELESS_KINDS, STREAMED_KINDS
 from lyco_bench.metrics.features import (
     EncoderPool,
     EncoderSettings,
@@ -32,20 +38,18 @@ from lyco_bench.metrics.features import (
     image_size,
     text_features,
 )
-from lyco_bench.metrics.manifest import member_keys, prompt_groups, read_manifest
+from lyco_bench.metrics.manifest import member_keys, read_manifest
+from lyco_bench.metrics.values import MetricValue
 from lyco_bench.utils import progress_bar
 
 ROW_COLUMNS = [
     "checkpoint", "category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode", "value",
-    "n_images", "prompt_set_version", "reason",
+    "std", "n_images", "prompt_set_version", "reason",
 ]  # fmt: skip
-STYLE_DATASET_CLASSES = ("train", "trigger", "alter")
-BASE_PAIRED_CLASSES = ("style", "agnostic")
-PER_PROMPT_VENDI_CLASSES = ("alter",)
-FIDELITY_METRICS = ("image_similarity", "squared_centroid_distance", "frechet_distance")
 MODES_ORDER = ("resize", "crop", "padding")
-OUTPUT_VERSION = 1
-"""Bumped when a change here changes the rows written for the same images (sweep job ids)."""
+OUTPUT_VERSION = 2
+"""Bumped when a change here changes the rows written for the same images (sweep job ids).
+2: the ``std`` column; <agnostic> fidelity rows replaced by intrusion; tiers."""
 
 
 @dataclass
@@ -58,16 +62,71 @@ class Unit:
     subclass: str
     rows: pd.DataFrame
     references: list[tuple[str, list[Path]]] = field(default_factory=list)
-    """(key written to ``subclass`` for fidelity rows, or "" for the unit's own; image paths)."""
+    """(key written to ``subclass`` for per-reference rows, or "" for the unit's own; image paths)."""
+
+
+class UnitView:
+    """What a metric's compute function sees of one unit, for one encoder kind."""
+
+    def __init__(self, scorer: Scorer, index: int, unit: Unit, kind: str):
+        self._scorer, self._index, self.unit, self.kind = scorer, index, unit, kind
+        self.paths = [Path(p) for p in unit.rows["path"]]
+        self.n = len(self.paths)
+        self.modes = tuple(scorer.settings.modes)
+        self.base_classes = scorer.base_classes
+
+    def generated(self, mode: str = "resize") -> torch.Tensor:
+        """(N, D) features of the unit's images."""
+        return self._scorer.feats(self.kind, self.paths, mode)
+
+    def reference(self, paths: list[Path], mode: str) -> torch.Tensor:
+        """(R, D) features of dataset images (shared cache)."""
+        return self._scorer.feats(self.kind, paths, mode, own=False)
+
+    def features(self, paths: Sequence, mode: str = "resize", *, base: bool = False) -> torch.Tensor:
+        """(N, D) features of any generated images of this checkpoint, or of the base model's."""
+        return self._scorer.feats(self.kind, [Path(p) for p in paths], mode, own=not base)
+
+    def pairs(self) -> pd.DataFrame | None:
+        """The unit's rows joined with the base model's image of the same class, prompt and seed
+        (``path_base``); None without a base folder."""
+        return self._scorer.pairs(self.unit)
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """(N, D) text features with this kind's text tower."""
+        return text_features(self._scorer.pool, texts, cache=self._scorer.shared, kind=self.kind)
+
+    def encoder(self):
+        return self._scorer.pool.get(self.kind)
+
+    def images_of(self, prompt_class: str, key: str) -> list[Path]:
+        """This checkpoint's images of ``prompt_class`` showing concept ``key`` (or its subclasses)."""
+        return self._scorer.images_of(prompt_class, key)
+
+    def pair_sq_distances(self, pairs: pd.DataFrame) -> torch.Tensor:
+        """(P,) ‖f(generated) − f(base)‖² per pair, from the streaming pass (streamed kinds)."""
+        return torch.tensor(
+            [self._scorer.pair_sq[(self.kind, p)] for p in pairs["path"]], dtype=torch.float64
+        )
+
+    def streamed_stats(self) -> preservation.GramStats:
+        """Sufficient statistics of the unit's streamed features (streamed kinds)."""
+        return self._scorer.unit_stats[(self.kind, self._index)]
+
+    def reference_stats(self, key: str, paths: list[Path]) -> preservation.GramStats:
+        """Streamed statistics of a reference set (cached features: shared by every job)."""
+        return self._scorer.reference_stats(self.kind, key, paths)
 
 
 class Scorer:
     """Encodes what the requested metrics read — nothing else — and turns it into result rows.
 
     Features of the checkpoint's own images go to ``own`` (one shard per encoder and mode); the
-    dataset's, the base model's and texts to ``shared``. VGG Gram vectors of generated images are
-    never stored (nothing reads them twice): one streaming pass computes the paired style loss and
-    the per-group Gram statistics from them.
+    dataset's, the base model's and texts to ``shared``. Features of streamed kinds (VGG Gram
+    vectors) of generated images are never stored (nothing reads them twice): one streaming pass
+    reduces them to what the metrics read — the squared distance of each image to its base twin
+    (metrics that need ``base``) and each unit's sufficient statistics (metrics that need
+    ``reference``).
     """
 
     def __init__(
@@ -79,35 +138,56 @@ class Scorer:
         base: pd.DataFrame | None,
         style_categories,
         metrics,
+        manifest: pd.DataFrame | None = None,
     ):
         from lyco_bench.metrics import METRICS
 
         self.settings, self.shared, self.own, self.base = settings, shared, own, base
         self.metrics = {name: METRICS[name] for name in metrics}
         self.style_categories = set(style_categories)
+        self.manifest = manifest
+        self.base_classes = set(base["prompt_class"]) if base is not None else set()
         self.pool = EncoderPool(settings)
         self._memo: dict[tuple[str, str, str], torch.Tensor] = {}
-        self._pair_loss: dict[str, float] = {}
-        self._unit_grams: dict[int, preservation.GramStats] = {}
+        self._pairs: dict[int, pd.DataFrame] = {}
+        self._members: dict[str, list[tuple[tuple[str, ...], Path]]] | None = None
+        self.pair_sq: dict[tuple[str, str], float] = {}
+        self.unit_stats: dict[tuple[str, int], preservation.GramStats] = {}
         self._ref_stats: dict[str, preservation.GramStats] = {}
         self.rows: list[dict] = []
 
-    # --- which units each metric reads -------------------------------------------------------
-    def wants(self, *names: str) -> bool:
-        return any(n in self.metrics for n in names)
-
+    # --- which units, kinds and images each metric reads --------------------------------------
     def reads(self, name: str, unit: Unit) -> bool:
         """Whether metric ``name`` is requested and reads ``unit``'s images."""
         metric = self.metrics.get(name)
         if metric is None or unit.prompt_class not in metric.prompt_classes:
             return False
-        if name == "style_loss_dataset":
-            return unit.category in self.style_categories
-        return True
+        return metric.categories == "all" or unit.category in self.style_categories
+
+    def reports(self, name: str, unit: Unit) -> bool:
+        """Whether metric ``name`` writes rows for ``unit``."""
+        return self.reads(name, unit) and unit.prompt_class in self.metrics[name].reports
+
+    def kinds(self, name: str) -> tuple[str, ...]:
+        from lyco_bench.metrics import metric_encoders
+
+        return metric_encoders(self.metrics[name], tuple(self.settings.image_encoders))
+
+    def _read_paths(self, name: str, unit: Unit) -> tuple[list[str], list[str], list[str]]:
+        """(generated paths, base paths, texts) metric ``name`` reads of ``unit``."""
+        needs = self.metrics[name].needs
+        if "base" in needs:
+            pairs = self.pairs(unit)
+            if pairs is None:
+                return [], [], []
+            gen, base, texts = list(pairs["path"]), list(pairs["path_base"]), list(pairs["clip_text"])
+        else:
+            gen, base, texts = list(unit.rows["path"]), [], list(unit.rows["clip_text"])
+        return gen, base, texts if "text" in needs else []
 
     # --- features -----------------------------------------------------------------------------
     def feats(self, kind: str, paths: list[Path], mode: str = "resize", *, own: bool = True) -> torch.Tensor:
-        """(N, D) features, kept in memory for DINOv2/CLIP (a few KB per image)."""
+        """(N, D) features, kept in memory for stored kinds (a few KB per image)."""
         todo = [p for p in dict.fromkeys(map(str, paths)) if (kind, mode, p) not in self._memo]
         if todo:
             cache = self.own if own else self.shared
@@ -119,211 +199,150 @@ class Scorer:
         return torch.stack([self._memo[(kind, mode, str(p))] for p in paths])
 
     def prefetch(self, units: list[Unit]) -> None:
-        """Encode every image the requested metrics read, in full batches, one encoder at a time."""
+        """Encode every image and text the requested metrics read, in full batches, one encoder at a time."""
         modes = tuple(self.settings.modes)
-        fidelity = [u for u in units if any(self.reads(m, u) for m in FIDELITY_METRICS)]
-        for kind in self.settings.image_encoders:
+        kinds = list(self.settings.image_encoders)
+        for name in self.metrics:
+            kinds += [k for k in self.kinds(name) if k not in kinds]
+        texts: dict[str, list[str]] = {}
+        for kind in kinds:
+            if kind in STREAMED_KINDS:
+                continue
+            reading = [n for n in self.metrics if kind in self.kinds(n)]
             gen_modes: dict[str, set[str]] = {}
-            for u in fidelity:
-                for p in u.rows["path"]:
-                    gen_modes.setdefault(p, set()).update(modes)
-            for u in units:
-                if self.reads("vendi", u):
-                    for p in u.rows["path"]:
-                        gen_modes.setdefault(p, set()).add("resize")
-            for mode in (m for m in MODES_ORDER if any(m in ms for ms in gen_modes.values())):
-                paths = [Path(p) for p, ms in gen_modes.items() if mode in ms]
-                self.feats(kind, paths, mode)
-            references = list(
-                dict.fromkeys(str(p) for u in fidelity for _, refs in u.references for p in refs)
-            )
+            base_modes: dict[str, set[str]] = {}
+            references: dict[str, None] = {}
+            for name in reading:
+                metric = self.metrics[name]
+                wanted = set(modes) if "reference" in metric.needs else {"resize"}
+                for unit in (u for u in units if self.reads(name, u)):
+                    gen, base, unit_texts = self._read_paths(name, unit)
+                    for p in gen:
+                        gen_modes.setdefault(p, set()).update(wanted)
+                    for p in base:
+                        base_modes.setdefault(p, set()).update(wanted)
+                    if "reference" in metric.needs:
+                        references.update(dict.fromkeys(str(p) for _, refs in unit.references for p in refs))
+                    texts.setdefault(kind, []).extend(unit_texts)
+                texts.setdefault(kind, []).extend(metric.texts)
+            for table, own in ((gen_modes, True), (base_modes, False)):
+                for mode in (m for m in MODES_ORDER if any(m in ms for ms in table.values())):
+                    self.feats(kind, [Path(p) for p, ms in table.items() if mode in ms], mode, own=own)
             for mode in modes if references else ():
                 self.feats(kind, [Path(p) for p in references], mode, own=False)
-        clip_paths = list(
-            dict.fromkeys(p for u in units if self.reads("text_similarity", u) or self.reads("clip_iqa", u)
-                          for p in u.rows["path"])
-        )  # fmt: skip
-        if clip_paths:
-            self.feats("clip", [Path(p) for p in clip_paths])
-        texts = [t for u in units if self.reads("text_similarity", u) for t in u.rows["clip_text"]]
-        if any(self.reads("clip_iqa", u) for u in units):
-            texts += [t for pair in quality.IQA_PROMPT_PAIRS for t in pair]
-        if texts:  # every text in one call: one shard
-            text_features(self.pool, sorted(set(texts)), cache=self.shared)
-        self._vgg_pass(units)
+        for kind, kind_texts in texts.items():
+            if kind_texts:  # every text of a kind in one call: one shard
+                text_features(self.pool, sorted(set(kind_texts)), cache=self.shared, kind=kind)
+        for kind in (k for k in kinds if k in STREAMED_KINDS):
+            self._stream_pass(kind, units)
         self.own.flush()
         self.shared.flush()
 
-    def _vgg_pass(self, units: list[Unit]) -> None:
-        """One VGG forward per generated image content some style loss reads; Grams reduced, never stored."""
+    def _stream_pass(self, kind: str, units: list[Unit]) -> None:
+        """One forward per generated image content some metric reads with ``kind``; reduced, never stored."""
         pairs: dict[str, str] = {}
-        for unit in units:
-            if self.base is not None and self.reads("style_loss_base", unit):
-                pair = self._pairs(unit)
-                pairs.update(zip(pair["path"], pair["path_base"], strict=True))
         members: dict[str, list[int]] = {}
-        for i, unit in enumerate(units):
-            if self.reads("style_loss_dataset", unit):
-                for p in unit.rows["path"]:
-                    members.setdefault(p, []).append(i)
+        for name in (n for n in self.metrics if kind in self.kinds(n)):
+            needs = self.metrics[name].needs
+            for i, unit in enumerate(units):
+                if not self.reads(name, unit):
+                    continue
+                if "base" in needs:
+                    pair = self.pairs(unit)
+                    if pair is not None:
+                        pairs.update(zip(pair["path"], pair["path_base"], strict=True))
+                if "reference" in needs:
+                    for p in unit.rows["path"]:
+                        if i not in members.setdefault(p, []):
+                            members[p].append(i)
         paths = sorted(set(pairs) | set(members))
         if not paths:
             return
         same: dict[str, list[str]] = {}  # content hash → the paths holding that content
-        for p, key in zip(paths, image_keys("vgg19", [Path(p) for p in paths], "native")[0], strict=True):
+        for p, key in zip(paths, image_keys(kind, [Path(p) for p in paths], "native")[0], strict=True):
             same.setdefault(key, []).append(p)
         uniq = [group[0] for group in same.values()]
         groups = list(same.values())
-        for chunk, grams in encode_batches(
-            self.pool, "vgg19", [Path(p) for p in uniq], ["native"] * len(uniq)
-        ):
-            batch = [(p, g) for j, g in zip(chunk, grams, strict=True) for p in groups[j]]
-            self._reduce_grams([p for p, _ in batch], [g for _, g in batch], pairs=pairs, members=members)
+        for chunk, feats in encode_batches(self.pool, kind, [Path(p) for p in uniq], ["native"] * len(uniq)):
+            batch = [(p, f) for j, f in zip(chunk, feats, strict=True) for p in groups[j]]
+            self._reduce(kind, [p for p, _ in batch], [f for _, f in batch], pairs=pairs, members=members)
 
-    def _reduce_grams(self, paths: list[str], grams: list[torch.Tensor], *, pairs, members) -> None:
+    def _reduce(self, kind: str, paths: list[str], feats: list[torch.Tensor], *, pairs, members) -> None:
         paired = [i for i, p in enumerate(paths) if p in pairs]
         if paired:
-            base = image_features(self.pool, "vgg19", [Path(pairs[paths[i]]) for i in paired],
+            base = image_features(self.pool, kind, [Path(pairs[paths[i]]) for i in paired],
                                   cache=self.shared, flush=False)  # fmt: skip
-            tuned = torch.stack([grams[i] for i in paired])
-            losses = ((tuned.double() - base.double()) ** 2).sum(1)  # per pair ‖Δgram‖²
+            tuned = torch.stack([feats[i] for i in paired])
+            losses = ((tuned.double() - base.double()) ** 2).sum(1)  # per pair ‖Δ‖²
             for i, loss in zip(paired, losses.tolist(), strict=True):
-                self._pair_loss[paths[i]] = loss
+                self.pair_sq[(kind, paths[i])] = loss
         for i, p in enumerate(paths):
             for u in members.get(p, ()):
-                part = preservation.GramStats.of(grams[i][None])
-                self._unit_grams[u] = part if u not in self._unit_grams else self._unit_grams[u] + part
+                part = preservation.GramStats.of(feats[i][None])
+                key = (kind, u)
+                self.unit_stats[key] = part if key not in self.unit_stats else self.unit_stats[key] + part
 
-    def gram_stats(self, paths: list[Path]) -> preservation.GramStats:
-        """Streamed Gram statistics of reference images (cached: they are shared by every job)."""
-        stats = None
-        bs = self.settings.batch_size
-        for start in range(0, len(paths), bs):
-            part = preservation.GramStats.of(
-                image_features(self.pool, "vgg19", paths[start : start + bs], cache=self.shared, flush=False)
+    def reference_stats(self, kind: str, key: str, paths: list[Path]) -> preservation.GramStats:
+        """Streamed statistics of reference images (cached: they are shared by every job)."""
+        cache_key = kind + "|" + key + "|" + "|".join(map(str, paths))
+        if cache_key not in self._ref_stats:
+            stats = None
+            bs = self.settings.batch_size
+            for start in range(0, len(paths), bs):
+                part = preservation.GramStats.of(
+                    image_features(self.pool, kind, paths[start : start + bs], cache=self.shared, flush=False)
+                )
+                stats = part if stats is None else stats + part
+            self._ref_stats[cache_key] = stats
+        return self._ref_stats[cache_key]
+
+    def pairs(self, unit: Unit) -> pd.DataFrame | None:
+        if self.base is None:
+            return None
+        if id(unit) not in self._pairs:
+            base = self.base[self.base["prompt_class"] == unit.prompt_class]
+            self._pairs[id(unit)] = unit.rows.merge(
+                base[["prompt", "seed", "path"]], on=["prompt", "seed"], suffixes=("", "_base")
             )
-            stats = part if stats is None else stats + part
-        return stats
+        return self._pairs[id(unit)]
+
+    def images_of(self, prompt_class: str, key: str) -> list[Path]:
+        if self._members is None:
+            self._members = {}
+            if self.manifest is not None:
+                for _, row in self.manifest.iterrows():
+                    keys = tuple(member_keys(row))
+                    self._members.setdefault(row["prompt_class"], []).append((keys, Path(row["path"])))
+        return [
+            path
+            for keys, path in self._members.get(prompt_class, [])
+            if any(k == key or k.startswith(key + "/") for k in keys)
+        ]
 
     # --- rows -------------------------------------------------------------------------------
-    def add(
-        self,
-        unit: Unit,
-        metric: str,
-        kind: str,
-        mode: str,
-        value: float,
-        n: int,
-        *,
-        reason: str = "",
-        subclass=None,
-    ):
+    def add(self, unit: Unit, metric: str, kind: str, result: MetricValue) -> None:
         if metric not in self.metrics:
             return
         label = self.pool.label(kind) if kind else ""
-        if isinstance(value, float) and math.isnan(value) and not reason:
+        value, reason = float(result.value), result.reason
+        if math.isnan(value) and not reason:
             reason = "undefined"
         self.rows.append({
             "category": unit.category, "concept": unit.concept,
-            "subclass": unit.subclass if subclass is None else subclass, "prompt_class": unit.prompt_class,
-            "metric": metric, "encoder": label, "mode": mode, "value": float(value), "n_images": int(n),
-            "prompt_set_version": _version(unit.rows), "reason": reason if math.isnan(value) else "",
+            "subclass": unit.subclass if result.subclass is None else result.subclass,
+            "prompt_class": unit.prompt_class, "metric": metric, "encoder": label, "mode": result.mode,
+            "value": value, "std": math.nan if math.isnan(value) else float(result.std),
+            "n_images": int(result.n), "prompt_set_version": _version(unit.rows),
+            "reason": reason if math.isnan(value) else "",
         })  # fmt: skip
 
-    # --- metrics per unit -------------------------------------------------------------------
     def score_unit(self, index: int, unit: Unit) -> None:
-        paths = [Path(p) for p in unit.rows["path"]]
-        for kind in self.settings.image_encoders:
-            if any(self.reads(m, unit) for m in FIDELITY_METRICS):
-                self._fidelity(unit, kind, paths)
-            if self.reads("vendi", unit):
-                self._vendi(unit, kind, paths)
-        if self.reads("text_similarity", unit) or self.reads("clip_iqa", unit):
-            self._clip_metrics(unit, paths)
-        if self.reads("style_loss_base", unit):
-            self._style_base(unit)
-        if self.reads("style_loss_dataset", unit):
-            for key, ref_paths in unit.references:
-                stats = self._ref_gram_stats(key or unit.concept, ref_paths)
-                value = preservation.style_loss_from_stats(self._unit_grams[index], stats)
-                self.add(unit, "style_loss_dataset", "vgg19", "", value, len(paths), subclass=key or None)
-
-    def _vendi(self, unit: Unit, kind: str, paths: list[Path]) -> None:
-        gen, n = self.feats(kind, paths), len(paths)
-        if unit.prompt_class in PER_PROMPT_VENDI_CLASSES:
-            value, used = diversity.vendi_per_group(gen, prompt_groups(unit.rows))
-            reason = "" if used else "no prompt with 2 images"
-        elif n >= 2:
-            value, reason = diversity.vendi_score(gen), ""
-        else:
-            value, reason = math.nan, "fewer than 2 images"
-        self.add(unit, "vendi", kind, "", value, n, reason=reason)
-
-    def _clip_metrics(self, unit: Unit, paths: list[Path]) -> None:
-        clip_img, n = self.feats("clip", paths), len(paths)
-        if self.reads("text_similarity", unit):
-            texts = text_features(self.pool, unit.rows["clip_text"].tolist(), cache=self.shared)
-            self.add(unit, "text_similarity", "clip", "", controllability.text_similarity(clip_img, texts), n)
-        if self.reads("clip_iqa", unit):
-            good = text_features(self.pool, [g for g, _ in quality.IQA_PROMPT_PAIRS], cache=self.shared)
-            bad = text_features(self.pool, [b for _, b in quality.IQA_PROMPT_PAIRS], cache=self.shared)
-            value = quality.clip_iqa(clip_img, good, bad, logit_scale=self._logit_scale())
-            self.add(unit, "clip_iqa", "clip", "", value, n)
-
-    def _fidelity(self, unit: Unit, kind: str, paths: list[Path]) -> None:
-        n = len(paths)
-        for key, ref_paths in unit.references:
-            sub = key or None
-            for mode in self.settings.modes:
-                if not ref_paths:
-                    for metric in FIDELITY_METRICS:
-                        self.add(
-                            unit, metric, kind, mode, math.nan, n, reason="no reference images", subclass=sub
-                        )
-                    continue
-                ref, gen = self.feats(kind, ref_paths, mode, own=False), self.feats(kind, paths, mode)
-                if self.reads("image_similarity", unit):
-                    value = fidelity.image_similarity(ref, gen)
-                    self.add(unit, "image_similarity", kind, mode, value, n, subclass=sub)
-                if self.reads("squared_centroid_distance", unit):
-                    dist = fidelity.squared_centroid_distance(ref, gen)
-                    self.add(unit, "squared_centroid_distance", kind, mode, dist, n, subclass=sub)
-                if not self.reads("frechet_distance", unit):
-                    continue
-                if n >= 2 and len(ref) >= 2:
-                    value = fidelity.frechet_distance(ref, gen)
-                    self.add(unit, "frechet_distance", kind, mode, value, n, subclass=sub)
-                else:
-                    reason = "fewer than 2 generated or reference images"
-                    self.add(unit, "frechet_distance", kind, mode, math.nan, n, reason=reason, subclass=sub)
-
-    def _pairs(self, unit: Unit) -> pd.DataFrame:
-        base = self.base[self.base["prompt_class"] == unit.prompt_class]
-        return unit.rows.merge(
-            base[["prompt", "seed", "path"]], on=["prompt", "seed"], suffixes=("", "_base")
-        )
-
-    def _style_base(self, unit: Unit) -> None:
-        if self.base is None:
-            reason = "no base-model images (--base-images)"
-            self.add(unit, "style_loss_base", "vgg19", "", math.nan, 0, reason=reason)
-            return
-        pairs = self._pairs(unit)
-        if pairs.empty:
-            reason = "no base-model image with the same prompt and seed"
-            self.add(unit, "style_loss_base", "vgg19", "", math.nan, 0, reason=reason)
-            return
-        losses = torch.tensor([self._pair_loss[p] for p in pairs["path"]], dtype=torch.float64)
-        self.add(unit, "style_loss_base", "vgg19", "", float(losses.mean()), len(pairs))
-
-    def _ref_gram_stats(self, key: str, paths: list[Path]) -> preservation.GramStats:
-        cache_key = key + "|" + "|".join(map(str, paths))
-        if cache_key not in self._ref_stats:
-            self._ref_stats[cache_key] = self.gram_stats(paths)
-        return self._ref_stats[cache_key]
-
-    def _logit_scale(self) -> float:
-        return self.pool.get("clip").logit_scale()
+        for name, metric in self.metrics.items():
+            if not self.reports(name, unit):
+                continue
+            for kind in self.kinds(name):
+                for result in metric.compute(UnitView(self, index, unit, kind)):
+                    self.add(unit, name, kind, result)
 
 
 def _version(rows: pd.DataFrame) -> str:
@@ -347,8 +366,10 @@ def make_units(df: pd.DataFrame, dataset, *, source: str) -> list[Unit]:
         if pc == "agnostic" or not concept:
             keys = [c.key.rsplit("/", 1)[0] if c.subclass else c.key for c in dataset.concepts]
             keys = sorted({k for k in keys if not cat or k.split("/")[0] == cat})
-            refs = [(k, _reference_paths(dataset, k, source=source)) for k in keys]
-            units.append(Unit(pc, cat, concept, "", rows, refs))
+            paths = {k: _reference_paths(dataset, k, source=source) for k in keys}
+            for tier, tier_rows in rows.groupby("subclass", sort=True):  # "" = no tier
+                refs = [(f"{tier}:{k}" if tier else k, paths[k]) for k in keys]
+                units.append(Unit(pc, cat, concept, tier, tier_rows, refs))
             continue
         members = sorted({k for _, r in rows.iterrows() for k in member_keys(r)})
         if pc == "combine" or "+" in concept:
@@ -386,16 +407,17 @@ def category_rows(rows: pd.DataFrame) -> pd.DataFrame:
         row.update(concept="", subclass="", n_images=int(grp.loc[defined, "n_images"].sum()))
         row["value"] = float(values[defined].mean()) if defined.any() else math.nan
         row["reason"] = "" if defined.any() else "no concept with a defined value"
+        row["std"] = math.nan  # a mean over concepts: the concept rows carry the within-unit spread
         row["prompt_set_version"] = ",".join(sorted(set(",".join(grp["prompt_set_version"]).split(","))))
         out.append(row)
     return pd.DataFrame(out, columns=[c for c in ROW_COLUMNS if c != "checkpoint"])
 
 
 def _metric_names(metrics: Sequence[str] | None, *, experimental: bool) -> list[str]:
-    from lyco_bench.metrics import METRICS
+    from lyco_bench.metrics import METRICS, default_metrics
 
     if metrics is None:
-        return [name for name, m in METRICS.items() if experimental or not m.experimental]
+        return default_metrics(experimental=experimental)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise BadInput(f"metrics: unknown metric {unknown[0]!r} (known: {', '.join(sorted(METRICS))})")
@@ -417,9 +439,9 @@ def score(
     """Score the images of ``images_dir`` (its manifest) against ``dataset``; rows per ROW_COLUMNS.
 
     ``dataset``: a folder or a loaded :class:`lyco_bench.data.Dataset`. ``base_images_dir``: the
-    base model's images of the same prompt set (``style_loss_base``). ``checkpoint``: the name in
+    base model's images of the same prompt set (the metrics that need ``base``). ``checkpoint``: the name in
     the rows (default: the manifest's ``checkpoint`` column, else the folder name). ``metrics``:
-    names from ``METRICS`` to compute (default: all, the experimental ones when
+    names from ``METRICS`` to compute (default: the ``default`` ones, the experimental ones when
     ``encoders.experimental``); only the images and encoders those metrics read are encoded.
     ``cache_dir``: the shared feature cache (dataset, base images, texts); ``features_dir``: where
     the features of these images go (one shard per encoder and mode; default: ``cache_dir``).
@@ -442,7 +464,7 @@ def score(
     own = FeatureCache(features_dir) if features_dir is not None else shared
     scorer = Scorer(
         settings=settings, shared=shared, own=own, base=base, style_categories=styles,
-        metrics=_metric_names(metrics, experimental=settings.experimental),
+        metrics=_metric_names(metrics, experimental=settings.experimental), manifest=df,
     )  # fmt: skip
     scorer.prefetch(units)
     with progress_bar() as bar:
