@@ -28,10 +28,13 @@ E = torch.eye(4, dtype=torch.float64)
 def test_registry_directions():
     assert set(METRICS) == {
         "image_similarity", "squared_centroid_distance", "text_similarity", "vendi", "style_loss_base",
-        "style_loss_dataset", "frechet_distance", "clip_iqa",
+        "style_loss_dataset", "frechet_distance", "clip_iqa", "intrusion", "drift", "kid", "composition_min",
+        "composition_drop", "hps_delta",
     }  # fmt: skip
     higher = {name for name, m in METRICS.items() if m.higher_is_better}
-    assert higher == {"image_similarity", "text_similarity", "vendi", "clip_iqa"}
+    assert higher == {"image_similarity", "text_similarity", "vendi", "clip_iqa", "composition_min", "hps_delta"}
+    assert [n for n, m in METRICS.items() if not m.default] == ["hps_delta"]
+    assert all(callable(m.compute) for m in METRICS.values())
     assert [n for n, m in METRICS.items() if m.experimental] == ["clip_iqa"]
     assert (
         METRICS["vendi"].criterion == "diversity" and METRICS["style_loss_base"].criterion == "preservation"

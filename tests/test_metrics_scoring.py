@@ -101,8 +101,18 @@ def test_rows_columns_and_reasons(scored):
     assert set(rows["mode"]) == {"", "resize", "crop", "padding"}
     assert set(rows["metric"]) == {
         "image_similarity", "squared_centroid_distance", "frechet_distance", "text_similarity", "vendi",
-        "clip_iqa", "style_loss_base", "style_loss_dataset",
-    }  # fmt: skip
+        "clip_iqa", "style_loss_base", "style_loss_dataset", "intrusion", "drift", "kid", "composition_min",
+        "composition_drop",
+    }  # fmt: skip  (hps_delta is not a default metric)
+    # std: defined exactly for the means over images with at least 2 of them
+    from lyco_bench.metrics import METRICS
+
+    per_image = rows["metric"].map(lambda m: METRICS[m].per_image)
+    concept_level = rows["concept"] != ""
+    defined = rows["std"].notna()
+    assert not (defined & ~per_image).any()
+    assert (defined == (per_image & rows["value"].notna() & (rows["n_images"] >= 2) & (
+        concept_level | (rows["prompt_class"] == "agnostic")))).all()  # fmt: skip
     key = ["category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode"]
     assert not rows.duplicated(key).any()
 
@@ -130,7 +140,8 @@ def test_combine_and_agnostic_compare_with_each_concept(scored):
         rows, prompt_class="combine", metric="image_similarity", mode="resize", concept="circle+checker"
     )
     assert sorted(comb["subclass"]) == ["patterns/checker", "shapes/circle"]
-    leak = _pick(rows, prompt_class="agnostic", metric="image_similarity", mode="resize", concept="")
+    assert _pick(rows, prompt_class="agnostic", metric="image_similarity").empty  # intrusion instead
+    leak = _pick(rows, prompt_class="agnostic", metric="intrusion", mode="resize", concept="")
     assert sorted(leak["subclass"]) == [
         "patterns/checker",
         "patterns/stripes",
