@@ -9,7 +9,10 @@ A prompt set names, per dataset category, the prompts of each prompt class of th
 - ``alter``: content-changing templates (``{}`` = trigger), per category or per concept, inline or
   read from a text file with one template per line (the paper's ``prompt-templates/`` work as is);
 - ``style``: "{} in the style of …" templates, skipped for categories marked ``is_style``;
-- ``agnostic``: prompts without any trigger, global and per category, to measure concept leakage;
+- ``agnostic``: prompts without any trigger, global and per category, to measure concept leakage
+  and drift; an entry is a string or ``{prompt, tier}``, the tier saying how close the prompt is
+  to the concepts (``class``: their class words, ``related``, ``unrelated``) — it becomes the
+  item's ``subclass``, so each tier is scored as its own group;
 - ``combine``: two concepts in one image (``{a}``/``{b}``), from one model or, with
   ``combine_with``, from two datasets whose adapters are merged together at generation.
 
@@ -59,6 +62,25 @@ class TemplateSource(StrictModel):
         return self
 
 
+AgnosticTier = Literal["class", "related", "unrelated"]
+
+
+class AgnosticPrompt(StrictModel):
+    """A concept-agnostic prompt with its tier (how close it is to the concepts)."""
+
+    prompt: str
+    tier: AgnosticTier
+    """``class``: the concepts' class words ("a woman"); ``related``: the same domain; ``unrelated``."""
+
+
+AgnosticEntry = str | AgnosticPrompt
+
+
+def agnostic_entries(entries: list[AgnosticEntry]) -> list[tuple[str, str]]:
+    """(prompt, tier) of each entry; "" for a plain string (no tier)."""
+    return [(e, "") if isinstance(e, str) else (e.prompt, e.tier) for e in entries]
+
+
 class CategoryPrompts(TemplateSource):
     """The prompts of one dataset category (or of ``default_category``)."""
 
@@ -66,8 +88,8 @@ class CategoryPrompts(TemplateSource):
     """Appended to the trigger in ``trigger`` prompts (the paper: ", realistic" for people)."""
     is_style: bool = False
     """A style category: no ``style`` prompts (a style cannot be restyled)."""
-    agnostic: list[str] = Field(default_factory=list)
-    """Category-level prompts without a trigger (leakage within the category)."""
+    agnostic: list[AgnosticEntry] = Field(default_factory=list)
+    """Category-level prompts without a trigger (leakage within the category), optionally tiered."""
     concepts: dict[str, TemplateSource] = Field(default_factory=dict)
     """Per-concept alter templates replacing the category's (the paper had one file per scene)."""
 
@@ -106,8 +128,8 @@ class PromptSet(StrictModel):
     caption_strategy: Literal["tags", "trigger", "all-tags"] = "tags"
     """How ``train`` prompts are captioned (lyco_bench.data.caption_for)."""
     style_templates: list[str] = Field(default_factory=list)
-    agnostic: list[str] = Field(default_factory=list)
-    """Prompts without a trigger, for every dataset (leakage)."""
+    agnostic: list[AgnosticEntry] = Field(default_factory=list)
+    """Prompts without a trigger, for every dataset (leakage), optionally tiered."""
     categories: dict[str, CategoryPrompts] = Field(default_factory=dict)
     default_category: CategoryPrompts | None = None
     """Used for dataset categories not listed under ``categories``."""
@@ -196,7 +218,7 @@ def _resolve_category(cat: CategoryPrompts, *, base_dir: Path, field: str) -> Ca
     if not cat.alter:
         raise BadInput(f"{field}: no alter templates (give alter or templates_file)")
     _check_templates(cat.alter, field=f"{field}.alter", marks=("{}",))
-    _check_templates(cat.agnostic, field=f"{field}.agnostic", marks=())
+    _check_templates([t for t, _ in agnostic_entries(cat.agnostic)], field=f"{field}.agnostic", marks=())
     concepts = {}
     for name, src in cat.concepts.items():
         sub = f"{field}.concepts.{name}"
@@ -242,7 +264,7 @@ def load_prompt_set(name_or_path: str | os.PathLike) -> PromptSet:
     if default is not None:
         default = _resolve_category(default, base_dir=base_dir, field=f"{path}: default_category")
     _check_templates(ps.style_templates, field=f"{path}: style_templates", marks=("{}",))
-    _check_templates(ps.agnostic, field=f"{path}: agnostic", marks=())
+    _check_templates([t for t, _ in agnostic_entries(ps.agnostic)], field=f"{path}: agnostic", marks=())
     _check_templates(ps.combine.templates, field=f"{path}: combine.templates", marks=("{a}", "{b}"))
     if "style" in ps.classes and not ps.style_templates:
         raise BadInput(f"{path}: style_templates: empty, but the style class is requested")
@@ -350,17 +372,13 @@ def _concept_items(ps: PromptSet, prompt_class: str, concept: Any, dataset: Any,
 def _agnostic_items(ps: PromptSet, dataset: Any, *, seed_base: int) -> list[PromptItem]:
     n = ps.images_per_prompt.agnostic
     base = {"prompt_class": "agnostic", "concept": "", "subclass": None, "concepts": ()}
-    out = _items(
-        ps.agnostic,
-        n_images=n,
-        seed_base=seed_base,
-        make={**base, "folder": "agnostic/_all", "category": ""},
-        clip=[],
-    )
-    for category in dataset.categories:
-        prompts = ps.category(category).agnostic
-        make = {**base, "folder": f"agnostic/{category}", "category": category}
-        out += _items(prompts, n_images=n, seed_base=seed_base, make=make, clip=[])
+    out = []
+    for category, entries in [("", ps.agnostic)] + [(c, ps.category(c).agnostic) for c in dataset.categories]:
+        pairs = agnostic_entries(entries)
+        make = {**base, "folder": f"agnostic/{category or '_all'}", "category": category}
+        items = _items([p for p, _ in pairs], n_images=n, seed_base=seed_base, make=make, clip=[])
+        # The tier goes to ``subclass``; paths and groups stay those of an untiered prompt.
+        out += [i.model_copy(update={"subclass": pairs[i.prompt_index][1] or None}) for i in items]
     return out
 
 

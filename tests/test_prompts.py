@@ -166,6 +166,57 @@ def test_agnostic_and_combine(fixed):
     assert [i.prompt for i in cross] == ["rune woman and qua toy", "olis stuffed toy, pink robe and qua toy"]
 
 
+def test_agnostic_tiers(fixed):
+    """Tiered agnostic entries: the tier goes to ``subclass``; paths, groups and seeds stay those of
+    the same prompts without tiers, and an untiered set keeps its identity."""
+    from lyco_bench.sweep.inputs import prompt_set_identity
+
+    root, yaml_path = fixed
+    plain = load_prompt_set(yaml_path)
+    tiered_path = yaml_path.with_name("tiered.yaml")
+    tiered_path.write_text(
+        PROMPT_SET.replace(
+            'agnostic: ["a photo of a street"]',
+            'agnostic: [{prompt: "a photo of a street", tier: unrelated}, "a cat"]',
+        ).replace(
+            'agnostic: ["a woman"]',
+            'agnostic: [{prompt: "a woman", tier: class}, {prompt: "a crowd at a station", tier: related}]',
+        )
+    )
+    ds = load_dataset(root)
+    tiered = expand_prompts(load_prompt_set(tiered_path), ds, ["agnostic"])
+    assert [(i.relpath, i.prompt, i.category, i.subclass, i.group) for i in tiered[::2]] == [
+        ("agnostic/_all/000-1000.png", "a photo of a street", "", "unrelated", "agnostic/_all/0"),
+        ("agnostic/_all/001-1000.png", "a cat", "", None, "agnostic/_all/1"),
+        ("agnostic/people/000-1000.png", "a woman", "people", "class", "agnostic/people/0"),
+        ("agnostic/people/001-1000.png", "a crowd at a station", "people", "related", "agnostic/people/1"),
+    ]
+    untiered = expand_prompts(plain, ds, ["agnostic"])
+    assert [i.subclass for i in untiered] == [None] * 4
+    assert [(i.relpath, i.seed) for i in untiered] == [
+        (i.relpath, i.seed) for i in tiered if i.prompt in ("a photo of a street", "a woman")
+    ]
+    # a set written without tiers hashes as before (its dump holds the same plain strings)
+    assert plain.model_dump(mode="json")["agnostic"] == ["a photo of a street"]
+    assert prompt_set_identity(plain) != prompt_set_identity(load_prompt_set(tiered_path))
+    bad = yaml_path.with_name("bad-tier.yaml")
+    bad.write_text(PROMPT_SET.replace('agnostic: ["a woman"]', 'agnostic: [{prompt: "a woman", tier: near}]'))
+    with pytest.raises(BadInput, match=r"categories.people.agnostic.0"):
+        load_prompt_set(bad)
+    bad.write_text(PROMPT_SET.replace('agnostic: ["a woman"]', 'agnostic: [{prompt: "a {} woman", tier: class}]'))
+    with pytest.raises(BadInput, match=r"people.agnostic.0: .* must not contain \{\}"):
+        load_prompt_set(bad)
+
+
+def test_shipped_sets_tier_their_agnostic_prompts():
+    for path in sorted(PROMPTS_DIR.glob("*.yaml")):
+        ps = load_prompt_set(path)
+        entries = list(ps.agnostic) + [e for c in ps.categories.values() for e in c.agnostic]
+        assert entries and all(not isinstance(e, str) for e in entries), path.name
+        assert "unrelated" in {e.tier for e in ps.agnostic}
+        assert {e.tier for c in ps.categories.values() for e in c.agnostic} >= {"class"}
+
+
 def test_missing_trigger_is_bad_input(fixed):
     root, yaml_path = fixed
     ps = load_prompt_set(yaml_path)

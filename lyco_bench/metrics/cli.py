@@ -12,7 +12,7 @@ from lyco_bench.utils import atomic_path, console
 DEFAULT_CACHE = ".lyco-cache/features"
 # EncoderSettings fields that may name local weights: relative paths in an --encoders file are
 # relative to that file's folder, so the file works from any working directory.
-PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg")
+PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg", "hps", "hps_checkpoint")
 # Free space asked before any work: a score table is KBs; a feature cache grows by a few KB per
 # image and encoder, so the floor catches a full disk rather than sizing the cache exactly.
 SCORE_NEED_BYTES = 2**20
@@ -26,7 +26,8 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
         help=f"feature cache folder, shared by all jobs (default {DEFAULT_CACHE})",
     )
     p.add_argument(
-        "--encoders", metavar="YAML", help="EncoderSettings file (dino, clip, clip_pretrained, vgg, modes, …)"
+        "--encoders", metavar="YAML",
+        help="EncoderSettings file (dino, clip, clip_pretrained, vgg, hps, hps_checkpoint, modes, …)"
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an encoder setting, e.g. --set dino=path/to/dinov2 --set batch_size=32")  # fmt: skip
@@ -69,7 +70,7 @@ def _check_cache(cache: str) -> None:
 
 def run_encode(args: argparse.Namespace) -> int:
     from lyco_bench.metrics.cache import FeatureCache
-    from lyco_bench.metrics.encoders import ENCODER_KINDS
+    from lyco_bench.metrics.encoders import ENCODER_KINDS, MODELESS_KINDS
     from lyco_bench.metrics.features import EncoderPool, image_features, list_images
 
     if args.encoder not in ENCODER_KINDS:
@@ -87,7 +88,7 @@ def run_encode(args: argparse.Namespace) -> int:
         paths = list_images(Path(args.images))
     if not paths:
         raise BadInput(f"{args.images or args.dataset}: no images")
-    modes = args.mode or (["native"] if args.encoder == "vgg19" else list(settings.modes))
+    modes = args.mode or (["native"] if args.encoder in MODELESS_KINDS else list(settings.modes))
     _check_cache(args.cache)
     started = time.perf_counter()
     cache, pool = FeatureCache(args.cache), EncoderPool(settings)
@@ -138,7 +139,7 @@ def run_make_tiny_encoders(args: argparse.Namespace) -> int:
     fields = make_tiny_encoders(out.absolute(), seed=args.seed)
     with atomic_path(out / "encoders.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(fields, sort_keys=True))
-    console.print(f"make-tiny-encoders: DINOv2, OpenCLIP, VGG19 (random weights) → {out}/encoders.yaml")
+    console.print(f"make-tiny-encoders: DINOv2, OpenCLIP, VGG19, HPS (random weights) → {out}/encoders.yaml")
     return 0
 
 
@@ -146,13 +147,13 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "encode",
         help="encode images into the feature cache",
-        description="Encode a folder of images or a dataset with one encoder (dinov2, clip, vgg19) into the "
+        description="Encode a folder of images or a dataset with one encoder (dinov2, clip, vgg19, hps) into the "
         "content-addressed feature cache; images already cached are skipped.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="folder of images (searched recursively)")
     src.add_argument("--dataset", help="dataset folder (its dataset.yaml and images)")
-    p.add_argument("--encoder", required=True, help="dinov2 | clip | vgg19")
+    p.add_argument("--encoder", required=True, help="dinov2 | clip | vgg19 | hps")
     p.add_argument("--mode", action="append", choices=["resize", "crop", "padding"],
                    help="reference-image mode, repeatable (default: the settings' modes, all three by default)")  # fmt: skip
     _add_encoder_options(p)
@@ -161,24 +162,31 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "score",
         help="score a checkpoint's generated images (metric rows → parquet)",
-        description="Compute the paper's metrics (image/text similarity, centroid distance, Vendi, style "
-        "losses, Fréchet distance, experimental CLIP-IQA) for the images in a generation folder against the "
+        description="Compute the registry's metrics (image/text similarity, centroid distance, Vendi, style "
+        "losses, Fréchet distance; leakage and drift against the base model on <agnostic> prompts; two-concept "
+        "composition; HPS v2.1 and CLIP-IQA on request) for the images in a generation folder against the "
         "dataset; one row per (category, concept, subclass, prompt class, metric, encoder, mode).",
     )
     p.add_argument("--images", required=True, help="generation folder with manifest.parquet")
     p.add_argument("--dataset", required=True, help="dataset folder (reference images, triggers)")
-    p.add_argument("--base-images", help="the base model's generation folder (for style_loss_base)")
+    p.add_argument(
+        "--base-images",
+        help="the base model's generation folder, same prompts and seeds (style_loss_base, intrusion, drift, "
+        "kid, hps_delta)",
+    )
     p.add_argument("--checkpoint", help="checkpoint name in the rows (default: from the manifest)")
     p.add_argument("--out", required=True, help="output .parquet file (written atomically)")
     p.add_argument(
-        "--metrics", help="comma-separated metric names (default: all; clip_iqa when experimental)"
+        "--metrics",
+        help="comma-separated metric names (default: all but hps_delta, which downloads HPS v2.1 (ViT-H-14); "
+        "clip_iqa when experimental)",
     )
     _add_encoder_options(p)
     p.set_defaults(func=run_score)
 
     p = subparsers.add_parser(
         "make-tiny-encoders",
-        help="write tiny random-weight DINOv2/OpenCLIP/VGG19 encoders (offline tests, CPU demo)",
+        help="write tiny random-weight DINOv2/OpenCLIP/VGG19/HPS encoders (offline tests, CPU demo)",
         description="Write tiny random-weight encoders in the real on-disk formats plus encoders.yaml, an "
         "EncoderSettings file pointing at them (use with --encoders).",
     )

@@ -1,8 +1,9 @@
-"""Tiny random-weight encoders saved locally (DINOv2, OpenCLIP, VGG19), for tests and the CPU demo.
+"""Tiny random-weight encoders saved locally (DINOv2, OpenCLIP, VGG19, HPS), for tests and the CPU demo.
 
 They are written in the same on-disk formats as the real models (a transformers folder, an
-open_clip ``local-dir`` folder, a torchvision-keyed safetensors state dict) and are loaded by
-exactly the code that loads real weights. Their scores mean nothing; their plumbing is real.
+open_clip ``local-dir`` folder, a torchvision-keyed safetensors state dict, an HPS checkpoint
+``{"state_dict": …}`` written by ``torch.save`` beside an open_clip config folder) and are loaded
+by exactly the code that loads real weights. Their scores mean nothing; their plumbing is real.
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def make_tiny_open_clip(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def make_tiny_hps(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """An open_clip config folder (no weights) and an HPS-style checkpoint for it: (folder, file)."""
+    import open_clip
+
+    out_dir = Path(out_dir)
+    folder = out_dir / "hps"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "model_cfg": TINY_CLIP_CONFIG,
+        "preprocess_cfg": {
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    torch.manual_seed(seed + 1)  # not the tiny CLIP's weights
+    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    checkpoint = out_dir / "hps-v2.1.pt"
+    torch.save({"state_dict": state}, checkpoint)
+    return folder, checkpoint
+
+
 def make_tiny_vgg19(out_file: Path, *, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
@@ -73,8 +97,9 @@ def make_tiny_vgg19(out_file: Path, *, seed: int = 0) -> Path:
 
 
 def make_tiny_encoders(out_dir: Path, *, seed: int = 0) -> dict:
-    """Write all three tiny encoders under ``out_dir``; return EncoderSettings fields pointing at them."""
+    """Write the tiny encoders under ``out_dir``; return EncoderSettings fields pointing at them."""
     out_dir = Path(out_dir)
+    hps, hps_checkpoint = make_tiny_hps(out_dir, seed=seed)
     return {
         "dino": str(make_tiny_dinov2(out_dir / "dinov2", seed=seed)),
         "dino_image_size": TINY_DINO_IMAGE_SIZE,
@@ -82,6 +107,8 @@ def make_tiny_encoders(out_dir: Path, *, seed: int = 0) -> dict:
         "clip_pretrained": None,
         "vgg": str(make_tiny_vgg19(out_dir / "vgg19.safetensors", seed=seed)),
         "vgg_short_side": TINY_VGG_SHORT_SIDE,
+        "hps": str(hps),
+        "hps_checkpoint": str(hps_checkpoint),
     }
 
 
@@ -90,6 +117,7 @@ __all__ = [
     "make_tiny_dinov2",
     "make_tiny_open_clip",
     "make_tiny_vgg19",
+    "make_tiny_hps",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
