@@ -1,4 +1,5 @@
-"""Leaderboard (mean ± std over seeds, direction-aware ranks, Pareto marks) and collect_results."""
+"""Leaderboard (long table: mean with a bootstrap CI, direction-aware ranks and rank intervals,
+mean rank, Pareto marks; the compact Markdown/HTML view) and collect_results."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 
 from lyco_bench.analysis.cli import register_cli
-from lyco_bench.analysis.leaderboard import build_leaderboard, pareto_mask, write_leaderboard
+from lyco_bench.analysis.leaderboard import LONG_COLUMNS, build_leaderboard, pareto_mask, write_leaderboard
 from lyco_bench.analysis.results import collect_results, write_results
+from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 
 IMG, TXT, SCD = "image_similarity", "text_similarity", "squared_centroid_distance"
@@ -30,9 +32,10 @@ def score_rows(
     rows = []
     for metric, value in zip((IMG, TXT, SCD), triple, strict=True):
         for category, concept, v in (
-            ("anime", "", value),
-            ("scene", "", value + (scene_shift if metric == IMG else 0.0)),
-            ("anime", "abukuma", 100.0),  # finer rows: ignored where category rows exist
+            ("anime", "", value),  # the mean of its two concepts, as scoring writes it
+            ("anime", "abukuma", value - 0.01),  # concept rows: the replication units
+            ("anime", "ikamusume", value + 0.01),
+            ("scene", "", value + (scene_shift if metric == IMG else 0.0)),  # no concept rows: a unit
         ):
             rows.append(
                 {"checkpoint": checkpoint, "category": category, "concept": concept, "subclass": "",
@@ -65,7 +68,7 @@ def hand_results(tmp_path) -> pd.DataFrame:
 
 def test_collect_results_joins_runs_and_marks_base(tmp_path):
     results = hand_results(tmp_path)
-    assert len(results) == 9 * 9
+    assert len(results) == 9 * 12
     base = results[results["checkpoint"] == "base"]
     assert set(base["algo"]) == {"base"} and set(base["config"]) == {"base"}
     a = results[(results["config"] == "A") & (results["seed"] == 24)]
@@ -75,26 +78,35 @@ def test_collect_results_joins_runs_and_marks_base(tmp_path):
         collect_results([tmp_path / "missing.parquet"], pd.DataFrame({"checkpoint": []}))
 
 
+IMG_L, TXT_L, SCD_L = (
+    "Image Similarity (dinov2-resize) (alter)", "Text Similarity (clip) (alter)",
+    "Squared Centroid Distance (dinov2-resize) (alter)",
+)  # fmt: skip
+
+
 def test_leaderboard_means_ranks_and_pareto(tmp_path):
-    board = build_leaderboard(hand_results(tmp_path)).set_index("config")
-    img, txt, scd = (
-        "Image Similarity (dinov2-resize) (alter)", "Text Similarity (clip) (alter)",
-        "Squared Centroid Distance (dinov2-resize) (alter)",
-    )  # fmt: skip
-    # A: per-checkpoint means over the two categories are 0.6 and 0.8 → 0.7 ± std(ddof=1) √0.02
-    assert board.loc["A", f"{img} mean"] == pytest.approx(0.7)
-    assert board.loc["A", f"{img} std"] == pytest.approx(np.sqrt(0.02))
-    assert board.loc["B", f"{txt} std"] == pytest.approx(0.0)
-    assert board.loc[["C", "A", "D", "B"], f"{img} rank"].tolist() == [1, 2, 3, 4]
-    assert board.loc[["B", "A", "D", "C"], f"{txt} rank"].tolist() == [1, 2, 3, 4]
-    # a distance: lowest is best
-    assert board.loc[["A", "C", "B", "D"], f"{scd} rank"].tolist() == [1, 2, 3, 4]
-    assert board.loc["A", "mean_rank"] == pytest.approx(5 / 3)
+    board = build_leaderboard(hand_results(tmp_path), bootstrap=BootstrapSettings(n_resamples=500))
+    assert list(board.columns[: len(LONG_COLUMNS)]) == LONG_COLUMNS
+    cell = board.set_index(["config", "label"])
+    # A: per-checkpoint means over the two categories are 0.6 and 0.8 → 0.7
+    assert cell.loc[("A", IMG_L), "mean"] == pytest.approx(0.7)
+    assert cell.loc[("A", IMG_L), "ci_low"] < 0.7 < cell.loc[("A", IMG_L), "ci_high"]
+    assert cell.loc[("B", TXT_L), "mean"] == pytest.approx(0.5)
+    ranks = {lb: cell.xs(lb, level="label")["rank"] for lb in (IMG_L, TXT_L, SCD_L)}
+    assert ranks[IMG_L].loc[["C", "A", "D", "B"]].tolist() == [1, 2, 3, 4]
+    assert ranks[TXT_L].loc[["B", "A", "D", "C"]].tolist() == [1, 2, 3, 4]
+    assert ranks[SCD_L].loc[["A", "C", "B", "D"]].tolist() == [1, 2, 3, 4]  # a distance: lowest is best
+    low, high = cell["rank_low"], cell["rank_high"]
+    assert ((low <= cell["rank"]) & (cell["rank"] <= high)).dropna().all()
+    # C, D, B repeat exactly over seeds and differ by constants: strictly ordered, separated
+    assert high[("C", IMG_L)] < low[("D", IMG_L)] and high[("D", IMG_L)] < low[("B", IMG_L)]
+    configs = board.drop_duplicates("config").set_index("config")
+    assert configs.loc["A", "mean_rank"] == pytest.approx(5 / 3)
     # D (0.5, 0.25) is dominated by A (0.7, 0.3); the base model is a reference, never marked
-    assert board["pareto"].to_dict() == {"A": True, "C": True, "B": True, "D": False, "base": False}
-    assert np.isnan(board.loc["base", f"{img} rank"])
-    assert list(board.index) == ["A", "C", "B", "D", "base"]  # by mean rank, base last
-    assert board.loc["C", "trainable_params"] == 3000 and board.loc["C", "n_seeds"] == 2
+    assert configs["pareto"].to_dict() == {"A": True, "C": True, "B": True, "D": False, "base": False}
+    assert pd.isna(cell.loc[("base", IMG_L), "rank"]) and cell.loc[("base", IMG_L), "n_seeds"] == 1
+    assert list(configs.index) == ["A", "C", "B", "D", "base"]  # by mean rank, base last
+    assert configs.loc["C", "trainable_params"] == 3000 and configs.loc["C", "n_seeds"] == 2
 
 
 def test_pareto_mask_hand_example():
@@ -107,9 +119,13 @@ def test_pareto_mask_hand_example():
 def test_write_leaderboard_files_and_cli(tmp_path):
     results = hand_results(tmp_path)
     paths = write_leaderboard(results, tmp_path / "lb")
-    assert sorted(paths) == ["csv", "html", "md"] and all(p.is_file() for p in paths.values())
+    assert all(p.is_file() for p in paths.values())
+    assert sorted(paths) == ["comparison", "csv", "html", "md"]
     md = paths["md"].read_text()
-    assert "| A | lora | 10 |" in md and "0.7 ± 0.1414 (#2)" in md and "★" in md
+    assert "| A | lora | 10 |" in md and "| 0.700 [" in md and "★" in md
+    # B repeats exactly over seeds, its concepts ±0.01: clearly last, separated (no ≈)
+    assert "| 0.400 [0.393, 0.407] #4 |" in md
+    assert "0.700 [0.555, 0.845] ≈#2 (1–2)" in md  # A varies over seeds: C may be below it
     assert "<table" in paths["html"].read_text()
     write_results(results, tmp_path / "results.parquet")
     parser = argparse.ArgumentParser()
@@ -125,6 +141,7 @@ def test_rows_missing_main_metrics_sort_after_complete_ones(tmp_path):
     results = hand_results(tmp_path)
     # C loses its text similarity: its mean rank over the two left (1 and 2) would lead the table
     partial = results[~((results["config"] == "C") & (results["metric"] == TXT))]
-    board = build_leaderboard(partial)
-    assert board.set_index("config").loc["C", "mean_rank"] == pytest.approx(1.5)
-    assert board["config"].tolist() == ["A", "B", "D", "C", "base"]
+    board = build_leaderboard(partial, bootstrap=BootstrapSettings(n_resamples=200))
+    configs = board.drop_duplicates("config")
+    assert configs.set_index("config").loc["C", "mean_rank"] == pytest.approx(1.5)
+    assert configs["config"].tolist() == ["A", "B", "D", "C", "base"]

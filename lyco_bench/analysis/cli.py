@@ -22,6 +22,63 @@ def _split(values: list[str] | None) -> list[str]:
     return [part for value in values or [] for part in value.split(",") if part]
 
 
+def _bootstrap(args: argparse.Namespace):
+    from lyco_bench.analysis.uncertainty import BootstrapSettings
+
+    return BootstrapSettings(n_resamples=args.resamples, seed=args.bootstrap_seed)
+
+
+def parse_targets(values: list[str] | None) -> float | dict[str, float]:
+    """--target-half-width: `0.01` (every metric) and/or `METRIC=0.5` / `LABEL=0.5` entries."""
+    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+
+    targets: dict[str, float] = {}
+    for value in values or []:
+        key, sep, number = value.rpartition("=") if "=" in value else ("default", "=", value)
+        try:
+            targets[key or "default"] = float(number)
+        except ValueError:
+            raise BadInput(f"--target-half-width {value!r}: expected a number or METRIC=NUMBER") from None
+        if not targets[key or "default"] > 0:
+            raise BadInput(f"--target-half-width {value!r}: must be > 0")
+    if not targets:
+        return TARGET_HALF_WIDTH
+    return targets["default"] if list(targets) == ["default"] else targets
+
+
+def images_per_prompt_of(results: Path | None) -> int | None:
+    """prompts.images_per_prompt of the study.json beside a store's results.parquet, if any."""
+    import json
+
+    if results is None:
+        return None
+    study = results.parent / "study.json"
+    try:
+        value = json.loads(study.read_text(encoding="utf-8"))["prompts"]["images_per_prompt"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def format_sample_size(table) -> str:
+    """The printed sample-size table: one line per metric column."""
+    from lyco_bench.analysis.leaderboard import fmt3
+
+    def num(value: float) -> str:
+        return "–" if value != value else "∞" if value == float("inf") else f"{value:.0f}"
+
+    lines = [f"{'metric column':58} {'seeds':>5} {'img/unit':>8} {'half-width':>10} {'floor':>9} "
+             f"{'target':>8} {'img/prompt':>10} {'needed':>7}"]  # fmt: skip
+    for _, r in table.iterrows():
+        note = " (no per-image std)" if "std" in str(r["note"]) else " (floor: more seeds)" if r["note"] else ""
+        lines.append(
+            f"{str(r['label'])[:58]:58} {r['n_seeds']:>5} {num(r['images_per_unit']):>8} "
+            f"{fmt3(r['half_width']):>10} {fmt3(r['floor_half_width']):>9} {fmt3(r['target_half_width']):>8} "
+            f"{num(r['images_per_prompt']):>10} {num(r['images_per_prompt_needed']):>7}{note}"
+        )
+    return "\n".join(lines)
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis, select_metrics
     from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv, read_results, write_results
@@ -48,15 +105,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
     metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
+    targets, bootstrap = parse_targets(args.target_half_width), _bootstrap(args)
+    if args.shap_refits < 0:
+        raise BadInput(f"--shap-refits {args.shap_refits}: 0 or more")
+    per_prompt = args.images_per_prompt or images_per_prompt_of(Path(args.results) if args.results else None)
     if args.paper_csv:
         write_results(table, out / "results.parquet")
     outputs = run_analysis(
         table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
-        directions=directions, plots=not args.no_plots,
+        directions=directions, plots=not args.no_plots, bootstrap=bootstrap, shap_refits=args.shap_refits,
+        target_half_width=targets, images_per_prompt=per_prompt,
     )  # fmt: skip
+    print(f"sample size ({bootstrap.level:.0%} CI half-width; images per prompt for the target):")
+    print(format_sample_size(outputs.sample_size_table))
     print(
         f"analyze: {outputs.n_fitted} metrics fitted over {table['checkpoint'].nunique()} checkpoints, "
-        f"{len(outputs.figures)} figures → {outputs.shap_levels or out}"
+        f"{len(outputs.figures)} figures → {outputs.shap_levels or out}, {outputs.sample_size}"
     )
     return 0
 
@@ -67,7 +131,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     _check_out(Path(args.out))
     table = read_results(args.results)
-    paths = write_leaderboard(table, args.out)
+    paths = write_leaderboard(table, args.out, bootstrap=_bootstrap(args), reference=args.reference)
     print(f"leaderboard: {table['config'].nunique()} configurations → {paths['md']}")
     return 0
 
@@ -94,9 +158,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.results:
         figures = sorted(Path(args.figures).glob("*.png")) if args.figures else []
         study = args.study or out.name
+        if args.sample_size and not Path(args.sample_size).is_file():
+            raise BadInput(f"--sample-size {args.sample_size}: file not found")
         index = write_report(
             study_name=study, results=read_results(args.results), out_dir=out, figures=figures,
             image_manifests=_parse_manifests(args.manifest), images_per_grid=args.images_per_grid,
+            bootstrap=_bootstrap(args), reference=args.reference, sample_size=args.sample_size,
         )  # fmt: skip
         print(f"report: {study} → {index}")
     elif not args.check_render:
@@ -109,14 +176,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap_options(p: argparse.ArgumentParser) -> None:
+    from lyco_bench.analysis.uncertainty import BOOTSTRAP_SEED, N_RESAMPLES
+
+    p.add_argument(
+        "--resamples", type=int, default=N_RESAMPLES,
+        help=f"bootstrap resamples for the 95%% intervals ({N_RESAMPLES}; raised where rank intervals need more)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bootstrap-seed", type=int, default=BOOTSTRAP_SEED,
+        help=f"seed of the bootstrap ({BOOTSTRAP_SEED}): same seed, same intervals",
+    )  # fmt: skip
+
+
+def _reference_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference", help="configuration every other is compared with in comparison.csv (default: the first)"
+    )
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from lyco_bench.analysis.pipeline import SHAP_REFITS
+    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+
     p = subparsers.add_parser(
         "analyze",
         help="scaled ranks, CatBoost+SHAP, trade-off and epoch figures (a study's results or the paper CSV)",
         description=(
             "Rank every metric within (category, concept, subclass) groups, fit CatBoost on the scaled "
             "ranks with features Algo, Preset, Epoch, Capacity, Lr level and explain it with SHAP "
-            "(PAPER.md §6). Writes DIR/shap_levels.csv, DIR/scaled_ranks.csv and DIR/figures/*.png."
+            "(PAPER.md §6), refitted on bootstrap resamples for intervals. Writes DIR/shap_levels.csv, "
+            "DIR/scaled_ranks.csv, DIR/sample_size.csv (CI half-width achieved, images per prompt a target "
+            "half-width needs; also printed) and DIR/figures/*.png."
         ),
     )
     p.add_argument("results", nargs="?", help="a study's results.parquet (from `lyco-bench run`)")
@@ -137,14 +228,32 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--shap-exclude", action="append", help="configs also left out of SHAP (paper default 1003,1013,1023)"
     )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument(
+        "--shap-refits", type=int, default=SHAP_REFITS,
+        help=f"CatBoost refits on bootstrap resamples per metric, for the intervals of shap_levels.csv "
+        f"({SHAP_REFITS}; 0: none; about 0.3 s each on the demo)",
+    )  # fmt: skip
+    p.add_argument(
+        "--target-half-width", action="append", metavar="[METRIC=]WIDTH",
+        help=f"the CI half-width sample_size.csv sizes images for: a number for every metric and/or "
+        f"METRIC=NUMBER or 'METRIC LABEL=NUMBER' (default {TARGET_HALF_WIDTH})",
+    )  # fmt: skip
+    p.add_argument(
+        "--images-per-prompt", type=int,
+        help="the study's images per prompt (default: prompts.images_per_prompt of study.json beside RESULTS)",
+    )  # fmt: skip
+    _bootstrap_options(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = subparsers.add_parser(
         "leaderboard",
-        help="mean ± std per configuration and epoch, ranks, Pareto marks (CSV, Markdown, HTML)",
+        help="mean [95% CI] per configuration, epoch and metric, rank intervals, Pareto marks, and the "
+        "paired comparison with a reference configuration (CSV, Markdown, HTML)",
     )
     p.add_argument("results", help="results.parquet")
     p.add_argument("--out", required=True, help="output directory")
+    _reference_option(p)
+    _bootstrap_options(p)
     p.set_defaults(func=_cmd_leaderboard)
 
     p = subparsers.add_parser(
@@ -161,6 +270,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="KEY=PATH of a generation manifest.parquet; KEY 'base' is the base model",
     )
     p.add_argument("--images-per-grid", type=int, default=8, help="images per grid row (8)")
+    p.add_argument("--sample-size", help="an analysis' sample_size.csv to show in the report")
+    _reference_option(p)
+    _bootstrap_options(p)
     p.add_argument(
         "--check-render", action="store_true", help="load the report in headless Chromium and check it"
     )

@@ -1,4 +1,5 @@
-"""`run_analysis`: results table → scaled ranks → CatBoost + SHAP → figures and shap_levels.csv.
+"""`run_analysis`: results table → scaled ranks → CatBoost + SHAP (with bootstrap refits) →
+figures, shap_levels.csv and sample_size.csv.
 
 The same function serves lyco-bench's own studies and the paper's published CSV (converted to the
 long table by `read_paper_csv`). Rows fitted: the finest (category, concept, subclass) rows of
@@ -24,7 +25,8 @@ from lyco_bench.analysis.plots import (
 )
 from lyco_bench.analysis.ranks import exclude_configs as drop_configs
 from lyco_bench.analysis.ranks import fit_mask, scaled_ranks
-from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, shap_levels
+from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, refit_levels, shap_levels
+from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH, BootstrapSettings, sample_size_table
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, progress_bar
 
@@ -33,6 +35,7 @@ PAPER_EXCLUDE = ("1007", "1017", "1027")
 PAPER_SHAP_EXCLUDE = ("1003", "1013", "1023")
 # The paper's main family: DINOv2 (resize) fidelity, CLIP text similarity, Vendi on DINOv2.
 DEFAULT_METRIC_WORDS = ("dinov2", "resize")
+SHAP_REFITS = 5  # CatBoost refits on bootstrap resamples per metric (≈0.3 s each on the demo)
 
 
 @dataclass
@@ -41,6 +44,8 @@ class AnalysisOutputs:
     shap_levels: Path | None = None
     scaled_ranks: Path | None = None
     n_fitted: int = 0
+    sample_size: Path | None = None
+    sample_size_table: pd.DataFrame | None = None
 
 
 def default_metric_labels(table: pd.DataFrame) -> list[str]:
@@ -101,9 +106,18 @@ def run_analysis(
     directions: Mapping[str, bool] | None = None,
     plots: bool = True,
     prefer: Sequence[str] = DEFAULT_METRIC_WORDS,
+    bootstrap: BootstrapSettings | None = None,
+    shap_refits: int = SHAP_REFITS,
+    target_half_width: float | dict[str, float] = TARGET_HALF_WIDTH,
+    images_per_prompt: int | None = None,
 ) -> AnalysisOutputs:
-    """Scaled ranks, one CatBoost+SHAP fit per selected metric label, figures, shap_levels.csv."""
+    """Scaled ranks, one CatBoost+SHAP fit per selected metric label (plus `shap_refits` refits on
+    hierarchical bootstrap resamples for the intervals of shap_levels.csv), figures,
+    sample_size.csv (`uncertainty.sample_size_table` for `target_half_width`)."""
     out_dir = Path(out_dir)
+    bootstrap = bootstrap or BootstrapSettings()
+    if shap_refits < 0:
+        raise BadInput(f"shap refits: {shap_refits} (0 or more)")
     labels = select_metrics(results, metrics)
     # ranks only for the selected metrics (the paper CSV has 63 columns); figures read every column
     table = ranked_table(
@@ -127,23 +141,35 @@ def run_analysis(
         table[keep].to_csv(tmp, index=False)
 
     fit_rows = drop_configs(table[fit_mask(table)], shap_exclude_configs)
-    fits = []
+    fits, refits = [], {}
     with progress_bar() as bar:
-        task = bar.add_task("catboost+shap", total=len(labels), info="")
+        task = bar.add_task("catboost+shap", total=len(labels) * (1 + shap_refits), info="")
         for label in labels:
             rows = fit_rows[(fit_rows["label"] == label) & fit_rows["scaled_rank"].notna()]
             bar.update(task, advance=1, info=label)
             if rows["config"].nunique() < 2:
+                bar.update(task, advance=shap_refits)
                 continue  # nothing to explain: one configuration only
             fit = fit_shap(rows, rows["scaled_rank"], label=label)
             fits.append(fit)
+            refits[label] = refit_levels(
+                rows, rows["scaled_rank"], label=label, n_refits=shap_refits, rng=bootstrap.rng(label, "shap")
+            )
+            bar.update(task, advance=shap_refits)
             if plots:
                 outputs.figures.append(shap_beeswarm(fit, out_dir / "figures" / f"shap_{slug(label)}.png"))
     outputs.n_fitted = len(fits)
     if fits:
         outputs.shap_levels = out_dir / "shap_levels.csv"
         with atomic_path(outputs.shap_levels) as tmp:
-            shap_levels(fits).to_csv(tmp, index=False, float_format="%.10g")
+            shap_levels(fits, refits, level=bootstrap.level).to_csv(tmp, index=False, float_format="%.10g")
+    sizes = sample_size_table(
+        drop_configs(results[results["label"].isin(labels)], exclude_configs), labels, settings=bootstrap,
+        target=target_half_width, images_per_prompt=images_per_prompt,
+    )  # fmt: skip
+    outputs.sample_size, outputs.sample_size_table = out_dir / "sample_size.csv", sizes
+    with atomic_path(outputs.sample_size) as tmp:
+        sizes.to_csv(tmp, index=False, float_format="%.6g")
     if plots:
         finetuned = drop_configs(results[results["algo"] != "base"], exclude_configs)
         outputs.figures += write_figures(finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer)

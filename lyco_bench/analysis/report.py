@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from lyco_bench.analysis.leaderboard import build_leaderboard, display_rows, write_leaderboard
+from lyco_bench.analysis.leaderboard import (
+    comparison_note,
+    comparison_rows,
+    compute_leaderboard,
+    display_rows,
+    fmt3,
+    legend,
+    write_leaderboard,
+)
 from lyco_bench.analysis.plots import slug
 from lyco_bench.analysis.results import check_not_empty
+from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
@@ -138,39 +147,83 @@ def write_report(
     image_manifests: Mapping[str, Path] | None = None,
     base_key: str = "base",
     images_per_grid: int = 8,
-    directions: Mapping[str, bool] | None = None,
+    directions=None,
+    bootstrap: BootstrapSettings | None = None,
+    reference: str | None = None,
+    sample_size: str | Path | pd.DataFrame | None = None,
 ) -> Path:
-    """Write out_dir/index.html (+ leaderboard files, figures/, grids/); returns the index path."""
+    """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
+    the index path. `reference`: the configuration every other is compared with (None: the
+    first); `sample_size`: the analysis' sample_size.csv (or its table), shown when given."""
     from lyco_bench.analysis.pipeline import default_metric_labels
 
     check_not_empty(results)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     main = default_metric_labels(results)
-    write_leaderboard(results, out_dir, directions=directions, labels=main)
-    board = build_leaderboard(results, directions=directions, labels=main)
-    labels = [lb for lb in main if f"{lb} mean" in board]
+    board = compute_leaderboard(
+        results, directions=directions, labels=main, bootstrap=bootstrap, reference=reference
+    )  # bad input (e.g. an unknown reference) fails before anything is written
+    precision = _precision_rows(sample_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_leaderboard(results, out_dir, board=board)
+    labels = [lb for lb in main if lb in set(board.table["label"])]
     header, rows = display_rows(board, labels)
-    fid, ctl = board.attrs["pareto_axes"]
+    c_header, c_rows = comparison_rows(board, labels)
+    fid, ctl = board.pareto_axes
     figure_entries = _copy_figures(figures, out_dir)
     grids = (
         write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
         if image_manifests
         else []
     )
-    n_configs = board.loc[board["algo"] != "base", "config"].nunique()
+    configs = board.configs()
+    n_configs = configs.loc[configs["algo"] != "base", "config"].nunique()
     summary = (
         f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
         f"{results['label'].nunique()} metric columns, {len(figure_entries)} figures, {len(grids)} image grids."
     )
+    pareto = f" ★ = Pareto-optimal for {fid} vs {ctl}." if fid and ctl else ""
     html = render_template(
         "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
-        pareto_axes=f"{fid} vs {ctl}" if fid and ctl else "(no image/text similarity pair)",
+        legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,
+        comparison_rows=c_rows, comparison_note=comparison_note(board), precision=precision,
         figures=figure_entries, grids=grids, has_base=bool(image_manifests and base_key in image_manifests),
     )  # fmt: skip
     index = out_dir / "index.html"
     atomic_write_text(index, html)
     return index
+
+
+PRECISION_COLUMNS = {
+    "label": "metric",
+    "n_seeds": "seeds",
+    "images_per_unit": "images / concept",
+    "image_std": "image std",
+    "half_width": "CI half-width",
+    "floor_half_width": "seeds+concepts floor",
+    "target_half_width": "target",
+    "images_per_prompt": "images / prompt",
+    "images_per_prompt_needed": "images / prompt needed",
+    "note": "note",
+}
+
+
+def _precision_rows(sample_size: str | Path | pd.DataFrame | None) -> dict | None:
+    """The sample-size table as header + string rows (None when not given)."""
+    if sample_size is None:
+        return None
+    table = sample_size if isinstance(sample_size, pd.DataFrame) else pd.read_csv(sample_size)
+    cols = [c for c in PRECISION_COLUMNS if c in table]
+    rows = [[_precision_cell(c, r[c]) for c in cols] for _, r in table.iterrows()]
+    return {"header": [PRECISION_COLUMNS[c] for c in cols], "rows": rows}
+
+
+def _precision_cell(column: str, value: object) -> str:
+    if column in ("label", "note"):
+        return "" if pd.isna(value) else str(value)
+    if column in ("n_seeds", "images_per_unit", "images_per_prompt", "images_per_prompt_needed"):
+        return "–" if pd.isna(value) else "∞" if value == float("inf") else f"{float(value):.0f}"
+    return fmt3(value)
 
 
 def linked_files(index_html: Path) -> list[str]:

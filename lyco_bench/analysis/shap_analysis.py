@@ -147,21 +147,89 @@ def level_name(value: object) -> str:
     return str(value)
 
 
-def shap_levels(fits: list[ShapFit]) -> pd.DataFrame:
-    """Mean and mean-|·| SHAP value per (metric, feature, level): the table behind PAPER.md §7."""
+def level_means(fit: ShapFit) -> pd.DataFrame:
+    """Mean and mean-|·| SHAP value per (feature, level) of one fit."""
     rows = []
-    for fit in fits:
-        for j, feature in enumerate(FEATURES):
-            levels = fit.features[feature].map(level_name)
-            frame = pd.DataFrame({"level": levels, "shap": fit.values[:, j]})
-            for level, group in frame.groupby("level", sort=True):
-                rows.append(
-                    {
-                        "metric": fit.label,
-                        "feature": feature,
-                        "level": level,
-                        "mean_shap": float(group["shap"].mean()),
-                        "mean_abs_shap": float(group["shap"].abs().mean()),
-                    }
-                )
+    for j, feature in enumerate(FEATURES):
+        levels = fit.features[feature].map(level_name)
+        frame = pd.DataFrame({"level": levels, "shap": fit.values[:, j]})
+        for level, group in frame.groupby("level", sort=True):
+            rows.append(
+                {
+                    "metric": fit.label,
+                    "feature": feature,
+                    "level": level,
+                    "mean_shap": float(group["shap"].mean()),
+                    "mean_abs_shap": float(group["shap"].abs().mean()),
+                }
+            )
     return pd.DataFrame(rows, columns=["metric", "feature", "level", "mean_shap", "mean_abs_shap"])
+
+
+def resample_rows(table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Positions of one hierarchical resample of fit rows: the training seeds with replacement
+    (the same drawn seeds for every configuration), then per drawn seed each category's concepts
+    with replacement; a drawn (seed, concept) brings all its rows (every configuration and epoch,
+    subclass rows included)."""
+    seeds = pd.to_numeric(table["seed"], errors="coerce").fillna(-1).to_numpy()
+    units = (table["category"].astype(str) + "/" + table["concept"].astype(str)).to_numpy()
+    cells = pd.DataFrame({"seed": seeds, "unit": units}).groupby(["seed", "unit"], sort=True).indices
+    by_category: dict[str, list[str]] = {}
+    for unit in sorted(set(units)):
+        by_category.setdefault(unit.split("/")[0], []).append(unit)
+    seed_values = np.array(sorted(set(seeds)))
+    picked = []
+    for seed in rng.choice(seed_values, size=len(seed_values)):
+        for category in sorted(by_category):
+            members = by_category[category]
+            for unit in rng.choice(np.array(members, dtype=object), size=len(members)):
+                picked.append(cells.get((seed, unit), np.array([], dtype=np.int64)))
+    return np.concatenate(picked) if picked else np.array([], dtype=np.int64)
+
+
+def refit_levels(
+    rows: pd.DataFrame, target: pd.Series, *, label: str, n_refits: int, rng: np.random.Generator
+) -> list[pd.DataFrame]:
+    """`level_means` of CatBoost+SHAP refitted on `n_refits` hierarchical resamples of the rows."""
+    out = []
+    for _ in range(n_refits):
+        idx = resample_rows(rows, rng)
+        if len(idx) == 0 or rows.iloc[idx]["config"].nunique() < 2:
+            continue
+        fit = fit_shap(rows.iloc[idx], target.iloc[idx], label=label)
+        out.append(level_means(fit))
+    return out
+
+
+LEVEL_COLUMNS = ["metric", "feature", "level", "mean_shap", "mean_abs_shap", "ci_low", "ci_high", "n_refits"]
+
+
+def shap_levels(
+    fits: list[ShapFit], refits: Mapping[str, list[pd.DataFrame]] | None = None, *, level: float = 0.95
+) -> pd.DataFrame:
+    """Mean and mean-|·| SHAP value per (metric, feature, level): the table behind PAPER.md §7,
+    with an interval for mean_shap from the refits on bootstrap resamples (`refit_levels`):
+    mean_shap ± t(level, R−1) · (standard deviation of the R refits' values) — a normal interval
+    with the bootstrap standard error, t widening it for the few refits a CPU budget allows (a
+    percentile interval would need hundreds). NaN with fewer than 2 refits."""
+    from scipy.stats import t as student_t
+
+    frames = []
+    for fit in fits:
+        table = level_means(fit)
+        draws = (refits or {}).get(fit.label, [])
+        keys = ["feature", "level"]
+        if len(draws) >= 2:
+            stacked = pd.concat(draws, ignore_index=True)
+            spread = stacked.groupby(keys)["mean_shap"].agg(["std", "count"])
+            table = table.join(spread, on=keys)
+            q = student_t.ppf(0.5 + level / 2, table["count"].clip(lower=2) - 1)
+            half = q * table["std"]
+            table["ci_low"], table["ci_high"] = table["mean_shap"] - half, table["mean_shap"] + half
+            table["n_refits"] = table["count"].fillna(0).astype(int)
+        else:
+            table["ci_low"], table["ci_high"], table["n_refits"] = np.nan, np.nan, len(draws)
+        frames.append(table[LEVEL_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=LEVEL_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
