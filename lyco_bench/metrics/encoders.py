@@ -316,6 +316,32 @@ def load_state_file(path: str | Path, *, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_hps_source(model: str, checkpoint: str | None) -> None:
+    """BadInput when HPS's architecture or checkpoint cannot be found (local path, HF cache or hub)."""
+    import os
+
+    import open_clip
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if not (folder / "open_clip_config.json").is_file():
+            raise BadInput(f"encoders.hps {model}: not an open_clip folder (no open_clip_config.json)")
+    elif model not in open_clip.list_models():
+        raise BadInput(f"encoders.hps {model!r}: not an open_clip architecture nor a local folder")
+    if not checkpoint or Path(checkpoint).expanduser().is_file():
+        return
+    parts = checkpoint.split("/")
+    if len(parts) < 3:
+        raise BadInput(f"encoders.hps_checkpoint {checkpoint!r}: no such file, and not <owner>/<repo>/<file>")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache("/".join(parts[:2]), "/".join(parts[2:]))
+    if not isinstance(cached, str) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise BadInput(
+            f"encoders.hps_checkpoint {checkpoint}: not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+        )
+
+
 class HpsEncoder(ClipEncoder):
     """HPS v2.1: an OpenCLIP model (``ViT-H-14``, or a local ``open_clip_config.json`` folder) whose
     weights are replaced by the HPS checkpoint (a local ``.pt``/``.safetensors`` file, or
