@@ -1,6 +1,6 @@
 """Adapter speed and memory on Stable Diffusion 1.5 layer shapes, next to LyCORIS and peft.
 
-For each algorithm at its paper default (PAPER.md §2) and five SD1.5 layers (batch 2, fp32, CPU)
+For each algorithm at its paper default (docs/protocol.md §3) and five SD1.5 layers (batch 2, fp32, CPU)
 this measures, as multiples of the frozen layer alone (input requires grad, weights frozen):
 train forward+backward time, bytes saved for backward (torch.autograd.graph.saved_tensors_hooks,
 unique storages, parameters included), unmerged inference and merged inference time. Peers

@@ -182,7 +182,7 @@ def generation_rows(
     ]  # fmt: skip
     merge_s = statistics.median(t[0] for t in merge_times)
     per_image = wall["base"] / n_images
-    for n in (52, 14_900):  # images per checkpoint: the demo study; the paper (PAPER.md §4)
+    for n in (52, 14_900):  # images per checkpoint: the demo study; the paper (docs/protocol.md §4)
         rows.append({"model": label, "variant": f"merged, merge once per {n} images", "img/s": 1 / (per_image + merge_s / n),
                      "wall / base": 1 + merge_s / (n * per_image), "best wall / base": float("nan"),
                      "cpu s/img": float("nan"), "cpu / base": float("nan")})  # fmt: skip

@@ -1,4 +1,4 @@
-"""The ``lyco-bench`` command: one subcommand per stage (DESIGN.md data flow).
+"""The ``lyco-bench`` command: one subcommand per stage (data flow: docs/internals.md).
 
 Each stage module defines ``register_cli(subparsers)``, which adds its subcommands and sets
 ``func`` on them: a callable taking the parsed arguments and returning an exit code.

@@ -1,4 +1,4 @@
-"""Errors that the command line turns into exit codes (DESIGN.md: 0 done, 2 bad input, 1 failure)."""
+"""Errors that the command line turns into exit codes: 0 done, 2 bad input, 1 failure."""
 
 from __future__ import annotations
 

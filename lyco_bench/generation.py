@@ -3,7 +3,7 @@
 The pipeline is loaded once; adapter files are merged into the weights (W0 += λ·ΔW, several
 files each with its λ) before sampling, so generating with an adapter costs what the base model
 costs, and unmerged afterwards. Each image has its own ``torch.Generator`` seeded with its item's
-seed (PAPER.md §4: seed_base + i), and batches are planned per folder (``plan_batches``), so an
+seed (docs/protocol.md §4: seed_base + i), and batches are planned per folder (``plan_batches``), so an
 image does not depend on what else is generated, nor on whether the run was interrupted.
 
 Files: ``<out>/<class>/<category>/<concept>[/<subclass>]/<prompt_index>-<seed>.png`` and
@@ -45,7 +45,7 @@ OUTPUT_VERSION = 1
 
 
 class SamplerSettings(StrictModel):
-    """How images are sampled; defaults are the paper's (PAPER.md §4)."""
+    """How images are sampled; defaults are the paper's (docs/protocol.md §4)."""
 
     sampler: Literal["ddim", "euler", "dpm++"] = "ddim"
     """diffusers scheduler: DDIM (η = 0), Euler, DPM-Solver++ (multistep)."""

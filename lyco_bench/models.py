@@ -27,7 +27,7 @@ from lyco_bench.utils import console
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
-# The tiny model (DESIGN.md "Where it runs": tiny models built from config). Sizes are the smallest
+# The tiny model (built from config: what the tests and the CPU demo run on). Sizes are the smallest
 # that keep every structural feature the adapters and trainer touch.
 TINY_UNET = dict(
     sample_size=8,
@@ -116,7 +116,7 @@ def clip_tokenizer(*, model_max_length: int = 77):
     """The real CLIP BPE tokenizer (SD1.x's), built offline from open_clip's vocabulary.
 
     Built with ``vocab=``/``merges=``: on transformers 5.x ``vocab_file=``/``merges_file=`` are
-    silently ignored and give a three-token tokenizer (PAPER.md §9).
+    silently ignored and give a three-token tokenizer (docs/protocol.md §10).
     """
     from transformers import CLIPTokenizer
 

@@ -155,7 +155,7 @@ class PromptItem(StrictModel):
 
     prompt: str
     clip_text: str
-    """The prompt with each trigger replaced by its concept's descriptive words (PAPER.md §5)."""
+    """The prompt with each trigger replaced by its concept's descriptive words (docs/protocol.md §5.1)."""
     prompt_class: PromptClass
     category: str
     """Category of the concept ("" for global agnostic prompts; "a+b" for combine if they differ)."""

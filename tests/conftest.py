@@ -16,7 +16,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LYCO_BENCH_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PAPER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
+PAPER_CSV = "ddim_sd15_metrics_mean.csv"
+
+
+def find_paper_dir() -> Path | None:
+    """The paper's published results: ``$LYCO_BENCH_PAPER_DATA``, else a ``paper/`` folder holding
+    them in a directory beside the checkout (first in name order)."""
+    if os.environ.get("LYCO_BENCH_PAPER_DATA"):
+        folder = Path(os.environ["LYCO_BENCH_PAPER_DATA"])
+        return folder if (folder / PAPER_CSV).is_file() else None
+    beside = Path(__file__).resolve().parents[1].parent
+    return next((p.parent for p in sorted(beside.glob(f"*/paper/{PAPER_CSV}"))), None)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +45,8 @@ def demo_dataset_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
-    """The published results beside the checkout (`../shared/paper`); skip where absent."""
-    if not (PAPER_DIR / "ddim_sd15_metrics_mean.csv").is_file():
-        pytest.skip("published paper data (../shared/paper) not present")
-    return PAPER_DIR
+    """The paper's published results (:func:`find_paper_dir`); skip where absent."""
+    folder = find_paper_dir()
+    if folder is None:
+        pytest.skip("the paper's published data not found (set LYCO_BENCH_PAPER_DATA)")
+    return folder

@@ -1,5 +1,5 @@
-"""The published metrics (../shared/paper, skipped where absent): the SHAP signs that PAPER.md §7's
-findings predict, read off shap_levels.csv. Only the six metric columns asserted on are fitted."""
+"""The published metrics (skipped where absent): the SHAP signs that the paper's findings
+(docs/protocol.md §6) predict, read off shap_levels.csv. Only the six metric columns asserted on are fitted."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def _values(config: str, seed: int, epoch: int, path: str) -> list[float]:
 
 
 def write_paper_files(root: Path) -> tuple[Path, Path]:
-    """A metrics CSV + config mapping in the published format (PAPER.md §8)."""
+    """A metrics CSV + config mapping in the published format (docs/protocol.md §9)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "config_mapping.csv").write_text(MAPPING)
     configs = [line.split(",")[0] for line in MAPPING.splitlines()[1:]]
@@ -156,12 +156,20 @@ def analyzed(tmp_path_factory) -> Path:
 
 def test_analyze_shap_levels_signs(analyzed):
     levels = pd.read_csv(analyzed / "shap_levels.csv", dtype={"level": str})
-    assert list(levels.columns) == ["metric", "feature", "level", "mean_shap", "mean_abs_shap"]
+    assert list(levels.columns) == [
+        "metric", "feature", "level", "mean_shap", "mean_abs_shap", "ci_low", "ci_high", "n_refits",
+    ]  # fmt: skip
+    # bootstrap refits (5 by default): an interval around every level's mean SHAP value
+    assert (levels["n_refits"] == 5).all()
+    assert ((levels["ci_low"] <= levels["mean_shap"]) & (levels["mean_shap"] <= levels["ci_high"])).all()
     assert set(levels["metric"]) == set(COLUMNS)
     assert set(levels["feature"]) == set(FEATURES)
     shap = levels.set_index(["metric", "feature", "level"])["mean_shap"]
     img, dist, text = COLUMNS[0], COLUMNS[1], COLUMNS[2]
     assert shap[(img, "Epoch", "50")] > 0 > shap[(img, "Epoch", "10")]
+    # the built-in epoch effect stands out of the resampling noise: its interval excludes 0
+    ci = levels.set_index(["metric", "feature", "level"])
+    assert ci.loc[(img, "Epoch", "50"), "ci_low"] > 0 > ci.loc[(img, "Epoch", "10"), "ci_high"]
     assert shap[(dist, "Epoch", "50")] > 0 > shap[(dist, "Epoch", "10")]  # ranked reversed
     assert shap[(text, "Epoch", "10")] > 0 > shap[(text, "Epoch", "50")]
     assert shap[(img, "Preset", "attn-only")] < 0 < shap[(text, "Preset", "attn-only")]

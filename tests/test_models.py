@@ -82,7 +82,7 @@ def test_tokenizer_matches_open_clip(pipe):
             assert tokenizer(sentence).input_ids == expected, sentence
     # Known CLIP ids: <|startoftext|> a photo of a cat <|endoftext|>.
     assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
-    # Long text is cut to 77 tokens keeping the end-of-text token (PAPER.md §9).
+    # Long text is cut to 77 tokens keeping the end-of-text token (docs/protocol.md §10).
     ids = pipe.tokenizer("cat " * 100, truncation=True, max_length=77).input_ids
     assert len(ids) == 77 and ids[-1] == 49407
 

@@ -2,7 +2,7 @@
 
 An algorithm is one subclass of :class:`AdapterModule` in its own file, registered with
 :func:`register_algorithm`. It wraps one frozen ``nn.Linear`` or ``nn.Conv2d`` (the "base") and
-parametrizes its weight update ΔW (PAPER.md §1):
+parametrizes its weight update ΔW (docs/protocol.md §1.1):
 
     W = W0 + λ·ΔW,   forward(x) = base(x) + λ·bypass(x),   bypass(x) = ΔW applied to x
 

@@ -1,6 +1,6 @@
 """Which layers an adapter trains, and putting adapter modules into a UNet and a text encoder.
 
-The preset rule (PAPER.md §1):
+The preset rule (docs/protocol.md §1.1):
   attn-only  attention projections of UNet transformer blocks (attn1/attn2 to_q/to_k/to_v/to_out.0)
              and text-encoder self_attn q/k/v/out_proj
   attn-mlp   every Linear/Conv2d inside the UNet's Transformer2DModel blocks (attention, ff,

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets (PAPER.md §2: 512 px, sides 320–960 in steps of 64) and batching by bucket.
+"""Aspect-ratio buckets (docs/protocol.md §2: 512 px, sides 320–960 in steps of 64) and batching by bucket.
 
 Each image goes to the bucket whose aspect ratio is closest to its own, is resized to cover the
 bucket and center-cropped, so a batch (one bucket) stacks into one tensor without padding.

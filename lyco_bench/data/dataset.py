@@ -2,7 +2,7 @@
 
 A dataset is ``<root>/<category>/<concept>[/<subclass>]/`` folders of images with same-stem ``.txt``
 tag captions (the kohya sd-scripts layout) plus ``<root>/dataset.yaml`` naming each concept's
-trigger, descriptive words, tags to strip and repeats (datasets/README.md). PAPER.md §2–3.
+trigger, descriptive words, tags to strip and repeats (datasets/README.md). docs/protocol.md §2.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ConceptSpec(StrictModel):
     trigger: str
     """The text trained and prompted for this concept, e.g. "whoo anime girl"."""
     descriptive: str = ""
-    """Words replacing the trigger in text given to CLIP (PAPER.md §5); may be empty."""
+    """Words replacing the trigger in text given to CLIP (docs/protocol.md §5.1); may be empty."""
     strip_tags: list[str] = []
     """Concept-specific tags removed from captions by the ``tags`` strategy."""
     repeats: int = Field(1, ge=1)
@@ -294,7 +294,7 @@ def caption_for(
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> str:
-    """The training caption of an image (PAPER.md §3).
+    """The training caption of an image (docs/protocol.md §2).
 
     ``tags``: the trigger, then the image's tags without the concept's own (``strip_tags``);
     ``trigger``: the trigger alone (DreamBooth style); ``all-tags``: the trigger, then every tag.

@@ -1,4 +1,4 @@
-"""The trainer (``lyco_bench.training``): one run configuration → adapter checkpoints at chosen epochs (PAPER.md §2–3).
+"""The trainer (``lyco_bench.training``): one run configuration → adapter checkpoints at chosen epochs (docs/protocol.md §2).
 
 Loss: ε-prediction MSE of DDPM (Ho et al. 2020, eq. 14). With x₀ the VAE latent × scaling factor,
 t ~ U{0, …, T−1}, ε ~ N(0, I) and ᾱ_t from the pipeline's own noise schedule,

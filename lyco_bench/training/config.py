@@ -1,4 +1,4 @@
-"""The run configuration of one training run (PAPER.md §2 defaults) and the files a run writes."""
+"""The run configuration of one training run (docs/protocol.md §2 defaults) and the files a run writes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ OUTPUT_VERSION = 1
 
 
 class CaptionSettings(StrictModel):
-    """How an image's caption is built (PAPER.md §3)."""
+    """How an image's caption is built (docs/protocol.md §2)."""
 
     strategy: Literal["tags", "trigger", "all-tags"] = "tags"
     """``tags``: trigger + tags without the concept's own (paper); ``trigger``; ``all-tags``."""
@@ -38,7 +38,7 @@ class BucketSettings(StrictModel):
 
 
 class RunConfig(StrictModel):
-    """One training run. Defaults are the paper's (PAPER.md §2) except where noted."""
+    """One training run. Defaults are the paper's (docs/protocol.md §2) except where noted."""
 
     model_config = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
 

@@ -1,4 +1,4 @@
-"""LoHa: the Hadamard product of two rank-r products (Hyeon-Woo et al. 2022, FedPara; PAPER.md §1).
+"""LoHa: the Hadamard product of two rank-r products (Hyeon-Woo et al. 2022, FedPara; docs/protocol.md §1.1).
 
     ΔW = (α/r)·(W1a·W1b) ⊙ (W2a·W2b),   Wja: [out, r],  Wjb: [r, in·k·k]
 

@@ -2,7 +2,7 @@
 
     ΔW = s·(W1 ⊗ W2),   W1: [out₁, in₁],  W2: [out₂, in₂(, k, k)],  out = out₁·out₂, in = in₁·in₂
 
-(Edalati et al. 2022, KronA; PAPER.md §1.) For conv, W1 acts as [out₁, in₁, 1, 1], so
+(Edalati et al. 2022, KronA; docs/protocol.md §1.1.) For conv, W1 acts as [out₁, in₁, 1, 1], so
 ΔW[a·out₂ + c, b·in₂ + d, :, :] = s·W1[a, b]·W2[c, d, :, :].
 
 Shapes follow the ``factor`` rule (:func:`factorize`) as LyCORIS applies it. W2 is low-rank,
@@ -83,7 +83,7 @@ class LoKrOptions(AlgorithmOptions):
 
 
 def factorize(dim: int, factor: int = -1) -> tuple[int, int]:
-    """Split ``dim`` into (small, large) with small·large = dim (PAPER.md §1, LyCORIS's rule).
+    """Split ``dim`` into (small, large) with small·large = dim (docs/protocol.md §1.1, LyCORIS's rule).
 
     factor > 0 dividing dim: (factor, dim/factor), smaller first. Otherwise the largest divisor
     m ≤ factor that is also ≤ √dim, i.e. the divisor closest to factor without passing the most

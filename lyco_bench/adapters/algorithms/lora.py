@@ -1,6 +1,6 @@
 """LoRA / LoCon: a rank-r product added to a frozen Linear or Conv2d weight.
 
-    ΔW = (α/r)·B·A,   B: [out, r],  A: [r, in·k·k]        (Hu et al. 2021, eq. 3; PAPER.md §1)
+    ΔW = (α/r)·B·A,   B: [out, r],  A: [r, in·k·k]        (Hu et al. 2021, eq. 3; docs/protocol.md §1.1)
 
 Conv layers (LoCon): A is a k×k conv from `in` to r channels with the base's stride, padding and
 dilation, B a 1×1 conv from r to `out` channels. With ``use_tucker`` and k > 1 the k×k part moves

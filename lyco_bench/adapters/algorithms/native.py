@@ -1,4 +1,4 @@
-"""Native fine-tuning: a trainable copy of the layer's weight and bias (PAPER.md §1, "native").
+"""Native fine-tuning: a trainable copy of the layer's weight and bias (docs/protocol.md §1.1, "native").
 
     W = W0 + ΔW with ΔW = W − W0,   Δb = b − b0
 
