@@ -134,11 +134,12 @@ def resolve_inputs(
 
 
 def resolve_metrics(names: list[str] | None, *, source: str) -> list[str]:
-    """The metric names a study asks for (None: every non-experimental one), in registry order."""
+    """The metric names a study asks for (None: the registry's defaults but the experimental
+    ones), in registry order."""
     from lyco_bench.metrics import METRICS
 
     if names is None:
-        return [n for n, m in METRICS.items() if not m.experimental]
+        return [n for n, m in METRICS.items() if m.default and not m.experimental]
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise BadInput(f"{source}: metrics: unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
@@ -206,10 +207,11 @@ def _encoder_identities(
     settings: Any, kinds: list[str], fields: dict[str, Any], prepare: dict[str, Any], *, source: str
 ) -> dict[str, str]:
     """Kind → the id the feature cache keys on (weights' content + preprocessing version)."""
+    from lyco_bench.metrics.encoders import ENCODER_FIELDS as field_of
+    from lyco_bench.metrics.encoders import check_hps_source
     from lyco_bench.metrics.features import EncoderPool
     from lyco_bench.sweep.sources import check_encoder
 
-    field_of = {"dinov2": "dino", "clip": "clip", "vgg19": "vgg"}
     tiny = {k: v for k, v in fields.items() if isinstance(v, str) and v.startswith(TINY_PREFIX)}
     if tiny:
         # Tiny encoders do not exist until their prepare job builds them: their job id names them.
@@ -218,7 +220,10 @@ def _encoder_identities(
     for kind in kinds:
         if field_of[kind] not in tiny:
             try:
-                check_encoder(kind, settings)
+                if kind == "hps":  # the HPS model (hps_delta) is checked by the metrics package
+                    check_hps_source(settings.hps, settings.hps_checkpoint)
+                else:
+                    check_encoder(kind, settings)
             except BadInput as exc:
                 raise BadInput(f"{source}: {exc}") from None
     pool = EncoderPool(settings)
