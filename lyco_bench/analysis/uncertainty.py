@@ -266,13 +266,15 @@ class Draws:
     def means(self, rng: np.random.Generator) -> np.ndarray:
         """(G, B) resampled means (NaN rows for groups without data)."""
         c = self.comp
-        noise = np.sqrt(self.image_var) * rng.standard_normal(self.seed.shape)
-        return (
-            c.point[:, None]
-            + c.shrink_seed[:, None] * self.seed
-            + c.shrink_concept[:, None] * self.concept
-            + noise
-        )
+        means = c.point[:, None] + c.shrink_seed[:, None] * self.seed + c.shrink_concept[:, None] * self.concept
+        return means + _noise(self.image_var, rng)
+
+
+def _noise(variance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Normal draws of the given variances (0 without drawing where no image variance is known)."""
+    if not (variance > 0).any():
+        return np.zeros_like(variance)
+    return np.sqrt(variance) * rng.standard_normal(variance.shape)
 
 
 def draw_indices(n_seeds: int, starts: np.ndarray, n_units: int, n_resamples: int, rng: np.random.Generator):
@@ -446,7 +448,7 @@ def label_uncertainty(
             (comp.point[a] - comp.point[b])[:, None]
             + diff.shrink_seed[:, None] * (draws.seed[a] - draws.seed[b])
             + diff.shrink_concept[:, None] * (draws.concept[a] - draws.concept[b])
-            + np.sqrt(draws.image_var[a] + draws.image_var[b]) * rng.standard_normal((len(a), n_res))
+            + _noise(draws.image_var[a] + draws.image_var[b], rng)
         )
         p = bootstrap_p_value(delta)
         sig = p <= threshold
