@@ -93,26 +93,42 @@ def collect(plan: Plan) -> Any:
 
 
 def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bool = True) -> Path:
-    """Scaled ranks + CatBoost/SHAP + figures, leaderboard and ``reports/<study>/index.html``."""
-    from lyco_bench.analysis import run_analysis, write_leaderboard, write_report
+    """Scaled ranks + CatBoost/SHAP (with bootstrap refits) + figures + sample sizes, then the
+    leaderboard (with intervals and the comparison with the reference) and
+    ``reports/<study>/index.html``."""
+    from lyco_bench.analysis import run_analysis, write_report
+    from lyco_bench.analysis.uncertainty import BootstrapSettings
 
     settings = plan.study.study.analysis
+    study = plan.study.study
     out_dir = Path(reports_dir) / plan.study.name
+    defaults = BootstrapSettings()
+    bootstrap = BootstrapSettings(
+        n_resamples=settings.bootstrap_resamples or defaults.n_resamples,
+        seed=settings.bootstrap_seed if settings.bootstrap_seed is not None else defaults.seed,
+    )
+    first = plan.study.configs[0].evaluations()[0][0]
+    reference = settings.reference or first
+    extra = {} if settings.shap_refits is None else {"shap_refits": settings.shap_refits}
+    if settings.target_half_width is not None:
+        extra["target_half_width"] = settings.target_half_width
     analysis = run_analysis(
         results,
         out_dir / "analysis",
-        exclude_configs=tuple(settings.get("exclude_configs", ())),
-        shap_exclude_configs=tuple(settings.get("shap_exclude_configs", ())),
+        exclude_configs=tuple(str(c) for c in settings.exclude_configs),
+        shap_exclude_configs=tuple(str(c) for c in settings.shap_exclude_configs),
         plots=plots,
+        bootstrap=bootstrap,
+        images_per_prompt=study.prompts.images_per_prompt,
+        **extra,
     )
-    write_leaderboard(results, out_dir)
     # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
-    study = plan.study.study
     seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
     manifests = {"base": plan.store.base_images_dir / "manifest.parquet"}
     for config in plan.study.configs:
         for name, _ in config.evaluations():
             manifests[name] = plan.store.images_dir(name, seed, epoch) / "manifest.parquet"
+    # write_report writes the leaderboard files (leaderboard.csv/.md/.html, comparison.csv) too
     return write_report(
         study_name=plan.study.name,
         results=results,
@@ -120,4 +136,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         figures=analysis.figures,
         image_manifests=manifests,
         base_key="base",
+        bootstrap=bootstrap,
+        reference=reference,
+        sample_size=analysis.sample_size_table,
     )

@@ -96,6 +96,23 @@ class PromptsSpec(StrictModel):
     """Images per prompt (None: the prompt set's own counts)."""
 
 
+class AnalysisSettings(StrictModel):
+    """The analysis stage's settings (``lyco_bench.analysis``); None keeps the analysis default."""
+
+    exclude_configs: list[str | int] = Field(default_factory=list)
+    """Configurations left out of everything (full names or their numbers)."""
+    shap_exclude_configs: list[str | int] = Field(default_factory=list)
+    """Configurations also left out of the CatBoost/SHAP fits."""
+    reference: str | None = None
+    """The configuration every other is compared with (comparison.csv); None: the first."""
+    bootstrap_resamples: int | None = Field(default=None, ge=100)
+    bootstrap_seed: int | None = None
+    shap_refits: int | None = Field(default=None, ge=0)
+    """CatBoost refits on bootstrap resamples per metric, for the SHAP level intervals."""
+    target_half_width: float | dict[str, float] | None = None
+    """The CI half-width sample_size.csv sizes images for (a number, or per metric name/label)."""
+
+
 class Study(StrictModel):
     """A whole sweep (experiments/*.yaml)."""
 
@@ -119,8 +136,8 @@ class Study(StrictModel):
     training: dict[str, Any] = Field(default_factory=dict)
     """RunConfig fields shared by every configuration (batch size, resolution, lr schedule, …)."""
     algorithms: dict[str, AlgorithmBlock] = Field(min_length=1)
-    analysis: dict[str, Any] = Field(default_factory=dict)
-    """Settings passed to the analysis stage (e.g. configurations left out of SHAP)."""
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    """Settings passed to the analysis stage (exclusions, reference, bootstrap)."""
     max_retries: int = Field(default=1, ge=0)
     """How often a failed job is tried again before the run gives up on it."""
     images: Literal["keep", "grids", "none"] = "keep"
@@ -241,7 +258,12 @@ class LoadedStudy:
 def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
     """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
     study = load_config(Study, path, overrides or [])
-    return LoadedStudy(study=study, source=str(path), configs=resolve_configs(study))
+    configs = resolve_configs(study)
+    reference = study.analysis.reference
+    names = [name for config in configs for name, _ in config.evaluations()]
+    if reference is not None and reference not in names:
+        raise BadInput(f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)")
+    return LoadedStudy(study=study, source=str(path), configs=configs)
 
 
 def resolve_local_path(value: str, *, study_dir: Path, assets_name: str, prefix: str) -> str:
