@@ -35,7 +35,9 @@ TXT = "Text Similarity (clip) (alter)"
 FAST = BootstrapSettings(n_resamples=400)
 
 
-def synthetic_results(tmp_path, configs: dict[str, float], *, seeds=(1, 2, 3), noise=0.0, std=None, n_images=4):
+def synthetic_results(
+    tmp_path, configs: dict[str, float], *, seeds=(1, 2, 3), noise=0.0, std=None, n_images=4
+):
     """A results table: per config an image-similarity offset; 2 categories × 2 concepts; values
     = 0.5 + offset + concept effect + seed noise (the same draw for every config: paired)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,9 @@ def synthetic_results(tmp_path, configs: dict[str, float], *, seeds=(1, 2, 3), n
 # --- the bootstrap itself ----------------------------------------------------------------------
 def test_constant_metric_has_a_zero_width_interval(tmp_path):
     values = np.full((3, 4), 0.7)  # 3 seeds × 4 concepts, all equal, no image noise
-    draws = hierarchical_bootstrap(values, np.zeros_like(values), [0, 2], n_resamples=300, rng=np.random.default_rng(1))
+    draws = hierarchical_bootstrap(
+        values, np.zeros_like(values), [0, 2], n_resamples=300, rng=np.random.default_rng(1)
+    )
     lo, hi = percentile_interval(draws[0])
     assert lo == pytest.approx(0.7, abs=1e-12) and hi == pytest.approx(0.7, abs=1e-12)
     board = compute_leaderboard(synthetic_results(tmp_path, {"A": 0.0, "B": 0.0}), bootstrap=FAST)
@@ -121,7 +125,9 @@ def test_one_level_case_agrees_with_scipy_bootstrap():
     ours = hierarchical_bootstrap(seeds[:, None], None, None, n_resamples=20000, rng=np.random.default_rng(3))
     lo, hi = percentile_interval(ours[0])
     rescaled = seeds.mean() + np.sqrt(s / (s - 1)) * (seeds - seeds.mean())
-    ref = bootstrap((rescaled,), np.mean, n_resamples=20000, method="percentile", rng=np.random.default_rng(4))
+    ref = bootstrap(
+        (rescaled,), np.mean, n_resamples=20000, method="percentile", rng=np.random.default_rng(4)
+    )
     assert lo == pytest.approx(ref.confidence_interval.low, abs=0.004)
     assert hi == pytest.approx(ref.confidence_interval.high, abs=0.004)
 
@@ -166,7 +172,10 @@ def test_long_csv_and_comparison_csv(tmp_path):
     long = pd.read_csv(paths["csv"])
     assert list(long.columns[: len(LONG_COLUMNS)]) == LONG_COLUMNS
     assert {"epoch", "label", "separated", "algo", "preset", "lr", "mean_rank", "pareto"} <= set(long.columns)
-    assert len(long) == 3 * 2 and not long.duplicated(["config", "metric", "prompt_class", "encoder", "mode"]).any()
+    assert (
+        len(long) == 3 * 2
+        and not long.duplicated(["config", "metric", "prompt_class", "encoder", "mode"]).any()
+    )
     comp = pd.read_csv(paths["comparison"]).set_index(["config", "metric"])
     assert list(pd.read_csv(paths["comparison"]).columns) == COMPARISON_COLUMNS
     assert set(comp["reference"]) == {"ref"}
@@ -182,7 +191,9 @@ def test_long_csv_and_comparison_csv(tmp_path):
     # reproducible: same bootstrap seed → same bytes; another seed → other resamples
     again = write_leaderboard(results, tmp_path / "again", bootstrap=FAST, reference="ref")
     assert again["csv"].read_bytes() == paths["csv"].read_bytes()
-    other = write_leaderboard(results, tmp_path / "other", bootstrap=BootstrapSettings(400, seed=1), reference="ref")
+    other = write_leaderboard(
+        results, tmp_path / "other", bootstrap=BootstrapSettings(400, seed=1), reference="ref"
+    )
     assert other["csv"].read_bytes() != paths["csv"].read_bytes()
 
 
@@ -220,7 +231,9 @@ def test_sample_size_formula():
 
 def test_sample_size_table(tmp_path):
     results = synthetic_results(tmp_path, {"A": 0.0, "B": 0.05}, noise=0.0, std=0.2, n_images=4)
-    table = sample_size_table(results, [IMG, TXT], settings=FAST, target=0.01, images_per_prompt=2).set_index("label")
+    table = sample_size_table(results, [IMG, TXT], settings=FAST, target=0.01, images_per_prompt=2).set_index(
+        "label"
+    )
     img = table.loc[IMG]
     assert img["image_std"] == pytest.approx(0.2) and img["images_per_unit"] == 4 and img["n_seeds"] == 3
     # only images vary: the mean averages 3 seeds × 4 concepts × 4 images; floor ≈ 0

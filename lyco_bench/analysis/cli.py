@@ -70,7 +70,9 @@ def format_sample_size(table) -> str:
     lines = [f"{'metric column':58} {'seeds':>5} {'img/unit':>8} {'half-width':>10} {'floor':>9} "
              f"{'target':>8} {'img/prompt':>10} {'needed':>7}"]  # fmt: skip
     for _, r in table.iterrows():
-        note = " (no per-image std)" if "std" in str(r["note"]) else " (floor: more seeds)" if r["note"] else ""
+        note = (
+            " (no per-image std)" if "std" in str(r["note"]) else " (floor: more seeds)" if r["note"] else ""
+        )
         lines.append(
             f"{str(r['label'])[:58]:58} {r['n_seeds']:>5} {num(r['images_per_unit']):>8} "
             f"{fmt3(r['half_width']):>10} {fmt3(r['floor_half_width']):>9} {fmt3(r['target_half_width']):>8} "
@@ -97,7 +99,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
         exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
         shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
-        directions = PAPER_DIRECTIONS  # the published metrics' own directions (PAPER.md §5–6)
+        directions = PAPER_DIRECTIONS  # the published metrics' own directions (docs/protocol.md §5–6)
     elif args.results:
         table = read_results(args.results)
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
@@ -191,7 +193,8 @@ def _bootstrap_options(p: argparse.ArgumentParser) -> None:
 
 def _reference_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--reference", help="configuration every other is compared with in comparison.csv (default: the first)"
+        "--reference",
+        help="configuration every other is compared with in comparison.csv (default: the first)",
     )
 
 
@@ -205,7 +208,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Rank every metric within (category, concept, subclass) groups, fit CatBoost on the scaled "
             "ranks with features Algo, Preset, Epoch, Capacity, Lr level and explain it with SHAP "
-            "(PAPER.md §6), refitted on bootstrap resamples for intervals. Writes DIR/shap_levels.csv, "
+            "(docs/protocol.md §6), refitted on bootstrap resamples for intervals. Writes DIR/shap_levels.csv, "
             "DIR/scaled_ranks.csv, DIR/sample_size.csv (CI half-width achieved, images per prompt a target "
             "half-width needs; also printed) and DIR/figures/*.png."
         ),

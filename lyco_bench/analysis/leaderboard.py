@@ -42,7 +42,7 @@ COMPARISON_COLUMNS = [
     "config", "epoch", "reference", "reference_epoch", "metric", "prompt_class", "encoder", "mode",
     "delta", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "n_seeds", "label",
 ]  # fmt: skip
-# Pareto axes (PAPER.md §6 first trade-off panel): image vs text similarity on <alter> prompts.
+# Pareto axes (docs/protocol.md §6, the first trade-off plot): image vs text similarity on <alter> prompts.
 FIDELITY = ("image_similarity", ("alter", "train", "trigger"))
 CONTROLLABILITY = ("text_similarity", ("alter", "train", "trigger"))
 PREFER = ("dinov2", "resize")  # the paper's main image features
@@ -102,13 +102,18 @@ def _groups(results: pd.DataFrame) -> pd.DataFrame:
         per_ckpt.assign(_key=key)
         .groupby("_key", sort=False)
         .agg(
-            config=("config", "first"), epoch=("epoch", "first"), **agg,
-            trainable_params=("trainable_params", "mean"), file_bytes=("file_bytes", "mean"),
+            config=("config", "first"),
+            epoch=("epoch", "first"),
+            **agg,
+            trainable_params=("trainable_params", "mean"),
+            file_bytes=("file_bytes", "mean"),
         )  # fmt: skip
         .reset_index()
     )
     groups["base"] = groups["algo"].astype(str) == "base"
-    return groups.sort_values(["config", "epoch"], kind="mergesort", na_position="first").reset_index(drop=True)
+    return groups.sort_values(["config", "epoch"], kind="mergesort", na_position="first").reset_index(
+        drop=True
+    )
 
 
 def _reference_pairs(groups: pd.DataFrame, local: np.ndarray, reference: str | None) -> list[tuple[int, int]]:
@@ -142,7 +147,9 @@ def check_reference(results: pd.DataFrame, reference: str | None) -> str | None:
     configs = sorted(results.loc[results["algo"] != "base", "config"].astype(str).unique())
     if str(reference) not in configs:
         shown = ", ".join(configs[:8]) + (", …" if len(configs) > 8 else "")
-        raise BadInput(f"analysis.reference: {reference!r} is not a fine-tuned configuration of the results ({shown})")
+        raise BadInput(
+            f"analysis.reference: {reference!r} is not a fine-tuned configuration of the results ({shown})"
+        )
     return str(reference)
 
 
@@ -206,7 +213,9 @@ def compute_leaderboard(
                      **{c: rank_cols[c][k] for c in rank_cols}, "separated": separated[k]}
                 )  # fmt: skip
             for (i, j), stats in (res.pairs or {}).items():
-                comparisons.append({"_g": local[i], "_ref": local[j], "label": label, **stats, "_higher": higher})
+                comparisons.append(
+                    {"_g": local[i], "_ref": local[j], "label": label, **stats, "_higher": higher}
+                )
     long = pd.DataFrame(records)
     if long.empty:
         raise BadInput("leaderboard: no defined value in the results table")
@@ -221,9 +230,13 @@ def compute_leaderboard(
     fid, ctl = _axis_label(all_labels, *FIDELITY), _axis_label(all_labels, *CONTROLLABILITY)
     if fid and ctl:
         means = long.pivot_table(index="_g", columns="label", values="mean", aggfunc="first")
-        sign = {m: 1.0 if metric_direction(m, directions) else -1.0 for m in (FIDELITY[0], CONTROLLABILITY[0])}
+        sign = {
+            m: 1.0 if metric_direction(m, directions) else -1.0 for m in (FIDELITY[0], CONTROLLABILITY[0])
+        }
         ranked_groups = ~groups["base"]
-        x = (means.get(fid, pd.Series(dtype=float)).reindex(groups.index) * sign[FIDELITY[0]]).where(ranked_groups)
+        x = (means.get(fid, pd.Series(dtype=float)).reindex(groups.index) * sign[FIDELITY[0]]).where(
+            ranked_groups
+        )
         y = (means.get(ctl, pd.Series(dtype=float)).reindex(groups.index) * sign[CONTROLLABILITY[0]]).where(
             ranked_groups
         )
@@ -361,7 +374,9 @@ def comparison_rows(board: Leaderboard, labels: Sequence[str]) -> tuple[list[str
     cells = comp.set_index(["config", "epoch", "label"])
     for (config, epoch), first in comp.groupby(["config", "epoch"], sort=False):
         ref = first.iloc[0]
-        vs = str(ref["reference"]) + ("" if ref["reference_epoch"] == epoch else f" (epoch {_fmt(ref['reference_epoch'])})")
+        vs = str(ref["reference"]) + (
+            "" if ref["reference_epoch"] == epoch else f" (epoch {_fmt(ref['reference_epoch'])})"
+        )
         row: list = [str(config), _fmt(epoch), vs]
         for label in labels:
             if (config, epoch, label) not in cells.index:
@@ -450,8 +465,8 @@ def write_leaderboard(
     c_header, c_rows = comparison_rows(board, shown)
     md = "# Leaderboard\n\n" + note + "\n\n" + to_markdown(header, rows)
     if c_rows:
-        md += (
-            f"\n## Against {board.reference}\n\n{comparison_note(board)}\n\n" + to_markdown(c_header, c_rows)
+        md += f"\n## Against {board.reference}\n\n{comparison_note(board)}\n\n" + to_markdown(
+            c_header, c_rows
         )
     atomic_write_text(paths["md"], md)
     atomic_write_text(paths["html"], render_html_table(header, rows, title="Leaderboard", note=note))

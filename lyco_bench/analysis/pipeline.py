@@ -30,7 +30,7 @@ from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH, BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, progress_bar
 
-# PAPER.md §6: configs left out of everything / additionally out of the SHAP fits.
+# docs/protocol.md §6: configs left out of everything / additionally out of the SHAP fits.
 PAPER_EXCLUDE = ("1007", "1017", "1027")
 PAPER_SHAP_EXCLUDE = ("1003", "1013", "1023")
 # The paper's main family: DINOv2 (resize) fidelity, CLIP text similarity, Vendi on DINOv2.
@@ -51,7 +51,7 @@ class AnalysisOutputs:
 def default_metric_labels(table: pd.DataFrame) -> list[str]:
     """Image similarity + squared centroid distance on DINOv2-resize, text similarity, Vendi on
     DINOv2 (any mode) and the style loss against the base model — one family per criterion of
-    PAPER.md §5 — in every prompt class present; falls back to every label when a study
+    docs/protocol.md §5 — in every prompt class present; falls back to every label when a study
     has no DINOv2 encoder (e.g. a tiny test encoder)."""
     labels = table.drop_duplicates("label")[["label", "metric", "encoder", "mode"]]
     chosen = []

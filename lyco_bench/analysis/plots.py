@@ -1,5 +1,5 @@
 """Figures (matplotlib Agg, PNG): SHAP beeswarms, the paper's three-panel trade-off plots per
-category and factor (PAPER.md §6), and metric-vs-epoch curves. Same input → same PNG bytes."""
+category and factor (docs/protocol.md §6), and metric-vs-epoch curves. Same input → same PNG bytes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lyco_bench.analysis.shap_analysis import CATEGORICAL, FEATURES, ShapFit, en
 from lyco_bench.utils import atomic_path
 
 FACTORS = {"epoch": "Epoch", "preset": "Preset", "capacity": "Capacity", "lr": "Lr level"}
-# (y, x) per panel: each side a (metric, prompt classes to try in order). PAPER.md §6.
+# (y, x) per panel: each side a (metric, prompt classes to try in order). docs/protocol.md §6.
 PANELS = [
     (("text_similarity", ("alter",)), ("image_similarity", ("alter",))),
     # the paper CSV has Vendi only for in/out: fall back to <train> and name it on the axis

@@ -1,4 +1,4 @@
-"""Scaled ranks (PAPER.md §6): within each (metric, category, concept, subclass) group every
+"""Scaled ranks (docs/protocol.md §6): within each (metric, category, concept, subclass) group every
 checkpoint's value is ranked and scaled to [0, 1] by (rank − 1)/(n − 1).
 
 Ranks run from worst to best, so a scaled rank of 1 is the best checkpoint of its group whatever
@@ -52,7 +52,7 @@ def leaf_mask(table: pd.DataFrame) -> pd.Series:
 def fit_mask(table: pd.DataFrame) -> pd.Series:
     """The rows the SHAP models are fitted on: the leaves at concept level or below.
 
-    PAPER.md §6 ranks within (category, class, subclass) groups, a class being a concept. A
+    The paper (docs/protocol.md §6) ranks within (category, class, subclass) groups, a class being a concept. A
     category-level row is a mean over different concepts, not such a group, so it is left out;
     in the published CSV this keeps the anime and people concepts/subclasses (scene, stuffed_toy
     and style are published only as category means). A table without any concept rows falls

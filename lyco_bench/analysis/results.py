@@ -2,7 +2,7 @@
 subclass, prompt class, metric, encoder, mode), with the run's configuration alongside.
 
 Two sources feed it: lyco-bench's own score files (`collect_results`) and the paper's published
-wide CSV (`read_paper_csv`, PAPER.md §8), converted to the same long format so that ranks, SHAP,
+wide CSV (`read_paper_csv`, docs/protocol.md §9), converted to the same long format so that ranks, SHAP,
 plots and the leaderboard share one code path.
 """
 
@@ -27,7 +27,7 @@ RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_par
 factor, …: ``setting_columns``), NaN where another algorithm has none."""
 PATH_COLUMNS = ["category", "concept", "subclass"]
 
-# Directions of the metrics the paper reports (PAPER.md §5, §6: "distance metrics are ranked
+# Directions of the metrics the paper reports (docs/protocol.md §5–6: "distance metrics are ranked
 # reversed"). The paper path uses them as is; elsewhere lyco_bench.metrics.METRICS comes first.
 PAPER_DIRECTIONS = {
     "image_similarity": True,
@@ -46,7 +46,7 @@ PAPER_METRIC_NAMES = {
     "Squared Centroid Distance": "squared_centroid_distance",
     "Text Similarity": "text_similarity",
     "Vendi": "vendi",
-    # style_classes_style_losses.csv: style concepts' images vs their dataset (PAPER.md §5 last line)
+    # style_classes_style_losses.csv: style concepts' images vs their dataset (docs/protocol.md §9)
     "Style Loss": "style_loss_dataset",
     "Frechet Distance": "frechet_distance",
     "Fréchet Distance": "frechet_distance",
@@ -284,7 +284,7 @@ def read_paper_csv(
     """The published wide CSV(s) → the long results table (same columns as `collect_results`).
 
     `label` keeps each value's column name from the input CSV. A Folder without epoch suffix is
-    the last epoch (`final_epoch`); seeds a/b/c are 23/24/25 (PAPER.md §2).
+    the last epoch (`final_epoch`); seeds a/b/c are 23/24/25 (docs/protocol.md §9).
     """
     metrics_csv = Path(metrics_csv)
     if not metrics_csv.is_file():

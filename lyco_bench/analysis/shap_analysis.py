@@ -1,4 +1,4 @@
-"""CatBoost + SHAP on scaled ranks (PAPER.md §6): which hyperparameters move each metric.
+"""CatBoost + SHAP on scaled ranks (docs/protocol.md §6): which hyperparameters move each metric.
 
 Features per checkpoint: Algo and Preset (categorical), Epoch, Capacity and Lr level, the last
 two from what each algorithm declares (``CapacityRule``, ``lr_grid``: the paper's levels 1–4 and
@@ -207,7 +207,7 @@ LEVEL_COLUMNS = ["metric", "feature", "level", "mean_shap", "mean_abs_shap", "ci
 def shap_levels(
     fits: list[ShapFit], refits: Mapping[str, list[pd.DataFrame]] | None = None, *, level: float = 0.95
 ) -> pd.DataFrame:
-    """Mean and mean-|·| SHAP value per (metric, feature, level): the table behind PAPER.md §7,
+    """Mean and mean-|·| SHAP value per (metric, feature, level): the table behind the paper's findings (docs/protocol.md §6),
     with an interval for mean_shap from the refits on bootstrap resamples (`refit_levels`):
     mean_shap ± t(level, R−1) · (standard deviation of the R refits' values) — a normal interval
     with the bootstrap standard error, t widening it for the few refits a CPU budget allows (a

@@ -121,9 +121,7 @@ def unit_rows(results: pd.DataFrame) -> pd.DataFrame:
     ``unit`` names the concept (``category/concept``), ``within`` is ``std² / n_images`` (0 where
     the table has no finite ``std``), ``seed`` is -1 where the row has none (the base model)."""
     t = results[results["value"].notna()]
-    level = np.select(
-        [t["category"] == "", t["concept"] == "", t["subclass"] == ""], [0, 1, 2], default=3
-    )
+    level = np.select([t["category"] == "", t["concept"] == "", t["subclass"] == ""], [0, 1, 2], default=3)
     key_cl = pd.MultiIndex.from_frame(t[["checkpoint", "label"]].astype(str))
     key_cat = pd.MultiIndex.from_frame(t[["checkpoint", "label", "category"]].astype(str))
     concept = level == 2
@@ -266,7 +264,9 @@ class Draws:
     def means(self, rng: np.random.Generator) -> np.ndarray:
         """(G, B) resampled means (NaN rows for groups without data)."""
         c = self.comp
-        means = c.point[:, None] + c.shrink_seed[:, None] * self.seed + c.shrink_concept[:, None] * self.concept
+        means = (
+            c.point[:, None] + c.shrink_seed[:, None] * self.seed + c.shrink_concept[:, None] * self.concept
+        )
         return means + _noise(self.image_var, rng)
 
 
@@ -326,7 +326,9 @@ def hierarchical_bootstrap(
     values = np.asarray(values, dtype=float)
     if values.ndim == 2:
         values = values[None]
-    within = np.zeros_like(values) if within is None else np.broadcast_to(np.asarray(within, float), values.shape)
+    within = (
+        np.zeros_like(values) if within is None else np.broadcast_to(np.asarray(within, float), values.shape)
+    )
     starts = np.array([0] if starts is None else list(starts), dtype=np.int64)
     comp = components(values, within, starts)
     seed_idx, unit_idx = draw_indices(values.shape[1], starts, values.shape[2], n_resamples, rng)
