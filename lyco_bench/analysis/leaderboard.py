@@ -176,6 +176,7 @@ def compute_leaderboard(
     key_index = pd.Index(groups["_key"])
     units = unit_rows(results)
     units["_g"] = key_index.get_indexer(_group_key(units["config"], units["epoch"]))
+    units = units[units["_g"] >= 0]
     meta = results.drop_duplicates("label").set_index("label")[["metric", "prompt_class", "encoder", "mode"]]
     records, comparisons, n_resamples = [], [], {}
     parts = [(np.flatnonzero(~groups["base"]), True), (np.flatnonzero(groups["base"]), False)]

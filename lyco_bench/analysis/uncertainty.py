@@ -373,7 +373,8 @@ def rank_intervals(oriented: np.ndarray, significant: np.ndarray) -> dict[str, n
     `oriented`: (n,) point estimates, higher is better; `significant`: (n, n) symmetric, True
     where a pair differs significantly. i is better than j when significant and oriented[i] >
     oriented[j]; rank_low = 1 + #better than i, rank_high = n − #worse than i. `separated`: i
-    differs significantly from both neighbours in the ranking (the one neighbour at either end)."""
+    differs significantly from both neighbours in the ranking (the one neighbour at either end;
+    a configuration ranked alone is separated)."""
     x = np.asarray(oriented, dtype=float)
     n = len(x)
     better = np.asarray(significant, dtype=bool) & (x[:, None] > x[None, :])  # better[i, j]: i beats j
@@ -384,7 +385,7 @@ def rank_intervals(oriented: np.ndarray, significant: np.ndarray) -> dict[str, n
     separated = np.zeros(n, dtype=bool)
     for pos, i in enumerate(order):
         neighbours = [order[p] for p in (pos - 1, pos + 1) if 0 <= p < n]
-        separated[i] = n > 1 and all(significant[i, j] for j in neighbours)
+        separated[i] = all(significant[i, j] for j in neighbours)  # alone: nothing to confuse it with
     return {"rank": rank, "rank_low": low, "rank_high": high, "separated": separated}
 
 
