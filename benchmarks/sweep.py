@@ -89,6 +89,7 @@ def analytic_minimum(plan) -> dict[str, int]:
     from PIL import Image
 
     from lyco_bench.metrics import METRICS, metric_encoders
+    from lyco_bench.metrics.encoders import MODELESS_KINDS
     from lyco_bench.utils import sha256_file
 
     inputs = plan.inputs
@@ -99,7 +100,8 @@ def analytic_minimum(plan) -> dict[str, int]:
     base_keys = set(zip(base["prompt_class"], base["prompt"], base["seed"], strict=True))
     minimum: collections.Counter = collections.Counter()
     for job in plan.of_kind("score"):
-        folder = plan.store.images_dir(job.params["config"], job.params["seed"], job.params["epoch"])
+        p = job.params  # "evaluated": the configuration as evaluated (a DyLoRA rank), its images
+        folder = plan.store.images_dir(p.get("evaluated", p["config"]), p["seed"], p["epoch"])
         df = pd.read_parquet(folder / "manifest.parquet")
         df["sha"] = [sha256_file(folder / f) for f in df["file"]]
         for kind in inputs.encoders:
@@ -109,9 +111,9 @@ def analytic_minimum(plan) -> dict[str, int]:
                 if kind not in metric_encoders(metric, image_encoders):
                     continue
                 rows = df["prompt_class"].isin(metric.prompt_classes)
-                if name == "style_loss_dataset":
+                if metric.categories == "style":
                     rows &= df["category"].isin(styles)
-                if "base" in metric.needs:
+                if "base" in metric.needs:  # only images with a base twin (same class, prompt, seed)
                     rows &= pd.Series([k in base_keys for k in zip(df["prompt_class"], df["prompt"], df["seed"],
                                                                      strict=True)], index=df.index)  # fmt: skip
                 read |= rows
@@ -119,16 +121,26 @@ def analytic_minimum(plan) -> dict[str, int]:
     dataset = plan.store.assets_dir / "demo-dataset"
     for kind in inputs.encoders:
         reading = [METRICS[m] for m in inputs.metrics if kind in metric_encoders(METRICS[m], image_encoders)]
-        if any("reference" in m.needs for m in reading):
+        referencing = [m for m in reading if "reference" in m.needs]
+        if referencing:
+            style_only = all(m.categories == "style" for m in referencing)
             for image in sorted(dataset.rglob("*.png")):
-                if kind == "vgg19" and image.relative_to(dataset).parts[0] not in styles:
+                if style_only and image.relative_to(dataset).parts[0] not in styles:
                     continue
                 with Image.open(image) as im:
                     square = im.size[0] == im.size[1]
-                minimum[kind] += 1 if square or kind == "vgg19" else modes
-        classes = {c for m in reading if "base" in m.needs for c in m.prompt_classes}
-        minimum[kind] += base.loc[base["prompt_class"].isin(classes), "file"].map(
-            lambda f: sha256_file(plan.store.base_images_dir / f)).nunique()  # fmt: skip
+                minimum[kind] += 1 if square or kind in MODELESS_KINDS else modes
+        paired = [m for m in reading if "base" in m.needs]
+        classes = {c for m in paired for c in m.prompt_classes}
+        per_image = modes if kind not in MODELESS_KINDS and any("reference" in m.needs for m in paired) else 1
+        seen: set[str] = set()  # base images are encoded once per distinct content
+        for file in base.loc[base["prompt_class"].isin(classes), "file"]:
+            path = plan.store.base_images_dir / file
+            content = sha256_file(path)
+            if content not in seen:
+                seen.add(content)
+                with Image.open(path) as im:
+                    minimum[kind] += 1 if im.size[0] == im.size[1] else per_image
     return dict(minimum)
 
 
