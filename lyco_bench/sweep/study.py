@@ -1,6 +1,6 @@
 """A study: one YAML file naming the model, data, prompts, metrics and the configurations to sweep.
 
-A study lists per-algorithm defaults and the one-at-a-time variations of PAPER.md §2; every
+A study lists per-algorithm defaults and the one-at-a-time variations of docs/protocol.md §3; every
 configuration gets a name (``1001-lora8a4`` in experiments/paper.yaml). Settings cascade:
 
     study.training  <  algorithms.<block>.training  <  algorithms.<block>.variations.<name>.training
@@ -84,7 +84,7 @@ class AlgorithmBlock(StrictModel):
 
 
 class PromptsSpec(StrictModel):
-    """What is generated for each checkpoint (PAPER.md §4)."""
+    """What is generated for each checkpoint (docs/protocol.md §4)."""
 
     set: str = "default"
     """Prompt set: a name under prompts/ or a path to a YAML file."""
@@ -123,7 +123,7 @@ class Study(StrictModel):
     dataset: str
     """Dataset folder, or ``demo:`` (the generated demo dataset, built into the store)."""
     captions: str = "tags"
-    """Caption strategy: tags | trigger | all-tags (PAPER.md §3)."""
+    """Caption strategy: tags | trigger | all-tags (docs/protocol.md §2)."""
     prompts: PromptsSpec = Field(default_factory=PromptsSpec)
     sampler: dict[str, Any] = Field(default_factory=dict)
     """SamplerSettings fields (sampler, steps, cfg, width, height, seed_base, batch_size)."""
