@@ -20,8 +20,11 @@ from lyco_bench.utils import atomic_path
 
 SCORE_COLUMNS = [
     "checkpoint", "category", "concept", "subclass", "prompt_class", "metric", "encoder", "mode",
-    "value", "n_images", "prompt_set_version", "reason",
+    "value", "std", "n_images", "prompt_set_version", "reason",
 ]  # fmt: skip
+"""`std`: the per-image standard deviation of a value that is a mean over images (NaN for set
+statistics and category means; NaN too in score files written before it existed)."""
+NUMERIC_SCORE_COLUMNS = ("value", "std", "n_images")
 RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_params", "file_bytes"]
 """Columns every run has; besides them a run carries its algorithm's declared settings (dim, α,
 factor, …: ``setting_columns``), NaN where another algorithm has none."""
@@ -117,7 +120,7 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
     scores = pd.concat(frames, ignore_index=True)
     for col in SCORE_COLUMNS:
         if col not in scores:
-            scores[col] = "" if col not in ("value", "n_images") else np.nan
+            scores[col] = "" if col not in NUMERIC_SCORE_COLUMNS else np.nan
     if "checkpoint" not in runs:
         raise BadInput("runs: missing column 'checkpoint'")
     if runs["checkpoint"].duplicated().any():
@@ -304,7 +307,7 @@ def read_paper_csv(
     table["checkpoint"] = [
         f"{c}-{s}-e{e:03d}" for c, s, e in zip(table["config"], table["seed"], table["epoch"], strict=True)
     ]
-    for col in ("n_images", "trainable_params", "file_bytes"):
+    for col in ("std", "n_images", "trainable_params", "file_bytes"):
         table[col] = np.nan
     table["prompt_set_version"] = "paper"
     table["reason"] = ""
