@@ -121,10 +121,14 @@ def test_unknown_metric_is_bad_input(tmp_path):
         _plan(PAPER, tmp_path, ["metrics=[sharpness]"])
 
 
-def test_demo_plan_has_all_four_algorithms(tmp_path):
+def test_demo_plan_has_every_built_in_method(tmp_path):
+    from lyco_bench.adapters import ALGORITHMS
+
     plan = _plan(DEMO, tmp_path)
     algos = {c.adapter["algo"] for c in plan.study.configs}
-    assert algos == {"lora", "loha", "lokr", "native"}
+    built_in = {name for name, cls in ALGORITHMS.items() if cls.__module__.startswith("lyco_bench.")}
+    assert algos == built_in
+    assert {"lora", "loha", "lokr", "native", "dylora", "glora", "ia3", "textual_inversion"} <= algos
     assert {j.name for j in plan.of_kind("prepare")} == {"tiny-model", "demo-dataset", "tiny-encoders"}
 
 
@@ -155,4 +159,6 @@ def test_critical_path_priority_starts_long_chains_first(tmp_path):
     assert by_name[("encode", "dataset-dinov2")] == c["encode"] + c["score"]
     assert by_name[("generate", "nt-s1-e002")] == c["generate"] + c["score"]
     assert by_name[("train", "nt-s1")] == c["train"] + c["generate"] + c["score"]
-    assert by_name[("prepare", "tiny-model")] == c["prepare"] + by_name[("train", "nt-s1")]
+    # DreamBooth's class images are drawn by the base model before its training: the longest chain.
+    assert by_name[("train", "dreambooth-s1")] == by_name[("train", "nt-s1")]
+    assert by_name[("prepare", "tiny-model")] == c["prepare"] + c["generate"] + by_name[("train", "dreambooth-s1")]
