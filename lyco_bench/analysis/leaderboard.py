@@ -476,8 +476,8 @@ def write_leaderboard(
 
 def comparison_note(board: Leaderboard) -> str:
     return (
-        f"Δ = configuration − {board.reference} (same epoch, else the reference's last), paired by seed "
-        f"and concept, [{board.settings.level:.0%} CI]; p: two-sided bootstrap p-value, Holm-corrected "
+        f"Δ = configuration − {board.reference} (same epoch, else the reference's last), paired by seed, "
+        f"concept and prompt, [{board.settings.level:.0%} CI]; p: two-sided bootstrap p-value, Holm-corrected "
         f"across the metrics of each row (comparison.csv: every metric); ▲ better / ▼ worse where that "
         f"p ≤ {board.settings.alpha:g}, respecting each metric's direction."
     )

@@ -40,8 +40,11 @@ Paired differences and ranks
 ----------------------------
 Configurations share seeds and concepts (the same training seeds, the same prompts): a difference
 between two configurations is bootstrapped with the *same* drawn seeds and concepts for both, its
-levels rescaled to the difference's own variance components, the image draws independent (each
-checkpoint generates its own images). A configuration missing a drawn seed or concept skips it.
+levels rescaled to the difference's own variance components. The two checkpoints' images share
+prompts and sampler seeds too, so their image noise is correlated and std²/n of each says nothing
+about the noise of their difference: a difference has no parametric image level, its concept level
+(the spread of the concept differences) carries the images' part as it is. A configuration missing
+a drawn seed or concept skips it.
 
 ``rank_low = 1 + #{configurations significantly better}``,
 ``rank_high = n − #{configurations significantly worse}``: the ranks a configuration can hold given
@@ -444,14 +447,13 @@ def label_uncertainty(
     block = max(1, CHUNK_ELEMENTS // max(1, n_res))
     for lo_p in range(0, len(gi), block):
         a, b = gi[lo_p : lo_p + block], gj[lo_p : lo_p + block]
-        diff = components(
-            arrays.values[a] - arrays.values[b], arrays.within[a] + arrays.within[b], arrays.starts
-        )
+        # the two checkpoints' images share prompts and sampler seeds: their image noise is
+        # correlated, so the difference's concept level carries it (no parametric draw)
+        diff = components(arrays.values[a] - arrays.values[b], np.zeros_like(arrays.values[a]), arrays.starts)
         delta = (
             (comp.point[a] - comp.point[b])[:, None]
             + diff.shrink_seed[:, None] * (draws.seed[a] - draws.seed[b])
             + diff.shrink_concept[:, None] * (draws.concept[a] - draws.concept[b])
-            + _noise(draws.image_var[a] + draws.image_var[b], rng)
         )
         p = bootstrap_p_value(delta)
         sig = p <= threshold
