@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lyco-bench",
         description=(
-            "Benchmark text-to-image fine-tuning algorithms (LoRA/LoCon, LoHa, LoKr, native) on "
-            "Stable Diffusion: train, generate, score, analyze. `lyco-bench run experiments/demo.yaml` "
+            "Benchmark text-to-image customization methods (adapter algorithms, native fine-tuning, "
+            "Textual Inversion, hypernetworks, ...) on Stable Diffusion: train, generate, score, analyze "
+            "(docs/protocol.md). `lyco-bench run experiments/demo.yaml` "
             "runs a whole study on the CPU in minutes."
         ),
     )
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    try:  # importing the stages loads the algorithm and metric plug-ins, which may be broken
+        parser = build_parser()
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -27,7 +26,14 @@ from lyco_bench.metrics.fidelity import (
     image_similarity,
     image_similarity_per_image,
 )
-from lyco_bench.metrics.leakage import drift, drift_per_pair, intrusion, intrusion_per_pair, kid, kid_of_features
+from lyco_bench.metrics.leakage import (
+    drift,
+    drift_per_pair,
+    intrusion,
+    intrusion_per_pair,
+    kid,
+    kid_of_features,
+)
 from lyco_bench.metrics.quality import hps_delta, hps_per_pair
 from lyco_bench.metrics.scoring import score
 from lyco_bench.metrics.values import sample_std
@@ -111,9 +117,15 @@ def test_composition_and_hps_delta_by_hand():
 def test_registry_entries_point_at_their_functions():
     m = METRICS["intrusion"]
     assert (m.criterion, m.higher_is_better, m.needs, m.prompt_classes) == (
-        "preservation", False, ("reference", "base", "generated"), ("agnostic",)
+        "preservation",
+        False,
+        ("reference", "base", "generated"),
+        ("agnostic",),
     )
-    assert METRICS["composition_drop"].reports == ("combine",) and "trigger" in METRICS["composition_drop"].prompt_classes
+    assert (
+        METRICS["composition_drop"].reports == ("combine",)
+        and "trigger" in METRICS["composition_drop"].prompt_classes
+    )
     assert METRICS["hps_delta"].encoders == ("hps",) and not METRICS["hps_delta"].default
     assert {n for n, m in METRICS.items() if m.per_image} == {
         "image_similarity", "text_similarity", "style_loss_base", "clip_iqa", "intrusion", "drift", "hps_delta",
@@ -163,7 +175,9 @@ def test_hps_encoder_loads_the_checkpoint_through_the_real_loader(tiny_encoders,
     assert_close(hps.encode_images(images, "crop"), img, rtol=1e-5, atol=1e-6)  # the mode is ignored
     assert_close(hps.encode_texts(["a cat"]), txt, rtol=1e-5, atol=1e-6)
     # the checkpoint matters: the tiny CLIP's own weights are not HPS's
-    assert not torch.allclose(hps.encode_images(images[:1]), pool.get("clip").encode_images(images[:1], "resize"))
+    assert not torch.allclose(
+        hps.encode_images(images[:1]), pool.get("clip").encode_images(images[:1], "resize")
+    )
     # the same weights from safetensors
     from safetensors.torch import save_file
 
@@ -203,14 +217,17 @@ def test_hps_checkpoint_is_never_unpickled_in_general(tiny_encoders, tmp_path):
 
 # --- scoring end to end -------------------------------------------------------------------------
 def _generation_rows() -> list[dict]:
-    rows = [_row("agnostic", "", "", "unrelated", 0, s, prompt="a photo of a lake") for s in (1000, 1001, 1002)]
+    rows = [
+        _row("agnostic", "", "", "unrelated", 0, s, prompt="a photo of a lake") for s in (1000, 1001, 1002)
+    ]
     rows += [_row("agnostic", "shapes", "", "class", 0, s, prompt="a shape") for s in (1000, 1001)]
     rows += [_row("agnostic", "shapes", "", "", 1, s, prompt="a thing") for s in (1000, 1001)]  # no twin
     rows += [_row("trigger", "shapes", "circle", "", 0, s) for s in (1000, 1001)]
     rows += [_row("trigger", "patterns", "checker", "", 0, s) for s in (1000, 1001)]
     both = "shapes/circle+patterns/checker"
     rows += [
-        _row("combine", "shapes+patterns", "circle+checker", "", 0, s, concepts=both) for s in (1000, 1001, 1002)
+        _row("combine", "shapes+patterns", "circle+checker", "", 0, s, concepts=both)
+        for s in (1000, 1001, 1002)
     ]
     return rows
 
@@ -220,11 +237,23 @@ def leak(tmp_path_factory, demo_dataset_dir, tiny_encoders):
     root = tmp_path_factory.mktemp("leak")
     rows = _generation_rows()
     images = write_generation(root / "ck", rows, seed=5)
-    twins = [dict(r, checkpoint="base") for r in rows if r["prompt_class"] == "agnostic" and r["prompt"] != "a thing"]
+    twins = [
+        dict(r, checkpoint="base")
+        for r in rows
+        if r["prompt_class"] == "agnostic" and r["prompt"] != "a thing"
+    ]
     twins += [dict(r, checkpoint="base") for r in rows if r["prompt_class"] == "trigger"]
     base = write_generation(root / "base", twins, seed=6)
     settings = EncoderSettings(**{**tiny_encoders, "modes": ["resize", "padding"]})
-    names = ["image_similarity", "intrusion", "drift", "kid", "composition_min", "composition_drop", "hps_delta"]
+    names = [
+        "image_similarity",
+        "intrusion",
+        "drift",
+        "kid",
+        "composition_min",
+        "composition_drop",
+        "hps_delta",
+    ]
     passes: dict[str, int] = {}
     scored = score(
         images_dir=images, dataset=demo_dataset_dir, base_images_dir=base, encoders=settings,
@@ -280,7 +309,9 @@ def test_tiers_are_rows_and_leakage_matches_direct_computation(leak, demo_datase
                mode="padding")  # fmt: skip
     assert_close(row["value"], intrusion(ref, t, b), rtol=1e-5, atol=1e-7)
     assert_close(row["std"], sample_std(intrusion_per_pair(ref, t, b)), rtol=1e-4, atol=1e-7)
-    keys = rows[(rows["metric"] == "intrusion") & (rows["category"] == "") & (rows["mode"] == "resize")]["subclass"]
+    keys = rows[(rows["metric"] == "intrusion") & (rows["category"] == "") & (rows["mode"] == "resize")][
+        "subclass"
+    ]
     assert sorted(keys) == [f"unrelated:{k}" for k in
                             ("patterns/checker", "patterns/stripes", "shapes/circle", "shapes/triangle")]  # fmt: skip
     # the category's tiers: "class" compared within the category; the untiered prompt has no twin
@@ -303,8 +334,14 @@ def test_composition_from_the_image_similarity_rows(leak):
     rows = leak["rows"]
     for mode in ("resize", "padding"):
         sims = {
-            key: _one(rows, prompt_class="combine", concept="circle+checker", subclass=key, mode=mode,
-                      metric="image_similarity")["value"]  # fmt: skip
+            key: _one(
+                rows,
+                prompt_class="combine",
+                concept="circle+checker",
+                subclass=key,
+                mode=mode,
+                metric="image_similarity",
+            )["value"]  # fmt: skip
             for key in ("shapes/circle", "patterns/checker")
         }
         low = _one(rows, prompt_class="combine", concept="circle+checker", subclass="", mode=mode,
@@ -317,7 +354,9 @@ def test_composition_from_the_image_similarity_rows(leak):
             drop = _one(rows, prompt_class="combine", concept="circle+checker", subclass=key, mode=mode,
                         metric="composition_drop")  # fmt: skip
             assert_close(drop["value"], single - sims[key], rtol=1e-9, atol=1e-12)
-    assert not (rows["metric"].isin(["composition_min", "composition_drop"]) & (rows["prompt_class"] != "combine")).any()
+    assert not (
+        rows["metric"].isin(["composition_min", "composition_drop"]) & (rows["prompt_class"] != "combine")
+    ).any()
 
 
 def test_hps_delta_paired_for_the_base_models_classes(leak, tiny_encoders):
@@ -343,7 +382,9 @@ def test_new_metrics_encode_only_what_they_read(leak, demo_dataset_dir):
     manifest = pd.read_parquet(leak["images"] / "manifest.parquet")
     base = pd.read_parquet(leak["base"] / "manifest.parquet")
     twins = manifest.merge(base[["prompt_class", "prompt", "seed"]], on=["prompt_class", "prompt", "seed"])
-    tuned = (manifest["prompt_class"].isin(["combine", "trigger"])).sum() + (twins["prompt_class"] == "agnostic").sum()
+    tuned = (manifest["prompt_class"].isin(["combine", "trigger"])).sum() + (
+        twins["prompt_class"] == "agnostic"
+    ).sum()
     sizes = [Image.open(item.path).size for _, item in load_dataset(demo_dataset_dir).items()]
     dataset = sum(1 if w == h else 2 for w, h in sizes)  # resize and padding
     passes = leak["passes"]

@@ -26,8 +26,9 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
         help=f"feature cache folder, shared by all jobs (default {DEFAULT_CACHE})",
     )
     p.add_argument(
-        "--encoders", metavar="YAML",
-        help="EncoderSettings file (dino, clip, clip_pretrained, vgg, hps, hps_checkpoint, modes, …)"
+        "--encoders",
+        metavar="YAML",
+        help="EncoderSettings file (dino, clip, clip_pretrained, vgg, hps, hps_checkpoint, modes, …)",
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an encoder setting, e.g. --set dino=path/to/dinov2 --set batch_size=32")  # fmt: skip

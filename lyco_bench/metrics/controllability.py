@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from lyco_bench.metrics.registry import Metric, register_metric
 from lyco_bench.metrics.values import MetricValue, sample_std
 
 
@@ -32,3 +33,13 @@ def text_similarity_rows(view) -> Iterator[MetricValue]:
     texts = view.texts(view.unit.rows["clip_text"].tolist())
     per_image = text_similarity_per_image(images, texts)
     yield MetricValue(text_similarity(images, texts), view.n, std=sample_std(per_image))
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("text_similarity", "controllability", True, ("generated", "text"), ("clip",),
+           compute=text_similarity_rows, per_image=True,
+           description="mean CLIP cosine of each image with its prompt (triggers → descriptive words)")
+)
+# fmt: on

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lyco_bench.metrics.registry import Metric, register_metric
 from lyco_bench.metrics.values import MetricValue
 
 PER_PROMPT_CLASSES = ("alter",)
@@ -61,3 +62,13 @@ def vendi_rows(view) -> Iterator[MetricValue]:
     else:
         value, reason = math.nan, "fewer than 2 images"
     yield MetricValue(value, n, reason=reason)
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("vendi", "diversity", True, ("generated",), ("image",), ("train", "trigger", "alter"),
+           compute=vendi_rows,
+           description="Vendi score, q=1, linear kernel; <alter>: per prompt, averaged")
+)
+# fmt: on

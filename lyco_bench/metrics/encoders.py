@@ -285,7 +285,9 @@ def _hub_file(spec: str) -> Path:
     """``<owner>/<repo>/<file>`` from the Hugging Face hub (or its local cache when offline)."""
     parts = spec.split("/")
     if len(parts) < 3:
-        raise BadInput(f"encoders.hps_checkpoint {spec!r}: no such file, and not <owner>/<repo>/<file> on the hub")
+        raise BadInput(
+            f"encoders.hps_checkpoint {spec!r}: no such file, and not <owner>/<repo>/<file> on the hub"
+        )
     from huggingface_hub import hf_hub_download
 
     try:

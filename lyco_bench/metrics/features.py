@@ -142,7 +142,9 @@ def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], 
     for p in paths:
         keys.append(file_hash(Path(p)))
         # VGG and HPS preprocess in their own way, whatever the mode; square images look alike in every mode.
-        modes.append("native" if kind in enc.MODELESS_KINDS else enc.canonical_mode(image_size(Path(p)), mode))
+        modes.append(
+            "native" if kind in enc.MODELESS_KINDS else enc.canonical_mode(image_size(Path(p)), mode)
+        )
     return keys, modes
 
 

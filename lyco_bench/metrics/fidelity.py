@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lyco_bench.metrics.registry import FIDELITY_CLASSES, Metric, register_metric
 from lyco_bench.metrics.values import NAN, NO_REFERENCE, MetricValue, sample_std
 
 
@@ -159,3 +160,33 @@ def composition_drop_rows(view) -> Iterator[MetricValue]:
                 ref = view.reference(ref_paths, mode)
                 value = composition_drop(ref, view.features(single, mode), view.generated(mode))
                 yield MetricValue(value, view.n, subclass=key, mode=mode)
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("image_similarity", "fidelity", True, ("reference", "generated"), ("image",), FIDELITY_CLASSES,
+           compute=image_similarity_rows, per_image=True,
+           description="mean cosine over all (reference, generated) pairs")
+)
+register_metric(
+    Metric("squared_centroid_distance", "fidelity", False, ("reference", "generated"), ("image",),
+           FIDELITY_CLASSES, compute=squared_centroid_distance_rows,
+           description="‖mean(ref) − mean(gen)‖² of normalized features")
+)
+register_metric(
+    Metric("frechet_distance", "fidelity", False, ("reference", "generated"), ("image",), FIDELITY_CLASSES,
+           compute=frechet_distance_rows,
+           description="Fréchet distance of Gaussians fitted to reference and generated features")
+)
+register_metric(
+    Metric("composition_min", "fidelity", True, ("reference", "generated"), ("image",), ("combine",),
+           compute=composition_min_rows,
+           description="<combine>: the lower of the two concepts' image similarities")
+)
+register_metric(
+    Metric("composition_drop", "fidelity", False, ("reference", "generated"), ("image",),
+           ("combine", "trigger"), row_classes=("combine",), compute=composition_drop_rows,
+           description="<combine>: each concept's <trigger> image similarity minus its combine one")
+)
+# fmt: on

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lyco_bench.metrics.fidelity import image_similarity
+from lyco_bench.metrics.registry import Metric, register_metric
 from lyco_bench.metrics.values import NAN, NO_REFERENCE, MetricValue, paired_or_reason, sample_std
 
 
@@ -128,3 +129,24 @@ def kid_rows(view) -> Iterator[MetricValue]:
     tuned = view.features(pairs["path"].tolist())
     base = view.features(pairs["path_base"].tolist(), base=True)
     yield MetricValue(kid_of_features(base, tuned), len(pairs))
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("intrusion", "preservation", False, ("reference", "base", "generated"), ("image",), ("agnostic",),
+           compute=intrusion_rows, per_image=True,
+           description="image similarity of <agnostic> images to a concept's dataset minus the base "
+                       "model's on the same prompts and seeds (concept leakage)")
+)
+register_metric(
+    Metric("drift", "preservation", False, ("base", "generated"), ("image",), ("agnostic",),
+           compute=drift_rows, per_image=True,
+           description="mean cosine distance between base and tuned <agnostic> images of the same seed")
+)
+register_metric(
+    Metric("kid", "preservation", False, ("base", "generated"), ("image",), ("agnostic",),
+           compute=kid_rows,
+           description="unbiased KID (kernel (cos+1)³) between base and tuned <agnostic> images")
+)
+# fmt: on

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lyco_bench.metrics.registry import Metric, register_metric
 from lyco_bench.metrics.values import NAN, MetricValue, paired_or_reason, sample_std
 
 
@@ -78,3 +79,18 @@ def style_loss_dataset_rows(view) -> Iterator[MetricValue]:
         stats = view.reference_stats(key or view.unit.concept, ref_paths)
         value = style_loss_from_stats(view.streamed_stats(), stats)
         yield MetricValue(value, view.n, subclass=key or None)
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("style_loss_base", "preservation", False, ("base", "generated"), ("vgg19",), ("style", "agnostic"),
+           compute=style_loss_base_rows, per_image=True,
+           description="VGG19 Gram style loss to the base model's image of the same prompt and seed")
+)
+register_metric(
+    Metric("style_loss_dataset", "preservation", False, ("reference", "generated"), ("vgg19",),
+           ("train", "trigger", "alter"), compute=style_loss_dataset_rows, categories="style",
+           description="‖μ₁−μ₂‖² + var₁ + var₂ of Gram vectors, generated vs dataset (style concepts)")
+)
+# fmt: on

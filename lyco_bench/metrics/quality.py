@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from lyco_bench.metrics.registry import PROMPT_CLASSES, Metric, register_metric
 from lyco_bench.metrics.values import NAN, MetricValue, paired_or_reason, sample_std
 
 IQA_PROMPT_PAIRS: tuple[tuple[str, str], ...] = (("Good photo.", "Bad photo."),)
@@ -83,3 +84,19 @@ def hps_delta_rows(view) -> Iterator[MetricValue]:
     texts = view.texts(pairs["clip_text"].tolist())
     per_pair = hps_per_pair(tuned, base, texts)
     yield MetricValue(float(per_pair.mean()), len(pairs), std=sample_std(per_pair))
+
+
+# --- registry entries (docs/protocol.md §5) -----------------------------------------------------
+# fmt: off
+register_metric(
+    Metric("clip_iqa", "quality", True, ("generated",), ("clip",), compute=clip_iqa_rows,
+           texts=tuple(t for pair in IQA_PROMPT_PAIRS for t in pair), per_image=True,
+           experimental=True,
+           description="CLIP-IQA: softmax over 'Good photo.'/'Bad photo.' cosines (experimental)")
+)
+register_metric(
+    Metric("hps_delta", "quality", True, ("base", "generated", "text"), ("hps",), PROMPT_CLASSES,
+           compute=hps_delta_rows, per_image=True, default=False,
+           description="HPS v2.1 of each image minus the base model's of the same prompt and seed")
+)
+# fmt: on

@@ -28,7 +28,7 @@ import torch
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import preservation
 from lyco_bench.metrics.cache import FeatureCache
-from lyco_bench.metrics.encoders import MODELESS_KINDS, STREAMED_KINDS
+from lyco_bench.metrics.encoders import STREAMED_KINDS
 from lyco_bench.metrics.features import (
     EncoderPool,
     EncoderSettings,

@@ -162,7 +162,13 @@ def _add_checkpoints(est: StoreEstimate, plan: Any) -> None:
     for config in plan.study.configs:
         params = trainable_parameters(plan, config.name)
         if params is None:
-            est.add(f"checkpoints of {config.name}: model config unknown", 0, 0)
+            from lyco_bench.adapters import AdapterModule, get_algorithm
+
+            layered = issubclass(
+                get_algorithm(plan.inputs.runs[config.name]["adapter"]["algo"]), AdapterModule
+            )
+            why = "model config unknown" if layered else "a model-level method: sized once trained"
+            est.add(f"checkpoints of {config.name}: {why}", 0, 0)
             continue
         adapter = params * 4 + SAFETENSORS_HEADER * 8
         state = params * 4 * 3  # parameters + Adam's two moments, fp32
@@ -260,14 +266,14 @@ def encoder_dim(kind: str, plan: Any) -> int:
     """Width of one feature vector of encoder ``kind`` (packed Gram length for VGG19)."""
     fields = plan.study.study.encoders
     value = {"dinov2": fields.get("dino", "facebook/dinov2-large"), "clip": fields.get("clip", "ViT-L-14"),
-             "vgg19": fields.get("vgg", "IMAGENET1K_V1")}[kind]  # fmt: skip
+             "vgg19": fields.get("vgg", "IMAGENET1K_V1"), "hps": fields.get("hps", "ViT-H-14")}[kind]  # fmt: skip
     tiny = isinstance(value, str) and value.startswith(TINY_PREFIX)
     if kind == "vgg19":
         from lyco_bench.metrics.tiny import TINY_VGG_WIDTHS
 
         widths = TINY_VGG_WIDTHS if tiny else VGG19_WIDTHS
         return sum(c * (c + 1) // 2 for c in widths)
-    if kind == "clip":
+    if kind in ("clip", "hps"):  # both OpenCLIP models (HPS v2.1: ViT-H-14, 1024)
         from lyco_bench.metrics.tiny import TINY_CLIP_CONFIG
 
         if tiny:

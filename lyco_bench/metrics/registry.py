@@ -1,0 +1,79 @@
+"""The metric registry: :class:`Metric` (what a metric declares) and :func:`register_metric`.
+
+Each metric registers itself in the file of its computation (``register_metric(Metric(...))`` at the
+bottom of ``fidelity.py``, ``leakage.py``, …); ``lyco_bench.metrics`` imports every metric file of
+the package and then the modules or ``Metric`` objects that other packages declare under the
+``lyco_bench.metrics`` entry point. The scorer, the planner and the analysis read only
+:data:`METRICS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from lyco_bench.metrics.values import MetricValue
+
+CRITERIA = ("fidelity", "controllability", "diversity", "preservation", "quality")
+"""The criteria of docs/protocol.md §5, in report order; a plug-in may add its own (listed last)."""
+
+PROMPT_CLASSES = ("train", "trigger", "alter", "style", "agnostic", "combine")
+# Fidelity compares with the dataset: the concept's own classes and two-concept images (each
+# concept). <style> images are judged by the style loss, <agnostic> ones by intrusion (which
+# subtracts the base model's similarity, so that a concept-agnostic image is not rewarded for
+# looking like the concept).
+FIDELITY_CLASSES = ("train", "trigger", "alter", "combine")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    criterion: str
+    """fidelity | controllability | diversity | preservation | quality"""
+    higher_is_better: bool
+    needs: tuple[str, ...]
+    """Inputs: ``reference`` (dataset images, compared in every reference mode), ``generated``,
+    ``base`` (the base model's images of the same prompt and seed: only paired images are read),
+    ``text`` (the images' prompts, triggers replaced by descriptive words)."""
+    encoders: tuple[str, ...]
+    """Encoder kinds it reads; ``image`` stands for ``EncoderSettings.image_encoders`` (DINOv2)."""
+    prompt_classes: tuple[str, ...] = PROMPT_CLASSES
+    """Generated prompt classes it reads: the planner and the scorer encode nothing else."""
+    compute: Callable[..., Iterable[MetricValue]] | None = None
+    """(UnitView) → MetricValues: called once per unit of ``row_classes`` and encoder kind."""
+    row_classes: tuple[str, ...] | None = None
+    """Prompt classes it writes rows for (None: ``prompt_classes``); the others it only reads."""
+    categories: Literal["all", "style"] = "all"
+    """``style``: only the units of style categories (``EncoderSettings.style_categories``)."""
+    texts: tuple[str, ...] = ()
+    """Fixed texts it encodes besides the prompts (with its text encoder)."""
+    per_image: bool = False
+    """The value is a mean over images (or image pairs): rows carry their ``std``."""
+    default: bool = True
+    """Computed when no metric list is given (False: needs a large download, ask for it by name)."""
+    experimental: bool = False
+    description: str = ""
+
+    @property
+    def reports(self) -> tuple[str, ...]:
+        return self.prompt_classes if self.row_classes is None else self.row_classes
+
+
+METRICS: dict[str, Metric] = {}
+"""Every registered metric by name, in report order (criterion, then registration)."""
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to :data:`METRICS` (re-registering the same entry is a no-op)."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"register_metric takes a Metric, not {type(metric).__name__}")
+    known = METRICS.get(metric.name)
+    if known is not None and known != metric:
+        raise ValueError(f"metric {metric.name!r} registered twice")
+    items = [*METRICS.values(), metric] if known is None else list(METRICS.values())
+    order = {name: i for i, name in enumerate(CRITERIA)}
+    items.sort(key=lambda m: order.get(m.criterion, len(CRITERIA)))  # stable: registration order within
+    METRICS.clear()
+    METRICS.update((m.name, m) for m in items)
+    return metric
