@@ -146,3 +146,19 @@ def test_images_removed_after_scoring_come_back_when_needed(setting, study, tmp_
     mark = _log_len(store)
     assert _run(study["study"], store, f"images={setting}", *sizes, "metrics=[image_similarity,vendi]") == 0
     assert _done_since(store, mark) == ["generate-lora-defaults-s1-e001", "score-lora-defaults-s1-e001"]
+
+
+def test_reference_modes_make_exactly_their_readers_stale(study):
+    """Dropping reference modes changes what the dataset's features and the scores hold; base images
+    that no metric compares with the dataset (VGG Grams, paired only with the checkpoint's) are kept."""
+    stale = _stale(study["study"], study["store"], "encoders.modes=[resize]")
+    assert sorted(stale) == ["encode-dataset-dinov2", "score-lora-defaults-s1-e001"]
+
+
+def test_base_encoding_identity_holds_the_modes_its_readers_need():
+    from lyco_bench.sweep.planner import base_modes
+
+    scoring = {"modes": ["resize", "crop"], "image_encoders": ["dinov2"]}
+    assert base_modes(["intrusion", "drift"], "dinov2", scoring) == ["resize", "crop"]  # vs the dataset
+    assert base_modes(["drift", "kid"], "dinov2", scoring) == ["resize"]  # base vs tuned only
+    assert base_modes(["style_loss_base"], "vgg19", scoring) == ["native"]

@@ -259,11 +259,32 @@ def _shared_jobs(study: LoadedStudy, inputs: StudyInputs, prepare: dict[str, Job
     base_gen = make_job("generate", "base", spec=base_spec, deps=base_deps, target="base", **_where(study))
     jobs.append(base_gen)
     for enc in needed_kinds(inputs.metrics, inputs.scoring["image_encoders"], reads="base"):
-        spec = {"images": base_gen.id, "encoder": inputs.encoders[enc], "metrics": inputs.metrics}
+        spec = {
+            "images": base_gen.id,
+            "encoder": inputs.encoders[enc],
+            "metrics": inputs.metrics,
+            "modes": base_modes(inputs.metrics, enc, inputs.scoring),  # what it encodes in: its identity
+        }
         jobs.append(
             _encode_job(study, f"base-{enc}", spec=spec, enc=enc, deps=[base_gen.id, *enc_dep], target="base")
         )
     return jobs
+
+
+def base_modes(metrics: list[str], kind: str, scoring: dict[str, Any]) -> list[str]:
+    """The modes in which the requested paired metrics read base images with encoder ``kind``: every
+    reference mode when one of them compares those images with the dataset, else the images' own."""
+    from lyco_bench.metrics import METRICS, metric_encoders
+    from lyco_bench.metrics.encoders import MODELESS_KINDS
+
+    if kind in MODELESS_KINDS:
+        return ["native"]
+    image_encoders = tuple(scoring["image_encoders"])
+    reading = [
+        METRICS[n] for n in metrics
+        if "base" in METRICS[n].needs and kind in metric_encoders(METRICS[n], image_encoders)
+    ]  # fmt: skip
+    return list(scoring["modes"]) if any("reference" in m.needs for m in reading) else ["resize"]
 
 
 def _checkpoint_jobs(

@@ -306,7 +306,7 @@ def run_encode(job: Job, store: StudyStore) -> list[Path]:
     if job.params["target"] == "dataset":
         paths, modes = _dataset_paths(job, store, settings, kind)
     else:
-        paths, modes = _base_paths(job, store, kind), _base_modes(job, settings, kind)
+        paths, modes = _base_paths(job, store, kind), tuple(job.spec["modes"])  # planner.base_modes
     shards: list[Path] = []
     for mode in modes if paths else ():
         image_features(pool, kind, paths, mode=mode, cache=cache, flush=False)
@@ -346,22 +346,6 @@ def _base_paths(job: Job, store: StudyStore, kind: str) -> list[Path]:
         for c in METRICS[name].prompt_classes
     }
     return [Path(p) for p in df.loc[df["prompt_class"].isin(sorted(classes)), "path"]]
-
-
-def _base_modes(job: Job, settings: Any, kind: str) -> tuple[str, ...]:
-    """The modes in which a paired metric reads base images with ``kind``: every reference mode
-    when one compares them with the dataset, else the images' own."""
-    from lyco_bench.metrics import METRICS, metric_encoders
-    from lyco_bench.metrics.encoders import MODELESS_KINDS
-
-    if kind in MODELESS_KINDS:
-        return ("native",)
-    image_encoders = tuple(job.params["encoders"].get("image_encoders", ("dinov2",)))
-    reading = [
-        METRICS[n] for n in job.spec["metrics"]
-        if "base" in METRICS[n].needs and kind in metric_encoders(METRICS[n], image_encoders)
-    ]  # fmt: skip
-    return tuple(settings.modes) if any("reference" in m.needs for m in reading) else ("resize",)
 
 
 def run_score(job: Job, store: StudyStore) -> list[Path]:
