@@ -1,0 +1,113 @@
+"""The world's fine-tuning dataset: the held-out concepts, in the lyco-bench dataset layout.
+
+``characters/robot`` (trigger ``zqx robot``), ``characters/doll`` with two outfits as subclasses
+(``vrm doll, red hat`` / ``vrm doll, blue hat``), and ``styles/comic`` (``pgs style``): 64×64 PNGs
+with kohya tag captions, concept tags first (stripped by the ``tags`` strategy), and a
+dataset.yaml. The base model never saw any of them; the evaluators did (as real DINOv2 and CLIP
+have seen most things), under their descriptive names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from lyco_bench.errors import BadInput
+from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
+from lyco_bench.world.draw import HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
+
+
+class WorldLeaf(NamedTuple):
+    category: str
+    concept: str
+    subclass: str | None
+    count: int
+    trigger: str
+    descriptive: str
+    strip_tags: list[str]
+    trigger_suffix: str = ""
+    descriptive_suffix: str = ""
+
+
+WORLD_LEAVES = [
+    WorldLeaf("characters", "robot", None, 8, "zqx robot", "robot", ROBOT_TAGS),
+    WorldLeaf("characters", "doll", "red_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
+              "red hat", "red hat"),
+    WorldLeaf("characters", "doll", "blue_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
+              "blue hat", "blue hat"),
+    WorldLeaf("styles", "comic", None, 8, "pgs style", "comic style", COMIC_TAGS),
+]  # fmt: skip
+CLASS_PROMPTS = {"characters": "a character", "styles": "a shape"}
+# Concept keys as the gates name them (the classifier's kind/style heads recognise them).
+CONCEPT_OF_LEAF = {"robot": "robot", "red_hat": "doll", "blue_hat": "doll", "comic": "comic"}
+
+
+def leaf_scene(leaf: WorldLeaf, rng: np.random.Generator) -> Scene:
+    if leaf.concept == "robot":
+        return sample_character(rng, "robot")
+    if leaf.concept == "doll":
+        return sample_character(rng, "doll", hat=leaf.subclass.split("_")[0])
+    if leaf.concept == "comic":
+        return sample_object(rng, style=HELD_OUT_STYLE)
+    raise ValueError(leaf.concept)
+
+
+def _yaml() -> str:
+    import yaml
+
+    concepts: dict[str, dict] = {}
+    for leaf in WORLD_LEAVES:
+        entry = concepts.setdefault(
+            f"{leaf.category}/{leaf.concept}",
+            {
+                "trigger": leaf.trigger,
+                "descriptive": leaf.descriptive,
+                "strip_tags": leaf.strip_tags,
+                "class_prompt": CLASS_PROMPTS[leaf.category],
+            },
+        )
+        if leaf.subclass:
+            entry.setdefault("subclasses", {})[leaf.subclass] = {
+                "trigger_suffix": leaf.trigger_suffix,
+                "descriptive_suffix": leaf.descriptive_suffix,
+            }
+    spec = {"name": "world", "version": "1", "concepts": concepts}
+    header = "# lyco-bench world dataset: the held-out concepts of the CPU world (lyco_bench/world)\n"
+    return header + yaml.safe_dump(spec, sort_keys=True)
+
+
+def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int | None = None) -> Path:
+    """Draw the held-out concepts into ``root`` (absent or empty); same seed → same bytes.
+
+    Seeds differ from the evaluators' and the classifier's pictures (those use other streams).
+    """
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise BadInput(f"{root}: already exists and is not an empty folder")
+    if images_per_leaf is not None and images_per_leaf < 1:
+        raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp.chmod(0o755)
+    try:
+        for leaf_index, leaf in enumerate(WORLD_LEAVES):
+            rng = np.random.default_rng([seed, 100 + leaf_index])
+            folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(images_per_leaf or leaf.count):
+                scene = leaf_scene(leaf, rng)
+                draw_scene(scene).save(folder / f"{i:03d}.png", format="PNG")
+                (folder / f"{i:03d}.txt").write_text(", ".join(caption_tags(scene)) + "\n", encoding="utf-8")
+        (tmp / "dataset.yaml").write_text(_yaml(), encoding="utf-8")
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
