@@ -45,22 +45,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lokr import KronLayout
+from lyco_bench.adapters.algorithms.lokr import KronLayout, KronOptions
 from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     alpha_tensor,
     check_keys,
     check_shape,
     matmul_cost,
-    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
@@ -87,34 +84,8 @@ _W_KEYS = {
 }
 
 
-class GLoKrOptions(AlgorithmOptions):
-    """GLoKr settings; defaults are LoKr's (factor 8, every block full: dim 10000, α 1)."""
-
-    dim: int = Field(10000, ge=1)
-    """Rank of a decomposed block; ≥ half a block's larger side makes that block a full matrix
-    (10000: every block full, scale 1)."""
-    alpha: float = 1.0
-    """α of the scale α/r (not applied when every block is full); left out: 1 with the default
-    dim, else dim."""
-    factor: int = 8
-    """Split factor f of in and out into (f', d/f'), f' the divisor ≤ f closest to f (LoKr's
-    rule); −1: the most balanced split."""
-    use_tucker: bool = False
-    """Tucker core for a decomposed W2 of a k×k convolution (``glokr_t2``)."""
-    decompose_both: bool = False
-    """Decompose A1 and W1 too when they are large enough."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=10000, alpha=1.0)
-
-    @field_validator("factor")
-    @classmethod
-    def _factor(cls, value: int) -> int:
-        if value == 0 or value < -1:
-            raise ValueError("must be -1 (balanced) or a positive integer")
-        return value
+class GLoKrOptions(KronOptions):
+    """GLoKr settings: LoKr's, without DoRA (defaults: factor 8, every block full)."""
 
 
 def square_layout(w_layout: KronLayout, *, dim: int, decompose_both: bool) -> KronLayout:

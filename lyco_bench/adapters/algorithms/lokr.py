@@ -50,24 +50,23 @@ from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput
 
 
-class LoKrOptions(AlgorithmOptions):
-    """LoKr settings; defaults are the paper's (factor 8, both blocks full: dim 10000, α 1)."""
+class KronOptions(AlgorithmOptions):
+    """The settings of a Kronecker-factored ΔW (LoKr, GLoKr); defaults are the paper's LoKr (factor 8,
+    every block full: dim 10000, α 1)."""
 
     dim: int = Field(10000, ge=1)
     """Rank of a decomposed block; ≥ half a block's larger side makes that block a full matrix
-    (the paper's 10000: both full, scale 1)."""
+    (the paper's 10000: every block full, scale 1)."""
     alpha: float = 1.0
-    """α of the scale α/r (not applied when both blocks are full); left out: 1 with the default
+    """α of the scale α/r (not applied when every block is full); left out: 1 with the default
     dim, else dim."""
     factor: int = 8
     """Split factor f of each dimension into (f', d/f'), f' the divisor ≤ f closest to f; −1:
     the most balanced split."""
     use_tucker: bool = False
-    """Tucker core for a decomposed W2 of a k×k convolution (``lokr_t2``)."""
+    """Tucker core for a decomposed W2 of a k×k convolution (``lokr_t2``, ``glokr_t2``)."""
     decompose_both: bool = False
-    """Decompose W1 too when it is large enough."""
-    dora: bool = False
-    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
+    """Decompose the small block(s) too when they are large enough."""
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +79,13 @@ class LoKrOptions(AlgorithmOptions):
         if value == 0 or value < -1:
             raise ValueError("must be -1 (balanced) or a positive integer")
         return value
+
+
+class LoKrOptions(KronOptions):
+    """LoKr settings; defaults are the paper's (factor 8, both blocks full: dim 10000, α 1)."""
+
+    dora: bool = False
+    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
 
 
 def factorize(dim: int, factor: int = -1) -> tuple[int, int]:
