@@ -44,10 +44,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lokr import KronLayout, KronOptions
+from lyco_bench.adapters.algorithms.lokr import KronLayout, KronOptions, kron_apply, kron_orders, kron_w2
 from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
@@ -203,64 +202,17 @@ class GLoKrModule(AdapterModule):
 
     def apply_w(self, x: torch.Tensor) -> torch.Tensor:
         """(W1 ⊗ W2)·x (LoKr's product), W2 or W1 first, whichever costs less."""
-        lay = self.w_layout
-        w1 = self.w1()
         first, second = self._w_orders(x)
-        w2_first = first <= second
-        if not self.is_conv:
-            xs = x.reshape(-1, lay.in1, lay.in2)  # (N, in₁, in₂)
-            if w2_first:
-                y = torch.matmul(w1, self._w2_linear(xs))  # (N, out₁, out₂)
-            else:
-                y = self._w2_linear(torch.matmul(w1, xs))
-            return y.reshape(*x.shape[:-1], lay.out1 * lay.out2)
-        batch, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        if w2_first:
-            z = self._w2_conv(x.reshape(batch * lay.in1, lay.in2, h, w))  # (B·in₁, out₂, H', W')
-            ho, wo = z.shape[-2:]
-            y = torch.matmul(w1, z.reshape(batch, lay.in1, -1))  # (B, out₁, out₂·H'·W')
-        else:
-            z = torch.matmul(w1, x.reshape(batch, lay.in1, -1))  # (B, out₁, in₂·H·W)
-            y = self._w2_conv(z.reshape(batch * lay.out1, lay.in2, h, w))  # (B·out₁, out₂, H', W')
-            ho, wo = y.shape[-2:]
-        return y.reshape(batch, lay.out1 * lay.out2, ho, wo)
+        return kron_apply(
+            x, self.w_layout, self.w1(), self._w2, is_conv=self.is_conv, w2_first=first <= second
+        )
 
-    def _w2_linear(self, z: torch.Tensor) -> torch.Tensor:
-        """z (…, in₂) → z·W2ᵀ (…, out₂), through the low-rank factors when there are any."""
-        if self.w_layout.w2_rank is None:
-            return torch.matmul(z, self.glokr_w2.t())
-        return torch.matmul(torch.matmul(z, self.glokr_w2_b.t()), self.glokr_w2_a.t())
-
-    def _w2_conv(self, z: torch.Tensor) -> torch.Tensor:
-        """W2 as a k×k conv (the base's stride, padding, dilation) from in₂ to out₂ channels."""
-        lay, b = self.w_layout, self.base
-        conv = dict(stride=b.stride, padding=b.padding, dilation=b.dilation)
-        if lay.w2_rank is None:
-            return F.conv2d(z, self.glokr_w2, **conv)
-        r = lay.w2_rank
-        if lay.tucker:
-            z = F.conv2d(z, self.glokr_w2_b.view(r, lay.in2, 1, 1))
-            z = F.conv2d(z, self.glokr_t2, **conv)
-            up = self.glokr_w2_a.t()  # (out₂, r)
-        else:
-            z = F.conv2d(z, self.glokr_w2_b.view(r, lay.in2, *lay.kernel), **conv)
-            up = self.glokr_w2_a
-        return F.conv2d(z, up.reshape(lay.out2, r, 1, 1))
-
-    def _w2_cost(self, n: int) -> float:
-        lay = self.w_layout
-        fan = lay.in2 * math.prod(lay.kernel)
-        if lay.w2_rank is None:
-            return matmul_cost(n, fan, lay.out2)
-        return matmul_cost(n, fan, lay.w2_rank) + matmul_cost(n, lay.w2_rank, lay.out2)
+    def _w2(self, z: torch.Tensor) -> torch.Tensor:
+        return kron_w2(z, self.w_layout, self.base, self.is_conv, self, "glokr_")
 
     def _w_orders(self, x: torch.Tensor) -> tuple[float, float]:
         """(cost with W2 applied first, cost with W1 first) of (W1 ⊗ W2)·x."""
-        lay, n = self.w_layout, tokens(x, self)
-        n_in = x.numel() // (lay.in1 * lay.in2)
-        w2_first = self._w2_cost(n * lay.in1) + matmul_cost(lay.out1, lay.in1, n * lay.out2)
-        w1_first = matmul_cost(lay.out1, lay.in1, n_in * lay.in2) + self._w2_cost(n * lay.out1)
-        return w2_first, w1_first
+        return kron_orders(self.w_layout, x, tokens(x, self))
 
     def _a_cost(self, x: torch.Tensor) -> float:
         lay = self.a_layout

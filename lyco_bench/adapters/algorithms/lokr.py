@@ -23,6 +23,7 @@ Training never builds ΔW·x densely: with X the input reshaped to (…, in₁, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -145,6 +146,79 @@ class KronLayout:
         return out
 
 
+def kron_apply(
+    x: torch.Tensor,
+    lay: KronLayout,
+    w1: torch.Tensor,
+    apply_w2: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    is_conv: bool,
+    w2_first: bool,
+) -> torch.Tensor:
+    """(W1 ⊗ W2)·x without forming W1 ⊗ W2: W2 (``apply_w2``, on the last axis or as a conv over
+    in₂ channels) and W1 (on the in₁ axis) applied in the order ``w2_first`` says."""
+    if not is_conv:
+        xs = x.reshape(-1, lay.in1, lay.in2)  # (N, in₁, in₂)
+        if w2_first:
+            y = torch.matmul(w1, apply_w2(xs))  # (out₁, in₁) @ (N, in₁, out₂) -> (N, out₁, out₂)
+        else:
+            y = apply_w2(torch.matmul(w1, xs))  # (N, out₁, in₂) -> (N, out₁, out₂)
+        return y.reshape(*x.shape[:-1], lay.out1 * lay.out2)
+    batch, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    if w2_first:
+        z = apply_w2(x.reshape(batch * lay.in1, lay.in2, h, w))  # (B·in₁, out₂, H', W')
+        ho, wo = z.shape[-2:]
+        y = torch.matmul(w1, z.reshape(batch, lay.in1, -1))  # (B, out₁, out₂·H'·W')
+    else:
+        z = torch.matmul(w1, x.reshape(batch, lay.in1, -1))  # (B, out₁, in₂·H·W)
+        y = apply_w2(z.reshape(batch * lay.out1, lay.in2, h, w))  # (B·out₁, out₂, H', W')
+        ho, wo = y.shape[-2:]
+    return y.reshape(batch, lay.out1 * lay.out2, ho, wo)
+
+
+def kron_w2(
+    z: torch.Tensor, lay: KronLayout, base: BaseLayer, is_conv: bool, module: nn.Module, prefix: str
+) -> torch.Tensor:
+    """W2 applied to z: (…, in₂) → (…, out₂) for a linear layer; a k×k conv from in₂ to out₂
+    channels (the base's stride, padding, dilation) for a conv; through the low-rank factors (and
+    the Tucker core) when W2 is decomposed."""
+
+    def w2(name: str) -> torch.Tensor:  # the module's ``<prefix>w2``, ``…w2_a``, ``…w2_b``, ``…t2``
+        return getattr(module, prefix + name)
+
+    r = lay.w2_rank
+    if not is_conv:
+        if r is None:
+            return torch.matmul(z, w2("w2").t())
+        return torch.matmul(torch.matmul(z, w2("w2_b").t()), w2("w2_a").t())
+    conv = dict(stride=base.stride, padding=base.padding, dilation=base.dilation)
+    if r is None:
+        return F.conv2d(z, w2("w2"), **conv)
+    if lay.tucker:
+        z = F.conv2d(z, w2("w2_b").view(r, lay.in2, 1, 1))  # (·, r, H, W)
+        z = F.conv2d(z, w2("t2"), **conv)  # (·, r, H', W')
+    else:
+        z = F.conv2d(z, w2("w2_b").view(r, lay.in2, *lay.kernel), **conv)  # (·, r, H', W')
+    up = w2("w2_a").t() if lay.tucker else w2("w2_a")  # (out₂, r)
+    return F.conv2d(z, up.reshape(lay.out2, r, 1, 1))
+
+
+def kron_w2_cost(lay: KronLayout, n: int) -> float:
+    """Cost of applying W2 to n rows of in₂ (n output positions for a conv)."""
+    fan = lay.in2 * math.prod(lay.kernel)
+    if lay.w2_rank is None:
+        return matmul_cost(n, fan, lay.out2)
+    return matmul_cost(n, fan, lay.w2_rank) + matmul_cost(n, lay.w2_rank, lay.out2)
+
+
+def kron_orders(lay: KronLayout, x: torch.Tensor, n: int) -> tuple[float, float]:
+    """(cost with W2 applied first, cost with W1 applied first) of (W1 ⊗ W2)·x, n output rows."""
+    n_in = x.numel() // (lay.in1 * lay.in2)  # input rows (positions before stride)
+    w2_first = kron_w2_cost(lay, n * lay.in1) + matmul_cost(lay.out1, lay.in1, n * lay.out2)
+    w1_first = matmul_cost(lay.out1, lay.in1, n_in * lay.in2) + kron_w2_cost(lay, n * lay.out1)
+    return w2_first, w1_first
+
+
 @register_algorithm
 class LoKrModule(DoRAMixin, AdapterModule):
     """LoKr for Linear and Conv2d."""
@@ -225,70 +299,16 @@ class LoKrModule(DoRAMixin, AdapterModule):
         return torch.addcmul(w0v, w1, w2, value=self.multiplier * self.scale).view(w0.shape)
 
     def update_bypass(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_bypass(x) if self.is_conv else self._linear_bypass(x)
-
-    def _linear_bypass(self, x: torch.Tensor) -> torch.Tensor:
-        lay = self.layout
         w1 = self.w1() * self.scale
-        xs = x.reshape(-1, lay.in1, lay.in2)  # (N, in₁, in₂)
-        if self._w2_first(x):
-            z = self._apply_w2_linear(xs)  # (N, in₁, out₂)
-            y = torch.matmul(w1, z)  # (out₁, in₁) @ (N, in₁, out₂) -> (N, out₁, out₂)
-        else:
-            z = torch.matmul(w1, xs)  # (N, out₁, in₂)
-            y = self._apply_w2_linear(z)  # (N, out₁, out₂)
-        return y.reshape(*x.shape[:-1], lay.out1 * lay.out2)
+        return kron_apply(
+            x, self.layout, w1, self._apply_w2, is_conv=self.is_conv, w2_first=self._w2_first(x)
+        )
 
-    def _apply_w2_linear(self, z: torch.Tensor) -> torch.Tensor:
-        """z (…, in₂) -> z·W2ᵀ (…, out₂), through the low-rank factors when there are any."""
-        if self.layout.w2_rank is None:
-            return torch.matmul(z, self.lokr_w2.t())
-        return torch.matmul(torch.matmul(z, self.lokr_w2_b.t()), self.lokr_w2_a.t())
-
-    def _conv_bypass(self, x: torch.Tensor) -> torch.Tensor:
-        lay = self.layout
-        w1 = self.w1() * self.scale
-        batch, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        if self._w2_first(x):
-            z = self._apply_w2_conv(x.reshape(batch * lay.in1, lay.in2, h, w))  # (B·in₁, out₂, H', W')
-            ho, wo = z.shape[-2:]
-            z = z.reshape(batch, lay.in1, -1)
-            y = torch.matmul(w1, z)  # (B, out₁, out₂·H'·W')
-        else:
-            z = torch.matmul(w1, x.reshape(batch, lay.in1, -1))  # (B, out₁, in₂·H·W)
-            y = self._apply_w2_conv(z.reshape(batch * lay.out1, lay.in2, h, w))  # (B·out₁, out₂, H', W')
-            ho, wo = y.shape[-2:]
-        return y.reshape(batch, lay.out1 * lay.out2, ho, wo)
-
-    def _apply_w2_conv(self, z: torch.Tensor) -> torch.Tensor:
-        lay, b = self.layout, self.base
-        conv = dict(stride=b.stride, padding=b.padding, dilation=b.dilation)
-        if lay.w2_rank is None:
-            return F.conv2d(z, self.lokr_w2, **conv)
-        r = lay.w2_rank
-        if lay.tucker:
-            z = F.conv2d(z, self.lokr_w2_b.view(r, lay.in2, 1, 1))  # (·, r, H, W)
-            z = F.conv2d(z, self.lokr_t2, **conv)  # (·, r, H', W')
-        else:
-            z = F.conv2d(z, self.lokr_w2_b.view(r, lay.in2, *lay.kernel), **conv)  # (·, r, H', W')
-        up = self.lokr_w2_a.t() if lay.tucker else self.lokr_w2_a  # (out₂, r)
-        return F.conv2d(z, up.reshape(lay.out2, r, 1, 1))
-
-    def _w2_cost(self, n: int) -> float:
-        """Cost of applying W2 to n rows of in₂ (n output positions for a conv)."""
-        lay = self.layout
-        fan = lay.in2 * math.prod(lay.kernel)
-        if lay.w2_rank is None:
-            return matmul_cost(n, fan, lay.out2)
-        return matmul_cost(n, fan, lay.w2_rank) + matmul_cost(n, lay.w2_rank, lay.out2)
+    def _apply_w2(self, z: torch.Tensor) -> torch.Tensor:
+        return kron_w2(z, self.layout, self.base, self.is_conv, self, "lokr_")
 
     def _orders(self, x: torch.Tensor) -> tuple[float, float]:
-        """(cost with W2 applied first, cost with W1 applied first) for the bypass."""
-        lay, n = self.layout, tokens(x, self)
-        n_in = x.numel() // (lay.in1 * lay.in2)  # input rows (positions before stride)
-        w2_first = self._w2_cost(n * lay.in1) + matmul_cost(lay.out1, lay.in1, n * lay.out2)
-        w1_first = matmul_cost(lay.out1, lay.in1, n_in * lay.in2) + self._w2_cost(n * lay.out1)
-        return w2_first, w1_first
+        return kron_orders(self.layout, x, tokens(x, self))
 
     def _w2_first(self, x: torch.Tensor) -> bool:
         first, second = self._orders(x)
@@ -328,7 +348,7 @@ class LoKrModule(DoRAMixin, AdapterModule):
         xp = x.reshape(n, lay.in1, lay.in2).transpose(0, 1).reshape(lay.in1 * n, lay.in2)  # (in₁·N, in₂)
         p = (w1.t() @ gp).view(lay.in1 * n, lay.out2)  # Σ_a W1[a,b]·G[n,a,c]: (in₁·N, out₂)
         gw2 = p.t() @ xp  # (out₂, in₂)
-        z = self._apply_w2_linear(xp)  # X·W2ᵀ: (in₁·N, out₂)
+        z = self._apply_w2(xp)  # X·W2ᵀ: (in₁·N, out₂)
         gw1 = gp @ z.view(lay.in1, n * lay.out2).t()  # (out₁, in₁)
         return gw1, gw2
 
@@ -341,7 +361,7 @@ class LoKrModule(DoRAMixin, AdapterModule):
         gv = g.reshape(batch, lay.out1, lay.out2 * ho * wo)
         p = torch.matmul(w1.t(), gv).view(batch * lay.in1, lay.out2, ho, wo)  # Σ_a W1[a,b]·G[n,a,…]
         gw2 = torch.nn.grad.conv2d_weight(xs, w2.shape, p, b.stride, b.padding, b.dilation)
-        z = self._apply_w2_conv(xs).reshape(batch, lay.in1, -1)  # (B, in₁, out₂·H'·W')
+        z = self._apply_w2(xs).reshape(batch, lay.in1, -1)  # (B, in₁, out₂·H'·W')
         gw1 = torch.matmul(gv, z.transpose(1, 2)).sum(0)  # (out₁, in₁)
         return gw1, gw2
 
