@@ -144,6 +144,16 @@ def test_train_norm_adds_the_norm_layers_in_full(models):
     assert len(find_targets(*models, AdapterSpec(preset="attn-mlp", train_norm=True))) == 60
 
 
+@pytest.mark.parametrize("algo", ["lora", "dylora"])
+def test_a_network_with_norm_layers_prepares_a_step(algo):
+    """Normalisation layers trained in full have no per-step hook; the network's step hook skips
+    them beside modules that have one (DyLoRA's rank draw)."""
+    unet, te = tiny_models(0)
+    net = inject(unet, te, AdapterSpec(algo=algo, dim=4, preset="full", train_norm=True))
+    net.before_step(3, seed=1)
+    assert any(isinstance(t, nn.Module) and not hasattr(type(t), "before_step") for t in net.adapters.values())
+
+
 def test_conv_settings_apply_to_kxk_convs_only(models):
     spec = AdapterSpec(algo="lora", dim=4, alpha=2, conv_dim=2, conv_alpha=1, preset="full")
     unet, te = tiny_models(0)

@@ -409,10 +409,9 @@ def test_without_base_images_paired_metrics_are_nan_with_a_reason(leak, demo_dat
 def test_planner_selection_follows_the_registry():
     """The sweep asks the registry: paired metrics read base images with their encoders (in every
     reference mode only when compared with the dataset); hps_delta is not a default."""
-    from types import SimpleNamespace
 
     from lyco_bench.sweep.inputs import needed_kinds, resolve_metrics
-    from lyco_bench.sweep.stages import _base_modes
+    from lyco_bench.sweep.planner import base_modes
 
     defaults = resolve_metrics(None, source="study.yaml")
     assert "hps_delta" not in defaults and {"intrusion", "drift", "kid", "composition_min"} <= set(defaults)
@@ -420,11 +419,7 @@ def test_planner_selection_follows_the_registry():
         "dinov2", "vgg19", "hps",
     ]  # fmt: skip
     assert needed_kinds(["composition_drop", "kid"], ("dinov2",), reads="reference") == ["dinov2"]
-    settings = EncoderSettings(modes=("resize", "padding"))
-
-    def job(*metrics):
-        return SimpleNamespace(spec={"metrics": list(metrics)}, params={"encoders": {}})
-
-    assert _base_modes(job("drift", "kid"), settings, "dinov2") == ("resize",)
-    assert _base_modes(job("drift", "intrusion"), settings, "dinov2") == ("resize", "padding")
-    assert _base_modes(job("hps_delta"), settings, "hps") == ("native",)
+    scoring = {"image_encoders": ["dinov2"], "modes": ["resize", "padding"]}
+    assert base_modes(["drift", "kid"], "dinov2", scoring) == ["resize"]
+    assert base_modes(["drift", "intrusion"], "dinov2", scoring) == ["resize", "padding"]
+    assert base_modes(["hps_delta"], "hps", scoring) == ["native"]

@@ -129,7 +129,10 @@ class AdapterNetwork(nn.Module):
     def before_step(self, step: int, *, seed: int) -> None:
         """Let modules prepare a training step (``AdapterModule.before_step``), in module order,
         from one generator seeded by (seed, step): the same draws when a run resumes."""
-        hooks = [m for m in self.adapters.values() if type(m).before_step is not AdapterModule.before_step]
+        hooks = [
+            m for m in self.adapters.values()
+            if getattr(type(m), "before_step", AdapterModule.before_step) is not AdapterModule.before_step
+        ]  # fmt: skip  (normalisation layers trained in full have no hook)
         if not hooks:
             return
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))

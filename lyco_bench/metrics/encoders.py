@@ -306,7 +306,7 @@ def load_state_file(path: str | Path, *, what: str) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors / the restricted unpickler raise many types
         raise _load_error(what, str(path), exc) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
