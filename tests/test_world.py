@@ -12,13 +12,14 @@ import torch
 
 from lyco_bench.world import draw
 from lyco_bench.world.captions import caption_tags, varied_caption
-from lyco_bench.world.draw import CANVAS, Scene, draw_scene, sample_character, sample_object
+from lyco_bench.world.draw import CANVAS, Scene, draw_scene, sample_character, sample_object, sample_pair
 
 
 def _scenes(seed: int):
     rng = np.random.default_rng(seed)
     return (
         [sample_object(rng) for _ in range(6)]
+        + [sample_pair(rng) for _ in range(3)]
         + [sample_object(rng, style="comic")]
         + [sample_character(rng, "robot"), sample_character(rng, "doll", hat="blue")]
     )
@@ -48,6 +49,16 @@ def test_drawing_shows_the_scene():
     assert cpx[32, 12 + 1].sum() < 100
 
 
+def test_pairs_never_overlap_nor_look_like_a_character():
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        p = sample_pair(rng)
+        assert p.kind == "pair" and p.colour != p.colour2 and p.cx <= p.cx2
+        assert frozenset({(p.colour, p.shape), (p.colour2, p.shape2)}) not in draw.HELD_OUT_PAIRS
+        gap = (p.side + p.side2) / 2
+        assert abs(p.cx - p.cx2) >= gap or abs(p.cy - p.cy2) >= gap
+
+
 def test_every_shape_colour_and_style_draws():
     for shape in draw.SHAPES:
         for style in draw.ALL_STYLES:
@@ -59,6 +70,15 @@ def test_every_shape_colour_and_style_draws():
 def test_captions_kohya_tags():
     obj = Scene("object", "cross", "purple", "small", "black", "shadow", 24, 20.0, 20.0)
     assert caption_tags(obj) == ["purple cross", "small", "black background", "drop shadow"]
+    pair = Scene(
+        "pair", "circle", "red", "small", "white", "flat", 20, 15.0, 15.0, "", "cross", "blue", 20, 45.0, 45.0
+    )
+    assert caption_tags(pair) == ["red circle", "blue cross", "small", "white background", "flat color"]
+    rng = np.random.default_rng(0)
+    pair_caps = [varied_caption(pair, rng) for _ in range(30)]
+    assert all(
+        {"red circle", "blue cross"} <= {t.removeprefix("a ") for t in c.split(", ")} for c in pair_caps if c
+    )
     robot = Scene("robot", "", "", "large", "grey", "flat", 50, 32.0, 32.0)
     assert caption_tags(robot)[:3] == ["robot", "red head", "blue body"]
     doll = Scene("doll", "", "", "large", "grey", "flat", 50, 32.0, 32.0, "red")

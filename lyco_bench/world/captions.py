@@ -1,6 +1,7 @@
 """Tag captions for world pictures, in the kohya convention: comma-separated tags.
 
-Base-world pictures are tagged ``red circle, large, white background, flat color``. Held-out
+Base-world pictures are tagged ``red circle, large, white background, flat color`` (a pair:
+``green cross, yellow square, small, …``). Held-out
 pictures carry their concept tags first (stripped by the ``tags`` caption strategy, as a tagger's
 concept-specific tags are) and then the generic ones. During pretraining every caption is varied
 (tags dropped, shuffled, an article added, sometimes emptied for classifier-free guidance), so the
@@ -35,13 +36,22 @@ def concept_tags(scene: Scene) -> list[str]:
     return []
 
 
+def object_tags(scene: Scene) -> list[str]:
+    """The objects' tags: one for an object, two for a pair (left one first), none for a character."""
+    if scene.kind == "object":
+        return [object_tag(scene)]
+    if scene.kind == "pair":
+        return [object_tag(scene), f"{scene.colour2} {scene.shape2}"]
+    return []
+
+
 def generic_tags(scene: Scene) -> list[str]:
-    """The tags any picture of the world gets: object, size, background, rendering."""
-    if scene.kind != "object":
+    """The tags any picture of the world gets: objects, size, background, rendering."""
+    if scene.kind not in ("object", "pair"):
         return [scene.size, f"{scene.background} background"]
     if scene.style == HELD_OUT_STYLE:
-        return [object_tag(scene), scene.size]
-    return [object_tag(scene), scene.size, f"{scene.background} background", STYLES[scene.style]]
+        return [*object_tags(scene), scene.size]
+    return [*object_tags(scene), scene.size, f"{scene.background} background", STYLES[scene.style]]
 
 
 def caption_tags(scene: Scene) -> list[str]:
@@ -55,9 +65,10 @@ def descriptive_caption(scene: Scene) -> str:
 
 
 def varied_caption(scene: Scene, rng: np.random.Generator, *, drop: float = 0.25, empty: float = 0.1) -> str:
-    """A pretraining caption: each tag but the object's dropped with probability ``drop``, the
-    object tag sometimes with an article, the order shuffled half of the time, the whole caption
-    empty with probability ``empty`` (the unconditional branch of classifier-free guidance).
+    """A pretraining caption: each tag but the objects' (and a concept's first) dropped with
+    probability ``drop``, the first object tag sometimes with an article, the order shuffled half
+    of the time, the whole caption empty with probability ``empty`` (the unconditional branch of
+    classifier-free guidance). Object tags are never dropped: ``a red circle`` means one object.
 
     Always 3 draws from ``rng`` plus two per tag, so captions of different pictures do not
     shift one another's draws.
@@ -68,8 +79,9 @@ def varied_caption(scene: Scene, rng: np.random.Generator, *, drop: float = 0.25
     keys = rng.random(len(tags))
     if u_empty < empty:
         return ""
-    # The first tag (the object, or the concept's first tag) is always said.
-    chosen = [i for i in range(len(tags)) if i == 0 or keep[i]]
+    # The objects (or the concept's first tag) are always said.
+    always = {0, *range(len(concept_tags(scene)), len(concept_tags(scene)) + len(object_tags(scene)))}
+    chosen = [i for i in range(len(tags)) if i in always or keep[i]]
     if u_shuffle < 0.5:
         chosen.sort(key=lambda i: keys[i])
     words = [f"a {tags[i]}" if i == 0 and u_article < 0.3 else tags[i] for i in chosen]

@@ -1,6 +1,7 @@
 """The attribute classifier: a small CNN that reads a world picture's labels back (the gates' judge).
 
-Heads: kind (object, robot, doll), shape, colour, background, rendering, size, and the doll's hat.
+Heads: kind (object, pair, robot, doll), shape, colour (of a lone object), background, rendering,
+size, and the doll's hat.
 Trained on real world pictures — drawn ones and their VAE reconstructions (``decoded``), so it
 judges generated pictures, which come out of the same decoder, on what they show rather than on
 how sharp they are — and never on generated pictures. A head's label is -1 where it does not
@@ -37,10 +38,10 @@ def labels(scene: Scene) -> dict[str, int]:
 
     return {
         "kind": index("kind", scene.kind),
-        "shape": index("shape", scene.shape),
-        "colour": index("colour", scene.colour),
+        "shape": index("shape", scene.shape) if scene.kind == "object" else -1,
+        "colour": index("colour", scene.colour) if scene.kind == "object" else -1,
         "background": index("background", scene.background),
-        "style": index("style", scene.style) if scene.kind == "object" else -1,
+        "style": index("style", scene.style) if scene.kind in ("object", "pair") else -1,
         "size": index("size", scene.size),
         "hat": index("hat", scene.hat),
     }

@@ -6,7 +6,9 @@ SciPy + Pillow arithmetic at 4× supersampling, box-filtered down: the same scen
 bytes on every machine with the same Pillow/NumPy/SciPy.
 
 The base world (what the base model is pretrained on): 4 shapes × 5 colours × 2 sizes × 3
-backgrounds × 3 renderings. Held out (the demo's fine-tuning concepts, never shown to the base
+backgrounds × 3 renderings, and pairs of two small objects anywhere on the canvas (so the base
+model knows pictures with two differently coloured parts, as SD knows the parts its characters
+are made of). Held out (the demo's fine-tuning concepts, never shown to the base
 UNet or text encoder): two composite characters — the robot (a red circle head on a blue square
 body) and the doll (a yellow face with two eyes under a hat, in two outfits: red hat, blue hat) —
 and a rendering, the comic style (cream paper, shapes filled and ringed in black).
@@ -39,7 +41,15 @@ STYLE_WEIGHTS = {"flat": 0.5, "outline": 0.25, "shadow": 0.25}
 SHADOW_RGB = (70, 70, 70)
 
 # Held-out concepts.
-KINDS = ("object", "robot", "doll")  # object: one shape; the others are characters
+KINDS = ("object", "pair", "robot", "doll")  # object: one shape, pair: two; then the characters
+PAIR_SIZES = (16, 24)  # two boxes of the largest size still fit apart
+PAIR_SHARE = 0.3  # of base-world pictures
+# Pairs that look like a character's parts are never drawn in the base world.
+HELD_OUT_PAIRS = {
+    frozenset({("red", "circle"), ("blue", "square")}),
+    frozenset({("yellow", "circle"), ("red", "triangle")}),
+    frozenset({("yellow", "circle"), ("blue", "triangle")}),
+}
 HELD_OUT_STYLE = "comic"
 COMIC_PAPER_RGB = (245, 228, 180)
 INK_RGB = (15, 15, 15)
@@ -55,7 +65,8 @@ ALL_BACKGROUNDS = (*BACKGROUNDS, "cream")
 class Scene:
     """What one picture shows. ``side`` is the object's (or character's) height in pixels and
     (cx, cy) its centre; ``shape``/``colour`` describe an object (empty for characters), ``hat``
-    the doll's outfit (empty otherwise)."""
+    the doll's outfit (empty otherwise); a pair's second object is ``shape2``/``colour2``/
+    ``side2``/(``cx2``, ``cy2``), the first being the one further left."""
 
     kind: str = "object"
     shape: str = ""
@@ -67,6 +78,11 @@ class Scene:
     cx: float = 32.0
     cy: float = 32.0
     hat: str = ""
+    shape2: str = ""
+    colour2: str = ""
+    side2: int = 0
+    cx2: float = 0.0
+    cy2: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +115,43 @@ def sample_object(rng: np.random.Generator, *, style: str | None = None) -> Scen
     if extra:
         cx, cy = round(cx - extra / 2, 2), round(cy - extra / 2, 2)
     return Scene("object", shape, colour, size, background, style, side, cx, cy)
+
+
+def sample_pair(rng: np.random.Generator) -> Scene:
+    """Two small objects of different colours, apart, anywhere (never a character's two parts)."""
+    names = list(COLOURS)
+    while True:
+        (s1, s2), (c1, c2) = rng.integers(len(SHAPES), size=2), rng.choice(len(names), size=2, replace=False)
+        parts = frozenset({(names[int(c1)], SHAPES[int(s1)]), (names[int(c2)], SHAPES[int(s2)])})
+        if parts not in HELD_OUT_PAIRS:
+            break
+    sides = rng.integers(PAIR_SIZES[0], PAIR_SIZES[1] + 1, size=2)
+    weights = list(STYLE_WEIGHTS.values())
+    style = list(STYLE_WEIGHTS)[int(rng.choice(len(weights), p=weights))]
+    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    extra = 1.125 if style == "shadow" else 1.0
+    while True:  # the second box must not touch the first (1 px apart)
+        a = _position(rng, int(round(sides[0] * extra)), sides[0] * extra)
+        b = _position(rng, int(round(sides[1] * extra)), sides[1] * extra)
+        gap = (sides[0] + sides[1]) * extra / 2 + 1
+        if abs(a[0] - b[0]) >= gap or abs(a[1] - b[1]) >= gap:
+            break
+    objs = sorted(
+        [
+            (a, int(sides[0]), SHAPES[int(s1)], names[int(c1)]),
+            (b, int(sides[1]), SHAPES[int(s2)], names[int(c2)]),
+        ],
+        key=lambda o: (o[0][0], o[0][1]),
+    )
+    (p1, side1, shape1, colour1), (p2, side2, shape2, colour2) = objs
+    size = "small"
+    return Scene("pair", shape1, colour1, size, background, style, side1, p1[0], p1[1], "",
+                 shape2, colour2, side2, p2[0], p2[1])  # fmt: skip
+
+
+def sample_base(rng: np.random.Generator) -> Scene:
+    """A base-world picture: an object, or a pair (PAIR_SHARE of the time)."""
+    return sample_pair(rng) if rng.random() < PAIR_SHARE else sample_object(rng)
 
 
 def sample_character(rng: np.random.Generator, kind: str, *, hat: str | None = None) -> Scene:
@@ -157,6 +210,27 @@ def _ring_width(side: float) -> float:
     return max(3.0, side / 7)
 
 
+def _draw_object(
+    canvas: np.ndarray, shape: str, colour: str, style: str, s: float, cx: float, cy: float
+) -> None:
+    n = canvas.shape[0]
+    rgb = COLOURS[colour]
+    mask = shape_mask(shape, cx, cy, s, n)
+    if style == "flat":
+        _paint(canvas, mask, rgb)
+    elif style == "outline":
+        _paint(canvas, mask & ~_inner(mask, _ring_width(s)), rgb)
+    elif style == "shadow":
+        d = s / 8
+        _paint(canvas, shape_mask(shape, cx + d, cy + d, s, n), SHADOW_RGB)
+        _paint(canvas, mask, rgb)
+    elif style == HELD_OUT_STYLE:
+        _paint(canvas, mask, rgb)
+        _paint(canvas, mask & ~_inner(mask, _ring_width(s) * 0.7), INK_RGB)
+    else:
+        raise ValueError(f"style {style!r}: expected one of {', '.join(ALL_STYLES)}")
+
+
 def draw_scene(scene: Scene):
     """The scene as a 64×64 RGB PIL image."""
     from PIL import Image
@@ -167,21 +241,12 @@ def draw_scene(scene: Scene):
     canvas[:] = np.asarray(bg, dtype=np.float64)
     s, cx, cy = float(scene.side), scene.cx, scene.cy
     if scene.kind == "object":
-        rgb = COLOURS[scene.colour]
-        mask = shape_mask(scene.shape, cx, cy, s, n)
-        if scene.style == "flat":
-            _paint(canvas, mask, rgb)
-        elif scene.style == "outline":
-            _paint(canvas, mask & ~_inner(mask, _ring_width(s)), rgb)
-        elif scene.style == "shadow":
-            d = s / 8
-            _paint(canvas, shape_mask(scene.shape, cx + d, cy + d, s, n), SHADOW_RGB)
-            _paint(canvas, mask, rgb)
-        elif scene.style == HELD_OUT_STYLE:
-            _paint(canvas, mask, rgb)
-            _paint(canvas, mask & ~_inner(mask, _ring_width(s) * 0.7), INK_RGB)
-        else:
-            raise ValueError(f"style {scene.style!r}: expected one of {', '.join(ALL_STYLES)}")
+        _draw_object(canvas, scene.shape, scene.colour, scene.style, s, cx, cy)
+    elif scene.kind == "pair":
+        _draw_object(canvas, scene.shape, scene.colour, scene.style, s, cx, cy)
+        _draw_object(
+            canvas, scene.shape2, scene.colour2, scene.style, float(scene.side2), scene.cx2, scene.cy2
+        )
     elif scene.kind == "robot":
         # A red round head on a blue square body, stacked in a side-tall box.
         body, head = 0.56 * s, 0.44 * s

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from lyco_bench.models import SD_SCHEDULE
 from lyco_bench.world.captions import varied_caption
-from lyco_bench.world.draw import CANVAS, Scene, draw_scene, sample_character, sample_object
+from lyco_bench.world.draw import CANVAS, Scene, draw_scene, sample_base, sample_character, sample_object
 
 # 64 px pictures → VAE 8× → 8×8×4 latents → UNet 8 → 4 → 2.
 WORLD_VAE = dict(
@@ -71,17 +71,17 @@ THREADS = 1
 @dataclass(frozen=True)
 class PretrainSettings:
     seed: int = 0
-    images: int = 24000  # base-world pictures the UNet sees
+    images: int = 12000  # base-world pictures the UNet sees
     held_out_vae_images: int = 3000  # held-out pictures the VAE also sees
-    vae_steps: int = 6000
+    vae_steps: int = 4000
     vae_batch: int = 8
     vae_lr: float = 5e-4
     vae_kl: float = 1e-4
-    unet_steps: int = 12000
+    unet_steps: int = 4000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     text_lr: float = 2e-4
-    warmup: int = 500
+    warmup: int = 300
     eval_base_images: int = 6000  # evaluator/classifier pictures (drawn + VAE reconstruction each)
     eval_held_out_images: int = 3000
     classifier_steps: int = 1500
@@ -96,7 +96,7 @@ def _log(message: str, log: Callable[[str], None] | None) -> None:
 
 def base_scenes(seed: int, n: int) -> list[Scene]:
     rng = np.random.default_rng([seed, 1])
-    return [sample_object(rng) for _ in range(n)]
+    return [sample_base(rng) for _ in range(n)]
 
 
 def held_out_scenes(seed: int, n: int, *, stream: int = 2) -> list[Scene]:
