@@ -20,9 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	touch $@ $(VENV)/.installed
 
-## demo: set up and run the CPU demo study end to end (tiny model, demo dataset, all algorithms, report)
+## demo: set up and run the CPU demo study end to end (the pretrained CPU world, LoRA/LoHa/LoKr, report)
 demo: $(VENV)/.installed
-	$(BIN)/lyco-bench run experiments/demo.yaml
+	$(BIN)/lyco-bench run experiments/demo.yaml --jobs 2
 
 ## test: set up with the dev extras and run the test suite offline
 test: $(VENV)/.installed-dev

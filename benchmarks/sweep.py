@@ -1,17 +1,17 @@
 """Sweep benchmarks: encoder passes vs the analytic minimum, the store at the paper's size, planning
-overhead, and the demo on 1 vs 2 Ray workers. Prints tables; asserts nothing.
+overhead, and the tour on 1 vs 2 Ray workers. Prints tables; asserts nothing.
 
-    .venv/bin/python benchmarks/sweep.py              # everything (the demo study runs three times)
-    .venv/bin/python benchmarks/sweep.py --quick      # a cut-down demo (1 seed, one config per algorithm)
+    .venv/bin/python benchmarks/sweep.py              # everything (the tour study (experiments/tour.yaml) runs three times)
+    .venv/bin/python benchmarks/sweep.py --quick      # a cut-down tour (1 seed, one config per algorithm)
     .venv/bin/python benchmarks/sweep.py --skip-ray   # no Ray runs
 
-1. **Encoder passes.** The demo study runs in-process with every encoder's ``encode_images``
+1. **Encoder passes.** The tour study runs in-process with every encoder's ``encode_images``
    counted, and the count per kind is compared with the analytic minimum, computed here from the
    manifests and the metric registry alone: per checkpoint, the distinct images of the prompt
    classes some metric reads with that encoder; the dataset's reference images once per canonical
    mode (square images once); the base-model images a paired metric reads, once.
-2. **The store.** Files and bytes per kind of output, measured on the demo and set beside the
-   planner's estimate for the demo; then the estimate for experiments/paper.yaml with SD1.5, the
+2. **The store.** Files and bytes per kind of output, measured on the tour and set beside the
+   planner's estimate for the tour; then the estimate for experiments/paper.yaml with SD1.5, the
    real encoders and a 1,706-image dataset shaped like the paper's (28 concepts + 11 subclasses
    in 5 categories, ~14,900 images per checkpoint), before (one feature file per image per encoder,
    VGG Grams of every generated image, every epoch's resume state) and after.
@@ -43,7 +43,7 @@ from lyco_bench.sweep.sizing import estimate_store, human_bytes  # noqa: E402
 from lyco_bench.sweep.store import StudyStore  # noqa: E402
 from lyco_bench.sweep.study import load_study  # noqa: E402
 
-DEMO = ROOT / "experiments" / "demo.yaml"
+TOUR = ROOT / "experiments" / "tour.yaml"
 PAPER = ROOT / "experiments" / "paper.yaml"
 QUICK = [
     "seeds=[1]",
@@ -164,15 +164,15 @@ def measure_store(root: Path) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
 
-def run_demo(store: Path, overrides: list[str]) -> tuple[object, float, dict[str, int]]:
+def run_tour(store: Path, overrides: list[str]) -> tuple[object, float, dict[str, int]]:
     from lyco_bench.sweep.executors import run_plan
 
     counts = count_encoder_passes()
-    plan = load_plan(str(DEMO), overrides, str(store), verify_images=True)
+    plan = load_plan(str(TOUR), overrides, str(store), verify_images=True)
     start = time.perf_counter()
     summary = run_plan(plan)
     if not summary.complete:
-        raise SystemExit(f"demo run failed: {list(summary.failed.values())[:1]}")
+        raise SystemExit(f"tour run failed: {list(summary.failed.values())[:1]}")
     return plan, time.perf_counter() - start, dict(counts)
 
 
@@ -293,14 +293,14 @@ def time_plan(store_root: Path, overrides: list[str]) -> tuple[float, float, int
 
 
 # --- 4. Ray ----------------------------------------------------------------------------------------
-def time_ray_demo(workers: int, store: Path, overrides: list[str]) -> tuple[float, int]:
+def time_ray_tour(workers: int, store: Path, overrides: list[str]) -> tuple[float, int]:
     from lyco_bench.sweep.executors import run_plan
 
-    plan = build_plan(load_study(DEMO, overrides), StudyStore.open(store, "demo"))
+    plan = build_plan(load_study(TOUR, overrides), StudyStore.open(store, "tour"))
     start = time.perf_counter()
     summary = run_plan(plan, backend="ray", jobs=workers, threads=1)
     if not summary.complete:
-        raise SystemExit(f"demo run with {workers} workers failed: {list(summary.failed.values())[:1]}")
+        raise SystemExit(f"tour run with {workers} workers failed: {list(summary.failed.values())[:1]}")
     return time.perf_counter() - start, len(summary.ran)
 
 
@@ -334,18 +334,18 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="cut-down demo: 1 seed, one config per algorithm"
+        "--quick", action="store_true", help="cut-down tour: 1 seed, one config per algorithm"
     )
     parser.add_argument("--skip-ray", action="store_true", help="no Ray runs")
     args = parser.parse_args()
     overrides = QUICK if args.quick else []
     with tempfile.TemporaryDirectory(prefix="lyco-sweep-bench-") as tmp:
         tmp = Path(tmp)
-        plan, seconds, passes = run_demo(tmp / "demo", overrides)
+        plan, seconds, passes = run_tour(tmp / "tour", overrides)
         minimum = analytic_minimum(plan)
         rows = [(k, passes.get(k, 0), minimum.get(k, 0), "yes" if passes.get(k, 0) == minimum.get(k, 0) else "NO")
                 for k in ("dinov2", "clip", "vgg19")]  # fmt: skip
-        table(f"1. encoder passes, demo study ({len(plan.of_kind('score'))} checkpoints, run {seconds:.0f} s)",
+        table(f"1. encoder passes, tour study ({len(plan.of_kind('score'))} checkpoints, run {seconds:.0f} s)",
               ("encoder", "passes", "analytic minimum", "equal"), rows)  # fmt: skip
 
         measured = measure_store(plan.store.root)
@@ -364,7 +364,7 @@ def main() -> None:
             ("files besides images and assets, per job", f"{other / len(plan.jobs):.1f}", "target ≤ 10")
         )
         rows.append(("files besides images and assets, per checkpoint", f"{other / n_ckpt:.1f}", ""))
-        table("2a. the demo's store, measured", ("what", "files", "size"), rows)
+        table("2a. the tour's store, measured", ("what", "files", "size"), rows)
 
         stand_ins = paper_stand_ins(tmp / "paper-inputs")
         paper = load_plan(str(PAPER), stand_ins, str(tmp / "paper-store"))
@@ -394,10 +394,10 @@ def main() -> None:
         ])  # fmt: skip
 
         if not args.skip_ray:
-            one, ran1 = time_ray_demo(1, tmp / "ray-1", overrides)
-            two, ran2 = time_ray_demo(2, tmp / "ray-2", overrides)
+            one, ran1 = time_ray_tour(1, tmp / "ray-1", overrides)
+            two, ran2 = time_ray_tour(2, tmp / "ray-2", overrides)
             startup = time_ray_startup()
-            table("4. the demo on Ray", ("measurement", "value", "note"), [
+            table("4. the tour on Ray", ("measurement", "value", "note"), [
                 ("1 worker × 1 thread", f"{one:.1f} s", f"{ran1} jobs"),
                 ("2 workers × 1 thread", f"{two:.1f} s", f"{ran2} jobs"),
                 ("speed-up 2 vs 1 workers", f"{one / two:.2f}×", "target ≥ 1.7×"),

@@ -198,6 +198,21 @@ def test_long_csv_and_comparison_csv(tmp_path):
     assert other["csv"].read_bytes() != paths["csv"].read_bytes()
 
 
+def test_reference_later_epochs_are_compared_with_its_first(tmp_path):
+    """More training, paired by seed and concept: the reference's epoch 2 against its epoch 1."""
+    results = synthetic_results(tmp_path, {"ref": 0.0, "later": 0.05, "other": 0.0}, noise=0.01, std=0.05)
+    later = results["config"] == "later"
+    results.loc[later, "config"], results.loc[later, "epoch"] = "ref", 2
+    comp = compute_leaderboard(results, bootstrap=FAST, reference="ref").comparison
+    own = comp[(comp["config"] == "ref") & (comp["metric"] == "image_similarity")]
+    assert len(own) == 1
+    row = own.iloc[0]
+    assert (row["epoch"], row["reference"], row["reference_epoch"]) == (2, "ref", 1)
+    assert row["delta"] == pytest.approx(0.05) and row["ci_low"] > 0 and row["verdict"] == "better"
+    # "other" (epoch 1) is compared with the reference at its own epoch
+    assert set(comp.loc[comp["config"] == "other", "reference_epoch"]) == {1}
+
+
 def test_report_renders_intervals_and_comparison(tmp_path):
     results = synthetic_results(tmp_path / "in", {"ref": 0.0, "up": 0.1, "same": 0.0}, noise=0.01, std=0.05)
     sizes = sample_size_table(results, [IMG, TXT], settings=FAST, target=0.01, images_per_prompt=2)

@@ -106,7 +106,7 @@ def test_entry_point_plugin_is_planned(tmp_path):
     env = _plugin(tmp_path, "spread_metric")
     code = (
         "import lyco_bench.metrics as m; print(m.METRICS['spread'].criterion, list(m.METRICS)[-1]);"
-        "from lyco_bench.cli import main; raise SystemExit(main(['plan', 'experiments/demo.yaml', 'metrics=[spread]', "
+        "from lyco_bench.cli import main; raise SystemExit(main(['plan', 'experiments/tour.yaml', 'metrics=[spread]', "
         f"'--store', {str(tmp_path / 'store')!r}]))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -125,7 +125,7 @@ def test_broken_plugin_is_one_line_bad_input(tmp_path):
             "-m",
             "lyco_bench.cli",
             "plan",
-            "experiments/demo.yaml",
+            "experiments/tour.yaml",
             "--store",
             str(tmp_path / "s"),
         ],

@@ -13,7 +13,7 @@ from lyco_bench.sweep.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper.yaml"
-DEMO = ROOT / "experiments" / "demo.yaml"
+TOUR = ROOT / "experiments" / "tour.yaml"
 # What cannot exist here (SD1.5, the paper's dataset, the real encoders), swapped for the tiny
 # stand-ins built into the store; everything else is the real study.
 LOCAL = ["model=tiny:", "dataset=demo:", "encoders.dino=tiny:", "encoders.clip=tiny:", "encoders.vgg=tiny:"]
@@ -121,10 +121,10 @@ def test_unknown_metric_is_bad_input(tmp_path):
         _plan(PAPER, tmp_path, ["metrics=[sharpness]"])
 
 
-def test_demo_plan_has_every_built_in_method(tmp_path):
+def test_tour_plan_has_every_built_in_method(tmp_path):
     from lyco_bench.adapters import ALGORITHMS
 
-    plan = _plan(DEMO, tmp_path)
+    plan = _plan(TOUR, tmp_path)
     algos = {c.adapter["algo"] for c in plan.study.configs}
     built_in = {name for name, cls in ALGORITHMS.items() if cls.__module__.startswith("lyco_bench.")}
     assert algos == built_in
@@ -134,7 +134,7 @@ def test_demo_plan_has_every_built_in_method(tmp_path):
 
 def test_stage_settings_are_validated_by_their_stages(tmp_path):
     _plan(PAPER, tmp_path)  # paper.yaml is valid for the trainer, the sampler and the scorer
-    _plan(DEMO, tmp_path)
+    _plan(TOUR, tmp_path)
     with pytest.raises(BadInput) as err:
         _plan(PAPER, tmp_path, ["algorithms.loha.variations.1016-loha4a2-lr1e-3.training.lr=-1"])
     assert str(err.value).startswith(f"{PAPER}: algorithms.loha.variations.1016-loha4a2-lr1e-3: ")
@@ -151,7 +151,7 @@ def test_critical_path_priority_starts_long_chains_first(tmp_path):
     from lyco_bench.sweep.executors import critical_path_priority
     from lyco_bench.sweep.planner import TINY_COST_S as c
 
-    plan = _plan(DEMO, tmp_path)
+    plan = _plan(TOUR, tmp_path)
     rank = critical_path_priority(plan)
     by_name = {(job.kind, job.name): rank[job.id] for job in plan.jobs}
     # score → 1 job; generate → score; train → generate → score; shared encodes → score.

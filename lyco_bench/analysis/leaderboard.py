@@ -118,7 +118,8 @@ def _groups(results: pd.DataFrame) -> pd.DataFrame:
 
 def _reference_pairs(groups: pd.DataFrame, local: np.ndarray, reference: str | None) -> list[tuple[int, int]]:
     """(group, reference group) per fine-tuned group (local indices): the reference at the same
-    epoch, else at its last epoch."""
+    epoch, else at its last epoch; and the reference's later epochs against its first (what more
+    training does, paired by seed and concept)."""
     if reference is None:
         return []
     sub = groups.iloc[local].reset_index(drop=True)
@@ -127,7 +128,9 @@ def _reference_pairs(groups: pd.DataFrame, local: np.ndarray, reference: str | N
         return []
     by_epoch = dict(zip(sub.loc[ref_rows, "epoch"], ref_rows, strict=True))
     last = sub.loc[ref_rows].sort_values("epoch", kind="mergesort").index[-1]
-    return [
+    first = sub.loc[ref_rows].sort_values("epoch", kind="mergesort").index[0]
+    longer = [(int(i), int(first)) for i in ref_rows if i != first]
+    return longer + [
         (i, int(by_epoch.get(sub.loc[i, "epoch"], last)))
         for i in sub.index
         if sub.loc[i, "config"] != reference

@@ -24,7 +24,7 @@ from typing import Any
 
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.hashing import FileHasher
-from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, LoadedStudy
+from lyco_bench.sweep.study import TINY_PREFIX, LoadedStudy, generated_dataset
 from lyco_bench.utils import stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
@@ -102,7 +102,7 @@ def resolve_inputs(
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
         dataset = _load_dataset(dataset_root, study, verify=verify_images)
-        if s.dataset.startswith(DEMO_PREFIX):
+        if generated_dataset(s.dataset):
             token = f"prepare:{prepare['dataset'].id}"
             dataset_id = DatasetIdentity(token, token, token)
         else:
@@ -261,17 +261,16 @@ def _check_eval_ranks(study: LoadedStudy, config: Any, adapter: Any) -> None:
 
 @contextmanager
 def _dataset_folder(value: str, source: str):
-    """The dataset folder to check prompts against; ``demo:`` is drawn into a temporary folder."""
-    from lyco_bench.sweep.study import asset_seed
+    """The dataset folder to check prompts against; ``demo:``/``world:`` are drawn into a temporary
+    folder."""
+    from lyco_bench.sweep.study import draw_generated_dataset
 
-    if not value.startswith(DEMO_PREFIX):
+    if not generated_dataset(value):
         yield Path(value)
         return
-    from lyco_bench.data import make_demo_dataset
-
     tmp = Path(tempfile.mkdtemp(prefix="lyco-bench-demo-"))
     try:
-        yield make_demo_dataset(tmp / "demo", seed=asset_seed(value, DEMO_PREFIX))
+        yield draw_generated_dataset(value, tmp / "dataset")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, LoadedStudy, ResolvedConfig
+from lyco_bench.sweep.study import GENERATED_DATASETS, TINY_PREFIX, LoadedStudy, ResolvedConfig, generated_dataset
 from lyco_bench.utils import stable_hash
 
 KINDS = ("prepare", "train", "generate", "encode", "score")
@@ -135,8 +135,8 @@ def _prepare_jobs(study: LoadedStudy) -> dict[str, Job]:
 
     if s.model.startswith(TINY_PREFIX):
         jobs["model"] = asset("model", "tiny-model", s.model)
-    if s.dataset.startswith(DEMO_PREFIX):
-        jobs["dataset"] = asset("dataset", "demo-dataset", s.dataset)
+    if generated_dataset(s.dataset):
+        jobs["dataset"] = asset("dataset", GENERATED_DATASETS[generated_dataset(s.dataset)], s.dataset)
     if any(isinstance(v, str) and v.startswith(TINY_PREFIX) for v in s.encoders.values()):
         jobs["encoders"] = asset("encoders", "tiny-encoders", s.encoders)
     return jobs

@@ -15,7 +15,13 @@ from typing import Any
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import DEMO_PREFIX, TINY_PREFIX, asset_seed
+from lyco_bench.sweep.study import (
+    GENERATED_DATASETS,
+    TINY_PREFIX,
+    asset_seed,
+    draw_generated_dataset,
+    generated_dataset,
+)
 from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
 
 _TINY_SIZE_FIELDS = {"dino": "dino_image_size", "vgg": "vgg_short_side"}
@@ -27,7 +33,8 @@ def model_path(value: str, store: StudyStore) -> str:
 
 
 def dataset_path(value: str, store: StudyStore) -> str:
-    return str(store.assets_dir / "demo-dataset") if value.startswith(DEMO_PREFIX) else value
+    prefix = generated_dataset(value)
+    return str(store.assets_dir / GENERATED_DATASETS[prefix]) if prefix else value
 
 
 def encoder_settings(fields: dict[str, Any], store: StudyStore) -> Any:
@@ -62,10 +69,8 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
         out = store.assets_dir / "tiny-model"
         return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=asset_seed(value, TINY_PREFIX)))]
     if asset == "dataset":
-        from lyco_bench.data import make_demo_dataset
-
-        out = store.assets_dir / "demo-dataset"
-        return [_build_fresh(out, lambda tmp: make_demo_dataset(tmp, seed=asset_seed(value, DEMO_PREFIX)))]
+        out = store.assets_dir / GENERATED_DATASETS[generated_dataset(value)]
+        return [_build_fresh(out, lambda tmp: draw_generated_dataset(value, tmp))]
     if asset == "encoders":
         from lyco_bench.metrics.tiny import make_tiny_encoders
 
@@ -188,7 +193,7 @@ def _check_unchanged(job: Job, store: StudyStore, *, dataset_key: str) -> None:
     from lyco_bench.sweep.inputs import dataset_identity
 
     value = job.params["dataset"]
-    if not value.startswith(DEMO_PREFIX):
+    if not generated_dataset(value):
         from lyco_bench.data import load_dataset
 
         hasher = FileHasher(store.cache_dir / "file-hashes.json")

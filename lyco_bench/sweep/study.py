@@ -29,6 +29,10 @@ from lyco_bench.errors import BadInput
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TINY_PREFIX = "tiny:"
 DEMO_PREFIX = "demo:"
+WORLD_PREFIX = "world:"
+"""The CPU world (lyco_bench.world): its shipped base model and evaluators, and its drawn dataset."""
+# Datasets a prepare job draws into the store: prefix → the asset folder's name.
+GENERATED_DATASETS = {DEMO_PREFIX: "demo-dataset", WORLD_PREFIX: "world-dataset"}
 
 
 def _check_name(value: str, what: str) -> str:
@@ -119,9 +123,10 @@ class Study(StrictModel):
     name: str
     description: str = ""
     model: str
-    """Hub id, diffusers folder, single .safetensors file, or ``tiny:`` (built into the store)."""
+    """Hub id, diffusers folder, single .safetensors file, ``tiny:`` (built into the store) or
+    ``world:`` (the CPU world's pretrained base model, shipped with lyco-bench)."""
     dataset: str
-    """Dataset folder, or ``demo:`` (the generated demo dataset, built into the store)."""
+    """Dataset folder, or ``demo:`` / ``world:`` (a drawn dataset, built into the store)."""
     captions: str = "tags"
     """Caption strategy: tags | trigger | all-tags (docs/protocol.md §2)."""
     prompts: PromptsSpec = Field(default_factory=PromptsSpec)
@@ -257,13 +262,55 @@ class LoadedStudy:
 
 def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
     """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
-    study = load_config(Study, path, overrides or [])
+    study = _resolve_world(load_config(Study, path, overrides or []), source=str(path))
     configs = resolve_configs(study)
     reference = study.analysis.reference
     names = [name for config in configs for name, _ in config.evaluations()]
     if reference is not None and reference not in names:
         raise BadInput(f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)")
     return LoadedStudy(study=study, source=str(path), configs=configs)
+
+
+def generated_dataset(value: str) -> str | None:
+    """The prefix of a dataset drawn by a prepare job (``demo:``, ``world:``), else None."""
+    return next((p for p in GENERATED_DATASETS if value.startswith(p)), None)
+
+
+def draw_generated_dataset(value: str, out: Path) -> Path:
+    """Draw the ``demo:``/``world:`` dataset ``value`` (with its seed) into ``out``."""
+    prefix = generated_dataset(value)
+    seed = asset_seed(value, prefix)
+    if prefix == WORLD_PREFIX:
+        from lyco_bench.world import make_world_dataset
+
+        return make_world_dataset(out, seed=seed)
+    from lyco_bench.data import make_demo_dataset
+
+    return make_demo_dataset(out, seed=seed)
+
+
+def _resolve_world(study: Study, *, source: str) -> Study:
+    """``world:`` as the model or an encoder → the world's shipped weights (a real local folder,
+    hashed like any other: a rebuilt world makes every job that read it stale)."""
+    fields = dict(study.encoders)
+    world_encoders = [k for k in ("dino", "clip") if fields.get(k) == WORLD_PREFIX]
+    if study.model != WORLD_PREFIX and not world_encoders:
+        return study
+    if any(v == WORLD_PREFIX for k, v in fields.items() if k not in world_encoders):
+        bad = next(k for k, v in fields.items() if v == WORLD_PREFIX and k not in world_encoders)
+        raise BadInput(f"{source}: encoders.{bad}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only")
+    from lyco_bench.world import encoder_settings, model_dir, weights_dir
+
+    if not (weights_dir() / "BUILD.json").is_file():
+        raise BadInput(f"{source}: world: the world's weights are missing ({weights_dir()}); "
+                       "rebuild them with `lyco-bench make-world`")  # fmt: skip
+    shipped = encoder_settings()
+    for key in world_encoders:
+        fields[key] = shipped[key]
+        for extra in {"dino": ("dino_image_size",), "clip": ("clip_pretrained",)}[key]:
+            fields.setdefault(extra, shipped[extra])
+    model = str(model_dir()) if study.model == WORLD_PREFIX else study.model
+    return study.model_copy(update={"model": model, "encoders": fields})
 
 
 def resolve_local_path(value: str, *, study_dir: Path, assets_name: str, prefix: str) -> str:
