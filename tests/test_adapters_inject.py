@@ -151,7 +151,9 @@ def test_a_network_with_norm_layers_prepares_a_step(algo):
     unet, te = tiny_models(0)
     net = inject(unet, te, AdapterSpec(algo=algo, dim=4, preset="full", train_norm=True))
     net.before_step(3, seed=1)
-    assert any(isinstance(t, nn.Module) and not hasattr(type(t), "before_step") for t in net.adapters.values())
+    assert any(
+        isinstance(t, nn.Module) and not hasattr(type(t), "before_step") for t in net.adapters.values()
+    )
 
 
 def test_conv_settings_apply_to_kxk_convs_only(models):

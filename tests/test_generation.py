@@ -115,7 +115,9 @@ def test_rerun_skips_and_resumes_exactly(pipe, items, tmp_path, monkeypatch):
     stamps = {p: (out / p).stat().st_mtime_ns for p in original}
     calls = []
     real = generation.sample_batch
-    monkeypatch.setattr(generation, "sample_batch", lambda p, b, s, m=(): calls.append(len(b)) or real(p, b, s, m))
+    monkeypatch.setattr(
+        generation, "sample_batch", lambda p, b, s, m=(): calls.append(len(b)) or real(p, b, s, m)
+    )
     _run(pipe, items, out)
     assert calls == []  # nothing sampled, nothing loaded
     victim = "trigger/shapes/circle/000-1000.png"

@@ -32,7 +32,14 @@ def test_registry_directions():
         "composition_drop", "hps_delta",
     }  # fmt: skip
     higher = {name for name, m in METRICS.items() if m.higher_is_better}
-    assert higher == {"image_similarity", "text_similarity", "vendi", "clip_iqa", "composition_min", "hps_delta"}
+    assert higher == {
+        "image_similarity",
+        "text_similarity",
+        "vendi",
+        "clip_iqa",
+        "composition_min",
+        "hps_delta",
+    }
     assert [n for n, m in METRICS.items() if not m.default] == ["hps_delta"]
     assert all(callable(m.compute) for m in METRICS.values())
     assert [n for n, m in METRICS.items() if m.experimental] == ["clip_iqa"]

@@ -100,8 +100,18 @@ def test_rows_columns_and_reasons(scored):
     assert (rows.loc[rows["value"].notna(), "reason"] == "").all()
     assert set(rows["mode"]) == {"", "resize", "crop", "padding"}
     assert set(rows["metric"]) == {
-        "image_similarity", "squared_centroid_distance", "frechet_distance", "text_similarity", "vendi",
-        "clip_iqa", "style_loss_base", "style_loss_dataset", "intrusion", "drift", "kid", "composition_min",
+        "image_similarity",
+        "squared_centroid_distance",
+        "frechet_distance",
+        "text_similarity",
+        "vendi",
+        "clip_iqa",
+        "style_loss_base",
+        "style_loss_dataset",
+        "intrusion",
+        "drift",
+        "kid",
+        "composition_min",
         "composition_drop",
     }  # fmt: skip  (hps_delta is not a default metric)
     # std: defined exactly for the means over images with at least 2 of them

@@ -203,7 +203,9 @@ def test_agnostic_tiers(fixed):
     bad.write_text(PROMPT_SET.replace('agnostic: ["a woman"]', 'agnostic: [{prompt: "a woman", tier: near}]'))
     with pytest.raises(BadInput, match=r"categories.people.agnostic.0"):
         load_prompt_set(bad)
-    bad.write_text(PROMPT_SET.replace('agnostic: ["a woman"]', 'agnostic: [{prompt: "a {} woman", tier: class}]'))
+    bad.write_text(
+        PROMPT_SET.replace('agnostic: ["a woman"]', 'agnostic: [{prompt: "a {} woman", tier: class}]')
+    )
     with pytest.raises(BadInput, match=r"people.agnostic.0: .* must not contain \{\}"):
         load_prompt_set(bad)
 

@@ -161,4 +161,7 @@ def test_critical_path_priority_starts_long_chains_first(tmp_path):
     assert by_name[("train", "nt-s1")] == c["train"] + c["generate"] + c["score"]
     # DreamBooth's class images are drawn by the base model before its training: the longest chain.
     assert by_name[("train", "dreambooth-s1")] == by_name[("train", "nt-s1")]
-    assert by_name[("prepare", "tiny-model")] == c["prepare"] + c["generate"] + by_name[("train", "dreambooth-s1")]
+    assert (
+        by_name[("prepare", "tiny-model")]
+        == c["prepare"] + c["generate"] + by_name[("train", "dreambooth-s1")]
+    )

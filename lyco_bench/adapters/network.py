@@ -130,7 +130,8 @@ class AdapterNetwork(nn.Module):
         """Let modules prepare a training step (``AdapterModule.before_step``), in module order,
         from one generator seeded by (seed, step): the same draws when a run resumes."""
         hooks = [
-            m for m in self.adapters.values()
+            m
+            for m in self.adapters.values()
             if getattr(type(m), "before_step", AdapterModule.before_step) is not AdapterModule.before_step
         ]  # fmt: skip  (normalisation layers trained in full have no hook)
         if not hooks:

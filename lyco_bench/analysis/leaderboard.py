@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -116,6 +117,38 @@ def _groups(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+class Contrast(NamedTuple):
+    """A paired comparison the study names: ``config`` (at ``epoch``; None: each of its epochs)
+    minus ``vs`` (at ``vs_epoch``; None: the same epoch)."""
+
+    config: str
+    vs: str
+    epoch: float | None = None
+    vs_epoch: float | None = None
+
+
+def _contrast_pairs(
+    groups: pd.DataFrame, local: np.ndarray, contrasts: Sequence[Contrast]
+) -> list[tuple[int, int]]:
+    """(group, other group) per contrast and epoch (local indices); BadInput for a configuration
+    or epoch the results do not have."""
+    sub = groups.iloc[local].reset_index(drop=True)
+    at = {(str(c), float(e)): i for i, (c, e) in enumerate(zip(sub["config"], sub["epoch"], strict=True))}
+    pairs = []
+    for c in contrasts:
+        epochs = [float(c.epoch)] if c.epoch is not None else sorted(
+            float(e) for cfg, e in at if cfg == c.config
+        )  # fmt: skip
+        if not epochs or (c.config, epochs[0]) not in at:
+            raise BadInput(f"analysis.contrasts: {c.config!r} at epoch {c.epoch} is not in the results")
+        for epoch in epochs:
+            other = (c.vs, float(c.vs_epoch) if c.vs_epoch is not None else epoch)
+            if other not in at:
+                raise BadInput(f"analysis.contrasts: {c.vs!r} at epoch {other[1]:g} is not in the results")
+            pairs.append((at[(c.config, epoch)], at[other]))
+    return pairs
+
+
 def _reference_pairs(groups: pd.DataFrame, local: np.ndarray, reference: str | None) -> list[tuple[int, int]]:
     """(group, reference group) per fine-tuned group (local indices): the reference at the same
     epoch, else at its last epoch; and the reference's later epochs against its first (what more
@@ -163,9 +196,10 @@ def compute_leaderboard(
     labels: Sequence[str] | None = None,
     bootstrap: BootstrapSettings | None = None,
     reference: str | None = None,
+    contrasts: Sequence[Contrast] = (),
 ) -> Leaderboard:
     """Intervals, ranks and rank intervals of every label; comparisons with `reference` (None: the
-    first configuration); `labels` (default: the paper's main family, `default_metric_labels`)
+    first configuration) and the named `contrasts` (comparison.csv); `labels` (default: the paper's main family, `default_metric_labels`)
     give the mean rank and the columns shown. Rows are sorted by how many of those labels a
     configuration has (most first), then by mean rank; the base model comes last, unranked."""
     from lyco_bench.analysis.pipeline import default_metric_labels
@@ -177,6 +211,12 @@ def compute_leaderboard(
     main = list(labels) if labels is not None else default_metric_labels(results)
     groups = _groups(results)
     key_index = pd.Index(groups["_key"])
+    fine_tuned = np.flatnonzero(~groups["base"])
+    wanted = list(
+        dict.fromkeys(
+            _reference_pairs(groups, fine_tuned, reference) + _contrast_pairs(groups, fine_tuned, contrasts)
+        )
+    )  # fmt: skip  (checked before any bootstrap)
     units = unit_rows(results)
     units["_g"] = key_index.get_indexer(_group_key(units["config"], units["epoch"]))
     units = units[units["_g"] >= 0]
@@ -193,7 +233,7 @@ def compute_leaderboard(
             position[local] = np.arange(len(local))
             mine = rows[position[rows["_g"].to_numpy()] >= 0]
             arrays = unit_arrays(mine, position[mine["_g"].to_numpy()], len(local))
-            compare = _reference_pairs(groups, local, reference) if ranked else []
+            compare = wanted if ranked else []
             res = label_uncertainty(
                 arrays, settings=settings, rng=settings.rng(label, "ranked" if ranked else "base"),
                 higher_is_better=higher, ranked=np.ones(len(local), bool) if ranked else None,
@@ -267,7 +307,7 @@ def _comparison_table(
     comparisons: list[dict], groups: pd.DataFrame, meta: pd.DataFrame, settings: BootstrapSettings
 ) -> pd.DataFrame:
     """Δ = configuration − reference per label, with its CI and p-value; Holm over the labels of
-    each (configuration, epoch); verdict better/worse where the Holm p-value is ≤ α."""
+    compared pair of (configuration, epoch); verdict better/worse where the Holm p-value is ≤ α."""
     if not comparisons:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     comp = pd.DataFrame(comparisons).join(meta, on="label")
@@ -276,7 +316,9 @@ def _comparison_table(
     comp["reference"] = groups.loc[comp["_ref"], "config"].to_numpy()
     comp["reference_epoch"] = groups.loc[comp["_ref"], "epoch"].to_numpy()
     comp["_order"] = groups.loc[comp["_g"], "_order"].to_numpy()
-    comp["p_holm"] = comp.groupby("_g")["p_value"].transform(lambda p: pd.Series(holm(p), index=p.index))
+    comp["p_holm"] = comp.groupby(["_g", "_ref"])["p_value"].transform(
+        lambda p: pd.Series(holm(p), index=p.index)
+    )
     good = np.where(comp["_higher"], comp["delta"] > 0, comp["delta"] < 0)
     comp["verdict"] = np.where(comp["p_holm"] <= settings.alpha, np.where(good, "better", "worse"), "")
     comp = comp.sort_values(["_order", "label"], kind="mergesort").reset_index(drop=True)
@@ -375,18 +417,17 @@ def comparison_rows(board: Leaderboard, labels: Sequence[str]) -> tuple[list[str
     rows = []
     if comp.empty:
         return header, rows
-    cells = comp.set_index(["config", "epoch", "label"])
-    for (config, epoch), first in comp.groupby(["config", "epoch"], sort=False):
-        ref = first.iloc[0]
-        vs = str(ref["reference"]) + (
-            "" if ref["reference_epoch"] == epoch else f" (epoch {_fmt(ref['reference_epoch'])})"
-        )
+    cells = comp.set_index(["config", "epoch", "reference", "reference_epoch", "label"])
+    keys = ["config", "epoch", "reference", "reference_epoch"]
+    for (config, epoch, reference, ref_epoch), _ in comp.groupby(keys, sort=False):
+        vs = str(reference) + ("" if ref_epoch == epoch else f" (epoch {_fmt(ref_epoch)})")
         row: list = [str(config), _fmt(epoch), vs]
         for label in labels:
-            if (config, epoch, label) not in cells.index:
+            key = (config, epoch, reference, ref_epoch, label)
+            if key not in cells.index:
                 row.append("–")
                 continue
-            c = cells.loc[(config, epoch, label)]
+            c = cells.loc[key]
             verdict = str(c["verdict"])
             row.append(
                 {"text": interval_text(c["delta"], c["ci_low"], c["ci_high"], signed=True),
@@ -439,6 +480,7 @@ def write_leaderboard(
     labels: Sequence[str] | None = None,
     bootstrap: BootstrapSettings | None = None,
     reference: str | None = None,
+    contrasts: Sequence[Contrast] = (),
     board: Leaderboard | None = None,
 ) -> dict[str, Path]:
     """leaderboard.csv (every metric, long), comparison.csv (every metric against `reference`),
@@ -448,8 +490,9 @@ def write_leaderboard(
     out_dir = Path(out_dir)
     if board is None:
         board = compute_leaderboard(
-            results, directions=directions, labels=labels, bootstrap=bootstrap, reference=reference
-        )
+            results, directions=directions, labels=labels, bootstrap=bootstrap, reference=reference,
+            contrasts=contrasts,
+        )  # fmt: skip
     shown = [lb for lb in board.labels if lb in set(board.table["label"])]
     header, rows = display_rows(board, shown)
     paths = {

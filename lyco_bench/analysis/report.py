@@ -150,19 +150,25 @@ def write_report(
     directions=None,
     bootstrap: BootstrapSettings | None = None,
     reference: str | None = None,
+    contrasts: Sequence = (),
     sample_size: str | Path | pd.DataFrame | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
-    first); `sample_size`: the analysis' sample_size.csv (or its table), shown when given."""
+    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given."""
     from lyco_bench.analysis.pipeline import default_metric_labels
 
     check_not_empty(results)
     out_dir = Path(out_dir)
     main = default_metric_labels(results)
     board = compute_leaderboard(
-        results, directions=directions, labels=main, bootstrap=bootstrap, reference=reference
-    )  # bad input (e.g. an unknown reference) fails before anything is written
+        results,
+        directions=directions,
+        labels=main,
+        bootstrap=bootstrap,
+        reference=reference,
+        contrasts=contrasts,
+    )  # fmt: skip  bad input (e.g. an unknown reference) fails before anything is written
     precision = _precision_rows(sample_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_leaderboard(results, out_dir, board=board)

@@ -97,6 +97,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     leaderboard (with intervals and the comparison with the reference) and
     ``reports/<study>/index.html``."""
     from lyco_bench.analysis import run_analysis, write_report
+    from lyco_bench.analysis.leaderboard import Contrast
     from lyco_bench.analysis.uncertainty import BootstrapSettings
 
     settings = plan.study.study.analysis
@@ -138,5 +139,6 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
+        contrasts=[Contrast(**c.model_dump()) for c in settings.contrasts],
         sample_size=analysis.sample_size_table,
     )

@@ -29,7 +29,13 @@ from typing import Any
 
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import GENERATED_DATASETS, TINY_PREFIX, LoadedStudy, ResolvedConfig, generated_dataset
+from lyco_bench.sweep.study import (
+    GENERATED_DATASETS,
+    TINY_PREFIX,
+    LoadedStudy,
+    ResolvedConfig,
+    generated_dataset,
+)
 from lyco_bench.utils import stable_hash
 
 KINDS = ("prepare", "train", "generate", "encode", "score")

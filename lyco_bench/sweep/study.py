@@ -100,6 +100,19 @@ class PromptsSpec(StrictModel):
     """Images per prompt (None: the prompt set's own counts)."""
 
 
+class ContrastSpec(StrictModel):
+    """A paired comparison for comparison.csv: ``config`` minus ``vs``, paired by seed, concept and
+    prompt (e.g. an algorithm's attention-only variation against its default, or a configuration's
+    last epoch against its first)."""
+
+    config: str
+    vs: str
+    epoch: int | None = None
+    """The epoch of ``config`` (None: each of its checkpoint epochs)."""
+    vs_epoch: int | None = None
+    """The epoch of ``vs`` (None: the same epoch as ``config``)."""
+
+
 class AnalysisSettings(StrictModel):
     """The analysis stage's settings (``lyco_bench.analysis``); None keeps the analysis default."""
 
@@ -109,6 +122,8 @@ class AnalysisSettings(StrictModel):
     """Configurations also left out of the CatBoost/SHAP fits."""
     reference: str | None = None
     """The configuration every other is compared with (comparison.csv); None: the first."""
+    contrasts: list[ContrastSpec] = Field(default_factory=list)
+    """More paired comparisons for comparison.csv (each with its CI, p-value and Holm correction)."""
     bootstrap_resamples: int | None = Field(default=None, ge=100)
     bootstrap_seed: int | None = None
     shap_refits: int | None = Field(default=None, ge=0)
@@ -267,7 +282,20 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
     reference = study.analysis.reference
     names = [name for config in configs for name, _ in config.evaluations()]
     if reference is not None and reference not in names:
-        raise BadInput(f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)")
+        raise BadInput(
+            f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)"
+        )
+    for i, contrast in enumerate(study.analysis.contrasts):
+        for key in ("config", "vs"):
+            if getattr(contrast, key) not in names:
+                raise BadInput(
+                    f"{path}: analysis.contrasts.{i}.{key}: {getattr(contrast, key)!r} is not a configuration"
+                )
+        for key in ("epoch", "vs_epoch"):
+            if getattr(contrast, key) is not None and getattr(contrast, key) not in study.checkpoint_epochs:
+                raise BadInput(
+                    f"{path}: analysis.contrasts.{i}.{key}: {getattr(contrast, key)} is not a checkpoint epoch"
+                )
     return LoadedStudy(study=study, source=str(path), configs=configs)
 
 
@@ -298,7 +326,9 @@ def _resolve_world(study: Study, *, source: str) -> Study:
         return study
     if any(v == WORLD_PREFIX for k, v in fields.items() if k not in world_encoders):
         bad = next(k for k, v in fields.items() if v == WORLD_PREFIX and k not in world_encoders)
-        raise BadInput(f"{source}: encoders.{bad}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only")
+        raise BadInput(
+            f"{source}: encoders.{bad}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only"
+        )
     from lyco_bench.world import encoder_settings, model_dir, weights_dir
 
     if not (weights_dir() / "BUILD.json").is_file():
