@@ -3,11 +3,14 @@
     python benchmarks/world.py            # G1 and G2 (G2 trains a default LoRA: a few minutes)
     python benchmarks/world.py --g1       # G1 only
     python benchmarks/world.py --grids out/   # also write the sampled pictures as grids
+    python benchmarks/world.py --findings reports/demo   # G3: the demo's findings table (README)
 
 G1: the base model's pictures for ``a {colour} {shape}`` (and ``…, {bg} background``) prompts,
 read back by the attribute classifier (gate: shape ≥ 80%, colour ≥ 90%).
 G2: a default LoRA (the project's trainer, world dataset) — its ``<trigger>`` pictures recognised
 as the concept ≥ 70%, the base model's for the same prompts and seeds < 10%.
+G3: after `make demo`, the paper's directions read from reports/demo/comparison.csv, each
+Δ [95% CI] with ✓ (the interval excludes 0 on the paper's side), ✗ (on the other side) or tie.
 """
 
 from __future__ import annotations
@@ -31,6 +34,58 @@ def _grid(images: np.ndarray, cols: int, path: Path) -> None:
     Image.fromarray(np.concatenate(rows)).save(path)
 
 
+# G3: the LyCORIS paper's directions, as the demo study compares them (comparison.csv rows):
+# (finding, config suffix, epoch of the config, compared with, metric, prompt class, paper's sign).
+FINDINGS = [
+    ("more epochs (30 vs 10)", "", "e10", "image_similarity", "train", +1,
+     "higher image similarity with more training"),
+    ("more epochs (30 vs 10)", "", "e10", "text_similarity", "alter", -1,
+     "lower text similarity with more training"),
+    ("more epochs (30 vs 10)", "", "e10", "style_loss_base", "style", +1,
+     "higher style loss vs the base model with more training"),
+    ("attn-only vs attn-mlp", "-attnonly", "", "image_similarity", "train", -1,
+     "attn-only: lower fidelity"),
+    ("lr 5e-4 vs 5e-3", "-lr5e-4", "", "image_similarity", "train", -1,
+     "the lowest learning rate: lower fidelity"),
+]  # fmt: skip
+DEFAULTS = {"LoRA": "lora8a4", "LoHa": "loha4a2", "LoKr": "lokrf4"}
+
+
+def findings_table(path: Path) -> str:
+    """The README's findings table: Δ [95% CI] per finding and algorithm, ✓ where the interval
+    excludes 0 on the paper's side, ✗ on the other side, "tie" where it contains 0."""
+    import pandas as pd
+
+    from lyco_bench.analysis.leaderboard import interval_text
+
+    comp = pd.read_csv(path)
+    comp = comp[(comp["mode"].isna()) | (comp["mode"] == "resize")]
+    lines = [
+        "| finding | metric (prompts) | paper | " + " | ".join(DEFAULTS) + " |",
+        "|---|---|---|" + "---|" * len(DEFAULTS),
+    ]
+    for what, suffix, vs_epoch, metric, cls, sign, paper in FINDINGS:
+        cells = []
+        for default in DEFAULTS.values():
+            config = default + suffix
+            rows = comp[(comp["config"] == config) & (comp["reference"] == default) & (comp["epoch"] == 30)
+                        & (comp["reference_epoch"] == (10 if vs_epoch else 30)) & (comp["metric"] == metric)
+                        & (comp["prompt_class"] == cls)]  # fmt: skip
+            if len(rows) != 1:
+                cells.append("–")
+                continue
+            r = rows.iloc[0]
+            if r["ci_low"] <= 0 <= r["ci_high"]:
+                verdict = "tie"
+            elif (r["delta"] > 0) != (sign > 0):
+                verdict = "✗"
+            else:
+                verdict = "✓"
+            cells.append(f"{interval_text(r['delta'], r['ci_low'], r['ci_high'], signed=True)} {verdict}")
+        lines.append(f"| {what} | {metric} ({cls}) | {paper} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lyco_bench.world.gates import measure_g1, measure_g2
 
@@ -41,13 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cfg", type=float, default=7.0, help="guidance scale (default 7)")
     ap.add_argument("--images", type=int, default=4, help="G1 images per prompt (default 4)")
     ap.add_argument("--g2-images", type=int, default=16, help="G2 images per trigger (default 16)")
-    ap.add_argument("--epochs", type=int, default=10, help="G2 LoRA epochs (default 10)")
+    ap.add_argument("--epochs", type=int, default=30, help="G2 LoRA epochs (default 30, the demo's)")
     ap.add_argument("--dim", type=int, default=8, help="G2 LoRA dim (default 8, alpha dim/2)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="G2 LoRA learning rate (default 1e-3)")
+    ap.add_argument("--lr", type=float, default=5e-3, help="G2 LoRA learning rate (default 5e-3, the demo's)")
+    ap.add_argument(
+        "--findings", default=None, metavar="REPORT_DIR",
+        help="only print G3, the findings table, from a demo report's comparison.csv (reports/demo)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--grids", default=None, help="folder for picture grids")
     ap.add_argument("--json", default=None, help="write the numbers to this JSON file")
     args = ap.parse_args(argv)
+    if args.findings:
+        print(findings_table(Path(args.findings) / "comparison.csv"))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     grids = Path(args.grids) if args.grids else None

@@ -84,6 +84,8 @@ SMALL = [
     "prompts.classes=[trigger, style]",
     "prompts.base_classes=[trigger, style]",
     "prompts.images_per_prompt=1",
+    "analysis.reference=lora4a2",
+    "analysis.contrasts=[]",
 ]
 
 
@@ -92,11 +94,13 @@ def test_wheel_runs_the_demo_study_from_another_folder(wheel, tmp_path):
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)]  # fmt: skip
     proc = subprocess.run(install, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (site / "lyco_bench" / "prompt_sets" / "demo.yaml").is_file()
+    assert (site / "lyco_bench" / "prompt_sets" / "world.yaml").is_file()
+    assert (site / "lyco_bench" / "world" / "weights" / "model" / "unet" / "config.json").is_file()
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    # only the study file: its `prompts.set: demo` is a bare name, found inside the installed package
+    # only the study file: its prompt set (a bare name) and the world's weights (`world:`) are found
+    # inside the installed package
     shutil.copy(ROOT / "experiments" / "demo.yaml", work / "demo.yaml")
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = ["run", "demo.yaml", *SMALL, "--store", "store", "--reports", "reports"]

@@ -5,11 +5,13 @@ are measured by benchmarks/world.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from lyco_bench.errors import BadInput
 from lyco_bench.world import draw
 from lyco_bench.world.captions import caption_tags, varied_caption
 from lyco_bench.world.draw import CANVAS, Scene, draw_scene, sample_character, sample_object, sample_pair
@@ -193,3 +195,22 @@ def test_evaluators_load_through_the_metrics_encoders():
     sims = txt @ img.T
     assert sims[0, 0] > sims[0, 1] and sims[1, 1] > sims[1, 0]
     assert isinstance(red, Image.Image)
+
+
+def test_world_prefix_resolves_to_the_shipped_weights(tmp_path, monkeypatch):
+    """`world:` as model and encoders → the shipped folders (hashed like any folder); missing
+    weights → one line naming the study and the command that rebuilds them."""
+    from lyco_bench.sweep.study import load_study
+    from lyco_bench.world import build, model_dir, weights_dir
+
+    demo = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    study = load_study(demo).study
+    assert study.model == str(model_dir())
+    assert study.encoders["dino"] == str(weights_dir() / "dinov2") and study.encoders["dino_image_size"] == 64
+    assert study.encoders["clip"] == str(weights_dir() / "open_clip") and study.encoders["vgg"] == "tiny:"
+    assert study.dataset == "world:"  # drawn into the store by a prepare job
+    monkeypatch.setattr(build, "WEIGHTS_DIR", tmp_path / "none")
+    with pytest.raises(BadInput, match=r"demo.yaml: world: the world's weights are missing .*make-world"):
+        load_study(demo)
+    with pytest.raises(BadInput, match=r"encoders.vgg: the world ships a DINOv2 \(dino\) and an OpenCLIP"):
+        load_study(demo, ["encoders.vgg=world:"])

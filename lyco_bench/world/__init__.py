@@ -1,7 +1,7 @@
-"""A CPU world where the benchmark measures something real (lyco_bench/world/README.md).
+"""A CPU world where the benchmark measures something real (docs/internals.md, "world").
 
-A procedurally drawn picture world (one big plain shape on a plain background: 4 shapes, 5
-colours, 2 sizes, 3 backgrounds, 3 renderings, kohya tag captions), held-out concepts for
+A procedurally drawn picture world (one big plain shape, or two small ones, on a plain background:
+4 shapes, 5 colours, 2 sizes, 3 backgrounds, 3 renderings, kohya tag captions), held-out concepts for
 fine-tuning (two characters, one with two outfits, and a style), a tiny Stable Diffusion 1.x
 pretrained on the world without them, and evaluators trained on the world — all shipped as fp16
 safetensors under ``weights/`` and rebuilt bit-for-bit by ``make-world``.
