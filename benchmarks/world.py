@@ -39,6 +39,8 @@ def _grid(images: np.ndarray, cols: int, path: Path) -> None:
 FINDINGS = [
     ("more epochs (30 vs 10)", "", "e10", "image_similarity", "train", +1,
      "higher image similarity with more training"),
+    ("more epochs (30 vs 10)", "", "e10", "squared_centroid_distance", "train", -1,
+     "closer to the dataset's centroid with more training"),
     ("more epochs (30 vs 10)", "", "e10", "text_similarity", "alter", -1,
      "lower text similarity with more training"),
     ("more epochs (30 vs 10)", "", "e10", "style_loss_base", "style", +1,
@@ -47,6 +49,8 @@ FINDINGS = [
      "attn-only: lower fidelity"),
     ("lr 5e-4 vs 5e-3", "-lr5e-4", "", "image_similarity", "train", -1,
      "the lowest learning rate: lower fidelity"),
+    ("lr 5e-4 vs 5e-3", "-lr5e-4", "", "squared_centroid_distance", "train", +1,
+     "the lowest learning rate: further from the dataset's centroid"),
 ]  # fmt: skip
 DEFAULTS = {"LoRA": "lora8a4", "LoHa": "loha4a2", "LoKr": "lokrf4"}
 
@@ -68,8 +72,8 @@ def findings_table(path: Path) -> str:
         cells = []
         for default in DEFAULTS.values():
             config = default + suffix
-            rows = comp[(comp["config"] == config) & (comp["reference"] == default) & (comp["epoch"] == 30)
-                        & (comp["reference_epoch"] == (10 if vs_epoch else 30)) & (comp["metric"] == metric)
+            rows = comp[(comp["config"] == config) & (comp["reference"] == default) & (comp["epoch"] == comp["epoch"].max())
+                        & (comp["reference_epoch"] == (comp["epoch"].min() if vs_epoch else comp["epoch"].max())) & (comp["metric"] == metric)
                         & (comp["prompt_class"] == cls)]  # fmt: skip
             if len(rows) != 1:
                 cells.append("–")

@@ -129,3 +129,18 @@ def test_bare_names_look_in_the_working_folder_first(tmp_path, monkeypatch):
     assert load_prompt_set("lyco-v1").name == "lyco-v1"  # not copied: the package's
     with pytest.raises(BadInput, match="known: demo, lyco-v1"):
         find_prompt_set("nope")
+
+
+def test_every_command_has_help():
+    """`--help` of the CLI and of every subcommand prints (argparse %-formats help strings)."""
+    import contextlib
+    import io
+
+    from lyco_bench.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for argv in [["--help"], *([name, "--help"] for name in commands)]:
+        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+        assert exit_.value.code == 0, argv

@@ -250,7 +250,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "leaderboard",
-        help="mean [95% CI] per configuration, epoch and metric, rank intervals, Pareto marks, and the "
+        help="mean [95%% CI] per configuration, epoch and metric, rank intervals, Pareto marks, and the "
         "paired comparison with a reference configuration (CSV, Markdown, HTML)",
     )
     p.add_argument("results", help="results.parquet")

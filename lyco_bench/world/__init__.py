@@ -66,7 +66,7 @@ def _cmd_make_world_dataset(args: argparse.Namespace) -> int:
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "make-world",
-        help="rebuild the CPU world's base model and evaluators (about 2 CPU-hours, one thread)",
+        help="rebuild the CPU world's base model and evaluators (about an hour on one CPU thread)",
         description=(
             "Pretrain the world's tiny Stable Diffusion (VAE, CLIP text encoder, UNet) and train its "
             "evaluators (DINOv2, OpenCLIP) and attribute classifier from scratch, on one CPU thread with "

@@ -227,7 +227,7 @@ def make_world(
     ev.save_dinov2(dino, tmp / "dinov2")
     ev.save_open_clip(clip, tmp / "open_clip")
     _save_fp16(classifier, tmp / CLASSIFIER_FILE)
-    write_build_record(tmp, settings, times)
+    write_build_record(tmp, settings, {k: v for k, v in times.items() if k != "save"})  # save: running
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
