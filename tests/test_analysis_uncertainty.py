@@ -258,5 +258,11 @@ def test_sample_size_table(tmp_path):
     per_unit = (z_value() * 0.2 / 0.01) ** 2 / 12  # the mean's 12 units share the images
     assert img["images_per_unit_needed"] == pytest.approx(per_unit, rel=0.35)
     assert img["images_per_prompt_needed"] == pytest.approx(img["images_per_unit_needed"] / 2, abs=1)
+    # per prompt class, as a prompt set gives them (alter: 2 images per prompt; train: none here)
+    by_class = sample_size_table(
+        results, [IMG], settings=FAST, target=0.01, images_per_prompt={"alter": 2, "train": 5}
+    ).iloc[0]
+    assert by_class["images_per_prompt"] == 2
+    assert by_class["images_per_prompt_needed"] == img["images_per_prompt_needed"]
     no_std = sample_size_table(synthetic_results(tmp_path / "n", {"A": 0.0}), [IMG], settings=FAST)
     assert np.isnan(no_std.loc[0, "images_per_unit_needed"]) and "std" in no_std.loc[0, "note"]

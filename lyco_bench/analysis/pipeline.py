@@ -109,7 +109,7 @@ def run_analysis(
     bootstrap: BootstrapSettings | None = None,
     shap_refits: int = SHAP_REFITS,
     target_half_width: float | dict[str, float] = TARGET_HALF_WIDTH,
-    images_per_prompt: int | None = None,
+    images_per_prompt: int | dict[str, int] | None = None,
 ) -> AnalysisOutputs:
     """Scaled ranks, one CatBoost+SHAP fit per selected metric label (plus `shap_refits` refits on
     hierarchical bootstrap resamples for the intervals of shap_levels.csv), figures,

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -522,12 +522,12 @@ def sample_size_table(
     *,
     settings: BootstrapSettings | None = None,
     target: float | dict[str, float] = TARGET_HALF_WIDTH,
-    images_per_prompt: int | None = None,
+    images_per_prompt: int | Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Per label: the CI half-width the study achieved (median over its fine-tuned configurations
     and epochs), the part seeds and concepts alone leave (`floor_half_width`), and the images a
     target half-width needs — per concept unit and, when `images_per_prompt` (the study's current
-    setting) is known, per prompt — from `images_needed` (n ≈ (1.96σ/δ)² without a floor). Needs
+    setting: one number, or per prompt class as a prompt set gives them) is known, per prompt — from `images_needed` (n ≈ (1.96σ/δ)² without a floor). Needs
     the per-image ``std`` of the score rows; NaN with a note for set statistics (Vendi, centroid
     distance), which have none."""
     settings = settings or BootstrapSettings()
@@ -559,8 +559,12 @@ def sample_size_table(
                      for i, t in zip(image, total, strict=True)]  # fmt: skip
         need_unit_med = float(np.median(need_unit)) if need_unit else math.nan
         need_prompt = math.nan
-        if images_per_prompt and not math.isnan(need_unit_med) and n_unit > 0:
-            need_prompt = need_unit_med * images_per_prompt / n_unit
+        per_prompt = (
+            images_per_prompt.get(str(meta.loc[label, "prompt_class"]))
+            if isinstance(images_per_prompt, Mapping) else images_per_prompt
+        )  # fmt: skip
+        if per_prompt and not math.isnan(need_unit_med) and n_unit > 0:
+            need_prompt = need_unit_med * per_prompt / n_unit
         note = ""
         if not (image > 0).any():
             note = "no per-image std (a set statistic, or scores without std): more images cannot be sized"
@@ -574,7 +578,7 @@ def sample_size_table(
              "image_std": image_std, "half_width": float(np.median(half)) if has.any() else math.nan,
              "floor_half_width": float(np.median(floor)) if has.any() else math.nan,
              "target_half_width": delta, "images_per_unit_needed": _ceil(need_unit_med),
-             "images_per_prompt": images_per_prompt if images_per_prompt else math.nan,
+             "images_per_prompt": per_prompt if per_prompt else math.nan,
              "images_per_prompt_needed": _ceil(need_prompt), "note": note}
         )  # fmt: skip
     return pd.DataFrame(records, columns=SAMPLE_SIZE_COLUMNS)

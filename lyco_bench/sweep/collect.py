@@ -120,7 +120,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         shap_exclude_configs=tuple(str(c) for c in settings.shap_exclude_configs),
         plots=plots,
         bootstrap=bootstrap,
-        images_per_prompt=study.prompts.images_per_prompt,
+        images_per_prompt=study.prompts.images_per_prompt or _images_per_prompt(study.prompts.set),
         **extra,
     )
     # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
@@ -142,3 +142,10 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         contrasts=[Contrast(**c.model_dump()) for c in settings.contrasts],
         sample_size=analysis.sample_size_table,
     )
+
+
+def _images_per_prompt(prompt_set: str) -> dict[str, int]:
+    """Images per prompt of each prompt class, as the prompt set gives them (for sample_size.csv)."""
+    from lyco_bench.prompts import load_prompt_set
+
+    return load_prompt_set(prompt_set).images_per_prompt.model_dump()
