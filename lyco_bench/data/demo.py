@@ -114,29 +114,34 @@ def _demo_image(kind: str, *, rng, width: int, height: int):
     return image, ["simple background", *tags] if kind not in ("checker", "stripes") else tags
 
 
-def _demo_yaml() -> str:
+def leaves_yaml(name: str, header: str, leaves, concept_entry) -> str:
+    """A drawn dataset's dataset.yaml: one concept entry per (category, concept) from
+    ``concept_entry(leaf)``, and each leaf's subclass suffixes (leaves with ``category``,
+    ``concept``, ``subclass``, ``trigger_suffix``, ``descriptive_suffix``)."""
     import yaml
 
     concepts: dict[str, dict] = {}
-    for leaf in DEMO_LEAVES:
-        entry = concepts.setdefault(
-            f"{leaf.category}/{leaf.concept}",
-            {
-                "trigger": leaf.trigger,
-                "descriptive": leaf.descriptive,
-                "strip_tags": leaf.concept_tags,
-                "repeats": leaf.repeats,
-                "class_prompt": DEMO_CLASS_PROMPTS[leaf.category],
-            },
-        )
+    for leaf in leaves:
+        entry = concepts.setdefault(f"{leaf.category}/{leaf.concept}", concept_entry(leaf))
         if leaf.subclass:
             entry.setdefault("subclasses", {})[leaf.subclass] = {
                 "trigger_suffix": leaf.trigger_suffix,
                 "descriptive_suffix": leaf.descriptive_suffix,
             }
-    spec = {"name": "demo", "version": "1", "concepts": concepts}
-    header = "# lyco-bench demo dataset, drawn by `lyco-bench make-demo-dataset` (datasets/README.md)\n"
-    return header + yaml.safe_dump(spec, sort_keys=True)
+    spec = {"name": name, "version": "1", "concepts": concepts}
+    return f"# {header}\n" + yaml.safe_dump(spec, sort_keys=True)
+
+
+def _demo_yaml() -> str:
+    return leaves_yaml(
+        "demo",
+        "lyco-bench demo dataset, drawn by `lyco-bench make-demo-dataset` (datasets/README.md)",
+        DEMO_LEAVES,
+        lambda leaf: {
+            "trigger": leaf.trigger, "descriptive": leaf.descriptive, "strip_tags": leaf.concept_tags,
+            "repeats": leaf.repeats, "class_prompt": DEMO_CLASS_PROMPTS[leaf.category],
+        },
+    )  # fmt: skip
 
 
 def make_demo_dataset(

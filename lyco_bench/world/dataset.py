@@ -58,27 +58,17 @@ def leaf_scene(leaf: WorldLeaf, rng: np.random.Generator) -> Scene:
 
 
 def _yaml() -> str:
-    import yaml
+    from lyco_bench.data.demo import leaves_yaml
 
-    concepts: dict[str, dict] = {}
-    for leaf in WORLD_LEAVES:
-        entry = concepts.setdefault(
-            f"{leaf.category}/{leaf.concept}",
-            {
-                "trigger": leaf.trigger,
-                "descriptive": leaf.descriptive,
-                "strip_tags": leaf.strip_tags,
-                "class_prompt": CLASS_PROMPTS[leaf.category],
-            },
-        )
-        if leaf.subclass:
-            entry.setdefault("subclasses", {})[leaf.subclass] = {
-                "trigger_suffix": leaf.trigger_suffix,
-                "descriptive_suffix": leaf.descriptive_suffix,
-            }
-    spec = {"name": "world", "version": "1", "concepts": concepts}
-    header = "# lyco-bench world dataset: the held-out concepts of the CPU world (lyco_bench/world)\n"
-    return header + yaml.safe_dump(spec, sort_keys=True)
+    return leaves_yaml(
+        "world",
+        "lyco-bench world dataset: the held-out concepts of the CPU world (lyco_bench/world)",
+        WORLD_LEAVES,
+        lambda leaf: {
+            "trigger": leaf.trigger, "descriptive": leaf.descriptive, "strip_tags": leaf.strip_tags,
+            "class_prompt": CLASS_PROMPTS[leaf.category],
+        },
+    )  # fmt: skip
 
 
 def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int | None = None) -> Path:
