@@ -171,11 +171,9 @@ def critical_path_priority(plan: Plan) -> dict[str, float]:
     Jobs on long chains (train → generate → encode → score) go first, so that parallel workers
     are not left idle at the end waiting for one chain (list scheduling by upward rank).
     """
-    from lyco_bench.sweep.planner import ROUGH_COST_S, TINY_COST_S
-    from lyco_bench.sweep.study import TINY_PREFIX
+    from lyco_bench.sweep.planner import rough_costs
 
-    model = getattr(getattr(plan.study, "study", None), "model", "")
-    cost = TINY_COST_S if str(model).startswith(TINY_PREFIX) else ROUGH_COST_S
+    cost = rough_costs(getattr(getattr(plan.study, "study", None), "model", ""))
     dependents: dict[str, list[str]] = {}
     for job in plan.jobs:
         for dep in job.deps:
