@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "lyco_bench.adapters.cli",  # adapter inspect|merge|extract
     "lyco_bench.models",  # make-tiny-model
     "lyco_bench.data",  # make-demo-dataset
+    "lyco_bench.world",  # make-world, make-world-dataset
 ]
 
 

@@ -14,15 +14,13 @@ import functools
 import gzip
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lyco_bench.errors import BadInput
-from lyco_bench.utils import console
+from lyco_bench.utils import atomic_folder, console
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -169,18 +167,8 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:  # written beside, then renamed into place: never half a model
-        with _quiet_hf():
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(out_dir) as tmp, _quiet_hf():  # written beside, renamed: never half a model
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return out_dir
 
 

@@ -217,3 +217,23 @@ def test_world_prefix_resolves_to_the_shipped_weights(tmp_path, monkeypatch):
         load_study(demo)
     with pytest.raises(BadInput, match=r"encoders.vgg: the world ships a DINOv2 \(dino\) and an OpenCLIP"):
         load_study(demo, ["encoders.vgg=world:"])
+
+
+def test_make_world_dataset_command(tmp_path, capsys):
+    """`lyco-bench make-world-dataset DIR` draws the same bytes as the function; a file in the way
+    is one line, exit 2, and nothing written."""
+    from lyco_bench.cli import main
+    from lyco_bench.world import make_world_dataset
+
+    assert main(["make-world-dataset", str(tmp_path / "cli"), "--images-per-leaf", "1"]) == 0
+    ref = make_world_dataset(tmp_path / "ref", images_per_leaf=1)
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    assert all((tmp_path / "cli" / f).read_bytes() == (ref / f).read_bytes() for f in files)
+    (tmp_path / "taken").write_text("x")
+    capsys.readouterr()
+    assert main(["make-world-dataset", str(tmp_path / "taken")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'taken'}: already exists and is not an empty folder"
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

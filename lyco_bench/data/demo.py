@@ -4,13 +4,12 @@ dataset.yaml; deterministic for a seed. Used by the tests and the CPU demo study
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 from lyco_bench.data.dataset import load_dataset
 from lyco_bench.errors import BadInput
-from lyco_bench.utils import console
+from lyco_bench.utils import atomic_folder, console
 
 
 class DemoLeaf(NamedTuple):
@@ -152,8 +151,6 @@ def make_demo_dataset(
     2 categories × 2 concepts, one concept with two subclasses, 3–6 images per leaf (or
     ``images_per_concept`` each), a few non-square images so buckets matter, tag captions.
     """
-    import shutil
-    import tempfile
 
     import numpy as np
 
@@ -164,10 +161,7 @@ def make_demo_dataset(
         raise BadInput(f"--size {image_size}: must be at least 16")
     if images_per_concept is not None and images_per_concept < 1:
         raise BadInput(f"--images-per-concept {images_per_concept}: must be at least 1")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
+    with atomic_folder(root) as tmp:
         for leaf_index, leaf in enumerate(DEMO_LEAVES):
             rng = np.random.default_rng([seed, leaf_index])
             folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
@@ -182,12 +176,6 @@ def make_demo_dataset(
                     ", ".join([*leaf.concept_tags, *tags]) + "\n", encoding="utf-8"
                 )
         (tmp / "dataset.yaml").write_text(_demo_yaml(), encoding="utf-8")
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

@@ -9,15 +9,13 @@ have seen most things), under their descriptive names.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from lyco_bench.errors import BadInput
+from lyco_bench.utils import atomic_folder
 from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
 from lyco_bench.world.draw import HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
 
@@ -81,10 +79,7 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
         raise BadInput(f"{root}: already exists and is not an empty folder")
     if images_per_leaf is not None and images_per_leaf < 1:
         raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(root) as tmp:
         for leaf_index, leaf in enumerate(WORLD_LEAVES):
             rng = np.random.default_rng([seed, 100 + leaf_index])
             folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
@@ -94,10 +89,4 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
                 draw_scene(scene).save(folder / f"{i:03d}.png", format="PNG")
                 (folder / f"{i:03d}.txt").write_text(", ".join(caption_tags(scene)) + "\n", encoding="utf-8")
         (tmp / "dataset.yaml").write_text(_yaml(), encoding="utf-8")
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
