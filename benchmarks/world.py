@@ -35,58 +35,57 @@ def _grid(images: np.ndarray, cols: int, path: Path) -> None:
 
 
 # G3: the LyCORIS paper's directions, as the demo study compares them (comparison.csv rows):
-# (finding, config suffix, epoch of the config, compared with, metric, prompt class, paper's sign).
+# (finding, config suffix, against the default's first epoch, metric, prompt class, the paper's
+# sign of Δ, the paper's words). The other rows compare at the last epoch.
 FINDINGS = [
-    ("more epochs (30 vs 10)", "", "e10", "image_similarity", "train", +1,
-     "higher image similarity with more training"),
-    ("more epochs (30 vs 10)", "", "e10", "squared_centroid_distance", "train", -1,
+    ("more epochs", "", True, "image_similarity", "train", +1, "higher image similarity with more training"),
+    ("more epochs", "", True, "squared_centroid_distance", "train", -1,
      "closer to the dataset's centroid with more training"),
-    ("more epochs (30 vs 10)", "", "e10", "text_similarity", "alter", -1,
-     "lower text similarity with more training"),
-    ("more epochs (30 vs 10)", "", "e10", "style_loss_base", "style", +1,
+    ("more epochs", "", True, "text_similarity", "alter", -1, "lower text similarity with more training"),
+    ("more epochs", "", True, "style_loss_base", "style", +1,
      "higher style loss vs the base model with more training"),
-    ("attn-only vs attn-mlp", "-attnonly", "", "image_similarity", "train", -1,
-     "attn-only: lower fidelity"),
-    ("lr 5e-4 vs 5e-3", "-lr5e-4", "", "image_similarity", "train", -1,
+    ("attn-only vs attn-mlp", "-attnonly", False, "image_similarity", "train", -1, "attn-only: lower fidelity"),
+    ("lr 5e-4 vs 5e-3", "-lr5e-4", False, "image_similarity", "train", -1,
      "the lowest learning rate: lower fidelity"),
-    ("lr 5e-4 vs 5e-3", "-lr5e-4", "", "squared_centroid_distance", "train", +1,
+    ("lr 5e-4 vs 5e-3", "-lr5e-4", False, "squared_centroid_distance", "train", +1,
      "the lowest learning rate: further from the dataset's centroid"),
 ]  # fmt: skip
 DEFAULTS = {"LoRA": "lora8a4", "LoHa": "loha4a2", "LoKr": "lokrf4"}
 
 
 def findings_table(path: Path) -> str:
-    """The README's findings table: Δ [95% CI] per finding and algorithm, ✓ where the interval
-    excludes 0 on the paper's side, ✗ on the other side, "tie" where it contains 0."""
+    """The README's findings table: Δ [95% CI] per finding and algorithm at the last epoch, ✓ where
+    the interval excludes 0 on the paper's side, ✗ on the other side, "tie" where it contains 0."""
     import pandas as pd
 
     from lyco_bench.analysis.leaderboard import interval_text
 
     comp = pd.read_csv(path)
-    comp = comp[(comp["mode"].isna()) | (comp["mode"] == "resize")]
+    comp = comp[comp["mode"].isna() | (comp["mode"] == "resize")]
+    first, last = comp["reference_epoch"].min(), comp["epoch"].max()
     lines = [
         "| finding | metric (prompts) | paper | " + " | ".join(DEFAULTS) + " |",
         "|---|---|---|" + "---|" * len(DEFAULTS),
     ]
-    for what, suffix, vs_epoch, metric, cls, sign, paper in FINDINGS:
+    for what, suffix, longer, metric, cls, sign, paper in FINDINGS:
         cells = []
         for default in DEFAULTS.values():
-            config = default + suffix
-            rows = comp[(comp["config"] == config) & (comp["reference"] == default) & (comp["epoch"] == comp["epoch"].max())
-                        & (comp["reference_epoch"] == (comp["epoch"].min() if vs_epoch else comp["epoch"].max())) & (comp["metric"] == metric)
-                        & (comp["prompt_class"] == cls)]  # fmt: skip
+            rows = comp[
+                (comp["config"] == default + suffix) & (comp["reference"] == default) & (comp["epoch"] == last)
+                & (comp["reference_epoch"] == (first if longer else last)) & (comp["metric"] == metric)
+                & (comp["prompt_class"] == cls)
+            ]  # fmt: skip
             if len(rows) != 1:
                 cells.append("–")
                 continue
             r = rows.iloc[0]
             if r["ci_low"] <= 0 <= r["ci_high"]:
                 verdict = "tie"
-            elif (r["delta"] > 0) != (sign > 0):
-                verdict = "✗"
             else:
-                verdict = "✓"
+                verdict = "✓" if (r["delta"] > 0) == (sign > 0) else "✗"
             cells.append(f"{interval_text(r['delta'], r['ci_low'], r['ci_high'], signed=True)} {verdict}")
-        lines.append(f"| {what} | {metric} ({cls}) | {paper} | " + " | ".join(cells) + " |")
+        label = f"{what} ({last:g} vs {first:g})" if longer else what
+        lines.append(f"| {label} | {metric} ({cls}) | {paper} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

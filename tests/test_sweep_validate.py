@@ -142,3 +142,25 @@ def test_plan_prints_the_store_it_will_fill(tmp_path, capsys):
     out = capsys.readouterr().err
     assert "store when finished" in out and "images: keep" in out and "images: grids" in out
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "analysis.contrasts=[{config: nope, vs: lora8a4}]",
+            "analysis.contrasts.0.config: 'nope' is not a configuration",
+        ),
+        (
+            "analysis.contrasts=[{config: lora8a4, vs: lora8a4, epoch: 7}]",
+            "analysis.contrasts.0.epoch: 7 is not a checkpoint epoch",
+        ),
+    ],
+)
+def test_contrasts_name_configurations_and_epochs_of_the_study(override, expected):
+    from lyco_bench.sweep.study import load_study
+
+    demo = ROOT / "experiments" / "demo.yaml"
+    with pytest.raises(BadInput) as err:
+        load_study(demo, [override])
+    assert str(err.value) == f"{demo}: {expected}"

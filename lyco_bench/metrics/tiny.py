@@ -41,20 +41,28 @@ def make_tiny_dinov2(out_dir: Path, *, seed: int = 0) -> Path:
     return Path(out_dir)
 
 
-def make_tiny_open_clip(out_dir: Path, *, seed: int = 0) -> Path:
+def write_open_clip_config(out_dir: Path, model_cfg: dict) -> Path:
+    """An open_clip ``local-dir:`` folder's config: ``model_cfg`` and OpenAI CLIP's normalisation."""
     import open_clip
-    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = {
-        "model_cfg": TINY_CLIP_CONFIG,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {
             "mean": list(open_clip.OPENAI_DATASET_MEAN),
             "std": list(open_clip.OPENAI_DATASET_STD),
         },
     }
     (out_dir / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out_dir
+
+
+def make_tiny_open_clip(out_dir: Path, *, seed: int = 0) -> Path:
+    import open_clip
+    from safetensors.torch import save_file
+
+    out_dir = write_open_clip_config(out_dir, TINY_CLIP_CONFIG)
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{out_dir}", load_weights=False)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -321,21 +321,21 @@ def _resolve_world(study: Study, *, source: str) -> Study:
     """``world:`` as the model or an encoder → the world's shipped weights (a real local folder,
     hashed like any other: a rebuilt world makes every job that read it stale)."""
     fields = dict(study.encoders)
-    world_encoders = [k for k in ("dino", "clip") if fields.get(k) == WORLD_PREFIX]
-    if study.model != WORLD_PREFIX and not world_encoders:
+    world_fields = [k for k, v in fields.items() if v == WORLD_PREFIX]
+    for key in world_fields:
+        if key not in ("dino", "clip"):
+            raise BadInput(
+                f"{source}: encoders.{key}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only"
+            )
+    if study.model != WORLD_PREFIX and not world_fields:
         return study
-    if any(v == WORLD_PREFIX for k, v in fields.items() if k not in world_encoders):
-        bad = next(k for k, v in fields.items() if v == WORLD_PREFIX and k not in world_encoders)
-        raise BadInput(
-            f"{source}: encoders.{bad}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only"
-        )
     from lyco_bench.world import encoder_settings, model_dir, weights_dir
 
     if not (weights_dir() / "BUILD.json").is_file():
         raise BadInput(f"{source}: world: the world's weights are missing ({weights_dir()}); "
                        "rebuild them with `lyco-bench make-world`")  # fmt: skip
     shipped = encoder_settings()
-    for key in world_encoders:
+    for key in world_fields:
         fields[key] = shipped[key]
         for extra in {"dino": ("dino_image_size",), "clip": ("clip_pretrained",)}[key]:
             fields.setdefault(extra, shipped[extra])

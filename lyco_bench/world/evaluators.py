@@ -123,19 +123,9 @@ def _clip_positives(captions: list[str], scenes: list[Scene]) -> torch.Tensor:
 
 
 def write_clip_config(out_dir: Path) -> Path:
-    import open_clip
+    from lyco_bench.metrics.tiny import write_open_clip_config
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "model_cfg": CLIP_CONFIG,
-        "preprocess_cfg": {
-            "mean": list(open_clip.OPENAI_DATASET_MEAN),
-            "std": list(open_clip.OPENAI_DATASET_STD),
-        },
-    }
-    (out_dir / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return out_dir
+    return write_open_clip_config(out_dir, CLIP_CONFIG)
 
 
 def train_open_clip(
@@ -157,9 +147,7 @@ def train_open_clip(
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{config_dir}", load_weights=False)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{config_dir}")
-    import open_clip as oc
-
-    mean, std = oc.OPENAI_DATASET_MEAN, oc.OPENAI_DATASET_STD
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     gen = torch.Generator().manual_seed(seed + 41)
     rng = np.random.default_rng([seed, 42])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
