@@ -11,13 +11,15 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from lyco_bench import __version__
 from lyco_bench.errors import BadInput
+from lyco_bench.registry import Registry
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "lyco_bench.sweep.cli",  # plan, run
+    "lyco_bench.sweep.cli",  # plan, run, verify
     "lyco_bench.training",  # train
     "lyco_bench.generation",  # generate
     "lyco_bench.metrics.cli",  # encode, score
@@ -27,6 +29,19 @@ COMMAND_MODULES = [
     "lyco_bench.data",  # make-demo-dataset
     "lyco_bench.world",  # make-world, make-world-dataset
 ]
+
+
+def _accept_command_group(obj) -> tuple[str, Callable]:
+    if not callable(obj):
+        raise TypeError("not a register_cli(subparsers) function")
+    return f"{obj.__module__}.{obj.__name__}", obj
+
+
+COMMAND_GROUPS: Registry[Callable] = Registry(
+    "command group", entry_point="lyco_bench.commands", accept=_accept_command_group
+)
+"""Subcommands from other packages: ``[project.entry-points."lyco_bench.commands"]
+mine = "my_pkg.cli:register_cli"``, a function that adds subparsers as the built-in modules do."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lyco-bench {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("lyco_bench"):
-                continue  # stage not built yet
-            raise
-        module.register_cli(subparsers)
+    for name in COMMAND_MODULES:  # a built-in group that fails to import is a bug: let it raise
+        importlib.import_module(name).register_cli(subparsers)
+    for register_cli in COMMAND_GROUPS.values():
+        register_cli(subparsers)
     return parser
 
 

@@ -60,7 +60,7 @@ def centroid_norm():
         )
     )
     yield metric
-    del METRICS["centroid_norm"]
+    METRICS.unregister("centroid_norm")
 
 
 def test_a_registered_metric_is_scored(centroid_norm, generated, demo_dataset_dir, tiny_encoders, tmp_path):  # noqa: F811

@@ -29,6 +29,7 @@ from torch import nn
 
 from lyco_bench.config import StrictModel, format_validation_error
 from lyco_bench.errors import BadInput
+from lyco_bench.registry import Registry
 
 BaseLayer = nn.Linear | nn.Conv2d
 
@@ -388,16 +389,30 @@ def alpha_tensor(alpha: float) -> torch.Tensor:
     return torch.tensor(float(alpha), dtype=torch.float32)
 
 
-ALGORITHMS: dict[str, type[AdapterModule]] = {}
+def _accept_algorithm(obj: Any) -> tuple[str, type]:
+    """An entry point's object as a registry entry: an AdapterModule or ModelMethod subclass."""
+    from lyco_bench.methods.base import is_model_method
+
+    if not (isinstance(obj, type) and (issubclass(obj, AdapterModule) or is_model_method(obj))):
+        raise TypeError("not an AdapterModule or ModelMethod subclass")
+    return obj.algo, obj
+
+
+ALGORITHMS: Registry[type[AdapterModule]] = Registry(
+    "algorithm",
+    entry_point="lyco_bench.algorithms",
+    packages=("lyco_bench.adapters.algorithms", "lyco_bench.methods"),
+    skip=frozenset({"base"}),
+    accept=_accept_algorithm,
+)
+"""Layer algorithms (``lyco_bench.adapters.algorithms``) and model-level methods
+(``lyco_bench.methods``) by ``algo`` name, discovered on first use (:mod:`lyco_bench.registry`)."""
 
 
 def register_algorithm(cls: type) -> type:
     """Class decorator: make a layer algorithm (an AdapterModule) or a model-level method (a
     lyco_bench.methods.ModelMethod) available by its ``algo`` name."""
-    if cls.algo in ALGORITHMS and ALGORITHMS[cls.algo] is not cls:
-        raise ValueError(f"algorithm {cls.algo!r} registered twice")
-    ALGORITHMS[cls.algo] = cls
-    return cls
+    return ALGORITHMS.register(cls.algo, cls)
 
 
 def get_algorithm(name: str) -> type[AdapterModule]:

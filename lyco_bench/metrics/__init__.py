@@ -15,10 +15,6 @@ A compute function takes a :class:`lyco_bench.metrics.scoring.UnitView` and yiel
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from lyco_bench.errors import BadInput
 from lyco_bench.metrics.cache import FeatureCache
 from lyco_bench.metrics.registry import (
     CRITERIA,
@@ -30,34 +26,7 @@ from lyco_bench.metrics.registry import (
 )
 from lyco_bench.metrics.values import MetricValue
 
-ENTRY_POINT_GROUP = "lyco_bench.metrics"
-# The package's modules that hold no metric (importing them would pull in heavy libraries).
-_INFRASTRUCTURE = frozenset({"cache", "cli", "encoders", "features", "manifest", "registry", "scoring", "tiny", "values"})  # fmt: skip
-
-
-def _load_metrics() -> None:
-    """Import every metric file of this package (each registers its entries), then what other
-    packages declare under the ``lyco_bench.metrics`` entry point: a module that registers its
-    metrics on import (``name = "package.module"``) or a :class:`Metric` (``"package.module:OBJ"``)."""
-    from importlib.metadata import entry_points
-
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.name.startswith("_") and info.name not in _INFRASTRUCTURE:
-            importlib.import_module(f"{__name__}.{info.name}")
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        try:
-            loaded = point.load()
-        except Exception as exc:  # noqa: BLE001 - any import error of a plug-in is reported alike
-            raise BadInput(
-                f"metric plug-in {point.name} ({point.value}): cannot be imported ({exc})"
-            ) from None
-        if isinstance(loaded, Metric):
-            register_metric(loaded)
-        elif not hasattr(loaded, "__file__"):  # neither a Metric nor a module that registered some
-            raise BadInput(f"metric plug-in {point.name} ({point.value}): not a Metric nor a module")
-
-
-_load_metrics()
+ENTRY_POINT_GROUP = METRICS.entry_point
 
 
 def default_metrics(*, experimental: bool) -> list[str]:

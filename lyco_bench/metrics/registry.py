@@ -1,9 +1,9 @@
 """The metric registry: :class:`Metric` (what a metric declares) and :func:`register_metric`.
 
 Each metric registers itself in the file of its computation (``register_metric(Metric(...))`` at the
-bottom of ``fidelity.py``, ``leakage.py``, …); ``lyco_bench.metrics`` imports every metric file of
-the package and then the modules or ``Metric`` objects that other packages declare under the
-``lyco_bench.metrics`` entry point. The scorer, the planner and the analysis read only
+bottom of ``fidelity.py``, ``leakage.py``, …); on first use :data:`METRICS` imports every metric
+file of the package, then the modules or ``Metric`` objects that other packages declare under the
+``lyco_bench.metrics`` entry point (:mod:`lyco_bench.registry`). The scorer, the planner and the analysis read only
 :data:`METRICS`.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lyco_bench.metrics.values import MetricValue
+from lyco_bench.registry import Registry
 
 CRITERIA = ("fidelity", "controllability", "diversity", "preservation", "quality")
 """The criteria of docs/protocol.md §5, in report order; a plug-in may add its own (listed last)."""
@@ -60,20 +61,29 @@ class Metric:
         return self.prompt_classes if self.row_classes is None else self.row_classes
 
 
-METRICS: dict[str, Metric] = {}
-"""Every registered metric by name, in report order (criterion, then registration)."""
+def _accept_metric(obj: object) -> tuple[str, Metric]:
+    if not isinstance(obj, Metric):
+        raise TypeError("not a Metric nor a module")
+    return obj.name, obj
+
+
+METRICS: Registry[Metric] = Registry(
+    "metric",
+    entry_point="lyco_bench.metrics",
+    packages=("lyco_bench.metrics",),
+    # The package's modules that hold no metric (importing them would pull in heavy libraries).
+    skip=frozenset(
+        {"cache", "cli", "encoders", "features", "manifest", "registry", "scoring", "tiny", "values"}
+    ),
+    accept=_accept_metric,
+    order=lambda m: CRITERIA.index(m.criterion) if m.criterion in CRITERIA else len(CRITERIA),
+)
+"""Every registered metric by name, in report order (criterion, then registration), discovered on
+first use: the package's metric files, then the ``lyco_bench.metrics`` entry points."""
 
 
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to :data:`METRICS` (re-registering the same entry is a no-op)."""
     if not isinstance(metric, Metric):
         raise TypeError(f"register_metric takes a Metric, not {type(metric).__name__}")
-    known = METRICS.get(metric.name)
-    if known is not None and known != metric:
-        raise ValueError(f"metric {metric.name!r} registered twice")
-    items = [*METRICS.values(), metric] if known is None else list(METRICS.values())
-    order = {name: i for i, name in enumerate(CRITERIA)}
-    items.sort(key=lambda m: order.get(m.criterion, len(CRITERIA)))  # stable: registration order within
-    METRICS.clear()
-    METRICS.update((m.name, m) for m in items)
-    return metric
+    return METRICS.register(metric.name, metric)
