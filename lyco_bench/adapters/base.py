@@ -389,12 +389,16 @@ def alpha_tensor(alpha: float) -> torch.Tensor:
     return torch.tensor(float(alpha), dtype=torch.float32)
 
 
-def _accept_algorithm(obj: Any) -> tuple[str, type]:
-    """An entry point's object as a registry entry: an AdapterModule or ModelMethod subclass."""
-    from lyco_bench.methods.base import is_model_method
+PLUGIN_BASES: list[type] = []
+"""The base classes an ``lyco_bench.algorithms`` plug-in may derive from: AdapterModule, and
+ModelMethod (which lyco_bench.methods adds here when it is imported, before any entry point is)."""
 
-    if not (isinstance(obj, type) and (issubclass(obj, AdapterModule) or is_model_method(obj))):
-        raise TypeError("not an AdapterModule or ModelMethod subclass")
+
+def _accept_algorithm(obj: Any) -> tuple[str, type]:
+    """An entry point's object as a registry entry: a subclass of one of :data:`PLUGIN_BASES`."""
+    if not (isinstance(obj, type) and issubclass(obj, tuple(PLUGIN_BASES))):
+        names = " or ".join(base.__name__ for base in PLUGIN_BASES)
+        raise TypeError(f"not a subclass of {names}")
     return obj.algo, obj
 
 
@@ -413,6 +417,9 @@ def register_algorithm(cls: type) -> type:
     """Class decorator: make a layer algorithm (an AdapterModule) or a model-level method (a
     lyco_bench.methods.ModelMethod) available by its ``algo`` name."""
     return ALGORITHMS.register(cls.algo, cls)
+
+
+PLUGIN_BASES.append(AdapterModule)
 
 
 def get_algorithm(name: str) -> type[AdapterModule]:

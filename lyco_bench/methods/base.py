@@ -31,7 +31,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from lyco_bench.adapters.base import AlgorithmOptions, CapacityRule
+from lyco_bench.adapters.base import PLUGIN_BASES, AlgorithmOptions, CapacityRule
 from lyco_bench.config import format_validation_error
 from lyco_bench.errors import BadInput
 
@@ -151,6 +151,9 @@ class ModelMethod(nn.Module):
     def from_file(cls, path: str | os.PathLike) -> ModelMethod:
         """The (unattached) method a file holds; BadInput naming the file when it cannot be read."""
         raise NotImplementedError
+
+
+PLUGIN_BASES.append(ModelMethod)
 
 
 def is_model_method(cls: type) -> bool:
