@@ -109,7 +109,7 @@ def hub_interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, wi
     grid = patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2)
     grid = torch.nn.functional.interpolate(grid, scale_factor=(s_rows, s_cols), mode="bicubic")
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat((class_pos, grid), dim=1).to(self.position_embeddings.dtype)
+    return torch.cat((class_pos, grid), dim=1).to(embeddings.dtype)  # the hub: .to(previous_dtype)
 
 
 def use_hub_interpolation(model) -> None:
