@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
 from torch.testing import assert_close
 
 from lyco_bench.cli import main
@@ -354,3 +356,38 @@ def test_manifest_concept_or_trigger_problems(generated, demo_dataset_dir, tiny_
     (dataset / "dataset.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BadInput, match="trigger"):
         _score(generated[0], dataset, tiny_encoders, tmp_path)
+
+
+def test_paper_profile_averages_subclasses_and_cuts_alter_into_blocks(
+    scored, generated, demo_dataset_dir, tiny_encoders, tmp_path
+):
+    from lyco_bench.metrics.diversity import vendi_score
+
+    lyco, _ = scored
+    images, base = generated
+    settings = EncoderSettings(**tiny_encoders, profile="paper")
+    rows = score(
+        images_dir=images,
+        dataset=demo_dataset_dir,
+        base_images_dir=base,
+        encoders=settings,
+        cache_dir=tmp_path,
+    )
+    tri = _pick(rows, prompt_class="trigger", concept="triangle")
+    for (metric, _encoder, mode), grp in tri.groupby(["metric", "encoder", "mode"]):
+        parts = grp[grp["subclass"] != ""]["value"].dropna()
+        concept = grp[grp["subclass"] == ""]["value"]
+        assert len(concept) == 1 and len(parts) == 2, (metric, mode)
+        assert_close(float(concept.iloc[0]), float(parts.mean()))  # the paper's concept value
+    members = _pick(rows, prompt_class="trigger", category="shapes", subclass="", metric="text_similarity")
+    cat = members[members["concept"] == ""].iloc[0]
+    assert_close(float(cat["value"]), float(members[members["concept"] != ""]["value"].mean()))
+    # <alter> circle: 4 images (2 prompts × 2 seeds) make one block of at most 10: one Vendi score
+    # of all four, where lyco-bench averages the two prompts' scores.
+    alter = _pick(rows, prompt_class="alter", concept="circle", metric="vendi")
+    unit = sorted(images.glob("alter/shapes.circle/*.png"))
+    enc_pool = EncoderPool(settings)
+    feats = torch.cat([enc_pool.get("dinov2").encode_images([Image.open(p)], "resize") for p in unit])
+    assert_close(float(alter["value"].iloc[0]), vendi_score(feats), rtol=1e-5, atol=1e-6)
+    lyco_alter = _one(lyco, prompt_class="alter", concept="circle", metric="vendi")["value"]
+    assert abs(float(alter["value"].iloc[0]) - lyco_alter) > 1e-6

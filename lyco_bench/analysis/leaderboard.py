@@ -254,7 +254,8 @@ def compute_leaderboard(
                 records.append(
                     {"_g": g, "label": label, "mean": res.mean[k], "ci_low": res.ci_low[k],
                      "ci_high": res.ci_high[k], "n_seeds": int(res.n_seeds[k]),
-                     **{c: rank_cols[c][k] for c in rank_cols}, "separated": separated[k]}
+                     **{c: rank_cols[c][k] for c in rank_cols}, "separated": separated[k],
+                     "left_out": "" if res.left_out is None else str(res.left_out[k])}
                 )  # fmt: skip
             for (i, j), stats in (res.pairs or {}).items():
                 comparisons.append(
@@ -295,8 +296,8 @@ def compute_leaderboard(
     long = long.sort_values(["_order", "label"], kind="mergesort").reset_index(drop=True)
     for c in ("rank", "rank_low", "rank_high"):
         long[c] = long[c].astype("Int64" if long[c].isna().any() else int)
-    table = long[[*LONG_COLUMNS, "epoch", "label", "separated", *extras, "trainable_params", "file_bytes",
-                  "mean_rank", "pareto"]]  # fmt: skip
+    table = long[[*LONG_COLUMNS, "epoch", "label", "separated", "left_out", *extras, "trainable_params",
+                  "file_bytes", "mean_rank", "pareto"]]  # fmt: skip
     return Leaderboard(
         table=table, comparison=_comparison_table(comparisons, groups, meta, settings), labels=main,
         reference=reference, settings=settings, pareto_axes=(fid, ctl), n_resamples=n_resamples,
@@ -371,6 +372,17 @@ def interval_text(mean: float, low: float, high: float, *, signed: bool = False)
     return f"{fmt3(mean, signed=signed)} [{fmt3(low, signed=signed)}, {fmt3(high, signed=signed)}]"
 
 
+def cell_interval_text(mean: float, low: float, high: float, left_out: object) -> str:
+    """`mean [low, high]`; `mean [n/a]` without an interval; what a partial one leaves out."""
+    from lyco_bench.analysis.coverage import LEFT_OUT_TEXT
+
+    left = "" if left_out is None or pd.isna(left_out) else str(left_out)
+    if left == "all":
+        return f"{fmt3(mean)} [n/a]"
+    text = interval_text(mean, low, high)
+    return f"{text} ({LEFT_OUT_TEXT[left]})" if left else text
+
+
 def rank_text(rank: float, low: float, high: float) -> str:
     """`#2` when the interval is a single rank, else `#2 (1–4)`."""
     if pd.isna(rank):
@@ -401,7 +413,7 @@ def display_rows(board: Leaderboard, labels: Sequence[str]) -> tuple[list[str], 
             c = c.iloc[0] if isinstance(c, pd.DataFrame) else c
             tied = not pd.isna(c["rank"]) and not bool(c["separated"])
             row.append(
-                {"text": interval_text(c["mean"], c["ci_low"], c["ci_high"]),
+                {"text": cell_interval_text(c["mean"], c["ci_low"], c["ci_high"], c.get("left_out")),
                  "note": rank_text(c["rank"], c["rank_low"], c["rank_high"]),
                  "cls": "rank tied" if tied else "rank", "mark": "≈" if tied else ""}
             )  # fmt: skip
@@ -430,8 +442,9 @@ def comparison_rows(board: Leaderboard, labels: Sequence[str]) -> tuple[list[str
             c = cells.loc[key]
             verdict = str(c["verdict"])
             row.append(
-                {"text": interval_text(c["delta"], c["ci_low"], c["ci_high"], signed=True),
-                 "note": f"p={c['p_holm']:.2g}", "cls": verdict or "ns",
+                {"text": interval_text(c["delta"], c["ci_low"], c["ci_high"], signed=True)
+                 if not pd.isna(c["ci_low"]) else f"{fmt3(c['delta'], signed=True)} [n/a]",
+                 "note": f"p={c['p_holm']:.2g}" if not pd.isna(c["p_holm"]) else "nothing resampled", "cls": verdict or "ns",
                  "mark": {"better": "▲", "worse": "▼"}.get(verdict, ""), "td": verdict}
             )  # fmt: skip
         rows.append(row)
@@ -462,14 +475,32 @@ def legend(board: Leaderboard) -> str:
         f"({resamples} resamples, bootstrap seed {s.seed}); with few seeds the intervals are indicative. "
         f"#rank (1 = best, respecting each metric's direction) and (low–high): the ranks a configuration can "
         f"hold given paired comparisons with every other one (Bonferroni over its n − 1 comparisons); "
-        f"≈ (grey): not separated from a neighbour in the ranking. Mean rank and ★ use the means."
+        f"≈ (grey): not separated from a neighbour in the ranking. Mean rank and ★ use the means. "
+        f"n/a: a value from a single unit at every level (one seed, one concept or pair per category, "
+        f"no per-image spread) has no interval and no separated rank; a level with a single unit "
+        f"leaves its variance out, as the cell says."
     )
 
 
-def render_html_table(header: list[str], rows: list[list], *, title: str, note: str = "") -> str:
+def render_html_table(
+    header: list[str], rows: list[list], *, title: str, note: str = "", extra: Sequence[Mapping] = ()
+) -> str:
+    """The leaderboard page; `extra`: more tables ({id, title, note, header, rows}) below it."""
     from lyco_bench.analysis.report import render_template
 
-    return render_template("leaderboard.html.j2", title=title, header=header, rows=rows, note=note)
+    return render_template(
+        "leaderboard.html.j2", title=title, header=header, rows=rows, note=note, extra=list(extra)
+    )
+
+
+def partial_section(board: Leaderboard) -> dict:
+    """The cells without a full interval, as a table section (Markdown, HTML, the report)."""
+    from lyco_bench.analysis.coverage import partial_cells, partial_note, partial_rows
+
+    cells = partial_cells(board.table)
+    header, rows = partial_rows(cells)
+    title = "Cells without a full interval"
+    return {"id": "partial", "title": title, "note": partial_note(cells), "header": header, "rows": rows}
 
 
 def write_leaderboard(
@@ -502,7 +533,9 @@ def write_leaderboard(
         "html": out_dir / "leaderboard.html",
     }
     with atomic_path(paths["csv"]) as tmp:
-        board.table.to_csv(tmp, index=False, float_format="%.10g")
+        csv = board.table.astype({"ci_low": object, "ci_high": object})
+        csv.loc[csv["left_out"] == "all", ["ci_low", "ci_high"]] = "n/a"  # no interval, not a missing one
+        csv.to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(paths["comparison"]) as tmp:
         board.comparison.to_csv(tmp, index=False, float_format="%.10g")
     fid, ctl = board.pareto_axes
@@ -515,8 +548,16 @@ def write_leaderboard(
         md += f"\n## Against {board.reference}\n\n{comparison_note(board)}\n\n" + to_markdown(
             c_header, c_rows
         )
+    partial = partial_section(board)
+    if partial["rows"]:
+        md += f"\n## {partial['title']}\n\n{partial['note']}\n\n" + to_markdown(
+            partial["header"], partial["rows"]
+        )
     atomic_write_text(paths["md"], md)
-    atomic_write_text(paths["html"], render_html_table(header, rows, title="Leaderboard", note=note))
+    html = render_html_table(
+        header, rows, title="Leaderboard", note=note, extra=[partial] if partial["rows"] else []
+    )
+    atomic_write_text(paths["html"], html)
     return paths
 
 

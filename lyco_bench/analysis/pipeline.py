@@ -19,12 +19,14 @@ from lyco_bench.analysis.plots import (
     FACTORS,
     category_values,
     epoch_curves,
+    figure_caption,
     shap_beeswarm,
     slug,
     tradeoff_figure,
 )
 from lyco_bench.analysis.ranks import exclude_configs as drop_configs
 from lyco_bench.analysis.ranks import fit_mask, scaled_ranks
+from lyco_bench.analysis.results import profile_caption
 from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, refit_levels, shap_levels
 from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH, BootstrapSettings, sample_size_table
 from lyco_bench.errors import BadInput
@@ -140,39 +142,51 @@ def run_analysis(
     with atomic_path(outputs.scaled_ranks) as tmp:
         table[keep].to_csv(tmp, index=False)
 
-    fit_rows = drop_configs(table[fit_mask(table)], shap_exclude_configs)
-    fits, refits = [], {}
-    with progress_bar() as bar:
-        task = bar.add_task("catboost+shap", total=len(labels) * (1 + shap_refits), info="")
-        for label in labels:
-            rows = fit_rows[(fit_rows["label"] == label) & fit_rows["scaled_rank"].notna()]
-            bar.update(task, advance=1, info=label)
-            if rows["config"].nunique() < 2:
+    # every figure says which evaluation profile produced the numbers it shows
+    with figure_caption(profile_caption(results)):
+        fit_rows = drop_configs(table[fit_mask(table)], shap_exclude_configs)
+        fits, refits = [], {}
+        with progress_bar() as bar:
+            task = bar.add_task("catboost+shap", total=len(labels) * (1 + shap_refits), info="")
+            for label in labels:
+                rows = fit_rows[(fit_rows["label"] == label) & fit_rows["scaled_rank"].notna()]
+                bar.update(task, advance=1, info=label)
+                if rows["config"].nunique() < 2:
+                    bar.update(task, advance=shap_refits)
+                    continue  # nothing to explain: one configuration only
+                fit = fit_shap(rows, rows["scaled_rank"], label=label)
+                fits.append(fit)
+                refits[label] = refit_levels(
+                    rows,
+                    rows["scaled_rank"],
+                    label=label,
+                    n_refits=shap_refits,
+                    rng=bootstrap.rng(label, "shap"),
+                )
                 bar.update(task, advance=shap_refits)
-                continue  # nothing to explain: one configuration only
-            fit = fit_shap(rows, rows["scaled_rank"], label=label)
-            fits.append(fit)
-            refits[label] = refit_levels(
-                rows, rows["scaled_rank"], label=label, n_refits=shap_refits, rng=bootstrap.rng(label, "shap")
+                if plots:
+                    outputs.figures.append(
+                        shap_beeswarm(fit, out_dir / "figures" / f"shap_{slug(label)}.png")
+                    )
+        outputs.n_fitted = len(fits)
+        if fits:
+            outputs.shap_levels = out_dir / "shap_levels.csv"
+            with atomic_path(outputs.shap_levels) as tmp:
+                shap_levels(fits, refits, level=bootstrap.level).to_csv(
+                    tmp, index=False, float_format="%.10g"
+                )
+        sizes = sample_size_table(
+            drop_configs(results[results["label"].isin(labels)], exclude_configs), labels, settings=bootstrap,
+            target=target_half_width, images_per_prompt=images_per_prompt,
+        )  # fmt: skip
+        outputs.sample_size, outputs.sample_size_table = out_dir / "sample_size.csv", sizes
+        with atomic_path(outputs.sample_size) as tmp:
+            sizes.to_csv(tmp, index=False, float_format="%.6g")
+        if plots:
+            finetuned = drop_configs(results[results["algo"] != "base"], exclude_configs)
+            outputs.figures += write_figures(
+                finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer
             )
-            bar.update(task, advance=shap_refits)
-            if plots:
-                outputs.figures.append(shap_beeswarm(fit, out_dir / "figures" / f"shap_{slug(label)}.png"))
-    outputs.n_fitted = len(fits)
-    if fits:
-        outputs.shap_levels = out_dir / "shap_levels.csv"
-        with atomic_path(outputs.shap_levels) as tmp:
-            shap_levels(fits, refits, level=bootstrap.level).to_csv(tmp, index=False, float_format="%.10g")
-    sizes = sample_size_table(
-        drop_configs(results[results["label"].isin(labels)], exclude_configs), labels, settings=bootstrap,
-        target=target_half_width, images_per_prompt=images_per_prompt,
-    )  # fmt: skip
-    outputs.sample_size, outputs.sample_size_table = out_dir / "sample_size.csv", sizes
-    with atomic_path(outputs.sample_size) as tmp:
-        sizes.to_csv(tmp, index=False, float_format="%.6g")
-    if plots:
-        finetuned = drop_configs(results[results["algo"] != "base"], exclude_configs)
-        outputs.figures += write_figures(finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer)
     return outputs
 
 

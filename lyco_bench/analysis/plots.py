@@ -4,6 +4,7 @@ category and factor (docs/protocol.md §6), and metric-vs-epoch curves. Same inp
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+_CAPTION: contextvars.ContextVar[str] = contextvars.ContextVar("figure_caption", default="")
+
+
+@contextlib.contextmanager
+def figure_caption(text: str) -> Iterator[None]:
+    """Every figure written inside the block carries `text` as a footnote (e.g. which evaluation
+    profile produced its numbers)."""
+    token = _CAPTION.set(text)
+    try:
+        yield
+    finally:
+        _CAPTION.reset(token)
+
+
+def _stamp(fig) -> None:
+    """The caption of :func:`figure_caption`, if any, as a footnote."""
+    if _CAPTION.get():
+        fig.text(0.005, 0.003, _CAPTION.get(), fontsize=6, color="0.35", ha="left", va="bottom")
+
+
 @contextlib.contextmanager
 def _figure(path: Path, **kwargs) -> Iterator[object]:
     import matplotlib
@@ -46,6 +67,7 @@ def _figure(path: Path, **kwargs) -> Iterator[object]:
     fig = plt.figure(**kwargs)
     try:
         yield fig
+        _stamp(fig)
         with atomic_path(path) as tmp:
             # fixed metadata: no version string or date in the file, so reruns are byte-identical
             fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
@@ -71,6 +93,7 @@ def shap_beeswarm(fit: ShapFit, path: Path) -> Path:
         )  # fmt: skip
         fig = plt.gcf()
         fig.suptitle(fit.label, fontsize=9)
+        _stamp(fig)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
     finally:

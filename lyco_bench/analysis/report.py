@@ -21,6 +21,7 @@ from lyco_bench.analysis.leaderboard import (
     display_rows,
     fmt3,
     legend,
+    partial_section,
     write_leaderboard,
 )
 from lyco_bench.analysis.plots import slug
@@ -193,6 +194,7 @@ def write_report(
         "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
         legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,
         comparison_rows=c_rows, comparison_note=comparison_note(board), precision=precision,
+        partial=partial_section(board),
         figures=figure_entries, grids=grids, has_base=bool(image_manifests and base_key in image_manifests),
     )  # fmt: skip
     index = out_dir / "index.html"

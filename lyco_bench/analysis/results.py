@@ -29,6 +29,14 @@ RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_par
 """Columns every run has; besides them a run carries its algorithm's declared settings (dim, α,
 factor, …: ``setting_columns``), NaN where another algorithm has none."""
 PATH_COLUMNS = ["category", "concept", "subclass"]
+PROFILE_COLUMN = "profile"
+"""The evaluation profile that produced a row's value (docs/protocol.md §5.7): ``lyco``, ``paper``,
+or ``paper-published`` for the paper's own CSVs; absent in tables written before profiles."""
+PROFILE_CAPTIONS = {
+    "paper-published": "numbers: the paper's published values (its own evaluation code; the `paper` profile computes the same)",
+    "paper": "numbers: lyco-bench, evaluation profile `paper` (the paper's evaluation reproduced)",
+    "lyco": "numbers: lyco-bench, evaluation profile `lyco` (lyco-bench's own preprocessing and averaging, not the paper's)",
+}
 
 # Directions of the metrics the paper reports (docs/protocol.md §5–6: "distance metrics are ranked
 # reversed"). The paper path uses them as is; elsewhere lyco_bench.metrics.METRICS comes first.
@@ -142,8 +150,16 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
 
 def setting_columns(table: pd.DataFrame) -> list[str]:
     """The algorithm settings a results table carries (every run column but the common ones)."""
-    common = {*SCORE_COLUMNS, *RUN_COLUMNS, "label"}
+    common = {*SCORE_COLUMNS, *RUN_COLUMNS, "label", PROFILE_COLUMN}
     return [c for c in table.columns if c not in common]
+
+
+def profile_caption(table: pd.DataFrame) -> str:
+    """Which evaluation profile produced a table's numbers, in words (the figures' footnote)."""
+    if PROFILE_COLUMN not in table or table[PROFILE_COLUMN].isna().all():
+        return "numbers: evaluation profile not recorded (a results table from before profiles)"
+    names = sorted(set(table[PROFILE_COLUMN].dropna().astype(str)))
+    return "; ".join(PROFILE_CAPTIONS.get(n, f"numbers: evaluation profile `{n}`") for n in names)
 
 
 def sort_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -311,4 +327,5 @@ def read_paper_csv(
         table[col] = np.nan
     table["prompt_set_version"] = "paper"
     table["reason"] = ""
+    table[PROFILE_COLUMN] = "paper-published"
     return sort_table(_normalize(table))

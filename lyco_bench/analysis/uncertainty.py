@@ -33,7 +33,15 @@ The bootstrap variance of the mean is then, in expectation, ``s²_m / S`` (the c
 estimate) when the seed means vary more than their concepts and images explain, and the
 lower-level estimate otherwise; with one seed, the interval covers concepts and images only.
 Intervals are percentile intervals of the resampled means, with a fixed bootstrap seed per metric
-label (reproducible reports, independent of which other labels are analysed). With two or three
+label (reproducible reports, independent of which other labels are analysed). Common random
+numbers: every configuration of a label is resampled with the same drawn seeds, concepts and
+standard-normal image draws, so identical rows get identical intervals and tied ranks whatever
+their name or position, and paired comparisons are sharper.
+
+Where a level has a single unit (one seed; one concept or pair per category) it adds nothing to
+the interval, which leaves that level's variance out (``Components.left_out``); a value with a
+single unit at every level and no per-image spread has nothing to resample: no interval (n/a), no
+p-value against another such value, and never a separated rank. With two or three
 seeds the seed level has one or two degrees of freedom: read the intervals as indicative.
 
 Paired differences and ranks
@@ -210,6 +218,21 @@ class Components:
     shrink_concept: np.ndarray  # (G,) √(σ²_concept / s²_r)
     n_seeds: np.ndarray  # (G,)
     image_var: np.ndarray  # (G,) the images' part of the variance of the point estimate
+    max_units: np.ndarray  # (G,) the most units a stratum of a seed has (1: no concept level)
+
+    def left_out(self) -> np.ndarray:
+        """(G,) the variance levels a group's interval cannot cover: "" (none), "seed",
+        "concept", "seed+concept", or "all" when nothing is resampled (a single unit at every
+        level and no per-image spread): such a value has no interval."""
+        seed, concept = self.n_seeds <= 1, self.max_units <= 1
+        names = np.where(
+            seed & concept, "seed+concept", np.where(seed, "seed", np.where(concept, "concept", ""))
+        )
+        return np.where(seed & concept & ~(self.image_var > 0), "all", names)
+
+    def resampled(self) -> np.ndarray:
+        """(G,) whether a group's resampled means can vary at all (not ``all`` left out)."""
+        return self.left_out() != "all"
 
 
 def components(values: np.ndarray, within: np.ndarray, starts: np.ndarray) -> Components:
@@ -251,6 +274,7 @@ def components(values: np.ndarray, within: np.ndarray, starts: np.ndarray) -> Co
     return Components(
         point=point, seed_dev=seed_dev, res=resid * inflate[..., strata], within=w0, valid=valid,
         shrink_seed=shrink_s, shrink_concept=shrink_c, n_seeds=n_s, image_var=image_var,
+        max_units=count.max(axis=(1, 2)) if count.size else np.zeros(len(point)),
     )  # fmt: skip
 
 
@@ -274,10 +298,12 @@ class Draws:
 
 
 def _noise(variance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Normal draws of the given variances (0 without drawing where no image variance is known)."""
+    """Normal draws of the given variances (G, B) (0 without drawing where no image variance is
+    known). Common random numbers: one standard normal per resample, shared by every group, so
+    that identical rows get identical draws whatever their name or position."""
     if not (variance > 0).any():
         return np.zeros_like(variance)
-    return np.sqrt(variance) * rng.standard_normal(variance.shape)
+    return np.sqrt(variance) * rng.standard_normal(variance.shape[-1])[None, :]
 
 
 def draw_indices(n_seeds: int, starts: np.ndarray, n_units: int, n_resamples: int, rng: np.random.Generator):
@@ -403,6 +429,7 @@ class LabelUncertainty:
     n_seeds: np.ndarray
     image_var: np.ndarray  # the images' share of the variance of the mean
     n_resamples: int
+    left_out: np.ndarray | None = None  # (G,) Components.left_out: "all" = no interval (n/a)
     ranks: dict[str, np.ndarray] | None = None  # over `ranked` (positions into the groups)
     ranked: np.ndarray | None = None
     pairs: dict[tuple[int, int], dict[str, float]] | None = None  # (i, j) → delta (i − j), CI, p
@@ -431,9 +458,10 @@ def label_uncertainty(
     draws = resample(comp, arrays.starts, seed_idx, unit_idx)
     means = draws.means(rng)
     lo, hi = percentile_interval(means, settings.level)
+    interval = has & comp.resampled()  # a value from a single unit at every level has none
     out = LabelUncertainty(
-        mean=comp.point, ci_low=np.where(has, lo, np.nan), ci_high=np.where(has, hi, np.nan),
-        n_seeds=comp.n_seeds, image_var=comp.image_var, n_resamples=n_res,
+        mean=comp.point, ci_low=np.where(interval, lo, np.nan), ci_high=np.where(interval, hi, np.nan),
+        n_seeds=comp.n_seeds, image_var=comp.image_var, n_resamples=n_res, left_out=comp.left_out(),
     )  # fmt: skip
     if ranked is None:
         return out
@@ -455,19 +483,23 @@ def label_uncertainty(
             + diff.shrink_seed[:, None] * (draws.seed[a] - draws.seed[b])
             + diff.shrink_concept[:, None] * (draws.concept[a] - draws.concept[b])
         )
-        p = bootstrap_p_value(delta)
+        # a difference with nothing to resample (one seed, one unit per stratum) has no p-value
+        p = np.where(diff.resampled(), bootstrap_p_value(delta), np.nan)
         sig = p <= threshold
         significant[ii[lo_p : lo_p + block], jj[lo_p : lo_p + block]] = sig
         for k, (x, y) in enumerate(zip(a, b, strict=True)):
             for key, s in (((x, y), 1.0), ((y, x), -1.0)):
                 if key in wanted:
                     q_lo, q_hi = percentile_interval(s * delta[k], settings.level)
+                    if np.isnan(p[k]):
+                        q_lo = q_hi = np.nan
                     pairs[key] = {
                         "delta": float(s * (comp.point[x] - comp.point[y])), "ci_low": float(q_lo),
                         "ci_high": float(q_hi), "p_value": float(p[k]), "n_seeds": int(diff.n_seeds[k]),
                     }  # fmt: skip
     significant |= significant.T
     out.ranks = rank_intervals(sign * comp.point[ranked_idx], significant)
+    out.ranks["separated"] &= interval[ranked_idx]  # never a separated rank without an interval
     out.ranked = ranked_idx
     out.pairs = pairs
     return out

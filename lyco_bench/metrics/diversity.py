@@ -9,6 +9,7 @@ unlike its ``score_X``.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -49,12 +50,31 @@ def vendi_per_group(features: torch.Tensor, groups: Sequence, *, q: float = 1.0)
     return (float(np.mean(scores)), len(scores)) if scores else (float("nan"), 0)
 
 
+def vendi_blocks(features: torch.Tensor, block: int, *, q: float = 1.0) -> float:
+    """The paper's ``<alter>`` Vendi (lycoris_eval ``compute_per_prompt_vendi_scores``): the mean
+    Vendi score of consecutive blocks of ``block`` rows, the last one possibly shorter (a block of
+    one image scores exp(0) = 1)."""
+    return float(np.mean([vendi_score(features[s : s + block], q=q) for s in range(0, len(features), block)]))
+
+
+def _file_order(path) -> tuple:
+    """Natural order of file names (``<prompt_index>-<seed>.png``): as the paper's zero-padded
+    names sort, so that its blocks of 10 are the images of one prompt."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return tuple((int(t), "") if t.isdigit() else (-1, t) for t in re.split(r"(\d+)", name)), str(path)
+
+
 def vendi_rows(view) -> Iterator[MetricValue]:
-    """The unit's Vendi score (``<alter>``: per prompt, averaged); a set statistic (no std)."""
+    """The unit's Vendi score (``<alter>``: per prompt, averaged; the ``paper`` profile: blocks
+    of 10 images in file order); a set statistic (no std)."""
     from lyco_bench.metrics.manifest import prompt_groups
+    from lyco_bench.metrics.profiles import ALTER_BLOCK
 
     gen, n = view.generated(), view.n
-    if view.unit.prompt_class in PER_PROMPT_CLASSES:
+    if view.unit.prompt_class in PER_PROMPT_CLASSES and view.profile == "paper":
+        order = sorted(range(n), key=lambda i: _file_order(view.paths[i]))
+        value, reason = (vendi_blocks(gen[order], ALTER_BLOCK), "") if n else (math.nan, "no images")
+    elif view.unit.prompt_class in PER_PROMPT_CLASSES:
         value, used = vendi_per_group(gen, prompt_groups(view.unit.rows))
         reason = "" if used else "no prompt with 2 images"
     elif n >= 2:
@@ -69,6 +89,6 @@ def vendi_rows(view) -> Iterator[MetricValue]:
 register_metric(
     Metric("vendi", "diversity", True, ("generated",), ("image",), ("train", "trigger", "alter"),
            compute=vendi_rows,
-           description="Vendi score, q=1, linear kernel; <alter>: per prompt, averaged")
+           description="Vendi score, q=1, linear kernel; <alter>: per prompt (paper profile: blocks of 10), averaged")
 )
 # fmt: on

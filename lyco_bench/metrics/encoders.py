@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lyco_bench.errors import BadInput
+from lyco_bench.metrics import profiles
 from lyco_bench.utils import sha256_bytes, sha256_file
 
 MODES = ("resize", "crop", "padding")
@@ -55,10 +56,16 @@ def canonical_mode(size: tuple[int, int], mode: str) -> str:
     return "resize" if size[0] == size[1] else mode
 
 
-def preprocess(image: Image.Image, *, mode: str, size: int, mean, std) -> torch.Tensor:
-    """PIL image → normalized (3, size, size) tensor, bicubic resampling."""
+def preprocess(image: Image.Image, *, mode: str, size: int, mean, std, profile: str = "lyco") -> torch.Tensor:
+    """PIL image → normalized (3, size, size) tensor, bicubic resampling.
+
+    ``profile="paper"``: the paper's order (resize in the image's own mode, then RGB; see
+    :func:`lyco_bench.metrics.profiles.paper_square`).
+    """
     if mode not in MODES:
         raise BadInput(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if profile == "paper":
+        return _normalize(_to_tensor(profiles.paper_square(image, mode=mode, size=size)), mean, std)
     image = image.convert("RGB")
     w, h = image.size
     if mode == "resize":
@@ -132,18 +139,24 @@ def source_label(kind: str, source: str) -> str:
 PREPROCESS_VERSION = 2
 
 
-def dinov2_id(source: str, image_size: int) -> str:
-    return f"dinov2:{source_tag(source)}:{image_size}:p{PREPROCESS_VERSION}"
+def _profile_tag(profile: str) -> str:
+    """What a profile adds to an encoder id (``lyco``: nothing, so its cached features stay valid)."""
+    return "" if profile == "lyco" else f":{profile}"
 
 
-def clip_id(model: str, pretrained: str | None) -> str:
+def dinov2_id(source: str, image_size: int, profile: str = "lyco") -> str:
+    return f"dinov2:{source_tag(source)}:{image_size}:p{PREPROCESS_VERSION}{_profile_tag(profile)}"
+
+
+def clip_id(model: str, pretrained: str | None, profile: str = "lyco") -> str:
     if Path(model).is_dir():
-        return f"clip:{source_tag(model)}:p{PREPROCESS_VERSION}"
-    return f"clip:{model}/{source_tag(pretrained) if pretrained else pretrained}:p{PREPROCESS_VERSION}"
+        return f"clip:{source_tag(model)}:p{PREPROCESS_VERSION}{_profile_tag(profile)}"
+    weights = source_tag(pretrained) if pretrained else pretrained
+    return f"clip:{model}/{weights}:p{PREPROCESS_VERSION}{_profile_tag(profile)}"
 
 
-def vgg19_id(source: str, short_side: int) -> str:
-    return f"vgg19:{source_tag(source)}:{short_side}"
+def vgg19_id(source: str, short_side: int, profile: str = "lyco") -> str:
+    return f"vgg19:{source_tag(source)}:{short_side}{_profile_tag(profile)}"
 
 
 def hps_id(model: str, checkpoint: str | None) -> str:
@@ -164,27 +177,39 @@ class DinoV2Encoder:
 
     kind = "dinov2"
 
-    def __init__(self, source: str, *, device: str | None = None, image_size: int = 224):
+    def __init__(
+        self, source: str, *, device: str | None = None, image_size: int = 224, profile: str = "lyco"
+    ):
         from transformers import Dinov2Model
 
-        self.source, self.image_size = source, image_size
+        self.source, self.image_size, self.profile = source, image_size, profile
         self.device = _resolve_device(device)
         try:
             # use_safetensors: a folder holding only pickled weights is refused, never unpickled.
             self.model = Dinov2Model.from_pretrained(source, use_safetensors=True).eval().to(self.device)
         except (OSError, ValueError, RuntimeError) as exc:
             raise _load_error(self.kind, source, exc) from None
-        self.id, self.label = dinov2_id(source, image_size), source_label(self.kind, source)
+        if profile == "paper":
+            profiles.use_hub_interpolation(self.model)
+        self.id, self.label = dinov2_id(source, image_size, profile), source_label(self.kind, source)
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
         x = torch.stack(
             [
-                preprocess(im, mode=mode, size=self.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                preprocess(
+                    im,
+                    mode=mode,
+                    size=self.image_size,
+                    mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD,
+                    profile=self.profile,
+                )
                 for im in images
             ]
         ).to(self.device)  # (B, 3, S, S)
-        cls = self.model(pixel_values=x).last_hidden_state[:, 0]  # (B, D)
+        with profiles.encoding(self.profile, self.device):
+            cls = self.model(pixel_values=x).last_hidden_state[:, 0]  # (B, D)
         return F.normalize(cls.float(), dim=-1).cpu()
 
 
@@ -199,10 +224,12 @@ class ClipEncoder:
 
     kind = "clip"
 
-    def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None):
+    def __init__(
+        self, model: str, pretrained: str | None = None, *, device: str | None = None, profile: str = "lyco"
+    ):
         import open_clip
 
-        self.device = _resolve_device(device)
+        self.device, self.profile = _resolve_device(device), profile
         local = Path(model)
         name = f"local-dir:{local}" if local.is_dir() else model
         try:
@@ -229,16 +256,21 @@ class ClipEncoder:
             for mode, resize_mode in (("resize", "squash"), ("crop", "shortest"), ("padding", "longest"))
         }
         self.context_length = getattr(self.model, "context_length", 77)
-        self.id = clip_id(model, pretrained)
+        self.id = clip_id(model, pretrained, profile)
         self.label = source_label(self.kind, model) if local.is_dir() else f"clip:{model}/{pretrained}"
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
         if mode not in MODES:
             raise BadInput(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        transform = self._transforms[mode]
-        x = torch.stack([transform(im.convert("RGB")) for im in images]).to(self.device)  # (B, 3, S, S)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
+        if self.profile == "paper":  # the paper's own copy of open_clip's transform (resize, then RGB)
+            x = [preprocess(im, mode=mode, size=self.image_size, mean=self.mean, std=self.std, profile="paper")
+                 for im in images]  # fmt: skip
+        else:
+            x = [self._transforms[mode](im.convert("RGB")) for im in images]
+        with profiles.encoding(self.profile, self.device):
+            feats = self.model.encode_image(torch.stack(x).to(self.device))  # (B, D)
+        return F.normalize(feats.float(), dim=-1).cpu()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, context_length), cut to the context but always ending with end-of-text.
@@ -257,7 +289,9 @@ class ClipEncoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenize(texts).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()  # (B, D)
+        with profiles.encoding(self.profile, self.device):
+            feats = self.model.encode_text(tokens)
+        return F.normalize(feats.float(), dim=-1).cpu()  # (B, D)
 
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
@@ -357,7 +391,7 @@ class HpsEncoder(ClipEncoder):
     def __init__(self, model: str = HPS_ARCH, checkpoint: str | None = HPS_CHECKPOINT, *, device=None):
         import open_clip
 
-        self.device = _resolve_device(device)
+        self.device, self.profile = _resolve_device(device), "lyco"  # not in the paper: one preprocessing
         local = Path(model)
         name = f"local-dir:{local}" if local.is_dir() else model
         try:
@@ -449,8 +483,15 @@ class VggGramEncoder:
 
     kind = "vgg19"
 
-    def __init__(self, source: str = "IMAGENET1K_V1", *, device: str | None = None, short_side: int = 224):
-        self.source, self.short_side = source, short_side
+    def __init__(
+        self,
+        source: str = "IMAGENET1K_V1",
+        *,
+        device: str | None = None,
+        short_side: int = 224,
+        profile: str = "lyco",
+    ):
+        self.source, self.short_side, self.profile = source, short_side, profile
         self.device = _resolve_device(device)
         local = Path(source)
         if local.is_file():
@@ -473,14 +514,13 @@ class VggGramEncoder:
                 if isinstance(module, torch.nn.ReLU):
                     module.inplace = False  # an in-place ReLU would rectify the captured conv outputs
         self.trunk = self.trunk.eval().to(self.device)
-        self.id, self.label = vgg19_id(source, short_side), source_label(self.kind, source)
+        self.id, self.label = vgg19_id(source, short_side, profile), source_label(self.kind, source)
+        # The paper's in-place ReLUs rectify the captured conv1_1–conv4_1 outputs (docs/protocol.md §5.7).
+        self._relu_after = profiles.PAPER_RELU_LAYERS if profile == "paper" else ()
 
     def _tensor(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = self.short_side / min(w, h)
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-        return _normalize(_to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+        resize = profiles.paper_short_side if self.profile == "paper" else profiles.lyco_short_side
+        return _normalize(_to_tensor(resize(image, self.short_side)), IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], mode: str = "resize") -> torch.Tensor:
@@ -490,10 +530,11 @@ class VggGramEncoder:
             idx = [i for i, t in enumerate(tensors) if t.shape == shape]
             x = torch.stack([tensors[i] for i in idx]).to(self.device)  # (b, 3, H, W)
             maps = []
-            for i, layer in enumerate(self.trunk):
-                x = layer(x)
-                if i in GRAM_LAYERS:
-                    maps.append(x)
+            with profiles.encoding(self.profile, self.device):
+                for i, layer in enumerate(self.trunk):
+                    x = layer(x)
+                    if i in GRAM_LAYERS:
+                        maps.append(torch.relu(x) if i in self._relu_after else x)
             for j, row in zip(idx, gram_features(maps).cpu(), strict=True):
                 out[j] = row
         return torch.stack(out)  # (B, Σ C(C+1)/2)

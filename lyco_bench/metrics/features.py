@@ -53,6 +53,11 @@ class EncoderSettings(StrictModel):
     them for styles), else those named ``style``/``styles``."""
     experimental: bool = True
     """Also compute experimental metrics (``clip_iqa``)."""
+    profile: Literal["lyco", "paper"] = "lyco"
+    """Evaluation profile (docs/protocol.md §5.7): ``paper`` computes what the paper's evaluation
+    code computed (its preprocessing order and rounding, VGG Grams after the in-place ReLUs,
+    torch.hub DINOv2's position embeddings, fp16 autocast on CUDA, subclass-then-concept
+    averages, ``<alter>`` Vendi in blocks of 10); ``lyco``: lyco-bench's own choices."""
     batch_size: int = Field(16, ge=1)
     device: str | None = None
     """``cuda``, ``cpu``…; None: the GPU when there is one."""
@@ -71,11 +76,11 @@ class EncoderPool:
     def id(self, kind: str) -> str:
         s = self.settings
         if kind == "dinov2":
-            return enc.dinov2_id(s.dino, s.dino_image_size)
+            return enc.dinov2_id(s.dino, s.dino_image_size, s.profile)
         if kind == "clip":
-            return enc.clip_id(s.clip, s.clip_pretrained)
+            return enc.clip_id(s.clip, s.clip_pretrained, s.profile)
         if kind == "vgg19":
-            return enc.vgg19_id(s.vgg, s.vgg_short_side)
+            return enc.vgg19_id(s.vgg, s.vgg_short_side, s.profile)
         if kind == "hps":
             return enc.hps_id(s.hps, s.hps_checkpoint)
         raise BadInput(f"encoder {kind!r}: unknown (expected one of {', '.join(enc.ENCODER_KINDS)})")
@@ -93,13 +98,17 @@ class EncoderPool:
             self.id(kind)  # validates the name
             s = self.settings
             if kind == "dinov2":
-                model = enc.DinoV2Encoder(s.dino, device=s.device, image_size=s.dino_image_size)
+                model = enc.DinoV2Encoder(
+                    s.dino, device=s.device, image_size=s.dino_image_size, profile=s.profile
+                )
             elif kind == "clip":
-                model = enc.ClipEncoder(s.clip, s.clip_pretrained, device=s.device)
+                model = enc.ClipEncoder(s.clip, s.clip_pretrained, device=s.device, profile=s.profile)
             elif kind == "hps":
                 model = enc.HpsEncoder(s.hps, s.hps_checkpoint, device=s.device)
             else:
-                model = enc.VggGramEncoder(s.vgg, device=s.device, short_side=s.vgg_short_side)
+                model = enc.VggGramEncoder(
+                    s.vgg, device=s.device, short_side=s.vgg_short_side, profile=s.profile
+                )
             self._loaded[kind] = model
             self.loads.append(kind)
         return self._loaded[kind]
@@ -121,12 +130,14 @@ def file_hash(path: Path) -> str:
 
 
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (RGB); missing, corrupt or oversized files are bad input."""
+    """Open and fully decode an image in its own mode (each encoder converts to RGB where its
+    profile says: before resizing, or after as the paper did); missing, corrupt or oversized
+    files are bad input."""
     from lyco_bench.data.images import open_image_checked
 
     with open_image_checked(path) as im:
         im.load()
-        return im.convert("RGB")
+        return im.copy()
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -74,6 +74,7 @@ class UnitView:
         self.n = len(self.paths)
         self.modes = tuple(scorer.settings.modes)
         self.base_classes = scorer.base_classes
+        self.profile = scorer.settings.profile
 
     def generated(self, mode: str = "resize") -> torch.Tensor:
         """(N, D) features of the unit's images."""
@@ -384,6 +385,16 @@ def make_units(df: pd.DataFrame, dataset, *, source: str) -> list[Unit]:
     return units
 
 
+def subclassed(unit: Unit) -> bool:
+    """Whether ``unit`` is a subclass of a concept (not a ``<combine>`` pair nor an agnostic tier)."""
+    return (
+        bool(unit.subclass)
+        and unit.prompt_class != "agnostic"
+        and bool(unit.concept)
+        and (unit.prompt_class != "combine" and "+" not in unit.concept)
+    )
+
+
 def infer_style_categories(df: pd.DataFrame) -> list[str]:
     """Categories with concept images but no ``<style>`` prompts, when the manifest has some."""
     concept_rows = df[(df["concept"] != "") & (df["prompt_class"] != "combine")]
@@ -474,6 +485,10 @@ def score(
             bar.update(task, advance=1, info=f"{unit.prompt_class} {unit.concept or unit.category}")
     shared.flush()  # reference Gram vectors read while scoring
     rows = pd.DataFrame(scorer.rows, columns=[c for c in ROW_COLUMNS if c != "checkpoint"])
+    if settings.profile == "paper":  # the paper scored each subclass folder, then averaged them
+        from lyco_bench.metrics.profiles import subclass_means
+
+        rows = subclass_means(rows, {(u.prompt_class, u.category, u.concept) for u in units if subclassed(u)})
     rows = pd.concat([category_rows(rows), rows], ignore_index=True)
     if checkpoint is None:
         names = sorted(set(df["checkpoint"].astype(str))) if "checkpoint" in df.columns else []

@@ -88,6 +88,8 @@ def collect(plan: Plan) -> Any:
         for j in plan.of_kind("score")
     ]
     results = collect_results(score_files, runs_table(plan))
+    # which evaluation profile produced the values (figures and reports say so)
+    results["profile"] = (plan.study.study.encoders or {}).get("profile", "lyco")
     write_results(results, plan.store.results_path)
     return results
 

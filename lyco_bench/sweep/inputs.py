@@ -122,6 +122,9 @@ def resolve_inputs(
             "style_categories": sorted(
                 styles if settings.style_categories is None else settings.style_categories
             ),
+            # The evaluation profile changes features and rows; the default adds no key, so that
+            # the ids of studies written before profiles existed stay as they were.
+            **({"profile": settings.profile} if settings.profile != "lyco" else {}),
         },
         metrics=metrics,
         runs=runs,
