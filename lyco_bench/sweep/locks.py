@@ -100,13 +100,14 @@ class BusyWatch:
         self,
         store: StudyStore,
         *,
-        heartbeats: int = BUSY_REPORT_HEARTBEATS,
+        heartbeats: int | None = None,
         heartbeat_s: float | None = None,
         stale_after: float = STALE_AFTER_S,
         report: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        heartbeats = BUSY_REPORT_HEARTBEATS if heartbeats is None else heartbeats
         self.every = heartbeats * (HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
         self.stale_after = stale_after
         self.report = report or _print
