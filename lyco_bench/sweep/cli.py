@@ -145,7 +145,11 @@ def _finish(plan: Plan, args: argparse.Namespace) -> Path | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …)")
+    p.add_argument(
+        "study",
+        help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …); relative paths in it "
+        "(dataset, model, prompt set, encoder weights) are read against the current directory",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
