@@ -173,3 +173,18 @@ def test_cli_run_rejects_bad_gpus(tmp_path, capsys):
     code = main(["run", str(tmp_path / "missing.yaml"), "--gpus", "0;1", "--store", str(tmp_path / "s")])
     assert code == 2 and "--gpus" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def dying_work(job_data, store_root, *, attempt, threads):  # noqa: ANN001
+    """A worker killed on its first attempt (as by the OOM killer); fine on the retry."""
+    if attempt == 1:
+        os._exit(9)
+    return rendezvous_work(job_data, store_root, attempt=attempt, threads=threads)
+
+
+def test_a_dead_worker_fails_its_job_and_the_retry_gets_a_fresh_worker(store, monkeypatch):
+    monkeypatch.setattr(executors, "execute_job", dying_work)
+    job = _job("train", "t", "alone", 1)
+    summary = executors.run_plan(_plan(store, [job]), backend="local", gpus=["0"], max_retries=1)
+    assert summary.complete and summary.ran == [job.id]
+    assert _seen(store)["t"]["gpu"] == "0"

@@ -17,7 +17,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,125 +90,6 @@ def reset_global_rngs(job_id: str) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# --- backends: fits(job); submit(job, attempt) -> handle; wait(handles) -> finished handles ----
-class InProcessBackend:
-    """Runs each job when submitted, in this process (its GPU, if any): one job at a time."""
-
-    capacity = 1
-
-    def __init__(self, store: StudyStore, threads: int | None = None, work: Callable | None = None) -> None:
-        self.store = store
-        self.threads = threads
-        self.work = work or execute_job  # a top-level function: pickled by name for worker processes
-
-    def fits(self, job: Job) -> bool:
-        return True
-
-    def submit(self, job: Job, attempt: int) -> Future:
-        fut: Future = Future()
-        fut.set_result(self.work(job.to_dict(), str(self.store.root), attempt=attempt, threads=self.threads))
-        return fut
-
-    def wait(self, handles: list[Future]) -> list[Future]:
-        return [h for h in handles if h.done()]
-
-    def result(self, handle: Future) -> dict:
-        return handle.result()
-
-    def close(self) -> None:
-        pass
-
-
-def _pin_worker(gpu: str | None) -> None:
-    """Worker initializer: the one GPU this worker may use ("" none), set before CUDA starts."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-
-
-def _run_in_worker(
-    work: Callable, job_data: dict, store_root: str, attempt: int, threads: int | None
-) -> dict:
-    result = work(job_data, store_root, attempt=attempt, threads=threads)
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()  # the next job in this worker (or a neighbour on its GPU) gets the memory
-    return result
-
-
-class LocalBackend(InProcessBackend):
-    """Worker processes on this machine: each GPU's own, pinned by ``CUDA_VISIBLE_DEVICES``, plus
-    CPU workers for CPU-bound jobs.
-
-    A job runs on the least-used GPU with room for its share (lyco_bench.sweep.resources): one
-    training per GPU, light jobs (encode, score) several to a GPU; CPU-bound jobs (share 0) go to
-    the CPU workers, which see no GPU, and never wait for a GPU slot. Without GPUs every job is a
-    CPU job. Each worker gets cpu_count / workers torch threads.
-    """
-
-    def __init__(
-        self,
-        store: StudyStore,
-        *,
-        gpus: list[str],
-        jobs: int | None = None,
-        threads: int | None = None,
-        work: Callable | None = None,
-    ) -> None:
-        import multiprocessing
-
-        from lyco_bench.sweep.resources import GpuSlots, jobs_per_gpu
-
-        per_gpu = jobs_per_gpu()
-        cpu_workers = max(1, jobs or 1) if not gpus else 1
-        workers = len(gpus) * per_gpu + cpu_workers
-        self.capacity = min(jobs, workers) if jobs and gpus else workers
-        super().__init__(store, threads or max(1, (os.cpu_count() or 1) // min(workers, self.capacity)), work)
-        spawn = multiprocessing.get_context("spawn")  # fresh workers: no CUDA state, no forked locks
-
-        def pool(size: int, gpu: str | None) -> ProcessPoolExecutor:
-            return ProcessPoolExecutor(size, mp_context=spawn, initializer=_pin_worker, initargs=(gpu,))
-
-        self.slots = GpuSlots(gpus)
-        self.pools = {gpu: pool(per_gpu, gpu) for gpu in gpus}
-        self.pools[""] = pool(cpu_workers, "" if gpus else None)  # a CPU-only machine: env untouched
-        self._placed: dict[Future, tuple[str, str]] = {}
-
-    def fits(self, job: Job) -> bool:
-        gpu = self.slots.take(job.kind) if self.slots.used else ""
-        if gpu is None:
-            return False
-        self.slots.give_back(gpu, job.kind)
-        return True
-
-    def submit(self, job: Job, attempt: int) -> Future:
-        gpu = self.slots.take(job.kind) if self.slots.used else ""
-        if gpu is None:  # the scheduler asks fits() first
-            raise RuntimeError(f"no GPU has room for {job.id}")
-        handle = self.pools[gpu].submit(
-            _run_in_worker, self.work, job.to_dict(), str(self.store.root), attempt, self.threads
-        )
-        self._placed[handle] = (gpu, job.kind)
-        return handle
-
-    def wait(self, handles: list[Future]) -> list[Future]:
-        finished, _ = wait(handles, timeout=POLL_S, return_when=FIRST_COMPLETED)
-        return list(finished)
-
-    def result(self, handle: Future) -> dict:
-        gpu, kind = self._placed.pop(handle, ("", ""))
-        self.slots.give_back(gpu, kind)
-        try:
-            return handle.result()
-        except Exception as exc:  # noqa: BLE001 - a worker that died: retried by the scheduler
-            return {"status": "failed", "error": f"worker: {type(exc).__name__}: {exc}", "retry": True}
-
-    def close(self) -> None:
-        for pool in self.pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -440,6 +320,7 @@ def make_backend(
         from lyco_bench.sweep.ray_backend import RayBackend
 
         return RayBackend(store, jobs=jobs, address=address, threads=threads)
+    from lyco_bench.sweep.local_backend import InProcessBackend, LocalBackend
     from lyco_bench.sweep.resources import visible_gpus
 
     gpus = visible_gpus() if gpus is None else gpus
