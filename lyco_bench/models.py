@@ -229,23 +229,36 @@ def _load_single_file(path: Path, *, config: str | None, dtype: torch.dtype):
         ) from None
 
 
+def split_revision(model: str) -> tuple[str, str | None]:
+    """``org/repo@rev`` → (``org/repo``, ``rev``): a hub id pinned to a commit (or branch, tag); a
+    local path or an unpinned id → (itself, None). Hub repo ids cannot contain ``@``."""
+    if "@" not in model or Path(model).expanduser().exists():
+        return model, None
+    repo, _, revision = model.rpartition("@")
+    return (repo, revision) if repo and revision and not _looks_like_path(repo) else (model, None)
+
+
 def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     local = Path(model).expanduser()
+    # A sweep's jobs name a hub model as ``repo@commit``: the weights its job id was made of.
+    repo, revision = split_revision(model) if not local.is_dir() else (model, None)
     if local.is_dir():
         cls = _folder_pipeline_class(model, local)
     else:
-        _check_hub_id(model)
+        _check_hub_id(repo, revision)
         cls = DiffusionPipeline
     # use_safetensors=True: a folder (or hub repo) holding only pickled .bin weights is refused
     # rather than unpickled, for every component (UNet, VAE, text encoder).
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
+    if revision is not None:
+        kwargs["revision"] = revision
     if cls.__name__ != "StableDiffusionXLPipeline":  # SDXL has no safety checker
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         with contextlib.nullcontext() if local.is_dir() else _hf_warnings_off():
-            return cls.from_pretrained(str(local) if local.is_dir() else model, **kwargs)
+            return cls.from_pretrained(str(local) if local.is_dir() else repo, **kwargs)
     except (OSError, ValueError) as exc:
         if local.is_dir() and _pickle_only(local):
             raise BadInput(
@@ -293,7 +306,7 @@ def hub_offline() -> bool:
     )
 
 
-def _check_hub_id(model: str) -> None:
+def _check_hub_id(model: str, revision: str | None = None) -> None:
     """Offline, a hub id must already be in the local Hugging Face cache: say so in one line
     instead of diffusers' warning about the unreachable hub followed by its error."""
     from huggingface_hub import try_to_load_from_cache
@@ -301,11 +314,14 @@ def _check_hub_id(model: str) -> None:
     if not hub_offline():
         return
     try:
-        cached = try_to_load_from_cache(model, "model_index.json")
+        cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
     except ValueError:  # huggingface_hub's HFValidationError: not a repo id at all
         raise BadInput(f"{model}: no such file or folder") from None
     if not isinstance(cached, str):
-        raise BadInput(f"{model}: no such folder, and not in the local Hugging Face cache (HF_HUB_OFFLINE=1)")
+        at = f" at revision {revision}" if revision else ""
+        raise BadInput(
+            f"{model}: no such folder, and not in the local Hugging Face cache{at} (HF_HUB_OFFLINE=1)"
+        )
 
 
 @contextlib.contextmanager

@@ -97,7 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lyco_bench.utils import check_output_dir
 
     start = time.perf_counter()
-    check_backend_options(args.backend, jobs=args.jobs, threads=args.threads)
+    from lyco_bench.sweep.resources import parse_gpus
+
+    gpus = parse_gpus(args.gpus)
+    check_backend_options(args.backend, jobs=args.jobs, threads=args.threads, gpus=gpus)
     check_output_dir(args.store, what="--store")
     if not args.no_analysis:
         check_output_dir(args.reports, what="--reports")
@@ -112,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         max_retries=retries,
         threads=args.threads,
+        gpus=gpus,
     )
     ran = f"{len(summary.ran)} jobs run, {summary.already_done + len(summary.skipped)} already done"
     if not summary.complete:
@@ -141,7 +145,11 @@ def _finish(plan: Plan, args: argparse.Namespace) -> Path | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …)")
+    p.add_argument(
+        "study",
+        help="study YAML (experiments/demo.yaml, experiments/paper.yaml, …); relative paths in it "
+        "(dataset, model, prompt set, encoder weights) are read against the current directory",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -178,10 +186,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance"
     )
     p.add_argument(
-        "--jobs", type=int, default=1, help="jobs at the same time (local: worker processes; default 1)"
+        "--jobs",
+        type=int,
+        default=None,
+        help="most jobs at the same time (default: local with GPUs, one training per GPU and light jobs "
+        "sharing GPUs beside one CPU worker; local without GPUs, 1; Ray, what the cluster's resources allow)",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads per worker (default: cores / jobs)"
+        "--gpus",
+        default=None,
+        metavar="0,1|none",
+        help="local backend: the GPUs to use, each worker pinned to one by CUDA_VISIBLE_DEVICES "
+        "(default: every visible GPU; none: CPU only)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)"
     )
     p.add_argument(
         "--max-retries", type=int, default=None, help="retries of a failed job (default: the study's)"

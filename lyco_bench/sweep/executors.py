@@ -1,11 +1,14 @@
-"""Executors: run a plan's jobs locally (in-process or a process pool) or on Ray, resumably.
+"""Executors: run a plan's jobs locally (in-process or worker processes) or on Ray, resumably.
 
-One scheduler loop serves every backend: it submits jobs whose dependencies are done, up to
-``jobs`` at a time, retries failures up to ``max_retries`` times, and skips the dependents of a
-job that keeps failing. The unit of work, :func:`execute_job`, is the same everywhere: take the
-job's lock (``O_CREAT|O_EXCL``), re-check its done marker, run it, write the marker last, release
-the lock. A job locked by another live runner is left to that runner and waited for, so two
-runners on one store never do the same job twice.
+One scheduler loop serves every backend: it submits jobs whose dependencies are done, highest
+critical-path rank first, as long as the backend has room (``capacity`` jobs at once, and
+``fits``: a GPU with room for the job's share, lyco_bench.sweep.resources — a job that does not
+fit lets the next one, e.g. CPU-bound work, go ahead). It retries failures up to ``max_retries``
+times and skips the dependents of a job that keeps failing. The unit of work,
+:func:`execute_job`, is the same everywhere: take the job's lock, re-check its done marker, run
+it, write the marker last, release the lock. A job locked by another live runner is left to that
+runner and waited for, so two runners on one store never do the same job twice; one that stays
+busy is reported (lyco_bench.sweep.locks).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.locks import BusyWatch, holder_record, lock_holder
 from lyco_bench.sweep.planner import Job, Plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.utils import console, progress_bar, stable_hash
@@ -40,13 +43,17 @@ def execute_job(
         torch.set_num_threads(threads)
     job = Job.from_dict(job_data)
     store = StudyStore(Path(store_root))
+    before = lock_holder(store, job.id)
     lock = store.try_lock(job.id)
     if lock is None:
         return {"status": "busy", "job": job.id}
     try:
+        if before is not None and not before.released:  # a dead runner's lock, taken over
+            store.append_log({"job": job.id, "kind": job.kind, "event": "takeover", **holder_record(before)})
         if store.is_done(job.id, whole=True):  # finished by another runner since our check
             return {"status": "skipped", "job": job.id}
-        store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt})
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES")  # which device this worker was given (None: all)
+        store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt, "gpu": gpu})
         reset_global_rngs(job.id)
         start = time.perf_counter()
         outputs = run_stage(job, store)
@@ -85,56 +92,6 @@ def reset_global_rngs(job_id: str) -> None:
     torch.manual_seed(seed)
 
 
-# --- backends: submit(job, attempt) -> handle; wait(handles) -> finished handles -------------
-class InProcessBackend:
-    """Runs each job when submitted, in this process (GPU if present): the default."""
-
-    capacity = 1
-
-    def __init__(self, store: StudyStore, threads: int | None = None) -> None:
-        self.store = store
-        self.threads = threads
-
-    def submit(self, job: Job, attempt: int) -> Future:
-        fut: Future = Future()
-        fut.set_result(
-            execute_job(job.to_dict(), str(self.store.root), attempt=attempt, threads=self.threads)
-        )
-        return fut
-
-    def wait(self, handles: list[Future]) -> list[Future]:
-        return [h for h in handles if h.done()]
-
-    def result(self, handle: Future) -> dict:
-        return handle.result()
-
-    def close(self) -> None:
-        pass
-
-
-class ProcessPoolBackend(InProcessBackend):
-    """``--jobs N`` locally: N worker processes, each with cpu_count/N torch threads."""
-
-    def __init__(self, store: StudyStore, workers: int, threads: int | None = None) -> None:
-        import multiprocessing
-
-        super().__init__(store, threads or max(1, (os.cpu_count() or 1) // workers))
-        self.capacity = workers
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def submit(self, job: Job, attempt: int) -> Future:
-        return self.pool.submit(
-            execute_job, job.to_dict(), str(self.store.root), attempt=attempt, threads=self.threads
-        )
-
-    def wait(self, handles: list[Future]) -> list[Future]:
-        finished, _ = wait(handles, timeout=POLL_S, return_when=FIRST_COMPLETED)
-        return list(finished)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 @dataclass
 class RunSummary:
     """What one ``run`` did."""
@@ -163,6 +120,7 @@ class _State:
     blocked: list[str] = field(default_factory=list)
     durations: dict[str, list[float]] = field(default_factory=dict)
     priority: dict[str, float] = field(default_factory=dict)
+    watch: BusyWatch | None = None
 
 
 def critical_path_priority(plan: Plan) -> dict[str, float]:
@@ -216,19 +174,25 @@ def run_plan(
     plan: Plan,
     *,
     backend: str = "local",
-    jobs: int = 1,
+    jobs: int | None = None,
     address: str | None = None,
     max_retries: int = 1,
     threads: int | None = None,
+    gpus: list[str] | None = None,
     on_event: Callable[[str, Job, dict], None] | None = None,
 ) -> RunSummary:
-    """Run every job of ``plan`` that is not done yet; returns what happened."""
+    """Run every job of ``plan`` that is not done yet; returns what happened.
+
+    ``jobs``: the most jobs at once (None: local, one per CPU worker and GPU slot; Ray, what the
+    cluster's resources allow). ``gpus``: the local backend's GPUs (None: every visible one).
+    """
     start = time.perf_counter()
     done = plan.done_ids()
     state = _State(done=set(done), pending=[job for job in plan.jobs if job.id not in done])
     state.priority = critical_path_priority(plan)
+    state.watch = BusyWatch(plan.store)
     summary = RunSummary(total=len(plan.jobs), already_done=len(done))
-    runner = make_backend(backend, plan.store, jobs=jobs, address=address, threads=threads)
+    runner = make_backend(backend, plan.store, jobs=jobs, address=address, threads=threads, gpus=gpus)
     by_id = plan.by_id()
     try:
         with progress_bar() as bar:
@@ -251,6 +215,8 @@ def _loop(state, runner, summary, max_retries, *, bar, task, by_id, on_event) ->
         for job in _ready(state, busy_recheck=POLL_S * 4):
             if len(state.in_flight) >= runner.capacity:
                 break
+            if not runner.fits(job):  # no GPU room for it now: a job needing less (or none) may go
+                continue
             state.attempts[job.id] = state.attempts.get(job.id, 0) + 1
             bar.update(task, info=f"{job.kind} {job.name}")
             state.in_flight[runner.submit(job, state.attempts[job.id])] = job
@@ -295,12 +261,16 @@ def _recheck_busy(state: _State, store: StudyStore) -> None:
             state.done.add(job_id)
             state.pending = [job for job in state.pending if job.id != job_id]
             del state.busy_since[job_id]
+            if state.watch is not None:
+                state.watch.clear(job_id)
         elif not store.locked_by_other(job_id):
             del state.busy_since[job_id]
 
 
 def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retries: int) -> None:
     status = result["status"]
+    if state.watch is not None and status != "busy":
+        state.watch.clear(job.id)
     if status in ("done", "skipped"):
         state.done.add(job.id)
         state.pending = [j for j in state.pending if j.id != job.id]
@@ -309,6 +279,8 @@ def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retr
     elif status == "busy":
         state.attempts[job.id] -= 1
         state.busy_since[job.id] = time.monotonic()
+        if state.watch is not None:  # a lock that stays busy is reported, not waited on in silence
+            state.watch.busy(job.id, f"{job.kind} {job.name}")
     else:
         console.print(
             f"[red]failed[/red] {job.kind} {job.name} (attempt {state.attempts[job.id]}): "
@@ -318,24 +290,40 @@ def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retr
             state.failed[job.id] = result["error"]
 
 
-def check_backend_options(name: str, *, jobs: int = 1, threads: int | None = None) -> None:
+def check_backend_options(
+    name: str, *, jobs: int | None = None, threads: int | None = None, gpus: list[str] | None = None
+) -> None:
     """BadInput for executor options no backend accepts (checked before anything is written)."""
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise BadInput(f"--jobs: must be ≥ 1, got {jobs}")
     if threads is not None and threads < 1:
         raise BadInput(f"--threads: must be ≥ 1, got {threads}")
     if name not in ("local", "ray"):
         raise BadInput(f"--backend: unknown backend {name!r} (local or ray)")
+    if name == "ray" and gpus is not None:
+        raise BadInput("--gpus: the local backend's; on Ray each task gets the GPUs Ray assigns it")
 
 
 def make_backend(
-    name: str, store: StudyStore, *, jobs: int = 1, address: str | None = None, threads: int | None = None
+    name: str,
+    store: StudyStore,
+    *,
+    jobs: int | None = None,
+    address: str | None = None,
+    threads: int | None = None,
+    gpus: list[str] | None = None,
 ) -> Any:
-    check_backend_options(name, jobs=jobs, threads=threads)
-    if name == "local":
-        return InProcessBackend(store, threads) if jobs == 1 else ProcessPoolBackend(store, jobs, threads)
+    """The backend ``name``: local (in this process for one job at a time without GPUs, else worker
+    processes pinned to GPUs) or ray."""
+    check_backend_options(name, jobs=jobs, threads=threads, gpus=gpus)
     if name == "ray":
         from lyco_bench.sweep.ray_backend import RayBackend
 
         return RayBackend(store, jobs=jobs, address=address, threads=threads)
-    raise BadInput(f"--backend: unknown backend {name!r} (local or ray)")
+    from lyco_bench.sweep.local_backend import InProcessBackend, LocalBackend
+    from lyco_bench.sweep.resources import visible_gpus
+
+    gpus = visible_gpus() if gpus is None else gpus
+    if not gpus and (jobs or 1) == 1:
+        return InProcessBackend(store, threads)
+    return LocalBackend(store, gpus=gpus, jobs=jobs, threads=threads)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
+from lyco_bench.sweep.sources import pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
     GENERATED_DATASETS,
@@ -367,6 +368,7 @@ def build_plan(
     prepare = _prepare_jobs(study)
     if inputs is None:
         inputs = resolve_inputs(study, store, prepare=prepare, verify_images=verify_images, hasher=hasher)
+    study = pin_model(study, inputs.model)  # workers load the hub commit the ids hashed (params only)
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     shared = _shared_jobs(study, inputs, prepare)
     class_jobs = _class_jobs(study, inputs, base_deps)

@@ -10,6 +10,7 @@ content hash of its weight and config files, a hub id by the commit it resolves 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,37 +44,42 @@ def local_identity(path: Path, hasher: FileHasher) -> str:
     return f"{path.name}@{stable_hash(listing, length=16)}"
 
 
-def cached_hub_file(repo_id: str, filename: str) -> Path | None:
-    """The local copy of ``filename`` of hub repo ``repo_id`` in the Hugging Face cache, or None."""
+def cached_hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """The local copy of ``filename`` of hub repo ``repo_id`` (at ``revision``: a commit, branch or
+    tag; None: main) in the Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, filename)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
     except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
         return None
     return Path(found) if isinstance(found, str) else None
 
 
-def hub_identity(repo_id: str, marker: str, *, what: str) -> tuple[str, Path | None]:
-    """(``repo@commit``, the cached snapshot folder or None) of a hub repo holding ``marker``.
+def hub_identity(
+    repo_id: str, marker: str, *, what: str, revision: str | None = None
+) -> tuple[str, Path | None]:
+    """(``repo@commit``, the cached snapshot folder or None) of a hub repo holding ``marker``, at
+    ``revision`` (None: main). The commit is what a sweep's workers load (``repo@commit``).
 
     Offline and not cached → BadInput; online and not cached → the hub is asked for the commit.
     """
-    cached = cached_hub_file(repo_id, marker)
+    cached = cached_hub_file(repo_id, marker, revision)
     if cached is not None:
         snapshot = cached.parent
         while snapshot.parent.name != "snapshots" and snapshot != snapshot.parent:
             snapshot = snapshot.parent
         return f"{repo_id}@{snapshot.name}", snapshot
     if hub_offline():
+        at = f" at revision {revision}" if revision else ""
         raise BadInput(
-            f"{what} {repo_id!r}: not a local path, and not in the local Hugging Face cache "
+            f"{what} {repo_id!r}: not a local path, and not in the local Hugging Face cache{at} "
             "(HF_HUB_OFFLINE is set: download it first, or give a local folder)"
         )
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(repo_id, timeout=20)
+        info = HfApi().model_info(repo_id, revision=revision, timeout=20)
     except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors alike
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInput(
@@ -84,7 +90,13 @@ def hub_identity(repo_id: str, marker: str, *, what: str) -> tuple[str, Path | N
 
 def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
     """Check that ``value`` names a Stable Diffusion model the trainer supports; its identity."""
-    from lyco_bench.models import PICKLE_SUFFIXES, _looks_like_path, _single_file_kind, model_kind
+    from lyco_bench.models import (
+        PICKLE_SUFFIXES,
+        _looks_like_path,
+        _single_file_kind,
+        model_kind,
+        split_revision,
+    )
 
     path = Path(value).expanduser()
     if path.suffix in PICKLE_SUFFIXES:
@@ -99,12 +111,28 @@ def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
         return _supported(ModelSource(value, "folder", arch, local_identity(path, hasher)))
     if _looks_like_path(value):
         raise BadInput(f"model {value}: no such file or folder")
-    identity, snapshot = hub_identity(value, "model_index.json", what="model")
+    repo, revision = split_revision(value)
+    identity, snapshot = hub_identity(repo, "model_index.json", what="model", revision=revision)
     unet_config = snapshot / "unet" / "config.json" if snapshot is not None else None
     if unet_config is None or not unet_config.is_file():
-        unet_config = _download_small(value, "unet/config.json")
+        unet_config = _download_small(repo, "unet/config.json", identity.rpartition("@")[2])
     arch = model_kind(_read_json(unet_config, what=f"model {value}")) if unet_config else "sd1"
     return _supported(ModelSource(value, "hub", arch, identity))
+
+
+def pin_model(study: Any, model_identity: str) -> Any:
+    """The LoadedStudy with a hub model named ``repo@commit`` — the commit its job ids hashed — so
+    that every worker loads those weights, whatever the hub's main branch says by then. Local
+    models and built ones (``tiny:``) are returned unchanged; job params only, no id changes."""
+    from lyco_bench.models import split_revision
+
+    value = study.study.model
+    repo, _ = split_revision(value)
+    pinned_repo, _, commit = model_identity.rpartition("@")
+    if Path(value).expanduser().exists() or pinned_repo != repo or not commit:
+        return study
+    pinned = study.study.model_copy(update={"model": f"{repo}@{commit}"})
+    return dataclasses.replace(study, study=pinned)
 
 
 def _supported(source: ModelSource) -> ModelSource:
@@ -116,13 +144,13 @@ def _supported(source: ModelSource) -> ModelSource:
     return source
 
 
-def _download_small(repo_id: str, filename: str) -> Path | None:
+def _download_small(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
     if hub_offline():
         return None
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, filename))
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception:  # noqa: BLE001 - the arch check is then left to loading
         return None
 

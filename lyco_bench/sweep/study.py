@@ -277,7 +277,7 @@ class LoadedStudy:
 
 def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
     """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
-    study = _resolve_world(load_config(Study, path, overrides or []), source=str(path))
+    study = _absolute_paths(_resolve_world(load_config(Study, path, overrides or []), source=str(path)))
     configs = resolve_configs(study)
     reference = study.analysis.reference
     names = [name for config in configs for name, _ in config.evaluations()]
@@ -341,6 +341,50 @@ def _resolve_world(study: Study, *, source: str) -> Study:
             fields.setdefault(extra, shipped[extra])
     model = str(model_dir()) if study.model == WORLD_PREFIX else study.model
     return study.model_copy(update={"model": model, "encoders": fields})
+
+
+ENCODER_PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg", "hps", "hps_checkpoint")
+"""Encoder settings that may name a local file or folder (else a hub id, a tag or a name)."""
+
+
+def _absolute_paths(study: Study) -> Study:
+    """Local paths in a study, made absolute against the current directory, so that they mean the
+    same in every worker, whatever its own directory (docs/internals.md, "Paths in a study").
+
+    A value is a local path when it exists as one (model, dataset, encoder weights; ``~`` expanded),
+    or, for the prompt set, when it is a prompt set file (a path, or a bare name found in
+    ``./prompts/``; the package's own sets stay names). Hub ids, tags, ``tiny:``/``demo:``/``world:``
+    and paths that do not exist are left as written (a missing path is then reported as written).
+    Job ids hash content, never these strings: writing a path another way changes no job id.
+    """
+    update: dict[str, Any] = {"model": _absolute(study.model)}
+    if not generated_dataset(study.dataset):
+        update["dataset"] = _absolute(study.dataset)
+    update["encoders"] = {
+        k: _absolute(v) if k in ENCODER_PATH_FIELDS and isinstance(v, str) else v
+        for k, v in study.encoders.items()
+    }
+    prompt_set = _absolute_prompt_set(study.prompts.set)
+    if prompt_set != study.prompts.set:
+        update["prompts"] = study.prompts.model_copy(update={"set": prompt_set})
+    return study.model_copy(update=update)
+
+
+def _absolute(value: str) -> str:
+    path = Path(value).expanduser()
+    return os.path.abspath(path) if path.exists() else value
+
+
+def _absolute_prompt_set(value: str) -> str:
+    from lyco_bench.prompts import PROMPTS_DIR, find_prompt_set
+
+    try:
+        found = find_prompt_set(value)
+    except BadInput:
+        return value  # reported by the prompt set's own check
+    if Path(found).resolve().parent == PROMPTS_DIR.resolve():
+        return value  # one of the package's sets: the same by name in every worker
+    return os.path.abspath(found)
 
 
 def resolve_local_path(value: str, *, study_dir: Path, assets_name: str, prefix: str) -> str:

@@ -64,7 +64,9 @@ class RunConfig(StrictModel):
     warmup_steps: int = Field(3500, ge=0)
     """The paper's 3,500 steps; a tiny run (a few dozen steps) should override it."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    """``adamw8bit`` (the paper's) needs a CUDA GPU and bitsandbytes."""
+    """``adamw8bit`` (the paper's) needs bitsandbytes (``pip install 'lyco-bench[gpu]'``), checked
+    here, and a device bitsandbytes runs it on (CUDA; the CPU too with recent releases), checked
+    when the run's device is known (lyco_bench.training.optim)."""
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = Field(1e-8, gt=0)
@@ -132,6 +134,17 @@ class RunConfig(StrictModel):
             raise ValueError("epochs count from 1")
         return sorted(set(value))
 
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_available(cls, value: str) -> str:
+        if value == "adamw8bit":
+            from lyco_bench.training.optim import eight_bit_error
+
+            error = eight_bit_error()
+            if error is not None:
+                raise ValueError(error)
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -184,6 +197,10 @@ def resolve_device(config: RunConfig) -> torch.device:
     device = torch.device(name)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise BadInput("mixed_precision: fp16 needs a CUDA GPU (use 'no' or 'bf16')")
-    if config.optimizer == "adamw8bit" and device.type != "cuda":
-        raise BadInput("optimizer: adamw8bit needs a CUDA GPU (use 'adamw' on a CPU)")
+    if config.optimizer == "adamw8bit":
+        from lyco_bench.training.optim import eight_bit_error
+
+        error = eight_bit_error(device)
+        if error is not None:
+            raise BadInput(f"optimizer: {error}")
     return device

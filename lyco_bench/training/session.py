@@ -151,18 +151,13 @@ class Session:
     def _build_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
 
+        from lyco_bench.training.optim import make_optimizer
+
         cfg = self.config
         groups = self.net.parameter_groups(lr=cfg.lr, text_encoder_lr=cfg.text_encoder_lr)
         self.params = [p for group in groups for p in group["params"]]
         kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adamw8bit":
-            try:
-                import bitsandbytes as bnb
-            except ImportError:
-                raise BadInput("optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
-            self.optimizer = bnb.optim.AdamW8bit(groups, **kwargs)
-        else:
-            self.optimizer = torch.optim.AdamW(groups, **kwargs)
+        self.optimizer = make_optimizer(cfg.optimizer, groups, **kwargs)
         self.steps_per_epoch = len(self._batches(torch.Generator().manual_seed(0)))
         total = cfg.epochs * self.steps_per_epoch
         self.lr_scheduler = get_scheduler(

@@ -3,7 +3,9 @@
 Layout of ``ckpt-eNNN.state.safetensors``:
   tensors   ``param.00000`` …          trainable parameters in optimizer order (exact float32; the
                                        adapter file alone may not round-trip, e.g. native W − W0)
-            ``optim.<index>.<name>``    optimizer state tensors (AdamW: step, exp_avg, exp_avg_sq)
+            ``optim.<index>.<name>``    optimizer state tensors (AdamW: step, exp_avg, exp_avg_sq;
+                                       a nested mapping's as ``<name>.<key>``: bitsandbytes'
+                                       8-bit state1/state2/qmap/absmax sit in one)
             ``rng.<generator>``         the session's generator states as uint8 tensors (only
                                        those: training draws nothing from the global RNGs, so
                                        their state, which depends on what else ran in the process,
@@ -39,7 +41,7 @@ def save_state(session: Any, path: str | os.PathLike, *, epoch: int) -> None:
     opt_state = session.optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for index, entry in opt_state["state"].items():
-        for name, value in entry.items():
+        for name, value in _flatten(entry):
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{index}.{name}"] = value
             else:
@@ -58,6 +60,25 @@ def save_state(session: Any, path: str | os.PathLike, *, epoch: int) -> None:
     }
     # Sorted header (safetensors' own writer orders metadata by hash), atomic write.
     save_tensors(path, tensors, metadata)
+
+
+def _flatten(entry: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(``name`` or ``name.key``…, value) of an optimizer's per-parameter state, nested mappings
+    unrolled (names of torch's and bitsandbytes' states hold no dots)."""
+    items: list[tuple[str, Any]] = []
+    for name, value in entry.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{name}.")
+        else:
+            items.append((f"{prefix}{name}", value))
+    return items
+
+
+def _nest(state: dict[str, Any], name: str, value: Any) -> None:
+    *parents, leaf = name.split(".")
+    for parent in parents:
+        state = state.setdefault(parent, {})
+    state[leaf] = value
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -94,10 +115,10 @@ def load_state(session: Any, path: str | os.PathLike, *, name: str) -> None:
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, index, field = key.split(".", 2)
-            state.setdefault(int(index), {})[field] = value
+            _nest(state.setdefault(int(index), {}), field, value)
     for key, value in json.loads(metadata["optimizer_scalars"]).items():
         index, field = key.split(".", 1)
-        state.setdefault(int(index), {})[field] = value
+        _nest(state.setdefault(int(index), {}), field, value)
     groups = json.loads(metadata["optimizer_groups"])
     for group in groups:
         if "betas" in group:
