@@ -7,9 +7,11 @@ seed (docs/protocol.md §4: seed_base + i), and batches are planned per folder (
 image does not depend on what else is generated, nor on whether the run was interrupted.
 
 Files: ``<out>/<class>/<category>/<concept>[/<subclass>]/<prompt_index>-<seed>.png`` and
-``<out>/manifest.parquet`` (columns in docs/internals.md), both written atomically; the manifest
-is rewritten after every batch, so an interrupted run loses at most the batch in flight, and a
-rerun skips every image that is on disk and listed with the same prompt and seed.
+``<out>/manifest.parquet`` (columns in docs/internals.md), both written atomically. PNG encoding
+and the manifest rows go to a writer thread (``lyco_bench.generation_io``): each batch's rows are
+appended to a journal and the manifest is written once at the end, so an interrupted run loses at
+most the batches in flight, and a rerun skips every image that is on disk and listed (manifest or
+journal) with the same prompt and seed.
 """
 
 from __future__ import annotations
@@ -28,17 +30,18 @@ from pydantic import Field
 
 from lyco_bench.config import StrictModel, validate
 from lyco_bench.errors import BadInput
+from lyco_bench.generation_io import (  # noqa: F401 - MANIFEST_COLUMNS, save_png: this module's API
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    SETTING_COLUMNS,
+    ImageWriter,
+    read_manifest,
+    save_png,
+    write_manifest,
+)
 from lyco_bench.prompts import PROMPT_CLASSES, PromptItem, PromptSet, expand_prompts, load_prompt_set
-from lyco_bench.utils import atomic_path, console, default_device, progress_bar, stable_hash
+from lyco_bench.utils import console, default_device, progress_bar, stable_hash
 
-MANIFEST = "manifest.parquet"
-MANIFEST_COLUMNS = [
-    "file", "prompt", "clip_text", "prompt_class", "category", "concept", "subclass", "prompt_index",
-    "image_index", "seed", "group", "concepts", "checkpoint", "adapters", "model", "prompt_set",
-    "prompt_set_version", "sampler", "steps", "cfg", "width", "height", "negative_prompt",
-]  # fmt: skip
-# Columns that must agree between a manifest on disk and a rerun into the same folder.
-SETTING_COLUMNS = ["checkpoint", "adapters", "prompt_set_version", "sampler", "steps", "cfg", "width", "height", "negative_prompt"]  # fmt: skip
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OUTPUT_VERSION = 1
 """Bumped when a change here changes the images written for the same inputs (sweep job ids)."""
@@ -127,14 +130,6 @@ def _method_prompt(text: str, methods: Sequence[Any]) -> str:
     return text
 
 
-def save_png(array: Any, path: Path) -> None:
-    """PNG without timestamps or text chunks: same pixels → same bytes."""
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=6)
-
-
 def _adapter_label(adapters: Sequence[AdapterArg]) -> str:
     """``name@<sha256[:12]>:λ;…``: a retrained file under the same name is another adapter."""
     from lyco_bench.utils import sha256_file
@@ -144,43 +139,6 @@ def _adapter_label(adapters: Sequence[AdapterArg]) -> str:
         dyn = f":dyn={rank[0]}" if rank and rank[0] is not None else ""
         parts.append(f"{Path(path).name}@{sha256_file(path)[:12]}:{float(lam):g}{dyn}")
     return ";".join(parts)
-
-
-def _read_manifest(
-    out_dir: Path, settings: dict[str, Any], *, checked: Sequence[str] = SETTING_COLUMNS
-) -> dict[str, dict[str, Any]]:
-    import pandas as pd
-
-    path = out_dir / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several error types on a corrupt file
-        raise BadInput(
-            f"{path}: unreadable manifest ({type(exc).__name__}); remove it to start over"
-        ) from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        raise BadInput(f"{path}: not a lyco-bench manifest (no column {missing[0]!r})")
-    for col in checked:
-        values = set(df[col].tolist())
-        if values and values != {settings[col]}:
-            old = sorted(values, key=str)[0]
-            raise BadInput(
-                f"{path}: made with {col}={old!r}, this run has {settings[col]!r}; use another --out folder"
-            )
-    return {row["file"]: row for row in df.to_dict("records")}
-
-
-def _write_manifest(out_dir: Path, rows: dict[str, dict[str, Any]]) -> Path:
-    import pandas as pd
-
-    df = pd.DataFrame([rows[f] for f in sorted(rows)], columns=MANIFEST_COLUMNS)
-    path = out_dir / MANIFEST
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-    return path
 
 
 def _row(item: PromptItem, settings: dict[str, Any], prompt_set: PromptSet | None) -> dict[str, Any]:
@@ -276,7 +234,7 @@ def generate(
         **{k: getattr(sampler, k) for k in ("sampler", "steps", "cfg", "width", "height", "negative_prompt")},
     }
     checked = [c for c in SETTING_COLUMNS if not (exact and c == "prompt_set_version")]
-    rows = _read_manifest(out_dir, settings, checked=checked)
+    rows = read_manifest(out_dir, settings, checked=checked)
     done = {item.relpath for item in items if _is_done(item, rows, out_dir)}
     rows = {f: r for f, r in rows.items() if (out_dir / f).is_file()}
     if exact:
@@ -287,27 +245,27 @@ def generate(
         if any(i.relpath not in done for i in batch)
     ]
     if not todo:
-        return _write_manifest(out_dir, rows)
+        return write_manifest(out_dir, rows)
     if pipeline is None:
         pipeline = _load(model, device=device or default_device(), dtype=DTYPES[sampler.dtype])
     pipeline.scheduler = make_scheduler(pipeline, sampler.sampler)
     total = sum(i.relpath not in done for batch in todo for i in batch)
-    with _merged(pipeline, adapters) as methods, progress_bar() as bar:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _merged(pipeline, adapters) as methods, progress_bar() as bar, ImageWriter(out_dir) as writer:
         task = bar.add_task("generate", total=total, info=checkpoint_name)
         for batch in todo:
             # The whole batch is sampled even if some of it is on disk: its composition fixes
             # the float rounding, so a resumed run writes the same bytes as an uninterrupted one.
+            images = sample_batch(pipeline, batch, sampler, methods)
             missing = [
-                (item, image)
-                for item, image in zip(batch, sample_batch(pipeline, batch, sampler, methods), strict=True)
+                (item.relpath, image, _row(item, settings, prompt_set))
+                for item, image in zip(batch, images, strict=True)
                 if item.relpath not in done
             ]
-            for item, image in missing:
-                save_png(image, out_dir / item.relpath)
-                rows[item.relpath] = _row(item, settings, prompt_set)
-            manifest = _write_manifest(out_dir, rows)
+            writer.submit(missing)  # PNG encoding and the journal: on the writer's thread
+            rows.update((relpath, row) for relpath, _, row in missing)
             bar.update(task, advance=len(missing))
-    return manifest
+    return write_manifest(out_dir, rows)
 
 
 def _keep_only(

@@ -243,3 +243,89 @@ def test_global_rng_state_neither_changes_nor_is_changed_by_generation(pipe, ite
     _run(pipe, some, tmp_path / "b", adapters=[(adapter_file, 1.0)])
     assert torch.equal(torch.get_rng_state(), before)
     assert _pngs(tmp_path / "a") == _pngs(tmp_path / "b") and len(_pngs(tmp_path / "a")) == 2
+
+
+def test_killed_run_resumes_from_the_journal_with_identical_bytes(pipe, items, tmp_path, monkeypatch):
+    from lyco_bench import generation_io
+
+    _run(pipe, items, tmp_path / "whole")
+    out = tmp_path / "out"
+    real, calls = generation.sample_batch, []
+
+    def dies_on_second_batch(p, b, s, m=()):
+        calls.append(len(b))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is killed while sampling batch 2
+        return real(p, b, s, m)
+
+    monkeypatch.setattr(generation, "sample_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(pipe, items, out)
+    first = [i.relpath for i in plan_batches(items, 4)[0]]
+    assert not (out / "manifest.parquet").exists()  # never rewritten per batch
+    assert sorted(_pngs(out)) == sorted(first)  # batch 1 was written by the writer before it closed
+    assert [r["file"] for r in generation_io.read_journal(out)] == first
+    with open(out / generation_io.JOURNAL, "ab") as f:
+        f.write(b'{"file": "trigger/torn')  # a write torn by the kill
+    calls.clear()
+    monkeypatch.setattr(
+        generation, "sample_batch", lambda p, b, s, m=(): calls.append(len(b)) or real(p, b, s, m)
+    )
+    manifest = _run(pipe, items, out)
+    assert calls == [1, 2]  # batches 2 and 3 only
+    assert _pngs(out) == _pngs(tmp_path / "whole")
+    assert manifest.read_bytes() == (tmp_path / "whole" / "manifest.parquet").read_bytes()
+    assert not (out / generation_io.JOURNAL).exists()
+
+
+def test_manifest_written_once_per_call(pipe, items, tmp_path, monkeypatch):
+    writes = []
+    real = pd.DataFrame.to_parquet
+    monkeypatch.setattr(
+        pd.DataFrame, "to_parquet", lambda df, *a, **k: writes.append(len(df)) or real(df, *a, **k)
+    )
+    _run(pipe, items, tmp_path / "out")
+    assert len(plan_batches(items, 4)) == 3 and writes == [len(items)]
+
+
+def test_sampler_does_not_wait_for_png_writes(pipe, items, tmp_path, monkeypatch):
+    import threading
+
+    from lyco_bench import generation_io
+
+    second_batch = threading.Event()
+    events, real_sample, real_save = [], generation.sample_batch, generation_io.save_png
+
+    def sample(p, b, s, m=()):
+        if events:  # the first batch has been handed over: sampling goes on at once
+            second_batch.set()
+        events.append("sample")
+        return real_sample(p, b, s, m)
+
+    def slow_save(array, path):
+        # A writer on the sampling thread would wait here forever: batch 2 is never sampled.
+        assert second_batch.wait(timeout=60), "the sampler waited for the PNG writer"
+        events.append("png")
+        real_save(array, path)
+
+    monkeypatch.setattr(generation, "sample_batch", sample)
+    monkeypatch.setattr(generation_io, "save_png", slow_save)
+    _run(pipe, items, tmp_path / "out")
+    assert events[:2] == ["sample", "sample"] and events.count("png") == len(items)
+
+
+def test_writer_error_reaches_the_caller_and_damaged_journal_is_bad_input(pipe, items, tmp_path, monkeypatch):
+    from lyco_bench import generation_io
+
+    def full_disk(array, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generation_io, "save_png", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _run(pipe, items, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    monkeypatch.undo()
+    journal = tmp_path / "out" / generation_io.JOURNAL
+    journal.write_bytes(b'{"file": "a.png"\n{"file": "b.png"}\n')
+    with pytest.raises(BadInput, match=r"manifest.parquet.journal: line 1 is unreadable"):
+        _run(pipe, items, tmp_path / "out")

@@ -391,3 +391,50 @@ def test_paper_profile_averages_subclasses_and_cuts_alter_into_blocks(
     assert_close(float(alter["value"].iloc[0]), vendi_score(feats), rtol=1e-5, atol=1e-6)
     lyco_alter = _one(lyco, prompt_class="alter", concept="circle", metric="vendi")["value"]
     assert abs(float(alter["value"].iloc[0]) - lyco_alter) > 1e-6
+
+
+def test_loader_threads_give_the_one_thread_features_and_decode_each_file_once(
+    generated, tiny_encoders, monkeypatch
+):
+    """Prefetched batches (decoded and prepared in loader threads) equal encode_images on the
+    same batches bit for bit, and a second encoder reuses the first one's decoded pictures."""
+    from PIL import Image
+
+    from lyco_bench.metrics import features
+
+    images, _ = generated
+    paths = sorted(images.rglob("*.png"))
+    settings = EncoderSettings(**{**tiny_encoders, "batch_size": 5})
+    pool = EncoderPool(settings)
+    opened = []
+    real_open = features.open_image
+    monkeypatch.setattr(features, "open_image", lambda p: opened.append(p) or real_open(p))
+    for kind in ("dinov2", "clip", "vgg19"):
+        got = list(features.encode_batches(pool, kind, paths, ["crop"] * len(paths)))
+        assert [c for c, _ in got] == [
+            list(range(s, min(s + 5, len(paths)))) for s in range(0, len(paths), 5)
+        ]
+        for chunk, feats in got:
+            pictures = []
+            for i in chunk:
+                with Image.open(paths[i]) as im:
+                    pictures.append(im.convert("RGB"))
+            assert_close(feats, pool.get(kind).encode_images(pictures, "crop"), rtol=0, atol=0)
+    assert sorted(opened) == paths  # three encoders, each file decoded once
+    assert pool.passes["dinov2"] == pool.passes["clip"] == pool.passes["vgg19"] == len(paths)
+
+
+def test_decoded_pictures_stay_within_the_budget(generated):
+    from lyco_bench.metrics.features import DecodedImages
+
+    images, _ = generated
+    paths = sorted(images.rglob("*.png"))
+    first = DecodedImages().get(paths[0])
+    one = first.width * first.height * 3
+    decoded = DecodedImages(budget=2 * one)
+    for _ in range(2):
+        for p in paths[:4]:
+            decoded.get(p)
+    assert (
+        decoded.used == 2 * one and decoded.decodes == 4 + 2
+    )  # the first two kept, the others decoded twice

@@ -165,3 +165,104 @@ def test_critical_path_priority_starts_long_chains_first(tmp_path):
         by_name[("prepare", "tiny-model")]
         == c["prepare"] + c["generate"] + by_name[("train", "dreambooth-s1")]
     )
+
+
+# --- the cost model (lyco_bench/sweep/costs.py) ----------------------------------------------------
+@pytest.fixture(scope="module")
+def uneven_dataset(tmp_path_factory, demo_dataset_dir) -> Path:
+    """The demo dataset with some landscape images and one concept repeated 3 times."""
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    root = Path(shutil.copytree(demo_dataset_dir, tmp_path_factory.mktemp("uneven") / "data"))
+    for i, image in enumerate(sorted(root.rglob("*.png"))):
+        if i % 3 == 0:
+            Image.new("RGB", (96, 64), (i, 40, 90)).save(image)
+    spec = yaml.safe_load((root / "dataset.yaml").read_text())
+    first = sorted(spec["concepts"])[0]
+    spec["concepts"][first]["repeats"] = 3
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+def _cost_plan(tmp_path, model, dataset, extra=()):
+    overrides = [
+        f"model={model}", f"dataset={dataset}", "encoders.dino=tiny:", "encoders.clip=tiny:",
+        "encoders.vgg=tiny:", "seeds=[23]", "checkpoint_epochs=[1, 2]", "training.batch_size=3",
+        "training.resolution=64", "training.buckets={min: 32, max: 128, step: 16}",
+        "training.optimizer=adamw", "training.mixed_precision=no", *extra,
+    ]  # fmt: skip
+    study = load_study(PAPER, overrides)
+    return build_plan(study, StudyStore.open(tmp_path, study.name))
+
+
+def test_training_cost_counts_the_trainers_own_steps(tmp_path, tiny_model_dir, uneven_dataset):
+    import torch
+
+    from lyco_bench.sweep.costs import train_steps
+    from lyco_bench.training.config import RunConfig
+    from lyco_bench.training.session import Session
+
+    plan = _cost_plan(tmp_path, tiny_model_dir, uneven_dataset)
+    config = "1001-lora8a4"
+    run = plan.inputs.runs[config]
+    cfg = RunConfig(
+        model=str(tiny_model_dir), dataset=str(uneven_dataset), categories=run["categories"],
+        adapter={"algo": "lora", "dim": 4, "alpha": 2}, resolution=64, buckets=run["buckets"], batch_size=3,
+        epochs=2, checkpoint_epochs=[2], cache_dir=str(tmp_path / "cache"), seed=23,
+    )  # fmt: skip
+    session = Session(cfg, device=torch.device("cpu"))
+    steps = train_steps(plan, config)
+    assert len(steps) == 2 * session.steps_per_epoch  # the last checkpoint epoch × the trainer's batches
+    images = sum(c.repeats for c, _ in session.pairs)
+    assert sum(n for _, _, n in steps) == 2 * images and len({(w, h) for w, h, _ in steps}) == 2
+
+
+def test_encoder_flop_formulas_match_the_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Dinov2Config, Dinov2Model
+
+    from lyco_bench.metrics.encoders import vgg19_features
+    from lyco_bench.sweep.costs import vgg_flops, vit_flops
+
+    trunk = vgg19_features((4, 8, 8, 16, 16))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        trunk(torch.zeros(1, 3, 32, 32))
+    assert vgg_flops((4, 8, 8, 16, 16), 32) == counter.get_total_flops()
+    with torch.device("meta"):  # as the cost model counts: SDPA's attention matmuls included
+        vit = Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
+                                       patch_size=8, image_size=64)).eval()  # fmt: skip
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            vit(pixel_values=torch.zeros(1, 3, 64, 64))
+    patch_embedding = 2 * 64 * (3 * 8 * 8) * 64  # the patch conv, which the formula leaves out
+    assert vit_flops(2, 64, 8, 64) + patch_embedding == pytest.approx(counter.get_total_flops(), rel=1e-9)
+
+
+def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(tmp_path, tiny_model_dir, uneven_dataset, capsys):
+    from lyco_bench.cli import main
+    from lyco_bench.sweep.costs import estimate_costs, load_hardware, unet_forward_flops, vae_decode_flops
+
+    overrides = [
+        f"model={tiny_model_dir}", f"dataset={uneven_dataset}", "encoders.dino=tiny:", "encoders.clip=tiny:",
+        "encoders.vgg=tiny:", "seeds=[23]", "checkpoint_epochs=[1]",
+    ]  # fmt: skip
+    assert main(["plan", str(PAPER), *overrides, "--store", str(tmp_path), "--gpu", "a100"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out + printed.err  # the tables go to the console (stderr), the summary to stdout
+    assert "GPU-hours on one a100" in out and "\ntotal " in out and "generate efficiency: assumed" in out
+    # generation: images × (steps × 2 guided UNet passes + one VAE decode), at the sampler's size
+    plan = _cost_plan(tmp_path / "p", tiny_model_dir, uneven_dataset)
+    costs = estimate_costs(plan, load_hardware("a100"))
+    import json
+
+    unet = json.loads((tiny_model_dir / "unet" / "config.json").read_text())
+    vae = json.loads((tiny_model_dir / "vae" / "config.json").read_text())
+    s = plan.inputs.sampler
+    per_image = 25 * 2 * unet_forward_flops(unet, s["width"], s["height"]) + vae_decode_flops(vae, 512, 512)
+    assert costs["generate"].flops == pytest.approx(costs["generate"].units * per_image, rel=1e-12)
+    assert main(["plan", str(PAPER), *overrides, "--store", str(tmp_path), "--gpu", "tpu9"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu tpu9: not in" in err and "h100" in err

@@ -193,21 +193,19 @@ class DinoV2Encoder:
             profiles.use_hub_interpolation(self.model)
         self.id, self.label = dinov2_id(source, image_size, profile), source_label(self.kind, source)
 
-    @torch.no_grad()
+    def prepare(self, image: Image.Image, mode: str) -> torch.Tensor:
+        """One picture → its input tensor (thread-safe: scoring runs it in loader threads)."""
+        return preprocess(
+            image, mode=mode, size=self.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, profile=self.profile
+        )
+
     def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
-        x = torch.stack(
-            [
-                preprocess(
-                    im,
-                    mode=mode,
-                    size=self.image_size,
-                    mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD,
-                    profile=self.profile,
-                )
-                for im in images
-            ]
-        ).to(self.device)  # (B, 3, S, S)
+        return self.forward([self.prepare(im, mode) for im in images])
+
+    @torch.no_grad()
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Features of prepared inputs (``prepare``'s tensors), one batch."""
+        x = torch.stack(inputs).to(self.device)  # (B, 3, S, S)
         with profiles.encoding(self.profile, self.device):
             cls = self.model(pixel_values=x).last_hidden_state[:, 0]  # (B, D)
         return F.normalize(cls.float(), dim=-1).cpu()
@@ -259,17 +257,25 @@ class ClipEncoder:
         self.id = clip_id(model, pretrained, profile)
         self.label = source_label(self.kind, model) if local.is_dir() else f"clip:{model}/{pretrained}"
 
-    @torch.no_grad()
-    def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
+    def prepare(self, image: Image.Image, mode: str) -> torch.Tensor:
+        """One picture → its input tensor (thread-safe: scoring runs it in loader threads)."""
         if mode not in MODES:
             raise BadInput(f"mode {mode!r}: expected one of {', '.join(MODES)}")
         if self.profile == "paper":  # the paper's own copy of open_clip's transform (resize, then RGB)
-            x = [preprocess(im, mode=mode, size=self.image_size, mean=self.mean, std=self.std, profile="paper")
-                 for im in images]  # fmt: skip
-        else:
-            x = [self._transforms[mode](im.convert("RGB")) for im in images]
+            return preprocess(
+                image, mode=mode, size=self.image_size, mean=self.mean, std=self.std, profile="paper"
+            )
+        return self._transforms[mode](image.convert("RGB"))
+
+    def encode_images(self, images: list[Image.Image], mode: str) -> torch.Tensor:
+        return self.forward([self.prepare(im, mode) for im in images])
+
+    @torch.no_grad()
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Features of prepared inputs (``prepare``'s tensors), one batch."""
+        x = torch.stack(inputs).to(self.device)  # (B, 3, S, S)
         with profiles.encoding(self.profile, self.device):
-            feats = self.model.encode_image(torch.stack(x).to(self.device))  # (B, D)
+            feats = self.model.encode_image(x)  # (B, D)
         return F.normalize(feats.float(), dim=-1).cpu()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -417,12 +423,12 @@ class HpsEncoder(ClipEncoder):
         self.context_length = getattr(self.model, "context_length", 77)
         self.id, self.label = hps_id(model, checkpoint), hps_label(model, checkpoint)
 
-    @torch.no_grad()
+    def prepare(self, image: Image.Image, mode: str = "resize") -> torch.Tensor:
+        """One picture → its input tensor, whatever the mode (HPS's own preprocessing)."""
+        return hps_preprocess(image, size=self.image_size, mean=self.mean, std=self.std)
+
     def encode_images(self, images: list[Image.Image], mode: str = "resize") -> torch.Tensor:
-        x = torch.stack(
-            [hps_preprocess(im, size=self.image_size, mean=self.mean, std=self.std) for im in images]
-        ).to(self.device)  # (B, 3, S, S)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
+        return self.forward([self.prepare(im, mode) for im in images])
 
 
 def vgg19_features(widths: tuple[int, ...] = VGG19_WIDTHS) -> torch.nn.Sequential:
@@ -522,9 +528,16 @@ class VggGramEncoder:
         resize = profiles.paper_short_side if self.profile == "paper" else profiles.lyco_short_side
         return _normalize(_to_tensor(resize(image, self.short_side)), IMAGENET_MEAN, IMAGENET_STD)
 
-    @torch.no_grad()
+    def prepare(self, image: Image.Image, mode: str = "resize") -> torch.Tensor:
+        """One picture → its input tensor, whatever the mode (short side resized)."""
+        return self._tensor(image)
+
     def encode_images(self, images: list[Image.Image], mode: str = "resize") -> torch.Tensor:
-        tensors = [self._tensor(im) for im in images]
+        return self.forward([self.prepare(im, mode) for im in images])
+
+    @torch.no_grad()
+    def forward(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Gram features of prepared inputs, encoded one input shape at a time."""
         out: list[torch.Tensor | None] = [None] * len(tensors)
         for shape in sorted({t.shape for t in tensors}):
             idx = [i for i, t in enumerate(tensors) if t.shape == shape]

@@ -3,6 +3,8 @@
 ``image_features`` hashes each file, looks every (hash, encoder id, mode) up in the
 :class:`~lyco_bench.metrics.cache.FeatureCache` and encodes only the misses, in batches; an
 encoder is loaded the first time a miss needs it, so a fully cached run loads no model at all.
+Loader threads decode and preprocess the next batches while the encoder runs (``encode_batches``),
+and a pool's encoders share the decoded pictures (``DecodedImages``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class EncoderPool:
         self.loads: list[str] = []
         self.passes: Counter[str] = Counter()
         """Inputs each encoder has processed (images per kind, texts as ``clip-text``)."""
+        self.decoded = DecodedImages()
+        """Pictures decoded for one encoder, kept for the others."""
 
     def id(self, kind: str) -> str:
         s = self.settings
@@ -159,22 +163,82 @@ def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], 
     return keys, modes
 
 
+LOAD_WORKERS = 4
+"""Threads decoding and preprocessing pictures while the encoder runs (PIL and torch release the GIL)."""
+PREFETCH_BATCHES = 2
+"""Batches decoded ahead of the encoder."""
+DECODED_BUDGET = 2 << 30
+"""Bytes of decoded pictures kept for the other encoders (2 GiB: ~2,700 pictures of 512²)."""
+
+
+class DecodedImages:
+    """Decoded pictures shared by every encoder of a pool: a file read by several encoders is
+    decoded once while the budget lasts. Kept first come, never evicted (each encoder scans the
+    same files in the same order, where least-recently-used eviction would keep none)."""
+
+    def __init__(self, budget: int = DECODED_BUDGET):
+        import threading
+
+        self.budget, self.used, self.decodes = budget, 0, 0
+        self._images: dict[str, Image.Image] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Image.Image:
+        key = str(path)
+        with self._lock:
+            image = self._images.get(key)
+        if image is not None:
+            return image
+        image = open_image(path)
+        size = image.width * image.height * 3
+        with self._lock:
+            self.decodes += 1
+            if self.used + size <= self.budget and key not in self._images:
+                self._images[key] = image
+                self.used += size
+        return image
+
+
 def encode_batches(
     pool: EncoderPool, kind: str, paths: Sequence[Path], modes: Sequence[str], *, desc: str = ""
 ):
-    """Yield ``(indices, features)`` per batch, encoding ``paths[i]`` in ``modes[i]`` (misses only)."""
+    """Yield ``(indices, features)`` per batch, encoding ``paths[i]`` in ``modes[i]`` (misses only).
+
+    Loader threads decode and preprocess (``encoder.prepare``) the next ``PREFETCH_BATCHES``
+    batches while the encoder runs on this one; batches are the same as encoding in one thread,
+    so features do not depend on the threads.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     encoder = pool.get(kind)
     bs = pool.settings.batch_size
     by_mode = [[i for i in range(len(paths)) if modes[i] == m] for m in sorted(set(modes))]
-    with progress_bar(transient=True) as bar:
+    chunks = iter([group[s : s + bs] for group in by_mode for s in range(0, len(group), bs)])
+    prepare = getattr(encoder, "prepare", None)
+
+    def load(i: int):
+        image = pool.decoded.get(Path(paths[i]))
+        return prepare(image, modes[i]) if prepare is not None else image
+
+    with progress_bar(transient=True) as bar, ThreadPoolExecutor(LOAD_WORKERS, "lyco-bench-load") as loader:
         task = bar.add_task(f"encode {kind} {desc}".strip(), total=len(paths), info="")
-        for same_mode in by_mode:
-            for start in range(0, len(same_mode), bs):
-                chunk = same_mode[start : start + bs]
-                feats = encoder.encode_images([open_image(Path(paths[i])) for i in chunk], modes[chunk[0]])
-                pool.passes[kind] += len(chunk)
-                bar.update(task, advance=len(chunk))
-                yield chunk, feats
+        ahead: deque = deque()
+        for chunk in [c for _, c in zip(range(PREFETCH_BATCHES + 1), chunks, strict=False)]:
+            ahead.append((chunk, [loader.submit(load, i) for i in chunk]))
+        while ahead:
+            chunk, futures = ahead.popleft()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                ahead.append((nxt, [loader.submit(load, i) for i in nxt]))
+            inputs = [f.result() for f in futures]
+            if prepare is not None:
+                feats = encoder.forward(inputs)
+            else:
+                feats = encoder.encode_images(inputs, modes[chunk[0]])
+            pool.passes[kind] += len(chunk)
+            bar.update(task, advance=len(chunk))
+            yield chunk, feats
 
 
 def image_features(

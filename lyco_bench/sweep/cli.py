@@ -34,7 +34,12 @@ def load_plan(study_path: str, overrides: list[str], store_dir: str, *, verify_i
     return build_plan(study, store, verify_images=verify_images, hasher=hasher)
 
 
-def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False, stale_shown: int = 10) -> str:
+def print_plan(
+    plan: Plan, done: set[str], *, list_jobs: bool = False, hardware=None, stale_shown: int = 10
+) -> str:
+    """The plan's tables (jobs per kind, stale jobs, the finished store's size, and with
+    ``hardware`` — a :class:`lyco_bench.sweep.costs.Hardware` — the GPU-hours per stage); returns
+    the one-line summary."""
     from rich.table import Table
 
     from lyco_bench.sweep.stale import stale_reasons
@@ -69,6 +74,10 @@ def print_plan(plan: Plan, done: set[str], *, list_jobs: bool = False, stale_sho
             state = "done" if job.id in done else "stale" if job.id in stale else "left"
             console.print(f"{state:5s}  {job.id}", highlight=False)
     print_store_estimate(plan)
+    if hardware is not None:
+        from lyco_bench.sweep.costs import cost_table, estimate_costs
+
+        console.print(cost_table(estimate_costs(plan, hardware), hardware), highlight=False, soft_wrap=True)
     n_left = len(plan.jobs) - len(done)
     source = "recorded durations" if measured else "rough per-kind costs"
     return (
@@ -85,9 +94,14 @@ def print_store_estimate(plan: Plan) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    from lyco_bench.sweep.costs import DEFAULT_TABLE, load_hardware
+
+    hardware = None  # checked before the plan is built: a bad --gpu prints nothing else
+    if args.gpu != "none" and (args.gpu is not None or args.gpu_costs is not None or DEFAULT_TABLE.is_file()):
+        hardware = load_hardware(args.gpu or "h100", args.gpu_costs)
     plan = load_plan(args.study, args.overrides, args.store)
     done = plan.done_ids()
-    summary = print_plan(plan, done, list_jobs=args.list)
+    summary = print_plan(plan, done, list_jobs=args.list, hardware=hardware)
     print(f"{summary} [{time.perf_counter() - start:.2f} s]")
     return 0
 
@@ -170,6 +184,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(p)
     p.add_argument("--list", action="store_true", help="also list every job id with its state")
+    p.add_argument(
+        "--gpu", metavar="NAME",
+        help="print the study's GPU-hours per stage on this GPU (a row of --gpu-costs; default h100 "
+        "when the table is there; none: no estimate)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gpu-costs", metavar="YAML",
+        help="per-GPU peak and efficiency table (default: benchmarks/gpu_costs.yaml of the repository)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_plan)
 
     p = subparsers.add_parser(

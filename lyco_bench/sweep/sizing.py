@@ -240,17 +240,25 @@ def _meta_models(plan: Any) -> tuple[Any, Any] | None:
     return result
 
 
-def _model_configs(value: str) -> tuple[dict, dict] | None:
-    from lyco_bench.models import TINY_TEXT, TINY_UNET
-
+def model_folder(value: str) -> Path | None:
+    """The diffusers folder of a model: a local one, or the hub cache's copy; None if neither."""
     if value.startswith(TINY_PREFIX):
-        return dict(TINY_UNET), dict(TINY_TEXT)
+        return None
     folder = Path(value).expanduser()
     if not folder.is_dir():
         from lyco_bench.sweep.sources import cached_hub_file
 
         index = cached_hub_file(value, "model_index.json")
         folder = index.parent if index is not None else None
+    return folder
+
+
+def _model_configs(value: str) -> tuple[dict, dict] | None:
+    from lyco_bench.models import TINY_TEXT, TINY_UNET
+
+    if value.startswith(TINY_PREFIX):
+        return dict(TINY_UNET), dict(TINY_TEXT)
+    folder = model_folder(value)
     if folder is None:
         return None
     try:

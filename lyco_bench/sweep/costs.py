@@ -1,0 +1,339 @@
+"""What a study costs in GPU-hours per stage on given hardware (`lyco-bench plan --gpu NAME`).
+
+Work is counted in FLOPs from the plan itself, then divided by the hardware's throughput:
+
+- train: the real step count of each training job — every epoch's batches as the trainer cuts
+  them (``bucket_batches``: each image's bucket from its size, the concepts' repeats, the batch
+  size) up to the last checkpoint epoch — × 3 UNet forwards (forward + backward ≈ 3×) of a batch
+  at its bucket's size;
+- generate: per image, steps × UNet forwards (2 with classifier-free guidance) + one VAE decode;
+- encode / score: per encoder pass of an image, the encoder's forward.
+
+UNet and VAE FLOPs are counted by ``torch.utils.flop_counter`` on the study's own configs built
+on the ``meta`` device (no weights); encoder FLOPs from their architectures' configs (a ViT's
+per-layer matmuls, VGG's convolutions: ``vit_flops``, ``vgg_flops``).
+The hardware table (``benchmarks/gpu_costs.yaml``) gives each precision's dense peak and the
+fraction of it each stage reaches: measured by ``benchmarks/gpu_check.py`` where it says so,
+else an assumption it names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lyco_bench.errors import BadInput
+
+DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_costs.yaml"
+STAGES = ("train", "generate", "encode", "score")
+# (layers, width, patch) of the encoders' default architectures, when no config is at hand:
+# DINOv2-L/14, CLIP ViT-L/14, HPS v2.1's ViT-H/14.
+KNOWN_VITS = {"dinov2": (24, 1024, 14), "clip": (24, 1024, 14), "hps": (32, 1280, 14)}
+TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (two matmuls per forward matmul)
+# SD1.x's VAE (every SD1.x checkpoint's vae/config.json), when the model folder has none.
+SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One GPU: dense peak TFLOP/s per precision, and the fraction of it each stage reaches."""
+
+    name: str
+    peak_tflops: dict[str, float]
+    efficiency: dict[str, float]
+    sources: dict[str, str]
+    """Stage (or ``peak``) → where its figure comes from (measured by…, assumed because…)."""
+
+    def seconds(self, stage: str, flops: float, precision: str) -> float:
+        return flops / (self.peak_tflops[precision] * 1e12 * self.efficiency[stage])
+
+
+def load_hardware(name: str, table: str | Path | None = None) -> Hardware:
+    """The row ``name`` of the hardware table (YAML), checked; bad input names the file and field."""
+    from lyco_bench.config import read_yaml
+
+    path = Path(table) if table is not None else DEFAULT_TABLE
+    if not path.is_file():
+        raise BadInput(f"--gpu-costs {path}: no such file")
+    data = read_yaml(path)
+    if not isinstance(data, dict) or name not in data:
+        known = ", ".join(sorted(data)) if isinstance(data, dict) else "none"
+        raise BadInput(f"--gpu {name}: not in {path} (known: {known})")
+    row = data[name]
+    try:
+        peak = {str(k): float(v) for k, v in row["peak_tflops"].items()}
+        eff = {stage: float(row["efficiency"][stage]["value"]) for stage in STAGES}
+        sources = {stage: str(row["efficiency"][stage]["source"]) for stage in STAGES}
+        sources["peak"] = str(row["source"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(f"{path}: {name}: missing or bad field ({exc})") from None
+    for key in ("float32", "float16", "bfloat16"):
+        if not peak.get(key, 0) > 0:
+            raise BadInput(f"{path}: {name}.peak_tflops.{key}: must be a positive number")
+    for stage, value in eff.items():
+        if not 0 < value <= 1:
+            raise BadInput(f"{path}: {name}.efficiency.{stage}.value: must be in (0, 1]")
+    return Hardware(name=name, peak_tflops=peak, efficiency=eff, sources=sources)
+
+
+_FLOPS_CACHE: dict[str, float] = {}
+
+
+def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int | None = None) -> float:
+    """FLOPs of one UNet forward for one image of ``width``×``height`` pixels (77 text tokens)."""
+    key = json.dumps(["unet", unet_config, width, height], sort_keys=True, default=str)
+    if key not in _FLOPS_CACHE:
+        import torch
+        from diffusers import UNet2DConditionModel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_config)
+            cross = unet.config.cross_attention_dim
+            x = torch.empty(1, unet.config.in_channels, height // 8, width // 8)
+            text = torch.empty(1, 77, cross if isinstance(cross, int) else cross[0])
+            with FlopCounterMode(display=False) as counter:
+                unet(x, torch.tensor([1]), encoder_hidden_states=text)
+        _FLOPS_CACHE[key] = float(counter.get_total_flops())
+    return _FLOPS_CACHE[key]
+
+
+def vae_decode_flops(vae_config: dict, width: int, height: int) -> float:
+    """FLOPs of one VAE decode to a ``width``×``height`` image."""
+    key = json.dumps(["vae", vae_config, width, height], sort_keys=True, default=str)
+    if key not in _FLOPS_CACHE:
+        import torch
+        from diffusers import AutoencoderKL
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            vae = AutoencoderKL.from_config(vae_config)
+            z = torch.empty(1, vae.config.latent_channels, height // 8, width // 8)
+            with FlopCounterMode(display=False) as counter:
+                vae.decode(z)
+        _FLOPS_CACHE[key] = float(counter.get_total_flops())
+    return _FLOPS_CACHE[key]
+
+
+def train_steps(plan: Any, config: str) -> list[tuple[int, int, int]]:
+    """(width, height, images) of every optimizer step of one training job of ``config``: each
+    epoch's batches as ``bucket_batches`` cuts them, up to the study's last checkpoint epoch."""
+    from lyco_bench.data import assign_bucket, make_buckets
+
+    run = plan.inputs.runs[config]
+    buckets = make_buckets(run["resolution"], min_size=run["buckets"]["min"], max_size=run["buckets"]["max"],
+                           step=run["buckets"]["step"])  # fmt: skip
+    wanted = run.get("categories")
+    counts: dict[tuple[int, int], int] = {}
+    for category, width, height, repeats in dataset_images(plan):
+        if wanted is None or category in wanted:
+            bucket = assign_bucket(width, height, buckets)
+            counts[bucket] = counts.get(bucket, 0) + repeats
+    batch, epochs = run["batch_size"], max(plan.study.study.checkpoint_epochs)
+    steps = []
+    for (w, h), n in sorted(counts.items()):
+        full, last = divmod(n, batch)
+        steps += [(w, h, batch)] * full + ([(w, h, last)] if last else [])
+    return steps * epochs
+
+
+def dataset_images(plan: Any) -> list[tuple[str, int, int, int]]:
+    """(category, width, height, repeats) of the dataset's images: the folder's, read again for
+    the concepts' repeats; a dataset drawn by a prepare job (not there yet): its listed sizes."""
+    from lyco_bench.sweep.study import generated_dataset
+
+    value = str(plan.study.study.dataset)
+    if generated_dataset(value) is None and Path(value).is_dir():
+        from lyco_bench.data import load_dataset
+
+        dataset = load_dataset(value)
+        return [(c.category, i.width, i.height, c.repeats) for c, i in dataset.items()]
+    return [(cat, w, h, 1) for cat, w, h in plan.inputs.dataset_images]
+
+
+@dataclass
+class StageCost:
+    jobs: int
+    units: int
+    """Optimizer steps (train), images (generate), encoder passes of an image (encode, score)."""
+    flops: float
+    precision: str
+    seconds: float = 0.0
+
+
+def estimate_costs(plan: Any, hardware: Hardware) -> dict[str, StageCost]:
+    """FLOPs and GPU-seconds per stage for every job of ``plan`` (done or not)."""
+    configs = _configs(plan)
+    if configs is None:
+        raise BadInput(f"model {plan.study.study.model}: no UNet config to count FLOPs from")
+    unet_cfg, vae_cfg = configs
+    costs: dict[str, StageCost] = {}
+    train_precision = {"bf16": "bfloat16", "fp16": "float16"}
+    for job in plan.of_kind("train"):
+        config = job.params["config"]
+        run = plan.inputs.runs[config]
+        steps = train_steps(plan, config)
+        flops = sum(
+            TRAIN_FLOPS_PER_FORWARD * n * unet_forward_flops(unet_cfg, w, h)
+            for (w, h), n in _grouped(steps).items()
+        )
+        _add(costs, "train", len(steps), flops, train_precision.get(run["mixed_precision"], "float32"))
+    sampler = plan.inputs.sampler
+    w, h = sampler["width"], sampler["height"]
+    passes = sampler["steps"] * (2 if sampler["cfg"] > 1 else 1)
+    per_image = passes * unet_forward_flops(unet_cfg, w, h) + vae_decode_flops(vae_cfg, w, h)
+    for job in plan.of_kind("generate"):
+        n = _generated_images(plan, job)
+        _add(costs, "generate", n, n * per_image, sampler.get("dtype", "float32"))
+    per_pass = _encoder_flops(plan)
+    generated = sum(plan.inputs.images_per_class.values())
+    for _job in plan.of_kind("score"):
+        _add(costs, "score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
+    encode_jobs = plan.of_kind("encode")
+    if encode_jobs:
+        refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
+        base = sum(plan.inputs.base_images_per_class.values())
+        n = (refs + base) * len(per_pass)
+        _add(costs, "encode", n, (refs + base) * sum(per_pass.values()), "float32")
+        costs["encode"].jobs = len(encode_jobs)
+    for stage, cost in costs.items():
+        cost.seconds = hardware.seconds(stage, cost.flops, cost.precision)
+    return costs
+
+
+def cost_table(costs: dict[str, StageCost], hardware: Hardware) -> str:
+    """Per stage: jobs, units, PFLOP, precision, GPU-hours, and the total; sources below."""
+    lines = [f"{'GPU-hours on one ' + hardware.name:<22} {'jobs':>6} {'units':>12} {'PFLOP':>10} "
+             f"{'precision':>9} {'of peak':>7} {'GPU-h':>8}"]  # fmt: skip
+    for stage in STAGES:
+        if stage in costs:
+            c = costs[stage]
+            lines.append(f"{stage:<22} {c.jobs:>6,} {c.units:>12,} {c.flops / 1e15:>10,.1f} {c.precision:>9} "
+                         f"{hardware.efficiency[stage]:>7.0%} {_hours(c.seconds):>8}")  # fmt: skip
+    total = sum(c.seconds for c in costs.values()) / 3600
+    lines.append(f"{'total':<22} {'':>6} {'':>12} {sum(c.flops for c in costs.values()) / 1e15:>10,.1f} "
+                 f"{'':>9} {'':>7} {_hours(total * 3600):>8}")  # fmt: skip
+    lines.append(f"peak: {hardware.sources['peak']}")
+    for stage in STAGES:
+        lines.append(f"{stage} efficiency: {hardware.sources[stage]}")
+    return "\n".join(lines)
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:,.1f}" if hours >= 10 else f"{hours:.3g}"
+
+
+def _add(costs: dict[str, StageCost], stage: str, units: int, flops: float, precision: str) -> None:
+    if stage not in costs:
+        costs[stage] = StageCost(jobs=0, units=0, flops=0.0, precision=precision)
+    c = costs[stage]
+    c.jobs, c.units, c.flops = c.jobs + 1, c.units + units, c.flops + flops
+    if c.precision != precision:
+        c.precision = "mixed"
+
+
+def _grouped(steps: list[tuple[int, int, int]]) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    for w, h, n in steps:
+        out[(w, h)] = out.get((w, h), 0) + n
+    return out
+
+
+def _generated_images(plan: Any, job: Any) -> int:
+    target = job.params.get("target")
+    if target == "base":
+        return sum(plan.inputs.base_images_per_class.values())
+    if target == "class":
+        return len(job.spec.get("class_prompts", [])) * int(job.spec.get("images_per_prompt", 0))
+    return sum(plan.inputs.images_per_class.values())
+
+
+def vit_flops(layers: int, width: int, patch: int, image: int) -> float:
+    """One ViT forward: per layer and token 12·width² multiply-adds (QKV 3, output 1, MLP 8), and
+    2·tokens·width for attention (QKᵀ, AV); 2 FLOPs each. ViT-L/14 at 224 px: 1.62e11."""
+    tokens = (image // patch) ** 2 + 1
+    return 2.0 * layers * (12 * tokens * width**2 + 2 * tokens**2 * width)
+
+
+def vgg_flops(widths: tuple[int, ...], side: int) -> float:
+    """VGG19's convolutions up to conv5_1 on a ``side``² picture (3×3 kernels, 2 FLOPs a MAC)."""
+    from lyco_bench.metrics.encoders import _VGG19_LAYOUT
+
+    flops, channels, size = 0.0, 3, side
+    for item in (*_VGG19_LAYOUT, 4):  # conv5_1 closes the trunk
+        if item == "M":
+            size //= 2
+            continue
+        flops += 2.0 * 9 * channels * widths[item] * size * size
+        channels = widths[item]
+    return flops
+
+
+def _encoder_flops(plan: Any) -> dict[str, float]:
+    """FLOPs of one image's forward per encoder kind the study's metrics read."""
+    enc = plan.study.study.encoders
+    out = {}
+    for kind in plan.inputs.encoders:
+        if kind == "vgg19":
+            from lyco_bench.metrics.tiny import TINY_VGG_WIDTHS
+            from lyco_bench.sweep.sizing import VGG19_WIDTHS
+
+            tiny = str(enc.get("vgg", "")).startswith("tiny:")
+            out[kind] = vgg_flops(
+                TINY_VGG_WIDTHS if tiny else VGG19_WIDTHS, int(enc.get("vgg_short_side", 224))
+            )
+        elif kind in KNOWN_VITS:
+            out[kind] = vit_flops(*_vit_architecture(kind, enc))
+    return out
+
+
+def _vit_architecture(kind: str, enc: dict) -> tuple[int, int, int, int]:
+    """(layers, width, patch, image) of a ViT encoder from its config where one is at hand."""
+    from lyco_bench.metrics.tiny import TINY_CLIP_CONFIG
+
+    layers, width, patch = KNOWN_VITS[kind]
+    if kind == "dinov2":
+        image = int(enc.get("dino_image_size", 224))
+        value = str(enc.get("dino", ""))
+        config = Path(value).expanduser() / "config.json"
+        if value.startswith("tiny:"):
+            return 2, 32, 8, image
+        if config.is_file():
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+            return int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["patch_size"]), image
+        return layers, width, patch, image
+    value = str(enc.get(kind, ""))
+    vision = None
+    if value.startswith("tiny:"):
+        vision = TINY_CLIP_CONFIG["vision_cfg"]
+    elif (Path(value).expanduser() / "open_clip_config.json").is_file():
+        cfg = json.loads((Path(value).expanduser() / "open_clip_config.json").read_text(encoding="utf-8"))
+        vision = cfg.get("model_cfg", cfg)["vision_cfg"]
+    if vision is None:
+        return layers, width, patch, 224
+    return int(vision["layers"]), int(vision["width"]), int(vision["patch_size"]), int(vision["image_size"])
+
+
+def _configs(plan: Any) -> tuple[dict, dict] | None:
+    """(UNet config, VAE config) of the study's model: its folder's, SD1.x's VAE when it has none."""
+    from lyco_bench.sweep.sizing import _model_configs, model_folder
+
+    configs = _model_configs(plan.study.study.model)
+    if configs is None:
+        return None
+    from lyco_bench.models import TINY_VAE
+    from lyco_bench.sweep.study import TINY_PREFIX
+
+    value = plan.study.study.model
+    folder = model_folder(value)
+    vae = dict(TINY_VAE) if value.startswith(TINY_PREFIX) else dict(SD_VAE)
+    if folder is not None and (folder / "vae" / "config.json").is_file():
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    return configs[0], vae
