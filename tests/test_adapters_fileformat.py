@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from lyco_bench.adapters import AdapterSpec, inject, load_adapter
 from lyco_bench.adapters.fileformat import safetensors_bytes, save_tensors
-from lyco_bench.adapters.network import NormAdapter
+from lyco_bench.adapters.norm import NormAdapter
 from lyco_bench.errors import BadInput
 from tests.test_adapters_inject import (
     one_thread,  # noqa: F401 (autouse fixture)

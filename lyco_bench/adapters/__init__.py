@@ -17,7 +17,8 @@ from lyco_bench.adapters.base import (
 )
 from lyco_bench.adapters.fileformat import AdapterFile, load_adapter, save_tensors
 from lyco_bench.adapters.inject import AdapterSpec, find_targets, inject
-from lyco_bench.adapters.network import AdapterNetwork, NormAdapter
+from lyco_bench.adapters.network import AdapterNetwork
+from lyco_bench.adapters.norm import NormAdapter
 from lyco_bench.adapters.ops import (
     MergeHandle,
     combined_delta,

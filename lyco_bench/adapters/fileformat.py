@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lyco_bench.adapters.base import detect_algorithm
-from lyco_bench.adapters.network import NormAdapter
+from lyco_bench.adapters.norm import NormAdapter
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path
 

@@ -255,7 +255,8 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
     seeds torch before calling (initialization uses the global RNG, in target order).
     """
     from lyco_bench.adapters.base import AdapterModule
-    from lyco_bench.adapters.network import AdapterNetwork, NormAdapter
+    from lyco_bench.adapters.network import AdapterNetwork
+    from lyco_bench.adapters.norm import NormAdapter
 
     if not issubclass(get_algorithm(spec.algo), AdapterModule):
         raise BadInput(
