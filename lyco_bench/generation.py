@@ -29,7 +29,7 @@ from pydantic import Field
 from lyco_bench.config import StrictModel, validate
 from lyco_bench.errors import BadInput
 from lyco_bench.prompts import PROMPT_CLASSES, PromptItem, PromptSet, expand_prompts, load_prompt_set
-from lyco_bench.utils import atomic_path, console, default_device, progress_bar, stable_hash
+from lyco_bench.utils import atomic_path, console, cuda_fast_math, default_device, progress_bar, stable_hash
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = [
@@ -64,7 +64,7 @@ class SamplerSettings(StrictModel):
     """Sampling precision. ``auto`` resolves before anything is hashed or sampled
     (:meth:`resolved`): float16 on a CUDA device, float32 elsewhere; a sweep resolves it on the
     machine that plans it, so its job ids hold the precision the images are drawn in. What
-    stays float32 on CUDA runs with TF32 matmuls (:func:`cuda_fast_math`)."""
+    stays float32 on CUDA runs with TF32 matmuls (``utils.cuda_fast_math``)."""
 
     def resolved(self, device: str | torch.device) -> SamplerSettings:
         """These settings with ``auto`` replaced by the precision for ``device``."""
@@ -77,14 +77,6 @@ def auto_dtype(device: str | torch.device) -> str:
     """``auto`` sampling precision: float16 on CUDA (SD1.5 samples in half precision, 2–3× the
     float32 speed), float32 elsewhere (CPU half-precision kernels are slower, not faster)."""
     return "float16" if torch.device(device).type == "cuda" else "float32"
-
-
-def cuda_fast_math() -> None:
-    """TF32 tensor-core matmuls and convolutions for what stays float32 on CUDA (10 mantissa
-    bits in the products, float32 accumulation). Process-wide; a no-op without CUDA."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 AdapterArg = tuple[str | os.PathLike, float] | tuple[str | os.PathLike, float, int | None]

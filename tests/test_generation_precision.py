@@ -108,3 +108,19 @@ def test_tiny_pipeline_images_match_the_pipeline_drawing_its_own_noise(tiny_mode
         )  # fmt: skip
     theirs = (np.clip(np.asarray(out.images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
     assert np.array_equal(ours, theirs)
+
+
+def test_tf32_is_turned_on_only_where_cuda_is(monkeypatch):
+    from lyco_bench.utils import cuda_fast_math
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        cuda_fast_math()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        cuda_fast_math()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -33,9 +33,12 @@ class Session:
 
     def __init__(self, config: RunConfig, *, device: torch.device, pipeline: Any | None = None) -> None:
         from lyco_bench.models import load_pipeline
+        from lyco_bench.utils import cuda_fast_math
 
         self.config = config
         self.device = device
+        if device.type == "cuda":  # TF32 for what autocast leaves in fp32 (and fp32 training)
+            cuda_fast_math()
         self._load_data()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
         self.pipe.to(device)
