@@ -151,3 +151,14 @@ def test_backward_runs_in_the_forward_dtype(label, algo, settings, layer):
     assert not fp32, fp32
     assert all(p.grad.dtype == torch.float32 for p in m.parameters())
     assert x.grad.dtype == torch.float32
+
+
+def test_every_built_in_algorithm_has_a_case():
+    built_in = {
+        name
+        for name, cls in ALGORITHMS.items()
+        if isinstance(cls, type)
+        and issubclass(cls, AdapterModule)
+        and cls.__module__.startswith("lyco_bench.")
+    }
+    assert built_in <= {algo for _, algo, _ in CASES}
