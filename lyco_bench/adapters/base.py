@@ -26,7 +26,6 @@ parameter's dtype at the end, never re-promoted to fp32 on the way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, ValidationError
 from torch import nn
 
+from lyco_bench.adapters.amp import as_dtype, cast_grads, record_autocast, replay_autocast
 from lyco_bench.config import StrictModel, format_validation_error
 from lyco_bench.errors import BadInput
 
@@ -349,32 +349,6 @@ class _MergedForward(torch.autograd.Function):
         with replay_autocast(ctx):
             grad_x, grads = module.merged_backward(x, grad_out, input_grad=ctx.needs_input_grad[0])
         return (as_dtype(grad_x, ctx.input_dtype), None, *cast_grads(grads, ctx.param_dtypes))
-
-
-def record_autocast(ctx: Any, x: torch.Tensor) -> torch.dtype | None:
-    """Store the forward's autocast state on ``ctx`` (for :func:`replay_autocast`) and return
-    the autocast dtype, or None when autocast is off for ``x``'s device."""
-    device_type = x.device.type
-    on = torch.is_autocast_enabled(device_type) and x.is_floating_point()
-    ctx.autocast = (device_type, torch.get_autocast_dtype(device_type) if on else None)
-    ctx.input_dtype = x.dtype
-    return ctx.autocast[1]
-
-
-def replay_autocast(ctx: Any) -> AbstractContextManager:
-    """The forward's autocast state, for a custom Function's backward (``torch.amp.custom_bwd``
-    for the device type the forward ran on)."""
-    device_type, dtype = ctx.autocast
-    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def as_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
-
-
-def cast_grads(grads: Any, dtypes: list[torch.dtype]) -> list[torch.Tensor | None]:
-    """Gradients computed in the autocast dtype, cast to their parameters' own dtypes."""
-    return [None if g is None else g.to(d) for g, d in zip(grads, dtypes, strict=True)]
 
 
 def dense_input_grad(

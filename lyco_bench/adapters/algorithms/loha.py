@@ -23,22 +23,20 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
+from lyco_bench.adapters.amp import cast_grads, record_autocast, replay_autocast
 from lyco_bench.adapters.base import (
     AdapterModule,
     AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     alpha_tensor,
-    cast_grads,
     check_keys,
     check_shape,
     dense_input_grad,
     dense_weight_grad,
     paired_alpha,
     read_alpha,
-    record_autocast,
     register_algorithm,
-    replay_autocast,
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput

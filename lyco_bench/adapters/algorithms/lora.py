@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from lyco_bench.adapters.amp import as_dtype, cast_grads, replay_autocast
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
@@ -31,15 +32,12 @@ from lyco_bench.adapters.base import (
     CapacityRule,
     _MergedForward,
     alpha_tensor,
-    as_dtype,
-    cast_grads,
     check_keys,
     check_shape,
     matmul_cost,
     paired_alpha,
     read_alpha,
     register_algorithm,
-    replay_autocast,
     tokens,
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
