@@ -1,12 +1,18 @@
 """Adapter speed and memory on Stable Diffusion 1.5 layer shapes, next to LyCORIS and peft.
 
-For each algorithm at its paper default (docs/protocol.md §3) and five SD1.5 layers (batch 2, fp32, CPU)
-this measures, as multiples of the frozen layer alone (input requires grad, weights frozen):
+For each algorithm at its paper default (docs/protocol.md §3) and five SD1.5 layers (batch 2, fp32
+or under bf16/fp16 autocast, CPU or a CUDA device) this measures, as multiples of the frozen layer
+alone under the same precision (input requires grad, weights frozen):
 train forward+backward time, bytes saved for backward (torch.autograd.graph.saved_tensors_hooks,
 unique storages, parameters included), unmerged inference and merged inference time. Peers
 run in the same process, round-robin with ours, so load on the machine hits all alike.
 
     .venv/bin/python benchmarks/adapters.py [--quick] [--repeats N] [--layers attn320,conv640]
+        [--autocast bf16|fp16] [--device cuda]
+
+With ``--autocast`` every variant (ours, LyCORIS, peft, the frozen layer) runs its forward under
+``torch.autocast(device, dtype)`` with fp32 weights, as mixed-precision training does; the output
+gradient is given in the output's dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -160,9 +167,35 @@ class Result:
     dw_sized: int = 0
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Where and in which precision every variant runs."""
+
+    device: torch.device = torch.device("cpu")
+    autocast: torch.dtype | None = None
+
+    def precision(self) -> AbstractContextManager:
+        dtype = self.autocast or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> str:
+        precision = f"{self.autocast} autocast".replace("torch.", "") if self.autocast else "fp32"
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return f"{precision}, {name}"
+
+
+SETUP = Setup()
+
+
 def _timed(fn: Callable[[], object]) -> float:
+    SETUP.sync()
     t0 = time.perf_counter()
     fn()
+    SETUP.sync()
     return time.perf_counter() - t0
 
 
@@ -173,14 +206,16 @@ def train_step(model: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[
         for p in params:
             p.grad = None
         x.grad = None
-        model(x).backward(g)
+        with SETUP.precision():
+            y = model(x)
+        y.backward(g)
 
     return step
 
 
 def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), SETUP.precision():
             model(x)
 
     return step
@@ -207,7 +242,7 @@ def saved_for_backward(model: nn.Module, x: torch.Tensor, weight_shape: torch.Si
             dw_sized.add(ptr)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), SETUP.precision():
         y = model(x)
     del y
     return sum(storages.values()), act_bytes, len(dw_sized)
@@ -241,13 +276,14 @@ def run_layer(case: LayerCase, rows: list, *, repeats: int) -> dict[str, Result]
     """Per repeat and variant, the frozen layer and the variant are timed back to back, so each
     ratio compares two runs under the same machine load; results hold those paired ratios."""
     torch.manual_seed(0)
-    base = case.make().requires_grad_(False)
-    x = torch.randn(case.input_shape, requires_grad=True)
-    g = torch.randn_like(base(x))
+    base = case.make().requires_grad_(False).to(SETUP.device)
+    x = torch.randn(case.input_shape, device=SETUP.device, requires_grad=True)
+    with torch.no_grad(), SETUP.precision():
+        g = torch.randn_like(base(x))  # in the output's dtype
     frozen = copy.deepcopy(base)
     models: dict[str, nn.Module] = {}
     for label, _, build in rows:
-        model = build(copy.deepcopy(base))
+        model = build(copy.deepcopy(base)).to(SETUP.device)
         with torch.no_grad():  # non-zero factors, so no path can skip work on zeros
             for p in model.parameters():
                 if p.requires_grad:
@@ -332,7 +368,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--stat", choices=["median", "min"], default="median", help="statistic over repeats")
     parser.add_argument("--peers", default="lycoris,peft", help="peers to compare: lycoris,peft or none")
+    parser.add_argument(
+        "--autocast", choices=["bf16", "fp16"], default=None, help="run every variant under autocast"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or a CUDA device")
     args = parser.parse_args(argv)
+    global SETUP
+    SETUP = Setup(
+        torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.autocast]
+    )
     repeats = args.repeats or (3 if args.quick else 7)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -341,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         rows = [r for r in rows if "default]" not in r[0]]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, batch 2, {repeats} repeats"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SETUP.describe()}, batch 2, "
+        f"{repeats} repeats"
     )
     per_layer = {}
     for case in cases:

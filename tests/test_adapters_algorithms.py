@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lyco_bench.adapters.algorithms.loha import LoHaModule
 from lyco_bench.adapters.algorithms.lokr import LoKrModule, factorize
@@ -405,15 +406,17 @@ def test_alpha_defaults_to_dim_and_multiplier_zero_is_base():
 
 
 @pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
-def test_autocast_uses_the_plain_bypass_and_trains(algo):
+def test_autocast_keeps_the_merged_forward_and_trains(algo):
+    # (every algorithm and layer kind in detail: tests/test_adapters_autocast.py)
     torch.manual_seed(0)
     base = nn.Linear(16, 16).requires_grad_(False)
     m = ALGORITHMS[algo](base, dim=2)
     randomize(m)
-    x = torch.randn(64, 16, requires_grad=True)  # many rows: the merged forward would be chosen
+    x = torch.randn(64, 16, requires_grad=True)  # many rows: the merged forward is chosen
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not m.can_merge_forward(x)
+        assert m.can_merge_forward(x)
         y = m(x)
+    assert y.dtype == torch.bfloat16 and "Merged" in type(y.grad_fn).__name__
     y.float().sum().backward()
     assert all(p.grad is not None for p in m.parameters())
     ref = base(x) + m.bypass(x)
@@ -430,3 +433,62 @@ def test_host_to_moves_the_frozen_base_with_the_adapter():
     assert all(p.dtype == torch.float64 for p in module.parameters())
     out = host(torch.ones(2, 4, dtype=torch.float64))
     assert out.dtype == torch.float64
+
+
+class _RandomDraws(TorchDispatchMode):
+    """Records the device of every random fill and the source of every copy into a meta tensor."""
+
+    RANDOM = {"uniform_", "normal_", "random_", "bernoulli_", "exponential_", "randn", "rand"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: list[str] = []
+        self.copied: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.RANDOM:
+            out = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            self.devices.append(str(out.device) if out is not None else str((kwargs or {}).get("device")))
+        if name == "copy_" and args[0].device.type == "meta" and args[1].device.type == "cpu":
+            self.copied.append(args[1].clone())
+        return func(*args, **(kwargs or {}))
+
+
+INIT_CASES = [
+    ("lora", dict(dim=4)),
+    ("lora", dict(dim=4, use_tucker=True)),
+    ("loha", dict(dim=4)),
+    ("loha", dict(dim=4, use_tucker=True)),
+    ("lokr", dict(dim=2, factor=4, decompose_both=True)),
+    ("lokr", dict(dim=10000, factor=4)),
+    ("dylora", dict(dim=8, block_size=2)),
+    ("glora", dict(dim=4)),
+    ("glokr", dict(factor=4)),
+]
+
+
+@pytest.mark.parametrize(
+    ("algo", "settings"), INIT_CASES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(INIT_CASES)]
+)
+def test_init_draws_on_the_cpu_whatever_the_device(algo, settings):
+    """The same seed gives the same factors on any device: every random draw of construction
+    happens on a CPU tensor, and on another device ("meta" here, standing for CUDA) the layer
+    receives exactly the values a CPU-built layer holds."""
+    cpu_modules, drawn = [], []
+    for device in ("cpu", "meta"):
+        base = nn.Conv2d(16, 24, 3, padding=1, device=device).requires_grad_(False)
+        torch.manual_seed(5)
+        mode = _RandomDraws()
+        with mode:
+            m = ALGORITHMS[algo](base, **settings)
+        assert mode.devices and set(mode.devices) == {"cpu"}, mode.devices
+        (cpu_modules if device == "cpu" else drawn).append((m, mode.copied))
+    cpu_module, (meta_module, copied) = cpu_modules[0][0], drawn[0]
+    assert all(p.device.type == "meta" for p in meta_module.parameters())
+    random_params = [p for p in cpu_module.parameters() if p.abs().sum() > 0]
+    if algo == "dylora":  # one draw of the whole A, then split into blocks
+        random_params = [torch.cat(random_params)]
+    assert len(copied) == len(random_params) > 0
+    for want in random_params:  # (drawn in construction order, not registration order)
+        assert sum(torch.equal(got, want.detach()) for got in copied) == 1

@@ -14,6 +14,13 @@ one base op on the temporary W0 + λ·ΔW and saves only x for backward; backwar
 weight for dL/dx and gets the factors' gradients without a second pass through the layer
 (``merged_backward``). On large token counts this makes an adapter cost little more than the
 frozen layer; the benchmark is ``benchmarks/adapters.py``.
+
+Autocast (bf16/fp16 training): the merged forward stays the fast path. As autocast does for the
+base op, it runs in the autocast dtype: W0 + λ·ΔW is built in the parameters' dtype and cast, x
+is cast and saved in that dtype. Each custom ``autograd.Function`` records the forward's autocast
+state and runs its backward under the same state (what ``torch.amp.custom_bwd`` does, for any
+device type), so gradients are computed in the forward's dtype and only cast back to each
+parameter's dtype at the end, never re-promoted to fp32 on the way.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, ValidationError
 from torch import nn
 
+from lyco_bench.adapters.amp import as_dtype, cast_grads, record_autocast, replay_autocast
 from lyco_bench.config import StrictModel, format_validation_error
 from lyco_bench.errors import BadInput
 from lyco_bench.registry import Registry
@@ -149,6 +157,21 @@ class AdapterModule(nn.Module):
         w = self.base.weight
         return nn.Parameter(torch.empty(*shape, device=w.device, dtype=w.dtype))
 
+    @staticmethod
+    def init_(param: torch.Tensor, init: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Run a random ``nn.init`` function on ``param`` with draws from the CPU RNG.
+
+        The same seed gives the same factors whatever device the base layer lives on (a CUDA
+        RNG draws other numbers): the values are drawn into a CPU tensor of the parameter's
+        dtype and copied over. On the CPU this is ``init(param)`` itself.
+        """
+        if param.device.type == "cpu":
+            return init(param, *args, **kwargs)
+        cpu = torch.empty(param.shape, dtype=param.dtype)
+        init(cpu, *args, **kwargs)
+        with torch.no_grad():
+            return param.copy_(cpu)
+
     @classmethod
     def parse_options(
         cls,
@@ -200,7 +223,8 @@ class AdapterModule(nn.Module):
         """Backward of the merged forward: (dL/dx or None, dL/dθ for the trainable parameters)."""
         grad_x = None
         if input_grad:
-            with torch.no_grad():
+            # W0 + λΔW in the parameters' dtype, cast to g's by dense_input_grad (as in forward)
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 grad_x = dense_input_grad(self, x, self.merged_weight(), g)
         params = [p for p in self.parameters() if p.requires_grad]
         return grad_x, (self.merged_param_grads(x, g) if params else ())
@@ -286,10 +310,11 @@ class AdapterModule(nn.Module):
         return torch.add(self.base(x), self.bypass(x), alpha=self.multiplier)
 
     def can_merge_forward(self, x: torch.Tensor) -> bool:
-        """The merged forward needs a frozen base and no autocast (its backward runs outside it)."""
+        """The merged forward needs a frozen base (it saves no graph through W0); it holds under
+        autocast too (see the module docstring)."""
         b = self.base
         trained = b.weight.requires_grad or (b.bias is not None and b.bias.requires_grad)
-        return not trained and not torch.is_autocast_enabled(x.device.type)
+        return not trained
 
     def extra_repr(self) -> str:
         return f"algo={self.algo}, base={tuple(self.base.weight.shape)}, multiplier={self.multiplier}"
@@ -301,14 +326,20 @@ class _MergedForward(torch.autograd.Function):
     The merged weight is rebuilt in backward instead of saved, so nothing ΔW-sized outlives the
     forward. dL/dx = opᵀ(g; W0 + λΔW). The factors' gradients come either from the bypass graph
     re-run on the saved x (``grad_mode="bypass"``: λ·dL/dθ of ⟨g, bypass(x)⟩) or from the dense
-    dL/dW = λ·gᵀx backpropagated through ΔW(θ) (``grad_mode="dense"``).
+    dL/dW = λ·gᵀx backpropagated through ΔW(θ) (``grad_mode="dense"``). Under autocast the base
+    op runs in the autocast dtype and backward under the forward's autocast state.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: AdapterModule, *params: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            y = module.base_op(x, module.merged_weight(), module.base.bias)
-        ctx.module = module
+        dtype = record_autocast(ctx, x)
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            w, bias = module.merged_weight(), module.base.bias
+            if dtype is not None:  # as autocast casts a base op's operands
+                x, w = x.to(dtype), w.to(dtype)
+                bias = None if bias is None else bias.to(dtype)
+            y = module.base_op(x, w, bias)
+        ctx.module, ctx.param_dtypes = module, [p.dtype for p in params]
         ctx.save_for_backward(x)
         return y
 
@@ -316,21 +347,26 @@ class _MergedForward(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
         module: AdapterModule = ctx.module
-        grad_x, grads = module.merged_backward(x, grad_out, input_grad=ctx.needs_input_grad[0])
-        return (grad_x, None, *grads)
+        with replay_autocast(ctx):
+            grad_x, grads = module.merged_backward(x, grad_out, input_grad=ctx.needs_input_grad[0])
+        return (as_dtype(grad_x, ctx.input_dtype), None, *cast_grads(grads, ctx.param_dtypes))
 
 
 def dense_input_grad(
     module: AdapterModule, x: torch.Tensor, weight: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
+    """dL/dx of op(x, W) given g = dL/dy, in g's dtype (the forward's compute dtype)."""
     b = module.base
+    weight = weight.to(g.dtype)
     if isinstance(b, nn.Conv2d):
         return torch.nn.grad.conv2d_input(x.shape, weight, g, b.stride, b.padding, b.dilation)
     return g @ weight  # (…, out) @ (out, in) -> (…, in)
 
 
 def dense_weight_grad(module: AdapterModule, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """dL/dW of op(x, W) given g = dL/dy, in g's dtype (the forward's compute dtype)."""
     b = module.base
+    x = x.to(g.dtype)
     if isinstance(b, nn.Conv2d):
         return torch.nn.grad.conv2d_weight(x, b.weight.shape, g, b.stride, b.padding, b.dilation)
     # (N, out)ᵀ @ (N, in) -> (out, in)

@@ -188,7 +188,7 @@ class DoRAMixin(AdapterModule):
         r = self._channel_ratio(x)
         y = self.base(x)
         bias = self.base.bias
-        lin = y if bias is None else y - (bias.view(-1, 1, 1) if self.is_conv else bias)
+        lin = y if bias is None else y - (bias.view(-1, 1, 1) if self.is_conv else bias).to(y.dtype)
         delta = torch.addcmul(lin * (r - 1).to(y.dtype), self.update_bypass(x), r.to(y.dtype))
         return torch.add(y, delta, alpha=self.multiplier)
 

@@ -25,7 +25,7 @@ from typing import Any
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.hashing import FileHasher
 from lyco_bench.sweep.study import TINY_PREFIX, LoadedStudy, generated_dataset
-from lyco_bench.utils import stable_hash
+from lyco_bench.utils import default_device, stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
 _RUN_LOCAL_FIELDS = {
@@ -93,7 +93,8 @@ def resolve_inputs(
     s, src = study.study, study.source
     prepare = prepare or {}
     hasher = hasher or FileHasher()
-    sampler = validate(SamplerSettings, s.sampler, source=f"{src}: sampler")
+    # `auto` precision resolves here, on the machine that plans: job ids hold the one used
+    sampler = validate(SamplerSettings, s.sampler, source=f"{src}: sampler").resolved(default_device())
     settings = validate(EncoderSettings, s.encoders, source=f"{src}: encoders")
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)

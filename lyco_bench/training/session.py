@@ -33,9 +33,12 @@ class Session:
 
     def __init__(self, config: RunConfig, *, device: torch.device, pipeline: Any | None = None) -> None:
         from lyco_bench.models import load_pipeline
+        from lyco_bench.utils import cuda_fast_math
 
         self.config = config
         self.device = device
+        if device.type == "cuda":  # TF32 for what autocast leaves in fp32 (and fp32 training)
+            cuda_fast_math()
         self._load_data()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
         self.pipe.to(device)
@@ -116,10 +119,12 @@ class Session:
         cfg = self.config
         text_encoder = self.pipe.text_encoder if cfg.train_text_encoder else None
         cls = get_algorithm(cfg.adapter.algo)
-        # Adapter initialization (nn.init.*) draws from the global RNG: seed it from the run seed
-        # inside a fork, so the factors depend on the config alone and the caller's RNG state is
-        # neither read nor changed.
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []  # init may run there
+        # Adapter initialization draws from the global CPU RNG (AdapterModule.init_, whatever the
+        # device: the same job id gives the same factors on CPU and GPU): seed it from the run
+        # seed inside a fork, so the factors depend on the config alone and the caller's RNG
+        # state is neither read nor changed. The device's RNG is forked too, in case a method
+        # (lyco_bench.methods) draws there.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
             if is_model_method(cls):  # acts on the pipeline as a whole (TI, hypernetworks)

@@ -83,7 +83,7 @@ class DyLoRAModule(AdapterModule):
         )
         # The whole A at once, as LoRA initializes it: the same draws whatever the block size.
         down = torch.empty(self.dim, in_ch, *k, device=w.device, dtype=w.dtype)
-        nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+        self.init_(down, nn.init.kaiming_uniform_, a=math.sqrt(5))
         with torch.no_grad():
             for i, block in enumerate(self.down_blocks):
                 block.copy_(down[i * self.block_size : (i + 1) * self.block_size])

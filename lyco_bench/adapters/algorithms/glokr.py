@@ -137,7 +137,7 @@ class GLoKrModule(AdapterModule):
         kaiming = ("glokr_a1", "glokr_a1_a", "glokr_a1_b", "glokr_a2_a")
         for key in (*kaiming, "glokr_w1", "glokr_w1_a", "glokr_w1_b", "glokr_w2_a", "glokr_t2"):
             if hasattr(self, key):
-                nn.init.kaiming_uniform_(getattr(self, key), a=math.sqrt(5))
+                self.init_(getattr(self, key), nn.init.kaiming_uniform_, a=math.sqrt(5))
         nn.init.zeros_(self.glokr_a2 if self.a_layout.w2_rank is None else self.glokr_a2_b)
         nn.init.zeros_(self.glokr_w2 if self.w_layout.w2_rank is None else self.glokr_w2_b)
 

@@ -97,8 +97,8 @@ class GLoRAModule(AdapterModule):
         self.a2 = self._new(r, in_ch, *one)
         self.b1 = self._new(out_ch, r, *one)
         self.b2 = self._new(r, in_ch, *k)
-        nn.init.kaiming_uniform_(self.a1, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.b1, a=math.sqrt(5))
+        self.init_(self.a1, nn.init.kaiming_uniform_, a=math.sqrt(5))
+        self.init_(self.b1, nn.init.kaiming_uniform_, a=math.sqrt(5))
         nn.init.zeros_(self.a2)
         nn.init.zeros_(self.b2)
 

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
+from lyco_bench.adapters.amp import cast_grads, record_autocast, replay_autocast
 from lyco_bench.adapters.base import (
     AdapterModule,
     AlgorithmOptions,
@@ -86,16 +87,16 @@ class LoHaModule(DoRAMixin, AdapterModule):
             self.hada_w1_a, self.hada_w1_b = self._new(dim, out_ch), self._new(dim, in_ch)
             self.hada_w2_a, self.hada_w2_b = self._new(dim, out_ch), self._new(dim, in_ch)
             self.hada_t1, self.hada_t2 = self._new(dim, dim, *k), self._new(dim, dim, *k)
-            nn.init.normal_(self.hada_t1, std=0.1)
-            nn.init.normal_(self.hada_t2, std=0.1)
+            self.init_(self.hada_t1, nn.init.normal_, std=0.1)
+            self.init_(self.hada_t2, nn.init.normal_, std=0.1)
         else:
             fan_in = w[0].numel()
             self.hada_w1_a, self.hada_w1_b = self._new(out_ch, dim), self._new(dim, fan_in)
             self.hada_w2_a, self.hada_w2_b = self._new(out_ch, dim), self._new(dim, fan_in)
-        nn.init.normal_(self.hada_w1_a, std=0.1)
-        nn.init.normal_(self.hada_w1_b, std=1.0)
+        self.init_(self.hada_w1_a, nn.init.normal_, std=0.1)
+        self.init_(self.hada_w1_b, nn.init.normal_, std=1.0)
         nn.init.zeros_(self.hada_w2_a)
-        nn.init.normal_(self.hada_w2_b, std=1.0)
+        self.init_(self.hada_w2_b, nn.init.normal_, std=1.0)
 
     # --- maths -----------------------------------------------------------------------------
     def _side_params(self, j: int) -> tuple[nn.Parameter, ...]:
@@ -231,17 +232,23 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 class _HadamardDelta(torch.autograd.Function):
-    """ΔW = s·W1 ⊙ W2 saving only the factors; backward recomputes W1, W2 one at a time."""
+    """ΔW = s·W1 ⊙ W2 saving only the factors; backward recomputes W1, W2 one at a time.
+
+    Under autocast the products run in the autocast dtype (as autocast runs a matmul), and so
+    does backward (the forward's autocast state replayed); the factors' gradients are cast back
+    to their own dtype at the end."""
 
     @staticmethod
     def forward(ctx, module: LoHaModule, *params: torch.Tensor) -> torch.Tensor:
-        ctx.module = module
+        record_autocast(ctx, params[0])
+        ctx.module, ctx.param_dtypes = module, [p.dtype for p in params]
         with torch.no_grad():
             return module._side(1).mul_(module._side(2)).mul_(module.scale)
 
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor):
         module: LoHaModule = ctx.module
-        trainable = iter(module.update_vjp(grad_w))
-        grads = [next(trainable) if p.requires_grad else None for p in module.update_parameters()]
-        return (None, *grads)
+        with replay_autocast(ctx):
+            trainable = iter(module.update_vjp(grad_w))
+            grads = [next(trainable) if p.requires_grad else None for p in module.update_parameters()]
+        return (None, *cast_grads(grads, ctx.param_dtypes))

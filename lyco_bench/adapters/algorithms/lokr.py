@@ -261,7 +261,7 @@ class LoKrModule(DoRAMixin, AdapterModule):
             setattr(self, key, self._new(*shape))
         for key in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_t2"):
             if hasattr(self, key):
-                nn.init.kaiming_uniform_(getattr(self, key), a=math.sqrt(5))
+                self.init_(getattr(self, key), nn.init.kaiming_uniform_, a=math.sqrt(5))
         nn.init.zeros_(self.lokr_w2 if self.layout.w2_rank is None else self.lokr_w2_b)
 
     # --- maths -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from lyco_bench.adapters.amp import as_dtype, cast_grads, replay_autocast
 from lyco_bench.adapters.base import (
     MEMORY_WEIGHT,
     AdapterModule,
@@ -90,11 +91,11 @@ class LoRAModule(DoRAMixin, AdapterModule):
         if self.tucker:
             self.lora_down = self._new(dim, in_ch, 1, 1)
             self.lora_mid = self._new(dim, dim, *k)
-            nn.init.kaiming_uniform_(self.lora_mid, a=math.sqrt(5))
+            self.init_(self.lora_mid, nn.init.kaiming_uniform_, a=math.sqrt(5))
         else:
             self.lora_down = self._new(dim, in_ch, *k)
         self.lora_up = self._new(out_ch, dim, *((1, 1) if self.is_conv else ()))
-        nn.init.kaiming_uniform_(self.lora_down, a=math.sqrt(5))
+        self.init_(self.lora_down, nn.init.kaiming_uniform_, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up)
 
     # --- maths -----------------------------------------------------------------------------
@@ -239,33 +240,43 @@ class _MergedLoRA(_MergedForward):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        (x,) = ctx.saved_tensors
+        (x,) = ctx.saved_tensors  # in the forward's compute dtype, like g
         m: LoRAModule = ctx.module
-        down, up, base = m.lora_down, m.lora_up, m.base
-        s = m.scale * m.multiplier
-        grad_x = grad_down = grad_up = None
-        if ctx.needs_input_grad[0]:
-            w = m.merged_weight()
-            if m.is_conv:
-                grad_x = torch.nn.grad.conv2d_input(x.shape, w, g, base.stride, base.padding, base.dilation)
-            else:
-                grad_x = g @ w  # (…, out) @ (out, in)
-            del w
-        if not (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
-            return grad_x, None, None, None
+        with replay_autocast(ctx):
+            grad_x, grad_down, grad_up = _lora_backward(m, x, g, ctx.needs_input_grad)
+        grad_x = as_dtype(grad_x, ctx.input_dtype)
+        return grad_x, None, *cast_grads((grad_down, grad_up), ctx.param_dtypes)
+
+
+def _lora_backward(
+    m: LoRAModule, x: torch.Tensor, g: torch.Tensor, needs: tuple[bool, ...]
+) -> tuple[torch.Tensor | None, ...]:
+    """(dL/dx, dL/dA, dL/dB) of the merged LoRA forward, every product in g's dtype."""
+    base, dt = m.base, g.dtype
+    down, up = m.lora_down.to(dt), m.lora_up.to(dt)  # what autocast casts the factors to
+    s = m.scale * m.multiplier
+    grad_x = grad_down = grad_up = None
+    if needs[0]:
+        with torch.autocast(x.device.type, enabled=False):
+            w = m.merged_weight().to(dt)  # built in the parameters' dtype, cast as in forward
         if m.is_conv:
-            u = F.conv2d(x, down, None, base.stride, base.padding, base.dilation)  # (B, r, H', W')
-            v = F.conv2d(g, up.transpose(0, 1))  # (B, r, H', W')
-            grad_up = torch.einsum("bohw,brhw->or", g, u).mul_(s).view_as(up)
-            grad_down = torch.nn.grad.conv2d_weight(
-                x, down.shape, v, base.stride, base.padding, base.dilation
-            )
+            grad_x = torch.nn.grad.conv2d_input(x.shape, w, g, base.stride, base.padding, base.dilation)
         else:
-            # Thin products are written as M @ Kᵀ with K row-major and reductions over N as
-            # Pᵀ @ Q: MKL runs these layouts 2–4× faster than the transposed alternatives.
-            x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (N, in), (N, out)
-            u = x2 @ down.t()  # (N, r)
-            v = g2 @ up.t().contiguous().t()  # (N, r)
-            grad_up = (u.t() @ g2).t().mul_(s)  # (r, N) @ (N, out) -> (out, r)
-            grad_down = v.t() @ x2  # (r, N) @ (N, in)
-        return grad_x, None, grad_down.mul_(s), grad_up
+            grad_x = g @ w  # (…, out) @ (out, in)
+        del w
+    if not (needs[2] or needs[3]):
+        return grad_x, None, None
+    if m.is_conv:
+        u = F.conv2d(x, down, None, base.stride, base.padding, base.dilation)  # (B, r, H', W')
+        v = F.conv2d(g, up.transpose(0, 1))  # (B, r, H', W')
+        grad_up = torch.einsum("bohw,brhw->or", g, u).mul_(s).view_as(up)
+        grad_down = torch.nn.grad.conv2d_weight(x, down.shape, v, base.stride, base.padding, base.dilation)
+    else:
+        # Thin products are written as M @ Kᵀ with K row-major and reductions over N as
+        # Pᵀ @ Q: MKL runs these layouts 2–4× faster than the transposed alternatives.
+        x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (N, in), (N, out)
+        u = x2 @ down.t()  # (N, r)
+        v = g2 @ up.t().contiguous().t()  # (N, r)
+        grad_up = (u.t() @ g2).t().mul_(s)  # (r, N) @ (N, out) -> (out, r)
+        grad_down = v.t() @ x2  # (r, N) @ (N, in)
+    return grad_x, grad_down.mul_(s), grad_up
