@@ -1,16 +1,7 @@
 """Which layers an adapter trains, and putting adapter modules into a UNet and a text encoder.
 
-The preset rule (docs/protocol.md §1.1):
-  attn-only  attention projections of UNet transformer blocks (attn1/attn2 to_q/to_k/to_v/to_out.0)
-             and text-encoder self_attn q/k/v/out_proj
-  attn-mlp   every Linear/Conv2d inside the UNet's Transformer2DModel blocks (attention, ff,
-             proj_in/proj_out) + text-encoder attention and MLP (fc1/fc2)
-  full       every Linear and Conv2d of the UNet (ResNet convs, time embedding, samplers,
-             conv_in/out) + the text encoder as in attn-mlp; with ``train_norm`` also its norm layers
-  ia3        the layers (IA)³ rescales (Liu et al. 2022): attn1/attn2 to_k/to_v and ff.net.2 of
-             UNet transformer blocks + text-encoder self_attn k_proj/v_proj and mlp.fc2 (keys and
-             values scaled on their output, the feed-forward hidden activation on ff.net.2's and
-             fc2's input, as LyCORIS's ia3 preset)
+Presets (docs/protocol.md §1.1) are plug-ins (lyco_bench.adapters.presets): ``attn-only``,
+``attn-mlp`` (default), ``full``, and an algorithm's own (``ia3`` in algorithms/ia3.py).
 
 Module keys follow kohya/LyCORIS: ``lora_unet_<module path, dots → _>`` and
 ``lora_te_<path>``, where the text-encoder path starts at ``text_model.`` (the layout of
@@ -22,22 +13,18 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError, field_validator, model_validator
 from torch import nn
 
 from lyco_bench.adapters.base import ALGORITHMS, get_algorithm
+from lyco_bench.adapters.presets import PRESETS, LayerInfo
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
 
 UNET_PREFIX = "lora_unet"
 TE_PREFIX = "lora_te"
-ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-TE_ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
-TE_MLP = ("fc1", "fc2")
-IA3_ATTN_PROJECTIONS = ("to_k", "to_v")
-IA3_TE_ATTN_PROJECTIONS = ("k_proj", "v_proj")
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 
 
@@ -64,8 +51,8 @@ class AdapterSpec(StrictModel):
     conv_options: dict[str, Any] = {}
     """Settings for k×k conv layers (``conv_dim``, ``conv_alpha``, …): the linear settings with
     these changes when the algorithm is the same, as LyCORIS does; resolved like ``options``."""
-    preset: Literal["attn-only", "attn-mlp", "full", "ia3"] = "attn-mlp"
-    """Which layers are trained (module docstring)."""
+    preset: str = "attn-mlp"
+    """Which layers are trained: a name in ``lyco_bench.adapters.presets.PRESETS``."""
     include: list[str] = []
     """fnmatch patterns on module keys; when given, only matching modules are trained."""
     exclude: list[str] = []
@@ -73,7 +60,8 @@ class AdapterSpec(StrictModel):
     train_text_encoder: bool = True
     """Adapt the text encoder too (same layers as attn-mlp / attn-only)."""
     train_norm: bool = False
-    """With preset ``full``: also train the UNet's GroupNorm/LayerNorm weights (as the paper did)."""
+    """With a preset that allows it (``full``): also train the UNet's GroupNorm/LayerNorm weights
+    (as the paper did)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -96,6 +84,13 @@ class AdapterSpec(StrictModel):
             if isinstance(conv_algo, str | type(None)) and (same or conv_algo in ALGORITHMS):
                 data["conv_options"] = _resolve(conv_algo or algo, {**(options if same else {}), **conv})
         return data
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})")
+        return value
 
     @field_validator("algo", "conv_algo")
     @classmethod
@@ -163,58 +158,23 @@ def _children_paths(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.M
             yield path, root.get_submodule(parent_path), attr, module
 
 
-def _in_transformer_block(path: str, transformer_paths: list[str]) -> bool:
-    return any(path.startswith(prefix + ".") for prefix in transformer_paths)
-
-
-def _unet_selected(path: str, layer: nn.Module, preset: str, transformer_paths: list[str]) -> bool:
-    if preset == "full":
-        return True
-    if not _in_transformer_block(path, transformer_paths):
-        return False
-    if preset == "attn-mlp":
-        return True
-    # attn-only: to_q/to_k/to_v/to_out.0 of attn1/attn2 in the transformer blocks
-    # ia3: to_k/to_v of attn1/attn2 and ff.net.2 in the transformer blocks
-    parts = path.split(".")
-    if not isinstance(layer, nn.Linear):
-        return False
-    if preset == "ia3" and parts[-3:] == ["ff", "net", "2"]:
-        return True
-    tail = ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
-    owner = parts[-3] if parts[-1].isdigit() else parts[-2]
-    projections = IA3_ATTN_PROJECTIONS if preset == "ia3" else ATTN_PROJECTIONS
-    return tail in projections and owner in ("attn1", "attn2")
-
-
-def _te_selected(path: str, preset: str) -> bool:
-    parts = path.split(".")
-    if len(parts) < 2 or "layers" not in parts:
-        return False
-    if preset == "ia3":
-        attention = parts[-2] == "self_attn" and parts[-1] in IA3_TE_ATTN_PROJECTIONS
-        return attention or parts[-2:] == ["mlp", "fc2"]
-    if parts[-2] == "self_attn" and parts[-1] in TE_ATTN_PROJECTIONS:
-        return True
-    return preset != "attn-only" and parts[-2] == "mlp" and parts[-1] in TE_MLP
-
-
 def find_targets(unet: nn.Module | None, text_encoder: nn.Module | None, spec: AdapterSpec) -> list[Target]:
     """The layers ``spec`` adapts, UNet first, each in module-definition order."""
+    preset = PRESETS[spec.preset]
     targets: list[Target] = []
     if unet is not None:
-        transformer_paths = [p for p, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+        blocks = [p + "." for p, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
         for path, parent, attr, layer in _children_paths(unet):
-            wanted = isinstance(layer, (nn.Linear, nn.Conv2d)) and _unet_selected(
-                path, layer, spec.preset, transformer_paths
-            )
-            if spec.train_norm and spec.preset == "full" and isinstance(layer, NORM_TYPES):
+            wanted = False
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                wanted = preset.unet(LayerInfo(path, layer, any(path.startswith(b) for b in blocks)))
+            elif spec.train_norm and preset.norm and isinstance(layer, NORM_TYPES):
                 wanted = layer.weight is not None
             if wanted:
                 targets.append(Target(unet_key(path), parent, attr, layer, text_encoder=False))
     if text_encoder is not None and spec.train_text_encoder:
         for path, parent, attr, layer in _children_paths(text_encoder):
-            if isinstance(layer, nn.Linear) and _te_selected(path, spec.preset):
+            if isinstance(layer, nn.Linear) and preset.text_encoder(path):
                 targets.append(Target(te_key(text_encoder, path), parent, attr, layer, text_encoder=True))
     return [t for t in targets if _passes_filters(t.key, spec)]
 

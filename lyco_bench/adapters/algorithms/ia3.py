@@ -44,6 +44,7 @@ from lyco_bench.adapters.base import (
     check_shape,
     register_algorithm,
 )
+from lyco_bench.adapters.presets.base import LayerInfo, Preset, register_preset, te_layer
 from lyco_bench.errors import BadInput
 
 # Layers that read a feed-forward block's hidden activation (UNet transformer blocks, CLIP text
@@ -166,3 +167,29 @@ class IA3Module(AdapterModule):
     @classmethod
     def parameter_count(cls, tensors: dict[str, torch.Tensor]) -> int:
         return int(tensors["weight"].numel())  # ``on_input`` is a flag, not a parameter
+
+
+# --- the ``ia3`` preset: the layers (IA)³ rescales (Liu et al. 2022; LyCORIS's ia3 preset) --------
+def _ia3_unet(info: LayerInfo) -> bool:
+    """attn1/attn2 to_k/to_v and ff.net.2 (a Linear) of the UNet's transformer blocks."""
+    if info.parts[-3:] == ["ff", "net", "2"]:
+        return info.in_transformer_block and isinstance(info.layer, torch.nn.Linear)
+    return info.attention_projection(("to_k", "to_v"))
+
+
+def _ia3_text_encoder(path: str) -> bool:
+    """Text-encoder self_attn k_proj/v_proj and mlp.fc2."""
+    parts = te_layer(path)
+    if parts is None:
+        return False
+    return (parts[-2] == "self_attn" and parts[-1] in ("k_proj", "v_proj")) or parts[-2:] == ["mlp", "fc2"]
+
+
+register_preset(
+    Preset(
+        name="ia3",
+        unet=_ia3_unet,
+        text_encoder=_ia3_text_encoder,
+        description="keys, values and the feed-forward hidden activation, as (IA)³ rescales them",
+    )
+)
