@@ -59,6 +59,11 @@ def paired_alpha(data: Any, *, dim: int, alpha: float) -> Any:
     return data
 
 
+# The paper's learning-rate levels for the LyCORIS algorithms (docs/protocol.md §6): the ``lr_grid``
+# of every algorithm of the LyCORIS family.
+LYCORIS_LR_GRID = (1e-4, 5e-4, 1e-3)
+
+
 @dataclass(frozen=True)
 class CapacityRule:
     """How an algorithm's settings map to the analysis feature *Capacity* (the paper's levels).

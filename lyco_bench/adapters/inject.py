@@ -28,6 +28,9 @@ TE_PREFIX = "lora_te"
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 
 
+DEFAULT_ALGO = "lora"
+"""The algorithm of an ``adapter:`` block that names none (and of a study that has no block)."""
+
 # AdapterSpec's own fields; every other key of an ``adapter:`` block is a setting of its algorithm
 # (``conv_<setting>``: of the algorithm of k×k convolutions).
 SPEC_FIELDS = ("algo", "conv_algo", "preset", "include", "exclude", "train_text_encoder", "train_norm")
@@ -42,7 +45,7 @@ class AdapterSpec(StrictModel):
     algorithm's ``Options`` and stored resolved, every default filled in.
     """
 
-    algo: str = "lora"
+    algo: str = DEFAULT_ALGO
     """Algorithm for Linear and 1×1 conv layers (a name in ``ALGORITHMS``)."""
     options: dict[str, Any] = {}
     """The algorithm's settings (its ``Options``: dim, alpha, factor, …), all defaults resolved."""
@@ -77,7 +80,7 @@ class AdapterSpec(StrictModel):
                 conv[key[len("conv_") :]] = data.pop(key)
             else:
                 options[key] = data.pop(key)
-        algo, conv_algo = data.get("algo", "lora"), data.get("conv_algo")
+        algo, conv_algo = data.get("algo", DEFAULT_ALGO), data.get("conv_algo")
         if isinstance(algo, str) and algo in ALGORITHMS:
             data["options"] = _resolve(algo, options)
             same = conv_algo in (None, algo)

@@ -11,6 +11,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lyco_bench.adapters import ALGORITHMS, AdapterSpec
+from lyco_bench.adapters.inject import DEFAULT_ALGO
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
 
@@ -109,7 +110,7 @@ class RunConfig(StrictModel):
         if not isinstance(adapter, dict):
             return data  # let validation name the bad value
         adapter = dict(adapter)
-        algo = adapter.get("algo", "lora")
+        algo = adapter.get("algo", DEFAULT_ALGO)
         if algo in ALGORITHMS:  # an unknown one is named by AdapterSpec's own check
             data.setdefault("lr", ALGORITHMS[algo].default_lr)
         # One switch, two places: the adapter spec selects the layers, the trainer the lr groups.

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID, LoRAModule
+from lyco_bench.adapters.algorithms.lora import LoRAModule
 from lyco_bench.adapters.base import (
+    LYCORIS_LR_GRID,
     AdapterModule,
     AlgorithmOptions,
     BaseLayer,

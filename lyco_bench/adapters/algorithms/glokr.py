@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from lyco_bench.adapters.algorithms.lokr import KronLayout, KronOptions, kron_apply, kron_orders, kron_w2
-from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
+    LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
     BaseLayer,

@@ -22,9 +22,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.amp import cast_grads, record_autocast, replay_autocast
 from lyco_bench.adapters.base import (
+    LYCORIS_LR_GRID,
     AdapterModule,
     AlgorithmOptions,
     BaseLayer,

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lora import LYCORIS_LR_GRID
 from lyco_bench.adapters.base import (
+    LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
     AlgorithmOptions,

@@ -25,6 +25,7 @@ from torch import nn
 
 from lyco_bench.adapters.amp import as_dtype, cast_grads, replay_autocast
 from lyco_bench.adapters.base import (
+    LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
     AlgorithmOptions,
@@ -42,9 +43,6 @@ from lyco_bench.adapters.base import (
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.errors import BadInput
-
-# The paper's learning-rate levels for the LyCORIS algorithms (Yeh et al. 2024, §6).
-LYCORIS_LR_GRID = (1e-4, 5e-4, 1e-3)
 
 
 class LoRAOptions(AlgorithmOptions):
