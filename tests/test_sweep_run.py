@@ -208,7 +208,7 @@ def test_local_worker_processes(tmp_path):
     assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     assert (plan.store.assets_dir / "demo-dataset" / "dataset.yaml").is_file()
     # `tiny:` encoder fields resolve to the encoders in the store, with their tiny input sizes.
-    from lyco_bench.sweep.stages import encoder_settings
+    from lyco_bench.sweep.assets import encoder_settings
 
     settings = encoder_settings(tiny, plan.store)
     assert Path(settings.dino).is_dir() and Path(settings.clip).is_dir() and Path(settings.vgg).is_file()

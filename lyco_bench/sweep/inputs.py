@@ -236,7 +236,7 @@ def _encoder_identities(
 
 def _run_identity(study: LoadedStudy, config: Any, store: Any) -> dict[str, Any]:
     """The configuration's RunConfig as the trainer resolves it (BadInput naming the config)."""
-    from lyco_bench.sweep.stages import run_config_for_settings
+    from lyco_bench.sweep.assets import run_config_for_settings
 
     try:
         run = run_config_for_settings(study.study, config, seed=study.study.seeds[0], store=store)
