@@ -167,43 +167,62 @@ class StageCost:
     seconds: float = 0.0
 
 
-def estimate_costs(plan: Any, hardware: Hardware) -> dict[str, StageCost]:
-    """FLOPs and GPU-seconds per stage for every job of ``plan`` (done or not)."""
+def job_costs(plan: Any, hardware: Hardware) -> dict[str, tuple[str, int, float, str, float]]:
+    """Job id → (stage, units, FLOPs, precision, GPU-seconds) for every GPU job of ``plan``."""
     configs = _configs(plan)
     if configs is None:
         raise BadInput(f"model {plan.study.study.model}: no UNet config to count FLOPs from")
     unet_cfg, vae_cfg = configs
-    costs: dict[str, StageCost] = {}
+    out: dict[str, tuple[str, int, float, str]] = {}
     train_precision = {"bf16": "bfloat16", "fp16": "float16"}
     for job in plan.of_kind("train"):
         config = job.params["config"]
-        run = plan.inputs.runs[config]
         steps = train_steps(plan, config)
         flops = sum(
             TRAIN_FLOPS_PER_FORWARD * n * unet_forward_flops(unet_cfg, w, h)
             for (w, h), n in _grouped(steps).items()
         )
-        _add(costs, "train", len(steps), flops, train_precision.get(run["mixed_precision"], "float32"))
+        precision = train_precision.get(plan.inputs.runs[config]["mixed_precision"], "float32")
+        out[job.id] = ("train", len(steps), flops, precision)
     sampler = plan.inputs.sampler
     w, h = sampler["width"], sampler["height"]
     passes = sampler["steps"] * (2 if sampler["cfg"] > 1 else 1)
     per_image = passes * unet_forward_flops(unet_cfg, w, h) + vae_decode_flops(vae_cfg, w, h)
     for job in plan.of_kind("generate"):
         n = _generated_images(plan, job)
-        _add(costs, "generate", n, n * per_image, sampler.get("dtype", "float32"))
+        out[job.id] = ("generate", n, n * per_image, sampler.get("dtype", "float32"))
     per_pass = _encoder_flops(plan)
     generated = sum(plan.inputs.images_per_class.values())
-    for _job in plan.of_kind("score"):
-        _add(costs, "score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
+    for job in plan.of_kind("score"):
+        out[job.id] = ("score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
     encode_jobs = plan.of_kind("encode")
-    if encode_jobs:
-        refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
-        base = sum(plan.inputs.base_images_per_class.values())
-        n = (refs + base) * len(per_pass)
-        _add(costs, "encode", n, (refs + base) * sum(per_pass.values()), "float32")
-        costs["encode"].jobs = len(encode_jobs)
-    for stage, cost in costs.items():
-        cost.seconds = hardware.seconds(stage, cost.flops, cost.precision)
+    refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
+    shared = refs + sum(plan.inputs.base_images_per_class.values())
+    for job in encode_jobs:  # the shared images' passes, split evenly over the encode jobs
+        n = shared * len(per_pass) // len(encode_jobs)
+        out[job.id] = ("encode", n, shared * sum(per_pass.values()) / len(encode_jobs), "float32")
+    return {
+        job_id: (stage, units, flops, precision, hardware.seconds(stage, flops, precision))
+        for job_id, (stage, units, flops, precision) in out.items()
+    }
+
+
+def estimate_costs(plan: Any, hardware: Hardware, jobs: dict | None = None) -> dict[str, StageCost]:
+    """FLOPs and GPU-seconds per stage for every job of ``plan`` (done or not); ``jobs``: the
+    result of :func:`job_costs` when already computed."""
+    costs: dict[str, StageCost] = {}
+    for stage, units, flops, precision, seconds in (jobs or job_costs(plan, hardware)).values():
+        if stage not in costs:
+            costs[stage] = StageCost(jobs=0, units=0, flops=0.0, precision=precision)
+        c = costs[stage]
+        c.jobs, c.units, c.flops, c.seconds = (
+            c.jobs + 1,
+            c.units + units,
+            c.flops + flops,
+            c.seconds + seconds,
+        )
+        if c.precision != precision:
+            c.precision = "mixed"
     return costs
 
 
@@ -228,15 +247,6 @@ def cost_table(costs: dict[str, StageCost], hardware: Hardware) -> str:
 def _hours(seconds: float) -> str:
     hours = seconds / 3600
     return f"{hours:,.1f}" if hours >= 10 else f"{hours:.3g}"
-
-
-def _add(costs: dict[str, StageCost], stage: str, units: int, flops: float, precision: str) -> None:
-    if stage not in costs:
-        costs[stage] = StageCost(jobs=0, units=0, flops=0.0, precision=precision)
-    c = costs[stage]
-    c.jobs, c.units, c.flops = c.jobs + 1, c.units + units, c.flops + flops
-    if c.precision != precision:
-        c.precision = "mixed"
 
 
 def _grouped(steps: list[tuple[int, int, int]]) -> dict[tuple[int, int], int]:
