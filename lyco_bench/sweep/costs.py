@@ -94,7 +94,7 @@ def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int
         from torch.utils.flop_counter import FlopCounterMode
 
         with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_config)
+            unet = _meta_model("unet", unet_config, UNet2DConditionModel)
             cross = unet.config.cross_attention_dim
             x = torch.empty(1, unet.config.in_channels, height // 8, width // 8)
             text = torch.empty(1, 77, cross if isinstance(cross, int) else cross[0])
@@ -102,6 +102,17 @@ def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int
                 unet(x, torch.tensor([1]), encoder_hidden_states=text)
         _FLOPS_CACHE[key] = float(counter.get_total_flops())
     return _FLOPS_CACHE[key]
+
+
+_META_MODELS: dict[str, Any] = {}
+
+
+def _meta_model(kind: str, config: dict, cls: Any) -> Any:
+    """A weightless model built once per config (training buckets reuse it at every size)."""
+    key = json.dumps([kind, config], sort_keys=True, default=str)
+    if key not in _META_MODELS:
+        _META_MODELS[key] = cls.from_config(config)
+    return _META_MODELS[key]
 
 
 def vae_decode_flops(vae_config: dict, width: int, height: int) -> float:
@@ -113,7 +124,7 @@ def vae_decode_flops(vae_config: dict, width: int, height: int) -> float:
         from torch.utils.flop_counter import FlopCounterMode
 
         with torch.device("meta"):
-            vae = AutoencoderKL.from_config(vae_config)
+            vae = _meta_model("vae", vae_config, AutoencoderKL)
             z = torch.empty(1, vae.config.latent_channels, height // 8, width // 8)
             with FlopCounterMode(display=False) as counter:
                 vae.decode(z)
