@@ -83,11 +83,27 @@ def load_hardware(name: str, table: str | Path | None = None) -> Hardware:
 
 
 _FLOPS_CACHE: dict[str, float] = {}
+FLOPS_FILE = "flops.json"
+"""A store's remembered FLOP counts (config digest → FLOPs): counting on ``meta`` takes seconds."""
+
+
+def _key(what: list) -> str:
+    from lyco_bench.utils import stable_hash
+
+    return stable_hash(what)
+
+
+def _remembered(store_root: Path) -> dict[str, float]:
+    try:
+        data = json.loads((store_root / FLOPS_FILE).read_text(encoding="utf-8"))
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}  # absent or damaged: counted again
 
 
 def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int | None = None) -> float:
     """FLOPs of one UNet forward for one image of ``width``×``height`` pixels (77 text tokens)."""
-    key = json.dumps(["unet", unet_config, width, height], sort_keys=True, default=str)
+    key = _key(["unet", unet_config, width, height])
     if key not in _FLOPS_CACHE:
         import torch
         from diffusers import UNet2DConditionModel
@@ -117,7 +133,7 @@ def _meta_model(kind: str, config: dict, cls: Any) -> Any:
 
 def vae_decode_flops(vae_config: dict, width: int, height: int) -> float:
     """FLOPs of one VAE decode to a ``width``×``height`` image."""
-    key = json.dumps(["vae", vae_config, width, height], sort_keys=True, default=str)
+    key = _key(["vae", vae_config, width, height])
     if key not in _FLOPS_CACHE:
         import torch
         from diffusers import AutoencoderKL
@@ -184,6 +200,21 @@ def job_costs(plan: Any, hardware: Hardware) -> dict[str, tuple[str, int, float,
     if configs is None:
         raise BadInput(f"model {plan.study.study.model}: no UNet config to count FLOPs from")
     unet_cfg, vae_cfg = configs
+    remembered = _remembered(plan.store.root)
+    for key, value in remembered.items():
+        _FLOPS_CACHE.setdefault(key, value)
+    out = _job_flops(plan, unet_cfg, vae_cfg)
+    if not _FLOPS_CACHE.keys() <= remembered.keys() and plan.store.root.is_dir():
+        from lyco_bench.utils import atomic_write_json
+
+        atomic_write_json(plan.store.root / FLOPS_FILE, dict(sorted(_FLOPS_CACHE.items())))
+    return {
+        job_id: (stage, units, flops, precision, hardware.seconds(stage, flops, precision))
+        for job_id, (stage, units, flops, precision) in out.items()
+    }
+
+
+def _job_flops(plan: Any, unet_cfg: dict, vae_cfg: dict) -> dict[str, tuple[str, int, float, str]]:
     out: dict[str, tuple[str, int, float, str]] = {}
     train_precision = {"bf16": "bfloat16", "fp16": "float16"}
     for job in plan.of_kind("train"):
@@ -212,10 +243,7 @@ def job_costs(plan: Any, hardware: Hardware) -> dict[str, tuple[str, int, float,
     for job in encode_jobs:  # the shared images' passes, split evenly over the encode jobs
         n = shared * len(per_pass) // len(encode_jobs)
         out[job.id] = ("encode", n, shared * sum(per_pass.values()) / len(encode_jobs), "float32")
-    return {
-        job_id: (stage, units, flops, precision, hardware.seconds(stage, flops, precision))
-        for job_id, (stage, units, flops, precision) in out.items()
-    }
+    return out
 
 
 def estimate_costs(plan: Any, hardware: Hardware, jobs: dict | None = None) -> dict[str, StageCost]:
