@@ -430,7 +430,7 @@ def test_decoded_pictures_stay_within_the_budget(generated):
     images, _ = generated
     paths = sorted(images.rglob("*.png"))
     first = DecodedImages().get(paths[0])
-    one = first.width * first.height * 3
+    one = first.width * first.height * 4
     decoded = DecodedImages(budget=2 * one)
     for _ in range(2):
         for p in paths[:4]:

@@ -241,7 +241,9 @@ def test_encoder_flop_formulas_match_the_flop_counter():
     assert vit_flops(2, 64, 8, 64) + patch_embedding == pytest.approx(counter.get_total_flops(), rel=1e-9)
 
 
-def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(tmp_path, tiny_model_dir, uneven_dataset, capsys):
+def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(
+    tmp_path, tiny_model_dir, uneven_dataset, capsys, monkeypatch
+):
     from lyco_bench.cli import main
     from lyco_bench.sweep.costs import estimate_costs, load_hardware, unet_forward_flops, vae_decode_flops
 
@@ -249,10 +251,12 @@ def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(tmp_path, tiny_model_d
         f"model={tiny_model_dir}", f"dataset={uneven_dataset}", "encoders.dino=tiny:", "encoders.clip=tiny:",
         "encoders.vgg=tiny:", "seeds=[23]", "checkpoint_epochs=[1]",
     ]  # fmt: skip
+    (tmp_path / "paper").mkdir()  # a started store (plan never creates one): it remembers FLOP counts
     assert main(["plan", str(PAPER), *overrides, "--store", str(tmp_path), "--gpu", "a100"]) == 0
     printed = capsys.readouterr()
     out = printed.out + printed.err  # the tables go to the console (stderr), the summary to stdout
     assert "GPU-hours on one a100" in out and "\ntotal " in out and "generate efficiency: assumed" in out
+    assert "of work left (a100 cost model)" in out  # not the flat per-kind guess (3 h a training)
     # generation: images × (steps × 2 guided UNet passes + one VAE decode), at the sampler's size
     plan = _cost_plan(tmp_path / "p", tiny_model_dir, uneven_dataset)
     costs = estimate_costs(plan, load_hardware("a100"))
@@ -263,6 +267,23 @@ def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(tmp_path, tiny_model_d
     s = plan.inputs.sampler
     per_image = 25 * 2 * unet_forward_flops(unet, s["width"], s["height"]) + vae_decode_flops(vae, 512, 512)
     assert costs["generate"].flops == pytest.approx(costs["generate"].units * per_image, rel=1e-12)
+    from lyco_bench.sweep.costs import job_costs
+    from lyco_bench.sweep.planner import estimate_left
+
+    per_job = {job_id: c[4] for job_id, c in job_costs(plan, load_hardware("a100")).items()}
+    left, measured = estimate_left(plan, set(), per_job)
+    assert not measured and left["train"] == pytest.approx(costs["train"].seconds, rel=1e-12)
+    assert left["prepare"] == 30.0  # no GPU model for prepare jobs: the rough figure
+    # FLOP counts are remembered in the store: a later plan counts nothing again
+    from lyco_bench.sweep import costs as costs_module
+    from lyco_bench.sweep.cli import load_plan
+
+    cli_plan = load_plan(str(PAPER), overrides, str(tmp_path))  # the store `plan` printed above
+    assert (cli_plan.store.root / costs_module.FLOPS_FILE).is_file()
+    first = job_costs(cli_plan, load_hardware("a100"))
+    costs_module._FLOPS_CACHE.clear()
+    monkeypatch.setattr(costs_module, "_meta_model", lambda *a: pytest.fail("counted again"))
+    assert job_costs(cli_plan, load_hardware("a100")) == first
     assert main(["plan", str(PAPER), *overrides, "--store", str(tmp_path), "--gpu", "tpu9"]) == 2
     err = capsys.readouterr().err
     assert "--gpu tpu9: not in" in err and "h100" in err

@@ -168,7 +168,7 @@ LOAD_WORKERS = 4
 PREFETCH_BATCHES = 2
 """Batches decoded ahead of the encoder."""
 DECODED_BUDGET = 2 << 30
-"""Bytes of decoded pictures kept for the other encoders (2 GiB: ~2,700 pictures of 512²)."""
+"""Bytes of decoded pictures kept for the other encoders (2 GiB: ~2,000 pictures of 512²)."""
 
 
 class DecodedImages:
@@ -190,7 +190,7 @@ class DecodedImages:
         if image is not None:
             return image
         image = open_image(path)
-        size = image.width * image.height * 3
+        size = image.width * image.height * 4  # PIL stores an RGB pixel in 4 bytes
         with self._lock:
             self.decodes += 1
             if self.used + size <= self.budget and key not in self._images:

@@ -42,13 +42,20 @@ def print_plan(
     the one-line summary."""
     from rich.table import Table
 
+    from lyco_bench.sweep.costs import job_costs
+    from lyco_bench.sweep.planner import ROUGH_COST_S, rough_costs
     from lyco_bench.sweep.stale import stale_reasons
 
     stale = stale_reasons(plan, done)
     table = Table(title=f"plan {plan.study.name} ({plan.store.root})")
     for col in ("kind", "jobs", "done", "stale", "left", "work left"):
         table.add_column(col, justify="left" if col == "kind" else "right")
-    left_s, measured = estimate_left(plan, done)
+    jobs_cost = job_costs(plan, hardware) if hardware is not None else None
+    # The work left is the cost model's GPU time for a real model; the CPU demos keep their own
+    # measured per-kind figures (their jobs run on a CPU).
+    gpu_model = rough_costs(plan.study.study.model) is ROUGH_COST_S
+    job_seconds = {k: v[4] for k, v in jobs_cost.items()} if jobs_cost and gpu_model else None
+    left_s, measured = estimate_left(plan, done, job_seconds)
     for kind in KINDS:
         jobs = plan.of_kind(kind)
         if not jobs:
@@ -77,9 +84,16 @@ def print_plan(
     if hardware is not None:
         from lyco_bench.sweep.costs import cost_table, estimate_costs
 
-        console.print(cost_table(estimate_costs(plan, hardware), hardware), highlight=False, soft_wrap=True)
+        table = cost_table(estimate_costs(plan, hardware, jobs_cost), hardware)
+        console.print(table, highlight=False, soft_wrap=True)
     n_left = len(plan.jobs) - len(done)
     source = "recorded durations" if measured else "rough per-kind costs"
+    if hardware is not None:
+        source = (
+            f"recorded durations, else the {hardware.name} cost model"
+            if measured
+            else f"{hardware.name} cost model"
+        )
     return (
         f"plan {plan.study.name}: {len(plan.jobs)} jobs, {len(done)} done ({len(stale)} stale), {n_left} left, "
         f"~{_human(sum(left_s.values()))} of work left ({source})"

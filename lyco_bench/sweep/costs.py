@@ -83,18 +83,34 @@ def load_hardware(name: str, table: str | Path | None = None) -> Hardware:
 
 
 _FLOPS_CACHE: dict[str, float] = {}
+FLOPS_FILE = "flops.json"
+"""A store's remembered FLOP counts (config digest → FLOPs): counting on ``meta`` takes seconds."""
+
+
+def _key(what: list) -> str:
+    from lyco_bench.utils import stable_hash
+
+    return stable_hash(what)
+
+
+def _remembered(store_root: Path) -> dict[str, float]:
+    try:
+        data = json.loads((store_root / FLOPS_FILE).read_text(encoding="utf-8"))
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}  # absent or damaged: counted again
 
 
 def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int | None = None) -> float:
     """FLOPs of one UNet forward for one image of ``width``×``height`` pixels (77 text tokens)."""
-    key = json.dumps(["unet", unet_config, width, height], sort_keys=True, default=str)
+    key = _key(["unet", unet_config, width, height])
     if key not in _FLOPS_CACHE:
         import torch
         from diffusers import UNet2DConditionModel
         from torch.utils.flop_counter import FlopCounterMode
 
         with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_config)
+            unet = _meta_model("unet", unet_config, UNet2DConditionModel)
             cross = unet.config.cross_attention_dim
             x = torch.empty(1, unet.config.in_channels, height // 8, width // 8)
             text = torch.empty(1, 77, cross if isinstance(cross, int) else cross[0])
@@ -104,16 +120,27 @@ def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int
     return _FLOPS_CACHE[key]
 
 
+_META_MODELS: dict[str, Any] = {}
+
+
+def _meta_model(kind: str, config: dict, cls: Any) -> Any:
+    """A weightless model built once per config (training buckets reuse it at every size)."""
+    key = json.dumps([kind, config], sort_keys=True, default=str)
+    if key not in _META_MODELS:
+        _META_MODELS[key] = cls.from_config(config)
+    return _META_MODELS[key]
+
+
 def vae_decode_flops(vae_config: dict, width: int, height: int) -> float:
     """FLOPs of one VAE decode to a ``width``×``height`` image."""
-    key = json.dumps(["vae", vae_config, width, height], sort_keys=True, default=str)
+    key = _key(["vae", vae_config, width, height])
     if key not in _FLOPS_CACHE:
         import torch
         from diffusers import AutoencoderKL
         from torch.utils.flop_counter import FlopCounterMode
 
         with torch.device("meta"):
-            vae = AutoencoderKL.from_config(vae_config)
+            vae = _meta_model("vae", vae_config, AutoencoderKL)
             z = torch.empty(1, vae.config.latent_channels, height // 8, width // 8)
             with FlopCounterMode(display=False) as counter:
                 vae.decode(z)
@@ -167,43 +194,74 @@ class StageCost:
     seconds: float = 0.0
 
 
-def estimate_costs(plan: Any, hardware: Hardware) -> dict[str, StageCost]:
-    """FLOPs and GPU-seconds per stage for every job of ``plan`` (done or not)."""
+def job_costs(plan: Any, hardware: Hardware) -> dict[str, tuple[str, int, float, str, float]]:
+    """Job id → (stage, units, FLOPs, precision, GPU-seconds) for every GPU job of ``plan``."""
     configs = _configs(plan)
     if configs is None:
         raise BadInput(f"model {plan.study.study.model}: no UNet config to count FLOPs from")
     unet_cfg, vae_cfg = configs
-    costs: dict[str, StageCost] = {}
+    remembered = _remembered(plan.store.root)
+    for key, value in remembered.items():
+        _FLOPS_CACHE.setdefault(key, value)
+    out = _job_flops(plan, unet_cfg, vae_cfg)
+    if not _FLOPS_CACHE.keys() <= remembered.keys() and plan.store.root.is_dir():
+        from lyco_bench.utils import atomic_write_json
+
+        atomic_write_json(plan.store.root / FLOPS_FILE, dict(sorted(_FLOPS_CACHE.items())))
+    return {
+        job_id: (stage, units, flops, precision, hardware.seconds(stage, flops, precision))
+        for job_id, (stage, units, flops, precision) in out.items()
+    }
+
+
+def _job_flops(plan: Any, unet_cfg: dict, vae_cfg: dict) -> dict[str, tuple[str, int, float, str]]:
+    out: dict[str, tuple[str, int, float, str]] = {}
     train_precision = {"bf16": "bfloat16", "fp16": "float16"}
     for job in plan.of_kind("train"):
         config = job.params["config"]
-        run = plan.inputs.runs[config]
         steps = train_steps(plan, config)
         flops = sum(
             TRAIN_FLOPS_PER_FORWARD * n * unet_forward_flops(unet_cfg, w, h)
             for (w, h), n in _grouped(steps).items()
         )
-        _add(costs, "train", len(steps), flops, train_precision.get(run["mixed_precision"], "float32"))
+        precision = train_precision.get(plan.inputs.runs[config]["mixed_precision"], "float32")
+        out[job.id] = ("train", len(steps), flops, precision)
     sampler = plan.inputs.sampler
     w, h = sampler["width"], sampler["height"]
     passes = sampler["steps"] * (2 if sampler["cfg"] > 1 else 1)
     per_image = passes * unet_forward_flops(unet_cfg, w, h) + vae_decode_flops(vae_cfg, w, h)
     for job in plan.of_kind("generate"):
         n = _generated_images(plan, job)
-        _add(costs, "generate", n, n * per_image, sampler.get("dtype", "float32"))
+        out[job.id] = ("generate", n, n * per_image, sampler.get("dtype", "float32"))
     per_pass = _encoder_flops(plan)
     generated = sum(plan.inputs.images_per_class.values())
-    for _job in plan.of_kind("score"):
-        _add(costs, "score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
+    for job in plan.of_kind("score"):
+        out[job.id] = ("score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
     encode_jobs = plan.of_kind("encode")
-    if encode_jobs:
-        refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
-        base = sum(plan.inputs.base_images_per_class.values())
-        n = (refs + base) * len(per_pass)
-        _add(costs, "encode", n, (refs + base) * sum(per_pass.values()), "float32")
-        costs["encode"].jobs = len(encode_jobs)
-    for stage, cost in costs.items():
-        cost.seconds = hardware.seconds(stage, cost.flops, cost.precision)
+    refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
+    shared = refs + sum(plan.inputs.base_images_per_class.values())
+    for job in encode_jobs:  # the shared images' passes, split evenly over the encode jobs
+        n = shared * len(per_pass) // len(encode_jobs)
+        out[job.id] = ("encode", n, shared * sum(per_pass.values()) / len(encode_jobs), "float32")
+    return out
+
+
+def estimate_costs(plan: Any, hardware: Hardware, jobs: dict | None = None) -> dict[str, StageCost]:
+    """FLOPs and GPU-seconds per stage for every job of ``plan`` (done or not); ``jobs``: the
+    result of :func:`job_costs` when already computed."""
+    costs: dict[str, StageCost] = {}
+    for stage, units, flops, precision, seconds in (jobs or job_costs(plan, hardware)).values():
+        if stage not in costs:
+            costs[stage] = StageCost(jobs=0, units=0, flops=0.0, precision=precision)
+        c = costs[stage]
+        c.jobs, c.units, c.flops, c.seconds = (
+            c.jobs + 1,
+            c.units + units,
+            c.flops + flops,
+            c.seconds + seconds,
+        )
+        if c.precision != precision:
+            c.precision = "mixed"
     return costs
 
 
@@ -228,15 +286,6 @@ def cost_table(costs: dict[str, StageCost], hardware: Hardware) -> str:
 def _hours(seconds: float) -> str:
     hours = seconds / 3600
     return f"{hours:,.1f}" if hours >= 10 else f"{hours:.3g}"
-
-
-def _add(costs: dict[str, StageCost], stage: str, units: int, flops: float, precision: str) -> None:
-    if stage not in costs:
-        costs[stage] = StageCost(jobs=0, units=0, flops=0.0, precision=precision)
-    c = costs[stage]
-    c.jobs, c.units, c.flops = c.jobs + 1, c.units + units, c.flops + flops
-    if c.precision != precision:
-        c.precision = "mixed"
 
 
 def _grouped(steps: list[tuple[int, int, int]]) -> dict[tuple[int, int], int]:

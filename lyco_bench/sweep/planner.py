@@ -385,10 +385,16 @@ def build_plan(
     return Plan(study=study, store=store, jobs=jobs, inputs=inputs)
 
 
-def estimate_left(plan: Plan, done: set[str]) -> tuple[dict[str, float], bool]:
-    """Seconds of work left per kind, and whether any of it comes from recorded durations."""
+def estimate_left(
+    plan: Plan, done: set[str], job_seconds: dict[str, float] | None = None
+) -> tuple[dict[str, float], bool]:
+    """Seconds of work left per kind, and whether any of it comes from recorded durations.
+
+    A kind with no recorded duration costs each job its ``job_seconds`` (the cost model's GPU
+    time: lyco_bench.sweep.costs) where given, else the rough per-kind figure."""
     recorded = plan.store.durations_by_kind(done)
     rough = rough_costs(plan.study.study.model)
+    job_seconds = job_seconds or {}
     left: dict[str, float] = {}
     measured = False
     for job in plan.jobs:
@@ -399,7 +405,7 @@ def estimate_left(plan: Plan, done: set[str]) -> tuple[dict[str, float], bool]:
             measured = True
             cost = sum(durations) / len(durations)
         else:
-            cost = rough[job.kind]
+            cost = job_seconds.get(job.id, rough[job.kind])
         left[job.kind] = left.get(job.kind, 0.0) + cost
     return left, measured
 
