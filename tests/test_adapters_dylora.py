@@ -148,6 +148,7 @@ def test_cli_inspect_and_merge_take_a_rank(tmp_path, tiny_model_dir, capsys):
     assert "rank 9 is outside 1..4" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
+@pytest.mark.e2e
 def test_training_resumes_to_the_same_bytes(tmp_path, tiny_model_dir):
     """The rank drawn at each step depends on (seed, step) only: a resumed run matches."""
     from lyco_bench.data import make_demo_dataset
@@ -179,6 +180,7 @@ def test_training_resumes_to_the_same_bytes(tmp_path, tiny_model_dir):
     )
 
 
+@pytest.mark.e2e
 def test_a_study_evaluates_one_training_at_several_ranks(tmp_path, tiny_model_dir, demo_dataset_dir, capsys):
     import pandas as pd
     import yaml

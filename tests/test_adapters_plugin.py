@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

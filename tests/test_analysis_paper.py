@@ -9,6 +9,8 @@ import pytest
 from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis
 from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 IMG_IN = "Image Similarity (dinov2-l-fb-resize) (in)"
 IMG_OUT = "Image Similarity (dinov2-l-fb-resize) (out)"
 SCD_IN = "Squared Centroid Distance (dinov2-l-fb-resize) (in)"

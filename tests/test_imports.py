@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lyco_bench
+
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,8 @@ import pytest
 from lyco_bench.errors import BadInput
 from lyco_bench.prompts import PROMPTS_DIR, find_prompt_set, load_prompt_set
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lyco_bench"
 MIN_SETUPTOOLS = 77  # the build-system floor in pyproject.toml (SPDX license)

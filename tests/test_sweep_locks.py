@@ -133,6 +133,7 @@ def _lock_files(store: StudyStore, job_id: str) -> list[str]:
     return sorted(n for n in os.listdir(store.jobs_dir) if n.startswith(f"{job_id}.lock"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stale", STALE)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_racing_runners_on_a_stale_lock_exactly_one_wins(store, dead_pid, variant, stale):
@@ -147,6 +148,7 @@ def test_racing_runners_on_a_stale_lock_exactly_one_wins(store, dead_pid, varian
         assert not store.locked_by_other(job)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stale", STALE)
 def test_naive_takeover_lets_two_runners_win(store, dead_pid, stale):
     """The same race against remove-then-create: a late racer removes the winner's fresh lock."""

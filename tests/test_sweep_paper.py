@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from lyco_bench.cli import main
+
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper.yaml"

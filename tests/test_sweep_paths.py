@@ -15,6 +15,8 @@ from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
 from tests.test_sweep_run import micro_study
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_model_dir, demo_dataset_dir):

@@ -22,6 +22,8 @@ from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
 from tests.test_sweep_run import micro_study
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 OLD, NEW = "1" * 40, "2" * 40
 
 

@@ -20,6 +20,8 @@ from lyco_bench.sweep.planner import build_plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 PROMPTS = {
     "name": "micro",
     "version": "1",

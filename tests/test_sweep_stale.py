@@ -20,6 +20,8 @@ from lyco_bench.sweep.stale import stale_reasons
 from lyco_bench.sweep.store import StudyStore
 from tests.test_sweep_run import micro_study
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_model_dir, demo_dataset_dir):

@@ -71,6 +71,7 @@ def test_a_concept_without_a_class_is_refused(tiny_model_dir, demo_dataset_dir, 
         _session(tiny_model_dir, data, tmp_path, prior_loss_weight=1.0)
 
 
+@pytest.mark.e2e
 def test_prior_preservation_resumes_to_the_same_bytes(tiny_model_dir, dataset_with_class_folders, tmp_path):
     from lyco_bench.training import checkpoint_path, train
 
@@ -102,6 +103,7 @@ def test_prior_preservation_resumes_to_the_same_bytes(tiny_model_dir, dataset_wi
     )
 
 
+@pytest.mark.e2e
 def test_the_sweep_draws_class_images_once_for_every_configuration(
     tmp_path, tiny_model_dir, demo_dataset_dir
 ):

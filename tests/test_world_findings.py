@@ -21,6 +21,8 @@ import pytest
 
 from lyco_bench.cli import main
 
+pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"
 LORA_ONLY = [
