@@ -459,3 +459,22 @@ def test_training_trains_only_the_hypernetwork_and_resumes_exactly(
     for path in (checkpoint_path, state_path):
         assert path(resumed_dir, 3).read_bytes() == path(full_dir, 3).read_bytes()
     assert [attn.processor for _, attn in attention_layers(pipe.unet)] == processors
+
+
+def test_dropout_masks_come_from_a_cpu_generator_of_seed_step_layer_and_kv():
+    # The masks are drawn on the CPU whatever device x lives on, so a job gives the same training
+    # on any device: the generator is a CPU one, and the mask is what that generator draws.
+    from lyco_bench.methods.hypernetwork import Dropout
+
+    method = Hypernetwork()
+    assert method.dropout_generator("320", "k") is None  # outside the trainer: torch's global RNG
+    method.before_step(3, seed=7)
+    gen = method.dropout_generator("320", "k")
+    assert gen.device.type == "cpu"
+    x = torch.randn(4, 5, 6, dtype=torch.float64)
+    y = Dropout(0.25)(x, method.dropout_generator("320", "k"))
+    keep = torch.rand(x.shape, generator=gen) >= 0.25
+    assert torch.equal(y, x * keep.to(x.dtype) * (1 / 0.75))  # inverted dropout: kept × 1/(1 − p)
+    again = Dropout(0.25)(x, method.dropout_generator("320", "k"))  # a recomputation: same masks
+    other = Dropout(0.25)(x, method.dropout_generator("320", "v"))
+    assert torch.equal(y, again) and not torch.equal(y, other)

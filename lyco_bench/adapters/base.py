@@ -31,32 +31,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, ValidationError
 from torch import nn
 
 from lyco_bench.adapters.amp import as_dtype, cast_grads, record_autocast, replay_autocast
-from lyco_bench.config import StrictModel, format_validation_error
+from lyco_bench.adapters.options import AlgorithmOptions, Configurable
 from lyco_bench.errors import BadInput
 from lyco_bench.registry import Registry
 
 BaseLayer = nn.Linear | nn.Conv2d
-
-
-class AlgorithmOptions(StrictModel):
-    """An algorithm's own settings (dim, α, factor, …): one strict model per algorithm, a docstring
-    under each field. A study's ``adapter:`` block is validated against the chosen algorithm's
-    model, so a new option touches only its algorithm's file."""
-
-    model_config = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
-
-
-def paired_alpha(data: Any, *, dim: int, alpha: float) -> Any:
-    """Default α for a (dim, α) pair: the algorithm's default pair when neither is given, α = dim
-    (scale 1, as kohya and LyCORIS read a file without alpha) when only dim is."""
-    if isinstance(data, dict) and data.get("alpha") is None:
-        data = {**data, "alpha": float(data["dim"]) if "dim" in data else alpha}
-        data.setdefault("dim", dim)
-    return data
 
 
 # The paper's learning-rate levels for the LyCORIS algorithms (docs/protocol.md §6): the ``lr_grid``
@@ -83,7 +65,7 @@ class CapacityRule:
     fold_into_algo: bool = False
 
 
-class AdapterModule(nn.Module):
+class AdapterModule(Configurable, nn.Module):
     """One adapted layer. Subclasses define parameters, init (ΔW = 0) and ΔW.
 
     Class attributes:
@@ -112,11 +94,9 @@ class AdapterModule(nn.Module):
     fields as keyword arguments (an unknown one is BadInput naming the algorithm).
     """
 
-    algo: ClassVar[str]
     file_keys: ClassVar[frozenset[str]]
     detect_keys: ClassVar[frozenset[str]]
     grad_mode: ClassVar[str] = "bypass"
-    Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
     default_lr: ClassVar[float] = 5e-4
     merges_exactly: ClassVar[bool] = True
     capacity: ClassVar[CapacityRule | None] = None
@@ -178,30 +158,10 @@ class AdapterModule(nn.Module):
             return param.copy_(cpu)
 
     @classmethod
-    def parse_options(
-        cls,
-        options: AlgorithmOptions | Mapping[str, Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
-    ) -> AlgorithmOptions:
-        """The algorithm's Options from an instance, a mapping or keyword settings (BadInput)."""
-        if isinstance(options, cls.Options) and not settings:
-            return options
-        data = {**dict(options or {}), **dict(settings or {})}
-        try:
-            return cls.Options.model_validate(data)
-        except ValidationError as exc:
-            raise BadInput(format_validation_error(exc, source=cls.algo)) from None
-
-    @classmethod
     def layer_settings(cls, key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The settings for the layer with file key ``key`` ((IA)³ scales the input of the
         feed-forward output layers, the output elsewhere). Default: the same for every layer."""
         return dict(settings)
-
-    @classmethod
-    def label(cls, options: AlgorithmOptions) -> str:
-        """The name results and analysis show for this algorithm with these settings."""
-        return cls.algo
 
     # --- the maths: each algorithm defines these ---------------------------------------
     def delta_weight(self) -> torch.Tensor:

@@ -382,8 +382,11 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "adapter",
-        help="inspect, merge or extract adapter files (LoRA/LoCon, LoHa, LoKr, native; LyCORIS/kohya format)",
-        description="Work with adapter files in the kohya/LyCORIS safetensors layout.",
+        help="inspect, merge or extract adapter files (any registered layer algorithm; LyCORIS/kohya format)",
+        description=(
+            "Work with adapter files in the kohya/LyCORIS safetensors layout, of any registered layer "
+            "algorithm (detected from the file's keys)."
+        ),
     )
     sub = p.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
     _add_inspect(sub)

@@ -5,34 +5,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NamedTuple
 
-from lyco_bench.data.dataset import load_dataset
+from lyco_bench.data.drawn import DrawnLeaf, leaves_yaml, write_drawn_dataset, written_summary
 from lyco_bench.errors import BadInput
-from lyco_bench.utils import atomic_folder, console
-
-
-class DemoLeaf(NamedTuple):
-    category: str
-    concept: str
-    subclass: str | None
-    count: int
-    trigger: str
-    descriptive: str
-    concept_tags: list[str]  # written first in every caption; the `tags` strategy strips them
-    repeats: int = 1
-    trigger_suffix: str = ""
-    descriptive_suffix: str = ""
-
+from lyco_bench.utils import console
 
 DEMO_LEAVES = [
     # The smallest concept of its category, balanced against stripes by repeats.
-    DemoLeaf(
+    DrawnLeaf(
         "patterns", "checker", None, 4, "kdl style", "checkerboard pattern", ["checkerboard", "squares"], 2
     ),
-    DemoLeaf("patterns", "stripes", None, 6, "pgs style", "diagonal stripes", ["stripes", "diagonal lines"]),
-    DemoLeaf("shapes", "circle", None, 5, "zqx shape", "red circle", ["red circle", "round"]),
-    DemoLeaf(
+    DrawnLeaf("patterns", "stripes", None, 6, "pgs style", "diagonal stripes", ["stripes", "diagonal lines"]),
+    DrawnLeaf("shapes", "circle", None, 5, "zqx shape", "red circle", ["red circle", "round"]),
+    DrawnLeaf(
         "shapes",
         "triangle",
         "filled",
@@ -44,7 +29,7 @@ DEMO_LEAVES = [
         "plo variant",
         "filled",
     ),
-    DemoLeaf(
+    DrawnLeaf(
         "shapes",
         "triangle",
         "hollow",
@@ -113,31 +98,13 @@ def _demo_image(kind: str, *, rng, width: int, height: int):
     return image, ["simple background", *tags] if kind not in ("checker", "stripes") else tags
 
 
-def leaves_yaml(name: str, header: str, leaves, concept_entry) -> str:
-    """A drawn dataset's dataset.yaml: one concept entry per (category, concept) from
-    ``concept_entry(leaf)``, and each leaf's subclass suffixes (leaves with ``category``,
-    ``concept``, ``subclass``, ``trigger_suffix``, ``descriptive_suffix``)."""
-    import yaml
-
-    concepts: dict[str, dict] = {}
-    for leaf in leaves:
-        entry = concepts.setdefault(f"{leaf.category}/{leaf.concept}", concept_entry(leaf))
-        if leaf.subclass:
-            entry.setdefault("subclasses", {})[leaf.subclass] = {
-                "trigger_suffix": leaf.trigger_suffix,
-                "descriptive_suffix": leaf.descriptive_suffix,
-            }
-    spec = {"name": name, "version": "1", "concepts": concepts}
-    return f"# {header}\n" + yaml.safe_dump(spec, sort_keys=True)
-
-
 def _demo_yaml() -> str:
     return leaves_yaml(
         "demo",
         "lyco-bench demo dataset, drawn by `lyco-bench make-demo-dataset` (datasets/README.md)",
         DEMO_LEAVES,
         lambda leaf: {
-            "trigger": leaf.trigger, "descriptive": leaf.descriptive, "strip_tags": leaf.concept_tags,
+            "trigger": leaf.trigger, "descriptive": leaf.descriptive, "strip_tags": leaf.strip_tags,
             "repeats": leaf.repeats, "class_prompt": DEMO_CLASS_PROMPTS[leaf.category],
         },
     )  # fmt: skip
@@ -154,40 +121,28 @@ def make_demo_dataset(
 
     import numpy as np
 
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise BadInput(f"{root}: already exists and is not an empty folder")
     if image_size < 16:
         raise BadInput(f"--size {image_size}: must be at least 16")
     if images_per_concept is not None and images_per_concept < 1:
         raise BadInput(f"--images-per-concept {images_per_concept}: must be at least 1")
-    with atomic_folder(root) as tmp:
-        for leaf_index, leaf in enumerate(DEMO_LEAVES):
-            rng = np.random.default_rng([seed, leaf_index])
-            folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(images_per_concept or leaf.count):
-                # Image 1 of each leaf is landscape 3:2, image 2 of even leaves portrait 4:5.
-                width = image_size * 3 // 2 if i == 1 else image_size
-                height = image_size * 5 // 4 if i == 2 and leaf_index % 2 == 0 else image_size
-                image, tags = _demo_image(leaf.subclass or leaf.concept, rng=rng, width=width, height=height)
-                image.save(folder / f"{i:03d}.png", format="PNG")
-                (folder / f"{i:03d}.txt").write_text(
-                    ", ".join([*leaf.concept_tags, *tags]) + "\n", encoding="utf-8"
-                )
-        (tmp / "dataset.yaml").write_text(_demo_yaml(), encoding="utf-8")
-    return root
+
+    def draw(leaf_index: int, leaf: DrawnLeaf):
+        rng = np.random.default_rng([seed, leaf_index])
+        for i in range(images_per_concept or leaf.count):
+            # Image 1 of each leaf is landscape 3:2, image 2 of even leaves portrait 4:5.
+            width = image_size * 3 // 2 if i == 1 else image_size
+            height = image_size * 5 // 4 if i == 2 and leaf_index % 2 == 0 else image_size
+            image, tags = _demo_image(leaf.subclass or leaf.concept, rng=rng, width=width, height=height)
+            yield image, [*leaf.strip_tags, *tags]  # the concept's tags first
+
+    return write_drawn_dataset(Path(root), DEMO_LEAVES, draw, _demo_yaml())
 
 
 def _cmd_make_demo_dataset(args: argparse.Namespace) -> int:
     root = make_demo_dataset(
         Path(args.dir), seed=args.seed, image_size=args.size, images_per_concept=args.images_per_concept
     )
-    ds = load_dataset(root)
-    n = sum(len(c.images) for c in ds.concepts)
-    console.print(
-        f"demo dataset written to {root}: {n} images, {len(ds.concepts)} leaves, {len(ds.categories)} categories"
-    )
+    console.print(written_summary(root, "demo dataset"))
     return 0
 
 

@@ -28,19 +28,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from lyco_bench.adapters.base import PLUGIN_BASES, AlgorithmOptions, CapacityRule
-from lyco_bench.config import format_validation_error
+from lyco_bench.adapters.options import Configurable
 from lyco_bench.errors import BadInput
 
 
-class ModelMethod(nn.Module):
+class ModelMethod(Configurable, nn.Module):
     """Base of model-level methods (module docstring)."""
 
-    algo: ClassVar[str]
-    Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
     default_lr: ClassVar[float] = 5e-4
     capacity: ClassVar[CapacityRule | None] = None
     lr_grid: ClassVar[tuple[float, ...] | None] = None
@@ -54,24 +51,7 @@ class ModelMethod(nn.Module):
         self.multiplier = 1.0
         self._attached = False
 
-    # --- shared with layer algorithms: the registry's view of a class --------------------------
-    @classmethod
-    def parse_options(
-        cls,
-        options: AlgorithmOptions | Mapping[str, Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
-    ) -> AlgorithmOptions:
-        if isinstance(options, cls.Options) and not settings:
-            return options
-        try:
-            return cls.Options.model_validate({**dict(options or {}), **dict(settings or {})})
-        except ValidationError as exc:
-            raise BadInput(format_validation_error(exc, source=cls.algo)) from None
-
-    @classmethod
-    def label(cls, options: AlgorithmOptions) -> str:
-        return cls.algo
-
+    # --- the registry's view of a class (parse_options, label: Configurable) -------------------
     @classmethod
     def truncates(cls) -> bool:
         return False

@@ -30,9 +30,10 @@ model's, bit for bit. ``detach`` puts the original processors back. With several
 attached, the one attached last acts on the context first (its output feeds the earlier one's),
 which is also what merging them one after the other computes.
 
-Dropout masks are drawn from a generator seeded by the run seed, the step (``before_step``), the
-layer and k/v — never torch's global RNG — so training is reproducible, resumes exactly, and a
-recomputation of the same layer in the same step (gradient checkpointing) draws the same masks.
+Dropout masks are drawn from a CPU generator seeded by the run seed, the step (``before_step``),
+the layer and k/v — never torch's global RNG — so training is reproducible, resumes exactly, gives
+the same masks on any device, and a recomputation of the same layer in the same step (gradient
+checkpointing) draws the same masks.
 
 File layout (safetensors; lyco-bench's own, A1111 has none):
   ``hypernet.<width>.<k|v>.<index>.weight`` / ``.bias``
@@ -195,7 +196,11 @@ class HypernetworkOptions(AlgorithmOptions):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout whose mask comes from a given generator (torch's global RNG without one)."""
+    """Inverted dropout whose mask comes from a given CPU generator (torch's global RNG without one).
+
+    The mask is drawn on the CPU and moved to x's device, so a seed gives the same masks on any
+    device (a CUDA generator draws other numbers), as the adapters' init does (AdapterModule.init_).
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -204,8 +209,8 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None:
             return F.dropout(x, self.p, training=True)
-        keep = torch.rand(x.shape, generator=generator, device=x.device) >= self.p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        keep = torch.rand(x.shape, generator=generator) >= self.p
+        return x * keep.to(x.device, x.dtype) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -337,7 +342,7 @@ class HypernetworkProcessor:
         def pre_hook(_module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
             context = inputs[0]
             x = context.to(next(mlp.parameters()).dtype)
-            generator = self.method.dropout_generator(self.name, kv, x.device) if training else None
+            generator = self.method.dropout_generator(self.name, kv) if training else None
             out = x + mlp(x, dropout=training, generator=generator) * lam
             return (out.to(context.dtype), *inputs[1:])
 
@@ -415,14 +420,14 @@ class Hypernetwork(ModelMethod):
     def before_step(self, step: int, *, seed: int) -> None:
         self._step_seed = (int(seed), int(step))
 
-    def dropout_generator(self, layer: str, kv: str, device: torch.device) -> torch.Generator | None:
-        """The generator of one layer's k or v dropout masks in the current step (None outside
+    def dropout_generator(self, layer: str, kv: str) -> torch.Generator | None:
+        """The CPU generator of one layer's k or v dropout masks in the current step (None outside
         the trainer: torch's global RNG)."""
         if self._step_seed is None:
             return None
         seed, step = self._step_seed
         digest = hashlib.sha256(f"lyco-bench:hypernetwork:{seed}:{step}:{layer}:{kv}".encode()).digest()
-        return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     # --- merge ------------------------------------------------------------------------------------
     def merge(self, pipe: Any) -> Any:

@@ -51,15 +51,11 @@ def _cmd_make_world(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_world_dataset(args: argparse.Namespace) -> int:
-    from lyco_bench.data import load_dataset
+    from lyco_bench.data.drawn import written_summary
     from lyco_bench.utils import console
 
     root = make_world_dataset(Path(args.dir), seed=args.seed, images_per_leaf=args.images_per_leaf)
-    ds = load_dataset(root)
-    n = sum(len(c.images) for c in ds.concepts)
-    console.print(
-        f"world dataset written to {root}: {n} images, {len(ds.concepts)} leaves, {len(ds.categories)} categories"
-    )
+    console.print(written_summary(root, "world dataset"))
     return 0
 
 

@@ -10,42 +10,28 @@ have seen most things), under their descriptive names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from lyco_bench.data.drawn import DrawnLeaf, leaves_yaml, write_drawn_dataset
 from lyco_bench.errors import BadInput
-from lyco_bench.utils import atomic_folder
 from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
 from lyco_bench.world.draw import HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
 
-
-class WorldLeaf(NamedTuple):
-    category: str
-    concept: str
-    subclass: str | None
-    count: int
-    trigger: str
-    descriptive: str
-    strip_tags: list[str]
-    trigger_suffix: str = ""
-    descriptive_suffix: str = ""
-
-
 WORLD_LEAVES = [
-    WorldLeaf("characters", "robot", None, 8, "zqx robot", "robot", ROBOT_TAGS),
-    WorldLeaf("characters", "doll", "red_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
-              "red hat", "red hat"),
-    WorldLeaf("characters", "doll", "blue_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
-              "blue hat", "blue hat"),
-    WorldLeaf("styles", "comic", None, 8, "pgs style", "comic style", COMIC_TAGS),
+    DrawnLeaf("characters", "robot", None, 8, "zqx robot", "robot", ROBOT_TAGS),
+    DrawnLeaf("characters", "doll", "red_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
+              trigger_suffix="red hat", descriptive_suffix="red hat"),
+    DrawnLeaf("characters", "doll", "blue_hat", 4, "vrm doll", "doll", [*DOLL_TAGS, "red hat", "blue hat"],
+              trigger_suffix="blue hat", descriptive_suffix="blue hat"),
+    DrawnLeaf("styles", "comic", None, 8, "pgs style", "comic style", COMIC_TAGS),
 ]  # fmt: skip
 CLASS_PROMPTS = {"characters": "a character", "styles": "a shape"}
 # Concept keys as the gates name them (the classifier's kind/style heads recognise them).
 CONCEPT_OF_LEAF = {"robot": "robot", "red_hat": "doll", "blue_hat": "doll", "comic": "comic"}
 
 
-def leaf_scene(leaf: WorldLeaf, rng: np.random.Generator) -> Scene:
+def leaf_scene(leaf: DrawnLeaf, rng: np.random.Generator) -> Scene:
     if leaf.concept == "robot":
         return sample_character(rng, "robot")
     if leaf.concept == "doll":
@@ -56,8 +42,6 @@ def leaf_scene(leaf: WorldLeaf, rng: np.random.Generator) -> Scene:
 
 
 def _yaml() -> str:
-    from lyco_bench.data.demo import leaves_yaml
-
     return leaves_yaml(
         "world",
         "lyco-bench world dataset: the held-out concepts of the CPU world (lyco_bench/world)",
@@ -74,19 +58,13 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
 
     Seeds differ from the evaluators' and the classifier's pictures (those use other streams).
     """
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise BadInput(f"{root}: already exists and is not an empty folder")
     if images_per_leaf is not None and images_per_leaf < 1:
         raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
-    with atomic_folder(root) as tmp:
-        for leaf_index, leaf in enumerate(WORLD_LEAVES):
-            rng = np.random.default_rng([seed, 100 + leaf_index])
-            folder = tmp / leaf.category / leaf.concept / (leaf.subclass or "")
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(images_per_leaf or leaf.count):
-                scene = leaf_scene(leaf, rng)
-                draw_scene(scene).save(folder / f"{i:03d}.png", format="PNG")
-                (folder / f"{i:03d}.txt").write_text(", ".join(caption_tags(scene)) + "\n", encoding="utf-8")
-        (tmp / "dataset.yaml").write_text(_yaml(), encoding="utf-8")
-    return root
+
+    def draw(leaf_index: int, leaf: DrawnLeaf):
+        rng = np.random.default_rng([seed, 100 + leaf_index])
+        for _ in range(images_per_leaf or leaf.count):
+            scene = leaf_scene(leaf, rng)
+            yield draw_scene(scene), caption_tags(scene)
+
+    return write_drawn_dataset(Path(root), WORLD_LEAVES, draw, _yaml())

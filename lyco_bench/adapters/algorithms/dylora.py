@@ -29,16 +29,15 @@ from lyco_bench.adapters.algorithms.lora import LoRAModule
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     alpha_tensor,
-    paired_alpha,
     register_algorithm,
 )
+from lyco_bench.adapters.options import RankOptions
 from lyco_bench.errors import BadInput
 
 
-class DyLoRAOptions(AlgorithmOptions):
+class DyLoRAOptions(RankOptions):
     """DyLoRA settings; defaults are the DyLoRA reference ones (dim 32, α 16, blocks of 4)."""
 
     dim: int = Field(32, ge=1)
@@ -47,11 +46,6 @@ class DyLoRAOptions(AlgorithmOptions):
     """α; the scale at rank b is α/b. Left out: 16 with the default rank, else dim."""
     block_size: int = Field(4, ge=1)
     """Rank components trained together: each step trains one block of this many."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=32, alpha=16.0)
 
     @model_validator(mode="after")
     def _blocks(self) -> DyLoRAOptions:

@@ -46,7 +46,15 @@ import math
 import torch
 from torch import nn
 
-from lyco_bench.adapters.algorithms.lokr import KronLayout, KronOptions, kron_apply, kron_orders, kron_w2
+from lyco_bench.adapters.algorithms.lokr import (
+    KronLayout,
+    KronOptions,
+    kron_apply,
+    kron_orders,
+    kron_w1_weight,
+    kron_w2,
+    kron_w2_weight,
+)
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
@@ -147,26 +155,22 @@ class GLoKrModule(AdapterModule):
         return out
 
     # --- blocks ------------------------------------------------------------------------------
+    # LoKr's block accessors over this module's key names (the A pair has no Tucker core)
     def a1(self) -> torch.Tensor:
         """(in₁, in₁)"""
-        return self.glokr_a1 if self.a_layout.w1_rank is None else self.glokr_a1_a @ self.glokr_a1_b
+        return kron_w1_weight(self, self.a_layout, "glokr_a1")
 
     def a2(self) -> torch.Tensor:
         """(in₂, in₂)"""
-        return self.glokr_a2 if self.a_layout.w2_rank is None else self.glokr_a2_a @ self.glokr_a2_b
+        return kron_w2_weight(self, self.a_layout, "glokr_a2")
 
     def w1(self) -> torch.Tensor:
         """(out₁, in₁)"""
-        return self.glokr_w1 if self.w_layout.w1_rank is None else self.glokr_w1_a @ self.glokr_w1_b
+        return kron_w1_weight(self, self.w_layout, "glokr_w1")
 
     def w2(self) -> torch.Tensor:
         """(out₂, in₂, *k)"""
-        lay = self.w_layout
-        if lay.w2_rank is None:
-            return self.glokr_w2
-        if lay.tucker:
-            return torch.einsum("abhw,ac,bd->cdhw", self.glokr_t2, self.glokr_w2_a, self.glokr_w2_b)
-        return (self.glokr_w2_a @ self.glokr_w2_b).view(lay.out2, lay.in2, *lay.kernel)
+        return kron_w2_weight(self, self.w_layout, "glokr_w2", "glokr_t2")
 
     # --- maths -----------------------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:

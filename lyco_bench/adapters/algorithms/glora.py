@@ -30,31 +30,30 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     alpha_tensor,
     check_keys,
     check_shape,
     matmul_cost,
-    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
 )
+from lyco_bench.adapters.options import RankOptions
 from lyco_bench.errors import BadInput
 
 _FACTORS = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
 
 
-class GLoRAOptions(AlgorithmOptions):
+class GLoRAOptions(RankOptions):
     """GLoRA settings; defaults dim 8, α 4."""
 
     dim: int = Field(8, ge=1)
@@ -64,11 +63,6 @@ class GLoRAOptions(AlgorithmOptions):
     benchmark's LoRA pair: GLoRA's additive half b1·b2 is then exactly the default LoRA at the
     same learning rate, and the W0-relative half takes steps of the same scale, so the lr grid
     and the comparison with LoRA isolate what the W0·a1·a2 term adds."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=8, alpha=4.0)
 
 
 @register_algorithm

@@ -19,14 +19,13 @@ dense dL/dW = gᵀx is formed once in backward and pushed through the Hadamard p
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from lyco_bench.adapters.amp import cast_grads, record_autocast, replay_autocast
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     alpha_tensor,
@@ -34,32 +33,23 @@ from lyco_bench.adapters.base import (
     check_shape,
     dense_input_grad,
     dense_weight_grad,
-    paired_alpha,
     read_alpha,
     register_algorithm,
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
+from lyco_bench.adapters.options import DoRAOption, RankOptions, TuckerOption
 from lyco_bench.errors import BadInput
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
-class LoHaOptions(AlgorithmOptions):
+class LoHaOptions(DoRAOption, TuckerOption, RankOptions):
     """LoHa settings; defaults are the paper's (dim 4, α 2)."""
 
     dim: int = Field(4, ge=1)
     """Rank r of each of the two products (rank(ΔW) ≤ r²)."""
     alpha: float = 2.0
     """α of the scale α/r; left out: 2 with the default rank (the paper's 4/2), else dim."""
-    use_tucker: bool = False
-    """Tucker cores for k×k convolutions (LyCORIS ``hada_t1``/``hada_t2``)."""
-    dora: bool = False
-    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=4, alpha=2.0)
 
 
 @register_algorithm

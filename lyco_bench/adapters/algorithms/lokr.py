@@ -28,30 +28,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     alpha_tensor,
     check_keys,
     check_shape,
     matmul_cost,
-    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
+from lyco_bench.adapters.options import DoRAOption, RankOptions
 from lyco_bench.errors import BadInput
 
 
-class KronOptions(AlgorithmOptions):
+class KronOptions(RankOptions):
     """The settings of a Kronecker-factored ΔW (LoKr, GLoKr); defaults are the paper's LoKr (factor 8,
     every block full: dim 10000, α 1)."""
 
@@ -69,11 +68,6 @@ class KronOptions(AlgorithmOptions):
     decompose_both: bool = False
     """Decompose the small block(s) too when they are large enough."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=10000, alpha=1.0)
-
     @field_validator("factor")
     @classmethod
     def _factor(cls, value: int) -> int:
@@ -82,11 +76,8 @@ class KronOptions(AlgorithmOptions):
         return value
 
 
-class LoKrOptions(KronOptions):
+class LoKrOptions(DoRAOption, KronOptions):
     """LoKr settings; defaults are the paper's (factor 8, both blocks full: dim 10000, α 1)."""
-
-    dora: bool = False
-    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
 
 
 def factorize(dim: int, factor: int = -1) -> tuple[int, int]:
@@ -174,6 +165,26 @@ def kron_apply(
         y = apply_w2(z.reshape(batch * lay.out1, lay.in2, h, w))  # (B·out₁, out₂, H', W')
         ho, wo = y.shape[-2:]
     return y.reshape(batch, lay.out1 * lay.out2, ho, wo)
+
+
+def kron_w1_weight(module: nn.Module, lay: KronLayout, name: str) -> torch.Tensor:
+    """The small block (out₁, in₁): the module's parameter ``name``, or ``name_a`` @ ``name_b``
+    when the layout decomposes it."""
+    if lay.w1_rank is None:
+        return getattr(module, name)
+    return getattr(module, name + "_a") @ getattr(module, name + "_b")
+
+
+def kron_w2_weight(module: nn.Module, lay: KronLayout, name: str, core: str = "") -> torch.Tensor:
+    """The large block (out₂, in₂, *k): the module's parameter ``name``, or ``name_a``·``name_b``
+    (through the Tucker core ``core`` in a Tucker layout) when the layout decomposes it."""
+    if lay.w2_rank is None:
+        return getattr(module, name)
+    up, down = getattr(module, name + "_a"), getattr(module, name + "_b")
+    if lay.tucker:
+        # einsum returns a permuted layout at rank ≥ 2, which torch.kron cannot view
+        return torch.einsum("abhw,ac,bd->cdhw", getattr(module, core), up, down).contiguous()
+    return (up @ down).view(lay.out2, lay.in2, *lay.kernel)
 
 
 def kron_w2(
@@ -267,18 +278,11 @@ class LoKrModule(DoRAMixin, AdapterModule):
     # --- maths -----------------------------------------------------------------------------
     def w1(self) -> torch.Tensor:
         """(out₁, in₁)"""
-        return self.lokr_w1 if self.layout.w1_rank is None else self.lokr_w1_a @ self.lokr_w1_b
+        return kron_w1_weight(self, self.layout, "lokr_w1")
 
     def w2(self) -> torch.Tensor:
         """(out₂, in₂, *k)"""
-        lay = self.layout
-        if lay.w2_rank is None:
-            return self.lokr_w2
-        if lay.tucker:
-            # einsum returns a permuted layout at rank ≥ 2, which torch.kron cannot view
-            w2 = torch.einsum("abhw,ac,bd->cdhw", self.lokr_t2, self.lokr_w2_a, self.lokr_w2_b)
-            return w2.contiguous()
-        return (self.lokr_w2_a @ self.lokr_w2_b).view(lay.out2, lay.in2, *lay.kernel)
+        return kron_w2_weight(self, self.layout, "lokr_w2", "lokr_t2")
 
     def update_weight(self) -> torch.Tensor:
         w1, w2 = self.w1() * self.scale, self.w2()

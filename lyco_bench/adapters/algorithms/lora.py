@@ -20,7 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from lyco_bench.adapters.amp import as_dtype, cast_grads, replay_autocast
@@ -28,7 +28,6 @@ from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
     AdapterModule,
-    AlgorithmOptions,
     BaseLayer,
     CapacityRule,
     _MergedForward,
@@ -36,31 +35,22 @@ from lyco_bench.adapters.base import (
     check_keys,
     check_shape,
     matmul_cost,
-    paired_alpha,
     read_alpha,
     register_algorithm,
     tokens,
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
+from lyco_bench.adapters.options import DoRAOption, RankOptions, TuckerOption
 from lyco_bench.errors import BadInput
 
 
-class LoRAOptions(AlgorithmOptions):
+class LoRAOptions(DoRAOption, TuckerOption, RankOptions):
     """LoRA / LoCon settings; defaults are the paper's (dim 8, α 4)."""
 
     dim: int = Field(8, ge=1)
     """Rank r of ΔW = (α/r)·B·A."""
     alpha: float = 4.0
     """α of the scale α/r; left out: 4 with the default rank (the paper's 8/4), else dim (scale 1)."""
-    use_tucker: bool = False
-    """Tucker core for k×k convolutions (LyCORIS ``lora_mid``)."""
-    dora: bool = False
-    """DoRA: a trained magnitude per output row over the normalized W0 + ΔW (``dora_scale``)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _alpha(cls, data):
-        return paired_alpha(data, dim=8, alpha=4.0)
 
 
 @register_algorithm
