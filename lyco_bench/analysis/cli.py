@@ -83,7 +83,7 @@ def format_sample_size(table) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis, select_metrics
-    from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv, read_results, write_results
+    from lyco_bench.analysis.results import read_paper_csv, read_results, write_results
 
     out = Path(args.out)
     if args.paper_csv and args.results:
@@ -99,11 +99,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
         exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
         shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
-        directions = PAPER_DIRECTIONS  # the published metrics' own directions (docs/protocol.md §5–6)
     elif args.results:
         table = read_results(args.results)
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
-        directions = None  # lyco_bench.metrics.METRICS
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
     metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
@@ -115,7 +113,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         write_results(table, out / "results.parquet")
     outputs = run_analysis(
         table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
-        directions=directions, plots=not args.no_plots, bootstrap=bootstrap, shap_refits=args.shap_refits,
+        plots=not args.no_plots, bootstrap=bootstrap, shap_refits=args.shap_refits,
         target_half_width=targets, images_per_prompt=per_prompt,
     )  # fmt: skip
     print(f"sample size ({bootstrap.level:.0%} CI half-width; images per prompt for the target):")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
 from lyco_bench.analysis.leaderboard import (
     comparison_note,
     comparison_rows,
@@ -21,6 +22,7 @@ from lyco_bench.analysis.leaderboard import (
     display_rows,
     fmt3,
     legend,
+    pareto_note,
     partial_section,
     write_leaderboard,
 )
@@ -153,15 +155,16 @@ def write_report(
     reference: str | None = None,
     contrasts: Sequence = (),
     sample_size: str | Path | pd.DataFrame | None = None,
+    choices: ReportChoices | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
-    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given."""
-    from lyco_bench.analysis.pipeline import default_metric_labels
-
+    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given;
+    `choices`: headline labels and Pareto axes (default: the metric registry's declarations)."""
     check_not_empty(results)
     out_dir = Path(out_dir)
-    main = default_metric_labels(results)
+    choices = choices or report_choices()
+    main = headline_labels(results, choices)
     board = compute_leaderboard(
         results,
         directions=directions,
@@ -169,6 +172,7 @@ def write_report(
         bootstrap=bootstrap,
         reference=reference,
         contrasts=contrasts,
+        choices=choices,
     )  # fmt: skip  bad input (e.g. an unknown reference) fails before anything is written
     precision = _precision_rows(sample_size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +180,6 @@ def write_report(
     labels = [lb for lb in main if lb in set(board.table["label"])]
     header, rows = display_rows(board, labels)
     c_header, c_rows = comparison_rows(board, labels)
-    fid, ctl = board.pareto_axes
     figure_entries = _copy_figures(figures, out_dir)
     grids = (
         write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
@@ -189,7 +192,7 @@ def write_report(
         f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
         f"{results['label'].nunique()} metric columns, {len(figure_entries)} figures, {len(grids)} image grids."
     )
-    pareto = f" ★ = Pareto-optimal for {fid} vs {ctl}." if fid and ctl else ""
+    pareto = pareto_note(board).replace("★ Pareto", "★ = Pareto")
     html = render_template(
         "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
         legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,
