@@ -313,10 +313,10 @@ def _main_ranks(cells: pd.DataFrame, main: Sequence[str], n_groups: int) -> tupl
 
 
 def _pareto_labels(results: pd.DataFrame, choices: ReportChoices) -> tuple[str, ...]:
-    """One label per Pareto axis of ``choices``; none unless every axis (at least two) has one."""
+    """One label per Pareto axis of ``choices`` present in the results; none unless two are."""
     labels = results.drop_duplicates("label")[["label", "metric", "prompt_class"]]
-    picked = tuple(pick_label(labels, axis) for axis in choices.pareto)
-    return picked if len(picked) >= 2 and all(picked) else ()  # type: ignore[return-value]
+    picked = tuple(label for axis in choices.pareto if (label := pick_label(labels, axis)) is not None)
+    return picked if len(picked) >= 2 else ()
 
 
 def _pareto_marks(

@@ -57,10 +57,12 @@ def _axis(name: str, metric, classes: Sequence[str] | None = None) -> Axis:
     return Axis(name, chosen, metric.report.variant)
 
 
-def check_metric_names(names: Sequence[str], where: str) -> None:
-    """BadInput naming ``where.<i>`` for the first name that is not a registered metric."""
+def check_metric_names(names: Sequence[str] | Mapping[str, str], where: str) -> None:
+    """BadInput naming ``where.<i>`` (``where.<key>`` for a mapping) for the first name that is
+    not a registered metric."""
     metrics = _registry()
-    for i, name in enumerate(names):
+    items = names.items() if isinstance(names, Mapping) else enumerate(names)
+    for i, name in items:
         if name not in metrics:
             known = ", ".join(metrics)
             raise BadInput(f"{where}.{i}: {name!r} is not a metric ({known})")
@@ -77,7 +79,7 @@ def report_choices(
     for names, where in ((headline, "analysis.headline"), (pareto, "analysis.pareto")):
         check_metric_names(names or (), where)
     for i, pair in enumerate(panels or ()):
-        check_metric_names(pair, f"analysis.panels.{i}")
+        check_metric_names(dict(zip(("y", "x"), pair, strict=True)), f"analysis.panels.{i}")
     if headline is None:
         headline = [n for n, m in metrics.items() if m.report.headline]
     if pareto is None:
