@@ -34,6 +34,8 @@ from lyco_bench.analysis.board import (  # noqa: F401 - the leaderboard's public
     pareto_mask,
 )
 from lyco_bench.analysis.choices import ReportChoices
+from lyco_bench.analysis.coverage import LEFT_OUT_TEXT, partial_cells, partial_note, partial_rows
+from lyco_bench.analysis.html import render_template
 from lyco_bench.analysis.results import check_not_empty
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.utils import atomic_path, atomic_write_text
@@ -73,8 +75,6 @@ def interval_text(mean: float, low: float, high: float, *, signed: bool = False)
 
 def cell_interval_text(mean: float, low: float, high: float, left_out: object) -> str:
     """`mean [low, high]`; `mean [n/a]` without an interval; what a partial one leaves out."""
-    from lyco_bench.analysis.coverage import LEFT_OUT_TEXT
-
     left = "" if left_out is None or pd.isna(left_out) else str(left_out)
     if left == "all":
         return f"{fmt3(mean)} [n/a]"
@@ -185,8 +185,6 @@ def render_html_table(
     header: list[str], rows: list[list], *, title: str, note: str = "", extra: Sequence[Mapping] = ()
 ) -> str:
     """The leaderboard page; `extra`: more tables ({id, title, note, header, rows}) below it."""
-    from lyco_bench.analysis.report import render_template
-
     return render_template(
         "leaderboard.html.j2", title=title, header=header, rows=rows, note=note, extra=list(extra)
     )
@@ -194,8 +192,6 @@ def render_html_table(
 
 def partial_section(board: Leaderboard) -> dict:
     """The cells without a full interval, as a table section (Markdown, HTML, the report)."""
-    from lyco_bench.analysis.coverage import partial_cells, partial_note, partial_rows
-
     cells = partial_cells(board.table)
     header, rows = partial_rows(cells)
     title = "Cells without a full interval"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
+from lyco_bench.analysis.html import render_template
 from lyco_bench.analysis.leaderboard import (
     comparison_note,
     comparison_rows,
@@ -32,19 +33,8 @@ from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 THUMB = 128  # grid cell size in pixels
 MATCH_KEYS = ["prompt_class", "category", "concept", "subclass", "prompt_index", "image_index"]
-
-
-def render_template(name: str, **context: object) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )  # fmt: skip
-    return env.get_template(name).render(**context)
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:
