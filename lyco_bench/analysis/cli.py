@@ -30,7 +30,7 @@ def _bootstrap(args: argparse.Namespace):
 
 def parse_targets(values: list[str] | None) -> float | dict[str, float]:
     """--target-half-width: `0.01` (every metric) and/or `METRIC=0.5` / `LABEL=0.5` entries."""
-    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+    from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH
 
     targets: dict[str, float] = {}
     for value in values or []:
@@ -198,7 +198,7 @@ def _reference_option(p: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     from lyco_bench.analysis.pipeline import SHAP_REFITS
-    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+    from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH
 
     p = subparsers.add_parser(
         "analyze",

@@ -28,8 +28,9 @@ from lyco_bench.analysis.plots import (
 from lyco_bench.analysis.ranks import exclude_configs as drop_configs
 from lyco_bench.analysis.ranks import fit_mask, scaled_ranks
 from lyco_bench.analysis.results import profile_caption
+from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH, sample_size_table
 from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, refit_levels, shap_levels
-from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH, BootstrapSettings, sample_size_table
+from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, progress_bar
 
@@ -112,7 +113,7 @@ def run_analysis(
 ) -> AnalysisOutputs:
     """Scaled ranks, one CatBoost+SHAP fit per selected metric label (plus `shap_refits` refits on
     hierarchical bootstrap resamples for the intervals of shap_levels.csv), figures,
-    sample_size.csv (`uncertainty.sample_size_table` for `target_half_width`). `metrics` None:
+    sample_size.csv (`sample_size.sample_size_table` for `target_half_width`). `metrics` None:
     the headline labels of `choices` (default: the registry's declarations), whose trade-off
     panels the figures show."""
     out_dir = Path(out_dir)
