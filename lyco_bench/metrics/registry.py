@@ -57,6 +57,8 @@ class Report:
     """Prompt classes to try in order where one label stands for the metric (a Pareto axis, a panel
     given in the ``analysis:`` block); empty: the classes it reports."""
     panels: tuple[PanelAxis, ...] = ()
+    """The trade-off panels it is an axis of; where two metrics claim the same panel axis, the first
+    in registry order keeps it (a plug-in adds a panel under a new number)."""
 
 
 @dataclass(frozen=True)

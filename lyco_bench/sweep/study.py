@@ -141,7 +141,7 @@ class AnalysisSettings(StrictModel):
     """CatBoost refits on bootstrap resamples per metric, for the SHAP level intervals."""
     target_half_width: float | dict[str, float] | None = None
     """The CI half-width sample_size.csv sizes images for (a number, or per metric name/label)."""
-    headline: list[str] | None = None
+    headline: list[str] | None = Field(default=None, min_length=1)
     """Headline metrics (fitted by SHAP, sized in sample_size.csv, the leaderboard's columns and
     mean rank), each in the variant it declares; None: those the metrics declare (``Report``)."""
     pareto: list[str] | None = Field(default=None, min_length=2)
