@@ -265,13 +265,13 @@ def _label_statistics(
         higher = metric_direction(meta.loc[label, "metric"], directions)
         for local, ranked in parts:
             if len(local):
-                _one_part(
+                _part_statistics(
                     out, label, rows, local, len(groups), ranked, wanted if ranked else [], higher, settings
                 )
     return out
 
 
-def _one_part(
+def _part_statistics(
     out: LabelStatistics, label: str, rows: pd.DataFrame, local: np.ndarray, n_groups: int, ranked: bool,
     compare: list[tuple[int, int]], higher: bool, settings: BootstrapSettings,
 ) -> None:  # fmt: skip
