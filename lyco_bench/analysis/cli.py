@@ -220,7 +220,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics", action="append",
         help="metric columns or metric names to fit, comma-separated; 'all' for every column "
-        "(default: DINOv2-resize image similarity and centroid distance, text similarity, Vendi DINOv2)",
+        "(default: the headline metrics the metric registry declares, each in its declared variant)",
     )  # fmt: skip
     p.add_argument(
         "--exclude", action="append", help="configs left out (numbers or names; paper default 1007,1017,1027)"
