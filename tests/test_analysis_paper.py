@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis
-from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv
+from lyco_bench.analysis.results import read_paper_csv
 
 pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
 
@@ -28,7 +28,6 @@ def paper_shap(paper_dir, tmp_path_factory) -> pd.Series:
     outputs = run_analysis(
         table, out, metrics=[IMG_IN, IMG_OUT, SCD_IN, TXT_IN, TXT_OUT, VENDI_OUT],
         exclude_configs=PAPER_EXCLUDE, shap_exclude_configs=PAPER_SHAP_EXCLUDE, plots=False,
-        directions=PAPER_DIRECTIONS,
     )  # fmt: skip
     assert outputs.n_fitted == 6
     levels = pd.read_csv(outputs.shap_levels, dtype={"level": str}).set_index(["metric", "feature", "level"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lyco_bench.analysis.ranks import config_matches, exclude_configs, fit_mask, leaf_mask, scaled_ranks
-from lyco_bench.analysis.results import PAPER_DIRECTIONS, metric_direction, metric_label
+from lyco_bench.analysis.results import metric_direction, metric_label
 from lyco_bench.errors import BadInput
 
 
@@ -106,10 +106,3 @@ def test_config_exclusion_tokens():
     table = pd.DataFrame({"config": ["exp-1001-a", "exp-1003-b", "exp-1007-c"], "value": [1, 2, 3]})
     assert exclude_configs(table, [1003, "1007"])["config"].tolist() == ["exp-1001-a"]
     assert exclude_configs(table, [])["config"].tolist() == table["config"].tolist()
-
-
-def test_paper_directions_agree_with_metrics_registry():
-    from lyco_bench.metrics import METRICS
-
-    for name, higher in PAPER_DIRECTIONS.items():
-        assert METRICS[name].higher_is_better is higher, name

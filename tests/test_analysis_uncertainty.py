@@ -17,15 +17,14 @@ from lyco_bench.analysis.leaderboard import (
 )
 from lyco_bench.analysis.report import write_report
 from lyco_bench.analysis.results import collect_results
+from lyco_bench.analysis.sample_size import images_needed, sample_size_table
 from lyco_bench.analysis.uncertainty import (
     BootstrapSettings,
     bootstrap_p_value,
     hierarchical_bootstrap,
     holm,
-    images_needed,
     percentile_interval,
     rank_intervals,
-    sample_size_table,
     z_value,
 )
 from lyco_bench.errors import BadInput

@@ -30,7 +30,7 @@ def _bootstrap(args: argparse.Namespace):
 
 def parse_targets(values: list[str] | None) -> float | dict[str, float]:
     """--target-half-width: `0.01` (every metric) and/or `METRIC=0.5` / `LABEL=0.5` entries."""
-    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+    from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH
 
     targets: dict[str, float] = {}
     for value in values or []:
@@ -83,7 +83,7 @@ def format_sample_size(table) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.pipeline import PAPER_EXCLUDE, PAPER_SHAP_EXCLUDE, run_analysis, select_metrics
-    from lyco_bench.analysis.results import PAPER_DIRECTIONS, read_paper_csv, read_results, write_results
+    from lyco_bench.analysis.results import read_paper_csv, read_results, write_results
 
     out = Path(args.out)
     if args.paper_csv and args.results:
@@ -99,11 +99,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
         exclude = PAPER_EXCLUDE if args.exclude is None else _split(args.exclude)
         shap_exclude = PAPER_SHAP_EXCLUDE if args.shap_exclude is None else _split(args.shap_exclude)
-        directions = PAPER_DIRECTIONS  # the published metrics' own directions (docs/protocol.md §5–6)
     elif args.results:
         table = read_results(args.results)
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
-        directions = None  # lyco_bench.metrics.METRICS
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
     metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
@@ -115,7 +113,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         write_results(table, out / "results.parquet")
     outputs = run_analysis(
         table, out, metrics=metrics, exclude_configs=exclude, shap_exclude_configs=shap_exclude,
-        directions=directions, plots=not args.no_plots, bootstrap=bootstrap, shap_refits=args.shap_refits,
+        plots=not args.no_plots, bootstrap=bootstrap, shap_refits=args.shap_refits,
         target_half_width=targets, images_per_prompt=per_prompt,
     )  # fmt: skip
     print(f"sample size ({bootstrap.level:.0%} CI half-width; images per prompt for the target):")
@@ -200,7 +198,7 @@ def _reference_option(p: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     from lyco_bench.analysis.pipeline import SHAP_REFITS
-    from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH
+    from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH
 
     p = subparsers.add_parser(
         "analyze",
@@ -222,7 +220,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics", action="append",
         help="metric columns or metric names to fit, comma-separated; 'all' for every column "
-        "(default: DINOv2-resize image similarity and centroid distance, text similarity, Vendi DINOv2)",
+        "(default: the headline metrics the metric registry declares, each in its declared variant)",
     )  # fmt: skip
     p.add_argument(
         "--exclude", action="append", help="configs left out (numbers or names; paper default 1007,1017,1027)"

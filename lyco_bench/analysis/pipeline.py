@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
 from lyco_bench.analysis.plots import (
     FACTORS,
     category_values,
@@ -27,15 +28,16 @@ from lyco_bench.analysis.plots import (
 from lyco_bench.analysis.ranks import exclude_configs as drop_configs
 from lyco_bench.analysis.ranks import fit_mask, scaled_ranks
 from lyco_bench.analysis.results import profile_caption
+from lyco_bench.analysis.sample_size import TARGET_HALF_WIDTH, sample_size_table
 from lyco_bench.analysis.shap_analysis import encode_features, fit_shap, refit_levels, shap_levels
-from lyco_bench.analysis.uncertainty import TARGET_HALF_WIDTH, BootstrapSettings, sample_size_table
+from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, progress_bar
 
 # docs/protocol.md §6: configs left out of everything / additionally out of the SHAP fits.
 PAPER_EXCLUDE = ("1007", "1017", "1027")
 PAPER_SHAP_EXCLUDE = ("1003", "1013", "1023")
-# The paper's main family: DINOv2 (resize) fidelity, CLIP text similarity, Vendi on DINOv2.
+# Where a panel's metric has several labels: the paper's main image features (DINOv2, resize).
 DEFAULT_METRIC_WORDS = ("dinov2", "resize")
 SHAP_REFITS = 5  # CatBoost refits on bootstrap resamples per metric (≈0.3 s each on the demo)
 
@@ -50,25 +52,20 @@ class AnalysisOutputs:
     sample_size_table: pd.DataFrame | None = None
 
 
-def default_metric_labels(table: pd.DataFrame) -> list[str]:
-    """Image similarity + squared centroid distance on DINOv2-resize, text similarity, Vendi on
-    DINOv2 (any mode) and the style loss against the base model — one family per criterion of
-    docs/protocol.md §5 — in every prompt class present; falls back to every label when a study
-    has no DINOv2 encoder (e.g. a tiny test encoder)."""
-    labels = table.drop_duplicates("label")[["label", "metric", "encoder", "mode"]]
-    chosen = []
-    for row in labels.itertuples(index=False):
-        dino = "dinov2" in row.encoder
-        if row.metric in ("image_similarity", "squared_centroid_distance") and dino and row.mode == "resize":
-            chosen.append(row.label)
-        elif row.metric in ("text_similarity", "style_loss_base") or (row.metric == "vendi" and dino):
-            chosen.append(row.label)
-    return sorted(chosen) if chosen else sorted(labels["label"])
+def default_metric_labels(table: pd.DataFrame, choices: ReportChoices | None = None) -> list[str]:
+    """The headline metrics' labels (``choices``, default: what the registry's metrics declare:
+    image similarity and squared centroid distance on DINOv2-resize, text similarity, Vendi on
+    DINOv2 and the style loss against the base model — one family per criterion of
+    docs/protocol.md §5), in every prompt class present; every label when none qualifies."""
+    return headline_labels(table, choices)
 
 
-def select_metrics(table: pd.DataFrame, metrics: Sequence[str] | str | None) -> list[str]:
+def select_metrics(
+    table: pd.DataFrame, metrics: Sequence[str] | str | None, choices: ReportChoices | None = None
+) -> list[str]:
+    """Labels to analyse: ``metrics`` (labels, metric names, or ``all``), else the headline ones."""
     if metrics is None:
-        return default_metric_labels(table)
+        return default_metric_labels(table, choices)
     if isinstance(metrics, str):
         metrics = [metrics]
     if list(metrics) == ["all"]:
@@ -112,15 +109,19 @@ def run_analysis(
     shap_refits: int = SHAP_REFITS,
     target_half_width: float | dict[str, float] = TARGET_HALF_WIDTH,
     images_per_prompt: int | dict[str, int] | None = None,
+    choices: ReportChoices | None = None,
 ) -> AnalysisOutputs:
     """Scaled ranks, one CatBoost+SHAP fit per selected metric label (plus `shap_refits` refits on
     hierarchical bootstrap resamples for the intervals of shap_levels.csv), figures,
-    sample_size.csv (`uncertainty.sample_size_table` for `target_half_width`)."""
+    sample_size.csv (`sample_size.sample_size_table` for `target_half_width`). `metrics` None:
+    the headline labels of `choices` (default: the registry's declarations), whose trade-off
+    panels the figures show."""
     out_dir = Path(out_dir)
+    choices = choices or report_choices()
     bootstrap = bootstrap or BootstrapSettings()
     if shap_refits < 0:
         raise BadInput(f"shap refits: {shap_refits} (0 or more)")
-    labels = select_metrics(results, metrics)
+    labels = select_metrics(results, metrics, choices)
     # ranks only for the selected metrics (the paper CSV has 63 columns); figures read every column
     table = ranked_table(
         results[results["label"].isin(labels)], exclude=exclude_configs, directions=directions
@@ -185,25 +186,34 @@ def run_analysis(
         if plots:
             finetuned = drop_configs(results[results["algo"] != "base"], exclude_configs)
             outputs.figures += write_figures(
-                finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer
+                finetuned, labels=labels, out_dir=out_dir / "figures", prefer=prefer, choices=choices
             )
     return outputs
 
 
 def write_figures(
-    table: pd.DataFrame, *, labels: Sequence[str], out_dir: Path, prefer: Sequence[str]
+    table: pd.DataFrame,
+    *,
+    labels: Sequence[str],
+    out_dir: Path,
+    prefer: Sequence[str],
+    choices: ReportChoices | None = None,
 ) -> list[Path]:
-    """Trade-off plots per (category, factor) and metric-vs-epoch curves per selected label."""
+    """Trade-off plots per (category, factor) with the panels of `choices` (none without panels)
+    and metric-vs-epoch curves per selected label."""
+    panels = (choices or report_choices()).panels
     values = category_values(table)
     figures = []
     categories = sorted(values["category"].unique())
-    jobs = [(c, f) for c in categories for f in FACTORS]
+    jobs = [(c, f) for c in categories for f in FACTORS] if panels else []
     with progress_bar() as bar:
         task = bar.add_task("figures", total=len(jobs) + len(labels), info="")
         for category, factor in jobs:
             path = out_dir / f"tradeoff_{slug(category)}_{factor}.png"
             figures.append(
-                tradeoff_figure(values, category=category, factor=factor, path=path, prefer=prefer)
+                tradeoff_figure(
+                    values, category=category, factor=factor, path=path, prefer=prefer, panels=panels
+                )
             )
             bar.update(task, advance=1, info=path.name)
         for label in labels:

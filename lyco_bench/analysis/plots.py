@@ -12,19 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lyco_bench.analysis.choices import Panel, pick_label
 from lyco_bench.analysis.shap_analysis import CATEGORICAL, FEATURES, ShapFit, encode_features
 from lyco_bench.utils import atomic_path
 
 FACTORS = {"epoch": "Epoch", "preset": "Preset", "capacity": "Capacity", "lr": "Lr level"}
-# (y, x) per panel: each side a (metric, prompt classes to try in order). docs/protocol.md §6.
-PANELS = [
-    (("text_similarity", ("alter",)), ("image_similarity", ("alter",))),
-    # the paper CSV has Vendi only for in/out: fall back to <train> and name it on the axis
-    (("vendi", ("trigger", "train", "alter")), ("squared_centroid_distance", ("trigger",))),
-    # base-model style loss (<style> prompts); the paper files only have it against the dataset
-    (("style_loss_base", ("style",)), ("image_similarity", ("train",))),
-]
-STYLE_FALLBACK = ("style_loss_dataset", ("train", "trigger", "alter"))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
@@ -121,19 +113,6 @@ def category_values(table: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def pick_label(
-    values: pd.DataFrame, metric: str, classes: Sequence[str], prefer: Sequence[str]
-) -> str | None:
-    """The label for `metric` in the first available prompt class, preferring encoder/mode words."""
-    for prompt_class in classes:
-        cands = values[(values["metric"] == metric) & (values["prompt_class"] == prompt_class)]
-        labels = sorted(cands["label"].unique())
-        if labels:
-            scored = sorted(labels, key=lambda lb: -sum(word in lb for word in prefer))
-            return scored[0]
-    return None
-
-
 def _defaults(points: pd.DataFrame) -> dict[str, dict[str, object]]:
     """Each algorithm's default setting of each factor: the value most of its configs share."""
     configs = points.drop_duplicates("config")
@@ -156,28 +135,30 @@ def _factor_subset(points: pd.DataFrame, factor: str) -> pd.DataFrame:
 
 
 def tradeoff_figure(
-    values: pd.DataFrame, *, category: str, factor: str, path: Path, prefer: Sequence[str]
+    values: pd.DataFrame,
+    *,
+    category: str,
+    factor: str,
+    path: Path,
+    prefer: Sequence[str],
+    panels: Sequence[Panel],
 ) -> Path:
-    """Three panels for one category; points are configs × epochs (mean over seeds), coloured by
-    the varying factor, one marker per algorithm."""
+    """One panel per entry of ``panels`` (the metrics' declared trade-offs, docs/protocol.md §6)
+    for one category; points are configs × epochs (mean over seeds), coloured by the varying
+    factor, one marker per algorithm."""
     import matplotlib.pyplot as plt
 
     cat = values[values["category"] == category]
-    with _figure(path, figsize=(15, 4.5)) as fig:
-        axes = fig.subplots(1, 3)
-        for ax, ((ym, ycls), (xm, xcls)) in zip(axes, PANELS, strict=True):
-            ylab = pick_label(cat, ym, ycls, prefer)
-            note = ""
-            if ylab is None and ym == "style_loss_base":
-                ylab = pick_label(cat, STYLE_FALLBACK[0], STYLE_FALLBACK[1], prefer)
-                note = "no base-model style loss in the input: style loss vs the dataset"
-            elif ylab is not None and cat.loc[cat["label"] == ylab, "prompt_class"].iloc[0] != ycls[0]:
-                note = f"no <{ycls[0]}> {ym} in the input: {ylab}"
-            xlab = pick_label(cat, xm, xcls, prefer)
+    with _figure(path, figsize=(5 * len(panels), 4.5)) as fig:
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
+        for ax, panel in zip(axes, panels, strict=True):
+            ylab, note = _panel_y(cat, panel, prefer)
+            xlab = pick_label(cat, panel.x, prefer)
             if ylab is None or xlab is None:
                 ax.text(
-                    0.5, 0.5, f"no data for {ym} / {xm}", ha="center", va="center", transform=ax.transAxes
-                )
+                    0.5, 0.5, f"no data for {panel.y.metric} / {panel.x.metric}", ha="center", va="center",
+                    transform=ax.transAxes,
+                )  # fmt: skip
                 ax.set_axis_off()
                 continue
             wide = cat[cat["label"].isin([xlab, ylab])].pivot_table(
@@ -194,6 +175,17 @@ def tradeoff_figure(
         fig.suptitle(f"{category}: trade-offs coloured by {factor}")
         fig.tight_layout()
     return path
+
+
+def _panel_y(cat: pd.DataFrame, panel: Panel, prefer: Sequence[str]) -> tuple[str | None, str]:
+    """The y label of ``panel`` and the note saying what stands in for a missing metric or class."""
+    ylab = pick_label(cat, panel.y, prefer)
+    if ylab is None and panel.y_fallback is not None:
+        ylab = pick_label(cat, panel.y_fallback, prefer)
+        return ylab, f"no {panel.y.metric} in the input: {panel.y_fallback.metric}" if ylab else ""
+    if ylab is not None and cat.loc[cat["label"] == ylab, "prompt_class"].iloc[0] != panel.y.classes[0]:
+        return ylab, f"no <{panel.y.classes[0]}> {panel.y.metric} in the input: {ylab}"
+    return ylab, ""
 
 
 def _scatter(ax, points: pd.DataFrame, *, x: str, y: str, factor: str, cmap) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
+from lyco_bench.analysis.html import render_template
 from lyco_bench.analysis.leaderboard import (
     comparison_note,
     comparison_rows,
@@ -21,6 +23,7 @@ from lyco_bench.analysis.leaderboard import (
     display_rows,
     fmt3,
     legend,
+    pareto_note,
     partial_section,
     write_leaderboard,
 )
@@ -30,19 +33,8 @@ from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 THUMB = 128  # grid cell size in pixels
 MATCH_KEYS = ["prompt_class", "category", "concept", "subclass", "prompt_index", "image_index"]
-
-
-def render_template(name: str, **context: object) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )  # fmt: skip
-    return env.get_template(name).render(**context)
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:
@@ -153,15 +145,16 @@ def write_report(
     reference: str | None = None,
     contrasts: Sequence = (),
     sample_size: str | Path | pd.DataFrame | None = None,
+    choices: ReportChoices | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
-    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given."""
-    from lyco_bench.analysis.pipeline import default_metric_labels
-
+    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given;
+    `choices`: headline labels and Pareto axes (default: the metric registry's declarations)."""
     check_not_empty(results)
     out_dir = Path(out_dir)
-    main = default_metric_labels(results)
+    choices = choices or report_choices()
+    main = headline_labels(results, choices)
     board = compute_leaderboard(
         results,
         directions=directions,
@@ -169,6 +162,7 @@ def write_report(
         bootstrap=bootstrap,
         reference=reference,
         contrasts=contrasts,
+        choices=choices,
     )  # fmt: skip  bad input (e.g. an unknown reference) fails before anything is written
     precision = _precision_rows(sample_size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +170,6 @@ def write_report(
     labels = [lb for lb in main if lb in set(board.table["label"])]
     header, rows = display_rows(board, labels)
     c_header, c_rows = comparison_rows(board, labels)
-    fid, ctl = board.pareto_axes
     figure_entries = _copy_figures(figures, out_dir)
     grids = (
         write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
@@ -189,7 +182,7 @@ def write_report(
         f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
         f"{results['label'].nunique()} metric columns, {len(figure_entries)} figures, {len(grids)} image grids."
     )
-    pareto = f" ★ = Pareto-optimal for {fid} vs {ctl}." if fid and ctl else ""
+    pareto = pareto_note(board).replace("★ Pareto", "★ = Pareto")
     html = render_template(
         "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
         legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,

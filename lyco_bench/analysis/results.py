@@ -38,18 +38,6 @@ PROFILE_CAPTIONS = {
     "lyco": "numbers: lyco-bench, evaluation profile `lyco` (lyco-bench's own preprocessing and averaging, not the paper's)",
 }
 
-# Directions of the metrics the paper reports (docs/protocol.md §5–6: "distance metrics are ranked
-# reversed"). The paper path uses them as is; elsewhere lyco_bench.metrics.METRICS comes first.
-PAPER_DIRECTIONS = {
-    "image_similarity": True,
-    "text_similarity": True,
-    "vendi": True,
-    "squared_centroid_distance": False,
-    "style_loss_base": False,
-    "style_loss_dataset": False,
-    "frechet_distance": False,
-}
-
 # The paper's column names: `<Metric> (<encoder>-<mode>) (<in|out|trigger>)`, in = <train>, out = <alter>.
 PAPER_CLASSES = {"in": "train", "out": "alter", "trigger": "trigger"}
 PAPER_METRIC_NAMES = {
@@ -69,18 +57,14 @@ _FOLDER_RE = re.compile(r"(?P<config>exp-\d+-.+)-(?P<seed>[abc])(?:-(?P<epoch>\d
 
 
 def metric_direction(metric: str, directions: Mapping[str, bool] | None = None) -> bool:
-    """True when a higher value is better: `directions` first, then lyco_bench.metrics.METRICS."""
+    """True when a higher value is better: `directions` first, then the metric's registry entry
+    (the paper's metrics too: docs/protocol.md §5–6, "distance metrics are ranked reversed")."""
     if directions and metric in directions:
         return bool(directions[metric])
-    try:  # the registry of engineer D; optional so that the paper path needs no metrics code
-        from lyco_bench.metrics import METRICS  # type: ignore[attr-defined]
+    from lyco_bench.metrics.registry import METRICS
 
-        if metric in METRICS:
-            return bool(METRICS[metric].higher_is_better)
-    except ImportError:
-        pass
-    if metric in PAPER_DIRECTIONS:
-        return PAPER_DIRECTIONS[metric]
+    if metric in METRICS:
+        return bool(METRICS[metric].higher_is_better)
     raise BadInput(
         f"metric {metric!r}: direction unknown (not in lyco_bench.metrics.METRICS); pass directions"
     )

@@ -22,6 +22,8 @@ from lyco_bench.metrics.registry import (
     METRICS,
     PROMPT_CLASSES,
     Metric,
+    PanelAxis,
+    Report,
     register_metric,
 )
 from lyco_bench.metrics.values import MetricValue
@@ -58,6 +60,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "METRICS", "Metric", "register_metric", "CRITERIA", "PROMPT_CLASSES", "FIDELITY_CLASSES", "ENTRY_POINT_GROUP", "MetricValue", "FeatureCache", "EncoderSettings", "score", "metric_encoders",
+    "METRICS", "Metric", "PanelAxis", "Report", "register_metric", "CRITERIA", "PROMPT_CLASSES", "FIDELITY_CLASSES", "ENTRY_POINT_GROUP", "MetricValue", "FeatureCache", "EncoderSettings", "score", "metric_encoders",
     "default_metrics",
 ]  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from lyco_bench.metrics.registry import Metric, register_metric
+from lyco_bench.metrics.registry import Metric, PanelAxis, Report, register_metric
 from lyco_bench.metrics.values import MetricValue, sample_std
 
 
@@ -40,6 +40,7 @@ def text_similarity_rows(view) -> Iterator[MetricValue]:
 register_metric(
     Metric("text_similarity", "controllability", True, ("generated", "text"), ("clip",),
            compute=text_similarity_rows, per_image=True,
-           description="mean CLIP cosine of each image with its prompt (triggers → descriptive words)")
+           description="mean CLIP cosine of each image with its prompt (triggers → descriptive words)",
+           report=Report(headline=True, pareto=True, classes=("alter", "train", "trigger"), panels=(PanelAxis(1, "y", ("alter",)),)))
 )
 # fmt: on

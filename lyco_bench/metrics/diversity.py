@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyco_bench.metrics.registry import Metric, register_metric
+from lyco_bench.metrics.registry import Metric, PanelAxis, Report, register_metric
 from lyco_bench.metrics.values import MetricValue
 
 PER_PROMPT_CLASSES = ("alter",)
@@ -89,6 +89,9 @@ def vendi_rows(view) -> Iterator[MetricValue]:
 register_metric(
     Metric("vendi", "diversity", True, ("generated",), ("image",), ("train", "trigger", "alter"),
            compute=vendi_rows,
-           description="Vendi score, q=1, linear kernel; <alter>: per prompt (paper profile: blocks of 10), averaged")
+           description="Vendi score, q=1, linear kernel; <alter>: per prompt (paper profile: blocks of 10), averaged",
+           # the paper CSV has Vendi only for in/out: the panel falls back to <train> (named on the axis)
+           report=Report(headline=True, variant=("dinov2",),
+                         panels=(PanelAxis(2, "y", ("trigger", "train", "alter")),)))
 )
 # fmt: on

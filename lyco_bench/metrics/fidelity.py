@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyco_bench.metrics.registry import FIDELITY_CLASSES, Metric, register_metric
+from lyco_bench.metrics.registry import FIDELITY_CLASSES, Metric, PanelAxis, Report, register_metric
 from lyco_bench.metrics.values import NAN, NO_REFERENCE, MetricValue, sample_std
 
 
@@ -167,12 +167,16 @@ def composition_drop_rows(view) -> Iterator[MetricValue]:
 register_metric(
     Metric("image_similarity", "fidelity", True, ("reference", "generated"), ("image",), FIDELITY_CLASSES,
            compute=image_similarity_rows, per_image=True,
-           description="mean cosine over all (reference, generated) pairs")
+           description="mean cosine over all (reference, generated) pairs",
+           # docs/protocol.md §6: the paper's main fidelity figure, x of the first and third panel
+           report=Report(headline=True, variant=("dinov2", "resize"), pareto=True, classes=("alter", "train", "trigger"),
+                         panels=(PanelAxis(1, "x", ("alter",)), PanelAxis(3, "x", ("train",)))))
 )
 register_metric(
     Metric("squared_centroid_distance", "fidelity", False, ("reference", "generated"), ("image",),
            FIDELITY_CLASSES, compute=squared_centroid_distance_rows,
-           description="‖mean(ref) − mean(gen)‖² of normalized features")
+           description="‖mean(ref) − mean(gen)‖² of normalized features",
+           report=Report(headline=True, variant=("dinov2", "resize"), panels=(PanelAxis(2, "x", ("trigger",)),)))
 )
 register_metric(
     Metric("frechet_distance", "fidelity", False, ("reference", "generated"), ("image",), FIDELITY_CLASSES,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lyco_bench.metrics.registry import Metric, register_metric
+from lyco_bench.metrics.registry import Metric, PanelAxis, Report, register_metric
 from lyco_bench.metrics.values import NAN, MetricValue, paired_or_reason, sample_std
 
 
@@ -86,11 +86,14 @@ def style_loss_dataset_rows(view) -> Iterator[MetricValue]:
 register_metric(
     Metric("style_loss_base", "preservation", False, ("base", "generated"), ("vgg19",), ("style", "agnostic"),
            compute=style_loss_base_rows, per_image=True,
-           description="VGG19 Gram style loss to the base model's image of the same prompt and seed")
+           description="VGG19 Gram style loss to the base model's image of the same prompt and seed",
+           report=Report(headline=True, panels=(PanelAxis(3, "y", ("style",)),)))
 )
 register_metric(
     Metric("style_loss_dataset", "preservation", False, ("reference", "generated"), ("vgg19",),
            ("train", "trigger", "alter"), compute=style_loss_dataset_rows, categories="style",
-           description="‖μ₁−μ₂‖² + var₁ + var₂ of Gram vectors, generated vs dataset (style concepts)")
+           description="‖μ₁−μ₂‖² + var₁ + var₂ of Gram vectors, generated vs dataset (style concepts)",
+           # the paper files have the style loss only against the dataset: the third panel's stand-in
+           report=Report(panels=(PanelAxis(3, "y", ("train", "trigger", "alter"), fallback=True),)))
 )
 # fmt: on

@@ -28,6 +28,40 @@ FIDELITY_CLASSES = ("train", "trigger", "alter", "combine")
 
 
 @dataclass(frozen=True)
+class PanelAxis:
+    """One axis of a trade-off panel (the analysis' figures, docs/protocol.md §6): panel ``panel``
+    (1, 2, …: left to right) plots this metric on ``axis`` in the first of ``classes`` present."""
+
+    panel: int
+    axis: Literal["x", "y"]
+    classes: tuple[str, ...]
+    fallback: bool = False
+    """Plotted only where the panel's own metric for this axis is absent from the results."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the analysis and the leaderboard read from a metric (each overridable per study in the
+    ``analysis:`` block): its place among the headline metrics, the Pareto axes and the panels."""
+
+    headline: bool = False
+    """A headline of its criterion: fitted by CatBoost/SHAP and sized in sample_size.csv by default,
+    shown as a leaderboard column and counted in the mean rank."""
+    variant: tuple[str, ...] = ()
+    """Words each headline label's encoder or mode contains (``("dinov2", "resize")``: the DINOv2
+    resize variant only); empty: every variant."""
+    pareto: bool = False
+    """An axis of the leaderboard's Pareto marks (every such axis at once, each metric's direction
+    respected)."""
+    classes: tuple[str, ...] = ()
+    """Prompt classes to try in order where one label stands for the metric (a Pareto axis, a panel
+    given in the ``analysis:`` block); empty: the classes it reports."""
+    panels: tuple[PanelAxis, ...] = ()
+    """The trade-off panels it is an axis of; where two metrics claim the same panel axis, the first
+    in registry order keeps it (a plug-in adds a panel under a new number)."""
+
+
+@dataclass(frozen=True)
 class Metric:
     name: str
     criterion: str
@@ -55,6 +89,9 @@ class Metric:
     """Computed when no metric list is given (False: needs a large download, ask for it by name)."""
     experimental: bool = False
     description: str = ""
+    report: Report = Report()
+    """What the analysis and the leaderboard need from it (default: a column of leaderboard.csv
+    only)."""
 
     @property
     def reports(self) -> tuple[str, ...]:

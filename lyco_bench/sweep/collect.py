@@ -112,6 +112,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     )
     first = plan.study.configs[0].evaluations()[0][0]
     reference = settings.reference or first
+    choices = settings.choices()  # headline metrics, Pareto axes, panels: the registry's or the study's
     extra = {} if settings.shap_refits is None else {"shap_refits": settings.shap_refits}
     if settings.target_half_width is not None:
         extra["target_half_width"] = settings.target_half_width
@@ -123,6 +124,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         plots=plots,
         bootstrap=bootstrap,
         images_per_prompt=study.prompts.images_per_prompt or _images_per_prompt(study.prompts.set),
+        choices=choices,
         **extra,
     )
     # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
@@ -143,6 +145,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         reference=reference,
         contrasts=[Contrast(**c.model_dump()) for c in settings.contrasts],
         sample_size=analysis.sample_size_table,
+        choices=choices,
     )
 
 

@@ -19,12 +19,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lyco_bench.config import StrictModel, load_config
 from lyco_bench.errors import BadInput
+
+if TYPE_CHECKING:
+    from lyco_bench.analysis.choices import ReportChoices
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TINY_PREFIX = "tiny:"
@@ -113,8 +116,16 @@ class ContrastSpec(StrictModel):
     """The epoch of ``vs`` (None: the same epoch as ``config``)."""
 
 
+class PanelSpec(StrictModel):
+    """A trade-off panel: metric ``y`` against metric ``x``."""
+
+    y: str
+    x: str
+
+
 class AnalysisSettings(StrictModel):
-    """The analysis stage's settings (``lyco_bench.analysis``); None keeps the analysis default."""
+    """The analysis stage's settings (``lyco_bench.analysis``); None keeps the analysis default.
+    None of them enters a job's identity: the analysis and the report are rewritten on every run."""
 
     exclude_configs: list[str | int] = Field(default_factory=list)
     """Configurations left out of everything (full names or their numbers)."""
@@ -130,6 +141,21 @@ class AnalysisSettings(StrictModel):
     """CatBoost refits on bootstrap resamples per metric, for the SHAP level intervals."""
     target_half_width: float | dict[str, float] | None = None
     """The CI half-width sample_size.csv sizes images for (a number, or per metric name/label)."""
+    headline: list[str] | None = Field(default=None, min_length=1)
+    """Headline metrics (fitted by SHAP, sized in sample_size.csv, the leaderboard's columns and
+    mean rank), each in the variant it declares; None: those the metrics declare (``Report``)."""
+    pareto: list[str] | None = Field(default=None, min_length=2)
+    """The leaderboard's Pareto axes (metric names); None: those the metrics declare."""
+    panels: list[PanelSpec] | None = None
+    """The trade-off figures' panels, left to right; None: those the metrics declare."""
+
+    def choices(self) -> ReportChoices:
+        """The reporting choices: the metric registry's declarations with these overrides
+        (``lyco_bench.analysis.choices.ReportChoices``); BadInput names an unknown metric's field."""
+        from lyco_bench.analysis.choices import report_choices
+
+        panels = None if self.panels is None else [(p.y, p.x) for p in self.panels]
+        return report_choices(headline=self.headline, pareto=self.pareto, panels=panels)
 
 
 class Study(StrictModel):
@@ -285,6 +311,12 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
         raise BadInput(
             f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)"
         )
+    analysis = study.analysis
+    if analysis.headline is not None or analysis.pareto is not None or analysis.panels is not None:
+        try:  # the metric registry is read only when a study overrides a reporting choice
+            analysis.choices()
+        except BadInput as exc:
+            raise BadInput(f"{path}: {exc}") from None
     for i, contrast in enumerate(study.analysis.contrasts):
         for key in ("config", "vs"):
             if getattr(contrast, key) not in names:
