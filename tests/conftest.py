@@ -19,6 +19,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PAPER_CSV = "ddim_sd15_metrics_mean.csv"
 
 
+def _bind_library_log_handlers() -> None:
+    """diffusers and transformers give their root logger a StreamHandler bound to the sys.stderr of
+    the moment they are first used. Were that a test's capsys stream, closed after the test, a later
+    log record would print a "--- Logging error ---" traceback into another test's stderr. Bound now,
+    at collection, they write to pytest's session-long capture instead."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.get_logger("diffusers")
+    transformers_logging.get_logger("transformers")
+
+
+_bind_library_log_handlers()
+
+
 def find_paper_dir() -> Path | None:
     """The paper's published results: ``$LYCO_BENCH_PAPER_DATA``, else a ``paper/`` folder holding
     them in a directory beside the checkout (first in name order)."""

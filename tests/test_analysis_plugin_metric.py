@@ -83,6 +83,7 @@ def _with_analysis(study: Path, name: str, **analysis) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_plugin_metric_reaches_shap_sample_size_and_leaderboard(tmp_path, tiny_model_dir, demo_dataset_dir):
     env = _install_plugin(tmp_path / "site")
     study = _two_config_study(tmp_path, tiny_model_dir, demo_dataset_dir, ["text_similarity", "spread"])
