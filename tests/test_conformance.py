@@ -1,0 +1,196 @@
+"""The conformance kit (lyco_bench.testing) over every registered plug-in, and the kit itself: each
+check fails on a plug-in that breaks the property it names.
+
+The parametrization reads the registries, so a newly registered built-in is checked here with no
+edit to this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+from lyco_bench.adapters.algorithms.lora import LoRAModule
+from lyco_bench.adapters.base import ALGORITHMS, AdapterModule
+from lyco_bench.adapters.presets import PRESETS, Preset
+from lyco_bench.methods.base import is_model_method
+from lyco_bench.metrics import METRICS
+from lyco_bench.metrics.values import MetricValue
+from lyco_bench.testing import check_algorithm, check_method, check_metric, check_preset
+
+LAYER_ALGORITHMS = sorted(n for n, c in ALGORITHMS.items() if issubclass(c, AdapterModule))
+METHODS = sorted(n for n, c in ALGORITHMS.items() if is_model_method(c))
+
+
+@pytest.mark.parametrize("name", LAYER_ALGORITHMS)
+def test_every_layer_algorithm_conforms(name):
+    check_algorithm(ALGORITHMS[name])
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from lyco_bench.models import load_pipeline
+
+    return load_pipeline(str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_conforms(name, pipe):
+    check_method(ALGORITHMS[name], pipe=pipe)
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_every_metric_conforms(name):
+    check_metric(METRICS[name])
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_conforms(name):
+    check_preset(PRESETS[name])
+
+
+def test_every_kind_has_built_ins():
+    assert LAYER_ALGORITHMS and METHODS and list(METRICS) and list(PRESETS)
+
+
+# --- the kit catches what it names -----------------------------------------------------------------
+
+
+class _ScaledBypass(LoRAModule):
+    algo = "kit_scaled_bypass"
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().bypass(x)  # forward no longer W0 + λ·ΔW
+
+
+class _NonZeroInit(LoRAModule):
+    algo = "kit_nonzero_init"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        with torch.no_grad():
+            self.lora_up.fill_(0.1)
+
+
+class _AlphaLost(LoRAModule):
+    algo = "kit_alpha_lost"
+
+    @classmethod
+    def from_file_tensors(cls, base, tensors, *, name):
+        return super().from_file_tensors(base, {k: v for k, v in tensors.items() if k != "alpha"}, name=name)
+
+
+class _ResumeDropsUp(LoRAModule):
+    algo = "kit_resume_drops_up"
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        kept = {k: v for k, v in state_dict.items() if k != "lora_up"}
+        return super().load_state_dict(kept, strict=False, assign=assign)
+
+
+@pytest.mark.parametrize(
+    ("cls", "prop"),
+    [
+        (_ScaledBypass, "delta vs forward"),
+        (_NonZeroInit, "zero init"),
+        (_AlphaLost, "file round trip"),
+        (_ResumeDropsUp, "resume"),
+    ],
+)
+def test_check_algorithm_names_the_broken_property(cls, prop):
+    with registered(cls), pytest.raises(AssertionError, match=rf"^{cls.algo} \[linear\]: {prop}: "):
+        check_algorithm(cls)
+
+
+@contextlib.contextmanager
+def registered(cls):
+    """``cls`` in the algorithm registry for the test (a file names its algorithm by ``algo``)."""
+    ALGORITHMS.register(cls.algo, cls)
+    try:
+        yield cls
+    finally:
+        ALGORITHMS.unregister(cls.algo)
+
+
+def test_a_subclass_registered_under_its_parents_name_fails_the_file_round_trip():
+    class Unregistered(LoRAModule):  # a file of it reads back as LoRA, not as itself
+        pass
+
+    with pytest.raises(AssertionError, match=r"file round trip: a saved file's module is read as 'lora'"):
+        check_algorithm(Unregistered)
+
+
+def test_declared_exemptions_are_read_and_checked():
+    class Exempt(_NonZeroInit):
+        algo = "kit_exempt"
+        conformance_exempt = {"zero init": "starts from a pretrained ΔW"}
+
+    with registered(Exempt):
+        check_algorithm(Exempt)  # everything but the zero init holds
+
+    class Unknown(LoRAModule):
+        algo = "kit_unknown_exemption"
+        conformance_exempt = {"speed": "fast"}
+
+    with pytest.raises(AssertionError, match=r"conformance_exempt: unknown property 'speed'"):
+        check_algorithm(Unknown)
+
+
+def test_check_algorithm_refuses_a_non_algorithm():
+    with pytest.raises(AssertionError, match="not an AdapterModule subclass"):
+        check_algorithm(torch.nn.Linear)
+
+
+def test_check_preset_names_the_broken_property():
+    with pytest.raises(AssertionError, match=r"^preset nothing: selects: "):
+        check_preset(Preset("nothing", lambda info: False, lambda path: False, "selects nothing"))
+    with pytest.raises(AssertionError, match=r"^preset vague: answers: unet\("):
+        check_preset(Preset("vague", lambda info: 1, lambda path: False, "answers 1"))
+
+
+# Metrics with a known answer on the toy (they compare with references, the base model or text, or
+# measure diversity): a flipped direction must be caught.
+KNOWN = [
+    n
+    for n, m in METRICS.items()
+    if {"reference", "base", "text"} & set(m.needs) or m.criterion == "diversity"
+]
+
+
+@pytest.mark.parametrize("name", KNOWN)
+def test_check_metric_catches_a_flipped_direction(name):
+    metric = METRICS[name]
+    flipped = dataclasses.replace(metric, higher_is_better=not metric.higher_is_better)
+    with pytest.raises(AssertionError, match=rf"^metric {name}: known answer: "):
+        check_metric(flipped)
+
+
+def test_check_metric_catches_bad_rows_and_declarations():
+    def nan_rows(view):
+        yield MetricValue(float("nan"), view.n, reason="")
+
+    base = METRICS["image_similarity"]
+    with pytest.raises(AssertionError, match=r"rows well formed: value nan"):
+        check_metric(dataclasses.replace(base, name="nan", compute=nan_rows))
+    with pytest.raises(AssertionError, match=r"declarations: prompt_classes"):
+        check_metric(dataclasses.replace(base, name="odd", prompt_classes=("nowhere",)))
+    with pytest.raises(AssertionError, match=r"declarations: higher_is_better"):
+        check_metric(dataclasses.replace(base, name="undirected", higher_is_better=None))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_check_method_catches_a_file_that_loads_other_weights(name, pipe):
+    class Lossy(ALGORITHMS[name]):
+        @classmethod
+        def from_file(cls, path):
+            method = super().from_file(path)
+            with torch.no_grad():
+                for param in method.parameters():
+                    param.mul_(0.5)
+            return method
+
+    with pytest.raises(AssertionError, match=rf"^method {name}: file round trip: save → from_file"):
+        check_method(Lossy, pipe=pipe)
