@@ -30,6 +30,21 @@ def test_every_layer_algorithm_conforms(name):
     check_algorithm(ALGORITHMS[name])
 
 
+def _switches() -> list[tuple[str, str]]:
+    """(algorithm, option) for every on/off option of every layer algorithm (Tucker, DoRA, …)."""
+    return [
+        (name, option)
+        for name in LAYER_ALGORITHMS
+        for option, info in ALGORITHMS[name].Options.model_fields.items()
+        if info.annotation in (bool, bool | None) and not info.default
+    ]
+
+
+@pytest.mark.parametrize(("name", "option"), _switches())
+def test_every_layer_algorithm_conforms_with_each_switch_on(name, option):
+    check_algorithm(ALGORITHMS[name], {option: True})
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
     from lyco_bench.models import load_pipeline
@@ -59,14 +74,24 @@ def test_every_kind_has_built_ins():
 # --- the kit catches what it names -----------------------------------------------------------------
 
 
-class _ScaledBypass(LoRAModule):
+class _Variant(LoRAModule):
+    """A LoRA variant with its own name; its file is a LoRA file, told apart by metadata only."""
+
+    algo = "kit_variant"
+
+    @classmethod
+    def detects(cls, suffixes: set[str]) -> bool:
+        return False
+
+
+class _ScaledBypass(_Variant):
     algo = "kit_scaled_bypass"
 
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         return 2 * super().bypass(x)  # forward no longer W0 + λ·ΔW
 
 
-class _NonZeroInit(LoRAModule):
+class _NonZeroInit(_Variant):
     algo = "kit_nonzero_init"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -75,7 +100,7 @@ class _NonZeroInit(LoRAModule):
             self.lora_up.fill_(0.1)
 
 
-class _AlphaLost(LoRAModule):
+class _AlphaLost(_Variant):
     algo = "kit_alpha_lost"
 
     @classmethod
@@ -83,7 +108,7 @@ class _AlphaLost(LoRAModule):
         return super().from_file_tensors(base, {k: v for k, v in tensors.items() if k != "alpha"}, name=name)
 
 
-class _ResumeDropsUp(LoRAModule):
+class _ResumeDropsUp(_Variant):
     algo = "kit_resume_drops_up"
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
@@ -98,29 +123,36 @@ class _ResumeDropsUp(LoRAModule):
         (_NonZeroInit, "zero init"),
         (_AlphaLost, "file round trip"),
         (_ResumeDropsUp, "resume"),
+        (LoRAModule, None),  # the unbroken parent (its own registered name)
     ],
 )
 def test_check_algorithm_names_the_broken_property(cls, prop):
-    with registered(cls), pytest.raises(AssertionError, match=rf"^{cls.algo} \[linear\]: {prop}: "):
-        check_algorithm(cls)
+    with registered(cls):
+        if prop is None:
+            check_algorithm(cls)
+            return
+        with pytest.raises(AssertionError, match=rf"^{cls.algo} \[linear\]: {prop}: "):
+            check_algorithm(cls)
 
 
 @contextlib.contextmanager
 def registered(cls):
     """``cls`` in the algorithm registry for the test (a file names its algorithm by ``algo``)."""
+    known = cls.algo in ALGORITHMS
     ALGORITHMS.register(cls.algo, cls)
     try:
         yield cls
     finally:
-        ALGORITHMS.unregister(cls.algo)
+        if not known:
+            ALGORITHMS.unregister(cls.algo)
 
 
-def test_a_subclass_registered_under_its_parents_name_fails_the_file_round_trip():
-    class Unregistered(LoRAModule):  # a file of it reads back as LoRA, not as itself
-        pass
+def test_a_subclass_detected_by_its_parents_keys_is_caught():
+    class SameKeys(LoRAModule):  # claims LoRA's detect keys: a file of it reads back as LoRA
+        algo = "kit_same_keys"
 
-    with pytest.raises(AssertionError, match=r"file round trip: a saved file's module is read as 'lora'"):
-        check_algorithm(Unregistered)
+    with registered(SameKeys), pytest.raises(AssertionError, match=r"detection by keys: without metadata"):
+        check_algorithm(SameKeys)
 
 
 def test_declared_exemptions_are_read_and_checked():

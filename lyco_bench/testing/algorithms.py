@@ -14,7 +14,8 @@ of docs/protocol.md §1.1 that injection, files, merging and training rely on:
 * file round trip: ``file_tensors`` → ``from_file_tensors`` gives the same ΔW and tensors, also
   through a real safetensors file in the kohya/LyCORIS key layout (lyco_bench.adapters.fileformat);
 * detection by keys: with the file's metadata hint the detected class is the algorithm; without it
-  the detected class reads the tensors to the same ΔW (DyLoRA's file is a LoRA file);
+  too, where its keys identify it (``detects``), else the class that reads them gives the same ΔW
+  (a DyLoRA file is a LoRA file);
 * resume: a fresh module given the state dict computes bit-identical outputs.
 
 An algorithm exempts itself from a property with a ClassVar ``conformance_exempt`` (a mapping
@@ -228,10 +229,13 @@ def _check_detection(module: AdapterModule, tensors: dict, want: torch.Tensor, f
     hinted = detect_algorithm(suffixes, name="lora_unet_kit", hints={cls.algo})
     if hinted is not cls:
         fail(f"with the metadata hint {cls.algo!r} the keys {sorted(suffixes)} are read as {hinted.algo!r}")
-    # Without metadata: the detected class (possibly another whose file layout this one shares)
-    # must read the tensors to the same ΔW.
+    # Without metadata: an algorithm whose keys identify it (``detects``) is found by them alone;
+    # one that shares another's layout (a DyLoRA file is a LoRA file) is read by that one, which
+    # must give the same ΔW.
     file = adapter_file_from_tensors({f"lora_unet_kit.{s}": t for s, t in tensors.items()})
     other = file.modules["lora_unet_kit"]
+    if cls.detects(suffixes) and other is not cls:
+        fail(f"without metadata the keys {sorted(suffixes)} are read as {other.algo!r}")
     back = other.from_file_tensors(module.base, dict(tensors), name="lora_unet_kit")
     with torch.no_grad():
         close(back.delta_weight(), want, fail, f"without metadata read as {other.algo!r}, to another ΔW")
