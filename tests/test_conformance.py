@@ -226,3 +226,15 @@ def test_check_method_catches_a_file_that_loads_other_weights(name, pipe):
 
     with pytest.raises(AssertionError, match=rf"^method {name}: file round trip: save → from_file"):
         check_method(Lossy, pipe=pipe)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_check_method_catches_a_detach_that_restores_nothing(name, tiny_model_dir):
+    from lyco_bench.models import load_pipeline
+
+    class Sticky(ALGORITHMS[name]):
+        def detach(self) -> None:
+            pass  # the pipeline keeps the method's hooks, tokens or rows
+
+    with pytest.raises(AssertionError, match=rf"^method {name}: attach/detach: after detach"):
+        check_method(Sticky, pipe=load_pipeline(str(tiny_model_dir)))  # a pipeline of its own
