@@ -171,6 +171,15 @@ def test_declared_exemptions_are_read_and_checked():
         check_algorithm(Unknown)
 
 
+def test_check_algorithm_reports_bad_settings_and_leaves_the_rng_alone():
+    first = ALGORITHMS[LAYER_ALGORITHMS[0]]
+    with pytest.raises(AssertionError, match=rf"^{first.algo}: settings: .*no_such_option"):
+        check_algorithm(first, {"no_such_option": 1})
+    state = torch.get_rng_state()
+    check_algorithm(first)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_check_algorithm_refuses_a_non_algorithm():
     with pytest.raises(AssertionError, match="not an AdapterModule subclass"):
         check_algorithm(torch.nn.Linear)

@@ -79,12 +79,26 @@ def check_algorithm(
         raise AssertionError(f"{cls!r}: not an AdapterModule subclass")
     fail = Failure(getattr(cls, "algo", cls.__name__))
     skipped = exempt(cls, PROPERTIES, fail)
+    try:
+        cls.parse_options(settings)
+    except BadInput as exc:  # before the layers: a refused layer kind is skipped, bad settings fail
+        fail.prop("settings")(str(exc))
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+        built = _check_layers(cls, dict(settings or {}), seed, skipped, fail)
+    if not built:
+        fail.prop("layers")("adapts none of Linear, Conv2d 3×3, Conv2d 1×1")
+
+
+def _check_layers(
+    cls: type[AdapterModule], settings: dict, seed: int, skipped: set[str], fail: Failure
+) -> int:
+    """The checks on each layer kind the algorithm adapts; returns how many it adapts."""
     built = 0
     for layer, (build, shape) in _layers().items():
         torch.manual_seed(seed)
         base = build()
         try:
-            module = cls(base, dict(settings or {}))
+            module = cls(base, settings)
         except (TypeError, BadInput):
             continue  # a layer kind the algorithm does not adapt
         built += 1
@@ -105,9 +119,8 @@ def check_algorithm(
         if "file round trip" not in skipped or "detection by keys" not in skipped:
             _check_files(module, where, skipped)
         if "resume" not in skipped:
-            _check_resume(cls, module, x, dict(settings or {}), where.prop("resume"))
-    if not built:
-        fail.prop("layers")("adapts none of Linear, Conv2d 3×3, Conv2d 1×1")
+            _check_resume(cls, module, x, settings, where.prop("resume"))
+    return built
 
 
 def _dense(module: AdapterModule, x: torch.Tensor, lam: float) -> torch.Tensor:

@@ -58,7 +58,7 @@ def check_method(
     if not (isinstance(cls, type) and issubclass(cls, ModelMethod)):
         raise AssertionError(f"{cls!r}: not a ModelMethod subclass")
     concepts = list(concepts) if concepts is not None else toy_concepts()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=[]):
         run = _Run(cls, dict(settings or {}), pipe or tiny_pipeline(folder), concepts, Path(folder))
         run.check()
 

@@ -33,8 +33,9 @@ def tiny_models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 
     from lyco_bench.models import TINY_TEXT, TINY_UNET
 
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(**TINY_UNET), CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(**TINY_UNET), CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
 
 
 def _keys(unet: nn.Module, text_encoder: nn.Module, spec: AdapterSpec) -> list[tuple[str, str]]:
