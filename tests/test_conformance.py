@@ -247,3 +247,23 @@ def test_check_method_catches_a_detach_that_restores_nothing(name, tiny_model_di
 
     with pytest.raises(AssertionError, match=rf"^method {name}: attach/detach: after detach"):
         check_method(Sticky, pipe=load_pipeline(str(tiny_model_dir)))  # a pipeline of its own
+
+
+def test_the_readme_walk_through_algorithm_passes_its_kit_step(monkeypatch):
+    """The README's OutScale (its first python block) and its step-4 test (the block that calls the
+    kit), as written; the entry point a pip install would add is a registration here."""
+    import sys
+    import types
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Adding an algorithm", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("python\n")]
+    kit_block = next(b for b in blocks if "lyco_bench.testing" in b)
+    package = types.ModuleType("lyco_outscale")
+    exec(compile(blocks[0], "lyco_outscale.py", "exec"), package.__dict__)  # noqa: S102 - the README's code
+    monkeypatch.setitem(sys.modules, "lyco_outscale", package)
+    tests: dict = {}
+    exec(compile(kit_block, "test_outscale.py", "exec"), tests)  # noqa: S102
+    with registered(package.OutScaleModule):
+        tests["test_outscale_conforms"]()
