@@ -91,6 +91,14 @@ class _ScaledBypass(_Variant):
         return 2 * super().bypass(x)  # forward no longer W0 + λ·ΔW
 
 
+class _DoubledGradients(_Variant):
+    algo = "kit_doubled_gradients"
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().bypass(x)
+        return y + (y - y.detach())  # the same value, twice the gradient
+
+
 class _NonZeroInit(_Variant):
     algo = "kit_nonzero_init"
 
@@ -120,6 +128,7 @@ class _ResumeDropsUp(_Variant):
     ("cls", "prop"),
     [
         (_ScaledBypass, "delta vs forward"),
+        (_DoubledGradients, "gradients"),
         (_NonZeroInit, "zero init"),
         (_AlphaLost, "file round trip"),
         (_ResumeDropsUp, "resume"),

@@ -8,6 +8,8 @@ of docs/protocol.md §1.1 that injection, files, merging and training rely on:
 * zero init: ΔW = 0 (and Δb = 0) before training;
 * ΔW vs forward: forward(x) = op(x, W0 + λ·ΔW, b0 + λ·Δb), on the bypass path and on the merged
   path (``prefers_merged`` forced both ways), where the algorithm ``merges_exactly``;
+* gradients: on both paths, dL/dx and dL/dθ equal autograd through that formula (the merged path
+  has a backward of its own);
 * merge = forward: a copy of the layer with λ·ΔW (λ·Δb) added to its weight (bias) gives the
   module's outputs;
 * multiplier linearity: forward(λ) − base = λ·(forward(1) − base);
@@ -43,6 +45,7 @@ MULTIPLIER = 0.7
 PROPERTIES = (
     "zero init",
     "delta vs forward",
+    "gradients",
     "merge = forward",
     "multiplier linearity",
     "file round trip",
@@ -111,6 +114,7 @@ def _check_layers(
         if cls.merges_exactly:
             for name, check in (
                 ("delta vs forward", _check_delta_vs_forward),
+                ("gradients", _check_gradients),
                 ("merge = forward", _check_merge),
                 ("multiplier linearity", _check_linearity),
             ):
@@ -170,6 +174,31 @@ def _check_delta_vs_forward(module: AdapterModule, x: torch.Tensor, fail: Failur
         got = _forward(module, x, MULTIPLIER, merged=merged)
         path = "merged" if merged else "bypass"
         close(got, want, fail, f"forward ({path} path) ≠ the layer on W0 + λ·ΔW")
+
+
+def _check_gradients(module: AdapterModule, x: torch.Tensor, fail: Failure) -> None:
+    """dL/dx and dL/dθ of the forward (both paths: the merged one has its own backward) equal
+    autograd through op(x, W0 + λ·ΔW)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    saved = module.multiplier
+    module.multiplier = MULTIPLIER
+    try:
+        for merged in (False, True):
+            module.prefers_merged = lambda _x, m=merged: m  # type: ignore[method-assign]
+            inp = x.clone().requires_grad_(True)
+            y, ref = module(inp), _dense(module, inp, MULTIPLIER)
+            g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(7))
+            got = torch.autograd.grad(y, [inp, *params], g, allow_unused=True)
+            want = torch.autograd.grad(ref, [inp, *params], g, allow_unused=True)
+            names = ["x", *(n for n, p in module.named_parameters() if p.requires_grad)]
+            for name, a, b in zip(names, got, want, strict=True):
+                a = torch.zeros_like(inp if name == "x" else b) if a is None and b is not None else a
+                if a is not None and b is not None:
+                    path = "merged" if merged else "bypass"
+                    close(a, b, fail, f"dL/d{name} ({path} path) ≠ autograd through W0 + λ·ΔW")
+    finally:
+        module.multiplier = saved
+        module.__dict__.pop("prefers_merged", None)
 
 
 def _merged_copy(module: AdapterModule, lam: float) -> nn.Module:
