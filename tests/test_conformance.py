@@ -140,7 +140,7 @@ def test_check_algorithm_names_the_broken_property(cls, prop):
         if prop is None:
             check_algorithm(cls)
             return
-        with pytest.raises(AssertionError, match=rf"^{cls.algo} \[linear\]: {prop}: "):
+        with pytest.raises(AssertionError, match=rf"^algorithm {cls.algo} \[linear\]: {prop}: "):
             check_algorithm(cls)
 
 
@@ -182,7 +182,7 @@ def test_declared_exemptions_are_read_and_checked():
 
 def test_check_algorithm_reports_bad_settings_and_leaves_the_rng_alone():
     first = ALGORITHMS[LAYER_ALGORITHMS[0]]
-    with pytest.raises(AssertionError, match=rf"^{first.algo}: settings: .*no_such_option"):
+    with pytest.raises(AssertionError, match=rf"^algorithm {first.algo}: settings: .*no_such_option"):
         check_algorithm(first, {"no_such_option": 1})
     state = torch.get_rng_state()
     check_algorithm(first)

@@ -8,8 +8,8 @@
 
 Each raises AssertionError naming the plug-in and the failed property; the test suite runs it over
 every registered plug-in (tests/test_conformance.py), and an outside package runs it in its own
-tests. Properties a plug-in cannot meet for a documented reason are declared on it
-(``conformance_exempt = {"property": "reason"}``); the kit skips those only.
+tests. Properties an algorithm or a method cannot meet for a documented reason are declared on its
+class (``conformance_exempt = {"property": "reason"}``); the kit skips those only.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def check_algorithm(
     defaults when None); AssertionError naming the algorithm, the layer and the failed property."""
     if not (isinstance(cls, type) and issubclass(cls, AdapterModule)):
         raise AssertionError(f"{cls!r}: not an AdapterModule subclass")
-    fail = Failure(getattr(cls, "algo", cls.__name__))
+    fail = Failure(f"algorithm {getattr(cls, 'algo', cls.__name__)}")
     skipped = exempt(cls, PROPERTIES, fail)
     try:
         cls.parse_options(settings)

@@ -17,7 +17,7 @@ RTOL, ATOL = 1e-7, 1e-9
 
 @dataclass(frozen=True)
 class Failure:
-    """Raises AssertionError ``<kind> <plug-in> [<where>]: <property>: <message>``."""
+    """Raises AssertionError ``<kind> <name> [<where>]: <property>: <message>``."""
 
     plugin: str
     where: str = ""
