@@ -104,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
     plan.inputs.hasher.save()
+    from lyco_bench.sweep.collect import check_result_files
+
+    check_result_files(plan)
     retries = args.max_retries if args.max_retries is not None else plan.study.study.max_retries
     summary = run_plan(
         plan,
@@ -190,3 +193,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-analysis", action="store_true", help="stop after the results table")
     p.add_argument("--no-plots", action="store_true", help="analysis without figures")
     p.set_defaults(func=cmd_run)
+
+    from lyco_bench.sweep.verify import register_cli as register_verify
+
+    register_verify(subparsers)
