@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # importing the stages loads the algorithm and metric plug-ins, which may be broken
@@ -59,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options: `run S --store X seeds=[2]`
+        if getattr(args, "positional_overrides", False) and all(_is_override(e) for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            args = parser.parse_args(argv)  # argparse's own one-line error and exit code 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

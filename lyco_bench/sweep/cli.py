@@ -149,12 +149,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no training.lr=1e-4; values "
-        "are read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text)",
+        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no training.lr=1e-4 "
+        "(a training.* override applies to every configuration, over its algorithm block's value); values "
+        "are read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text); "
+        "overrides may also follow the options",
     )
     p.add_argument(
         "--store", default="runs", help="store folder; the study lives in STORE/<study> (default: runs)"
     )
+    p.set_defaults(positional_overrides=True)  # KEY=VALUE may also follow the options
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -348,4 +348,4 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lr=1e-4 adapter.dim=16"
     )
     parser.add_argument("--out", required=True, help="output folder for checkpoints and run records")
-    parser.set_defaults(func=_cmd_train)
+    parser.set_defaults(func=_cmd_train, positional_overrides=True)
