@@ -241,6 +241,9 @@ def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) ->
         session.net.save(temps[0], metadata=_checkpoint_metadata(session, epoch))
         save_state(session, temps[1], epoch=epoch)
         atomic_write_json(temps[2], _record(session, temps[0], temps[1], epoch=epoch, wall=wall))
+        tool_files = getattr(session.net, "tool_files", None)  # e.g. one file per TI concept
+        if tool_files is not None:
+            tool_files(final[0], _checkpoint_metadata(session, epoch))
         for tmp, path in zip(temps, final, strict=True):
             os.replace(tmp, path)
             placed.append(path)
