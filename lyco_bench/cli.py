@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lyco-bench … | head -1`: the reader left; no traceback, no retry
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's recipe: the exit-time flush must not fail again
+        return 1
 
 
 if __name__ == "__main__":

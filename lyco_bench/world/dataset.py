@@ -79,6 +79,8 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
         raise BadInput(f"{root}: already exists and is not an empty folder")
     if images_per_leaf is not None and images_per_leaf < 1:
         raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise BadInput(f"--seed {seed}: must be ≥ 0")
     with atomic_folder(root) as tmp:
         for leaf_index, leaf in enumerate(WORLD_LEAVES):
             rng = np.random.default_rng([seed, 100 + leaf_index])
