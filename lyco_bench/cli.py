@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
 
 from lyco_bench import __version__
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pickled_file(exc: BaseException) -> str:
+    """The file a refused ``torch.load`` was reading (its ``f`` argument), for the one-line error;
+    torch's own message advises ``weights_only=False``, which must never reach the user."""
+    tb, found = exc.__traceback__, "a file"
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "load" and "torch" in frame.f_code.co_filename:
+            f = frame.f_locals.get("f")
+            found = str(f) if isinstance(f, str | os.PathLike) else getattr(f, "name", found)
+        tb = tb.tb_next
+    return found
+
+
 def _is_override(text: str) -> bool:
     return "=" in text and not text.startswith("-")
 
@@ -76,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickled object
+        print(f"error: {_pickled_file(exc)}: refused: it holds pickled objects other than tensors; "
+              "convert it to .safetensors", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

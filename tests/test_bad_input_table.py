@@ -3,8 +3,8 @@ command through the CLI and checks exit code 2, exactly one ``error: …`` line 
 fragment, and that nothing was written where the command writes. The next bad input found is
 one more row in CASES.
 
-Placeholders in a command: {model} {dataset} {study} {store} {adapter} {pickle} {results:<how>}
-{out} (a folder the command must not create)."""
+Placeholders in a command: {model} {dataset} {study} {store} {adapter} {pickle} {images}
+{clip_dir} {clip_pickle} {results:<how>} {out} (a folder the command must not create)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.test_sweep_run import micro_study
 GEN = "generate --model {model} --dataset {dataset} --prompts demo --out {out}"
 MERGE = "adapter merge --base {model} --out {out}"
 PLAN = "plan {study} --store {out}"
+SCORE = "score --images {images} --dataset {dataset} --out {out}/s.parquet --cache {out}/cache --metrics text_similarity"
 
 # (case, command, fragment of the one error line)
 CASES = [
@@ -38,6 +39,8 @@ CASES = [
     ("override after the options", "run {study} --store {out} --no-analysis training.lr=-5", "configuration lora2: lr: "),
     # pickles refused, never with advice to unpickle
     ("pickle as an adapter", MERGE + " --adapter {pickle}", "not a safetensors file"),
+    ("OpenCLIP folder holding a pickle", SCORE + " --set clip={clip_dir}", "open_clip_pytorch_model.bin: refused: it holds pickled objects other than tensors"),
+    ("clip_pretrained a pickle", SCORE + " --set clip=ViT-B-32 --set clip_pretrained={clip_pickle}", "clip.bin: refused: it holds pickled objects"),
     # stores and results
     ("verify a folder that is no store", "verify {dataset}", "not a store (no <study>/jobs folder in it)"),
     ("results value inf", "leaderboard {results:inf} --out {out}", "row 3: value inf is not a finite number"),
@@ -63,10 +66,23 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
     bad_pickle = folder / "weights.safetensors"
     bad_pickle.write_bytes(pickle.dumps({"lora_up.weight": [0.0] * 8}))
     results = store / "micro" / "results.parquet"
+    import pathlib
+
+    import torch
+
+    clip_pickle = folder / "clip.bin"  # a pickled object torch.load(weights_only=True) refuses
+    torch.save({"visual.proj": pathlib.PurePosixPath("/x")}, clip_pickle)
+    clip_dir = folder / "open_clip"
+    clip_dir.mkdir()
+    (clip_dir / "open_clip_config.json").write_bytes(
+        (Path(encoders["clip"]) / "open_clip_config.json").read_bytes()
+    )
+    (clip_dir / "open_clip_pytorch_model.bin").write_bytes(clip_pickle.read_bytes())
     return {
         "model": tiny_model_dir, "dataset": demo_dataset_dir, "study": study, "store": store,
         "adapter": store / "micro" / "runs" / "lora2" / "1" / "ckpt-e001.safetensors",
-        "pickle": bad_pickle, "results": results, "folder": folder,
+        "pickle": bad_pickle, "results": results, "folder": folder, "clip_pickle": clip_pickle,
+        "clip_dir": clip_dir, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
     }  # fmt: skip
 
 
@@ -87,7 +103,17 @@ def broken_results(good: Path, how: str, folder: Path) -> Path:
 def command(template: str, inputs: dict[str, Path], out: Path) -> list[str]:
     argv = []
     for word in template.split():
-        for key in ("model", "dataset", "study", "store", "adapter", "pickle"):
+        for key in (
+            "model",
+            "dataset",
+            "study",
+            "store",
+            "adapter",
+            "pickle",
+            "images",
+            "clip_dir",
+            "clip_pickle",
+        ):
             word = word.replace("{" + key + "}", str(inputs[key]))
         if word.startswith("{results:"):
             word = str(broken_results(inputs["results"], word[len("{results:") : -1], out.parent))
