@@ -136,6 +136,10 @@ class ShardCache:
     def put(self, key: str, encoder_id: str, mode: str, feature: torch.Tensor) -> None:
         """Buffer one entry; it is written with the next :meth:`flush`."""
         feature = feature.detach().to(torch.float32).contiguous().cpu()
+        if not bool(torch.isfinite(feature).all()):  # never cached: every later read would reuse it
+            from lyco_bench.errors import BadInput
+
+            raise BadInput(f"{encoder_id} ({mode}): non-finite values computed for {key[:12]}…; not cached")
         bucket = self._pending.setdefault((encoder_id, mode), {})
         if key not in bucket:
             bucket[key] = feature

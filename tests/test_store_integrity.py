@@ -241,3 +241,30 @@ def test_standalone_train_resumes_from_the_last_intact_checkpoint(
     state = out / "ckpt-e002.state.safetensors"
     DAMAGES[damage](state)
     assert find_resume(config, out) is None  # a damaged state is no resume point
+
+
+def test_non_finite_outputs_are_never_written(tmp_path):
+    """A feature with NaN/inf is not cached (every later read would reuse it); an infinite score
+    row is not written (NaN is a metric without a value, which its row's reason explains)."""
+    import math
+
+    import torch
+
+    from lyco_bench.errors import BadInput
+    from lyco_bench.shards import ShardCache
+    from lyco_bench.sweep.planner import make_job
+    from lyco_bench.sweep.stages import _check_finite_scores
+
+    cache = ShardCache(tmp_path / "cache")
+    for bad in (math.nan, math.inf):
+        with pytest.raises(
+            BadInput, match=r"^enc \(m\): non-finite values computed for 000000000000…; not cached$"
+        ):
+            cache.put("0" * 64, "enc", "m", torch.tensor([1.0, bad]))
+    assert cache.flush() == [] and not (tmp_path / "cache").exists()
+    job = make_job("score", "x", spec={})
+    rows = pd.DataFrame({"label": ["a", "b"], "value": [0.5, math.nan]})
+    _check_finite_scores(rows, job)
+    rows.loc[1, "value"] = -math.inf
+    with pytest.raises(BadInput, match=f"^job {job.id}: b: an infinite score; not written$"):
+        _check_finite_scores(rows, job)
