@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
 from collections.abc import Callable
 
@@ -63,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pickled_file(exc: BaseException) -> str:
+    """The file a refused ``torch.load`` was reading (its ``f`` argument), for the one-line error;
+    torch's own message advises ``weights_only=False``, which must never reach the user."""
+    tb, found = exc.__traceback__, "a file"
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "load" and "torch" in frame.f_code.co_filename:
+            f = frame.f_locals.get("f")
+            found = str(f) if isinstance(f, str | os.PathLike) else getattr(f, "name", found)
+        tb = tb.tb_next
+    return found
+
+
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # importing the stages loads the algorithm and metric plug-ins, which may be broken
@@ -70,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options: `run S --store X seeds=[2]`
+        if getattr(args, "positional_overrides", False) and all(_is_override(e) for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            args = parser.parse_args(argv)  # argparse's own one-line error and exit code 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -79,9 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickled object
+        print(f"error: {_pickled_file(exc)}: refused: it holds pickled objects other than tensors; "
+              "convert it to .safetensors", file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lyco-bench … | head -1`: the reader left; no traceback, no retry
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's recipe: the exit-time flush must not fail again
+        return 1
 
 
 if __name__ == "__main__":

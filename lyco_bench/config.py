@@ -7,23 +7,55 @@ turned into :class:`~lyco_bench.errors.BadInput` with the file and the dotted ke
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from lyco_bench.errors import BadInput
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, instances are immutable."""
+# The largest float32: every setting that is a float ends up in float32 arithmetic somewhere
+# (learning rates, multipliers, guidance, loss weights), where a larger value is inf.
+FLOAT32_MAX = 3.4028234663852886e38
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+def check_finite32(value: Any, path: str = "") -> Any:
+    """``value`` when every float in it (lists and maps too) is finite in float32, else ValueError
+    (``<key path>: …`` for a value inside a list or map, which validation errors append)."""
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        where = f"{path}: " if path else ""
+        raise ValueError(
+            f"{where}must be a finite number within float32's range (|x| ≤ 3.4e38), not {value!r}"
+        )
+    items = (
+        enumerate(value)
+        if isinstance(value, list | tuple)
+        else value.items()
+        if isinstance(value, dict)
+        else ()
+    )
+    for key, item in items:
+        check_finite32(item, f"{path}.{key}" if path else str(key))
+    return value
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, instances are immutable, and every float
+    is finite in float32 (NaN, inf and 1e39 are refused where they are parsed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_floats(cls, value: Any) -> Any:
+        return check_finite32(value)
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -15,7 +15,10 @@ Content-addressed, so one cache serves every job that reads the same content: a 
 encoded once for all checkpoints, and a second scoring of the same images encodes nothing.
 A shard's name is the hash of its keys, and it is written to a temporary name and renamed into
 place, so two processes writing the same entries produce one complete file and a reader never
-sees half of one; an unreadable shard is ignored (its entries count as misses).
+sees half of one; an unreadable shard is ignored (its entries count as misses). Each shard's
+metadata holds the sha256 of its ``keys`` and ``features`` bytes (``sha256``), hashed when it is
+written and checked whenever it is read: a damaged shard (bit rot, a partial copy) is removed
+and its entries count as misses, so they are computed again (and the shard rewritten).
 
 ``put`` only buffers; :meth:`ShardCache.flush` writes the buffered entries as one shard per
 (encoder, mode) — callers flush once at the end of their work (and the buffer flushes itself
@@ -24,6 +27,7 @@ past ``flush_bytes``, so VGG Gram vectors never pile up in memory).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -58,6 +62,7 @@ class ShardCache:
         self._index: dict[tuple[str, str], dict[str, tuple[Path, int]]] = {}
         self._pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._pending_bytes = 0
+        self._verified: set[Path] = set()  # shards read whole and found intact by this cache
 
     def _encoder_dir(self, encoder_id: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder_id).strip("-")[:60]
@@ -96,22 +101,34 @@ class ShardCache:
                 shard, row = entries[key]
                 by_shard.setdefault(shard, []).append((i, row))
         for shard, wanted in by_shard.items():
-            try:
-                with safe_open(str(shard), framework="pt") as fh:
-                    feats = fh.get_slice("features")
-                    if 2 * len(wanted) > feats.get_shape()[0]:  # most of the shard: one read
-                        whole = fh.get_tensor("features")
-                        for i, row in wanted:
-                            out[i] = whole[row]
-                    else:
-                        for i, row in wanted:
-                            out[i] = feats[row : row + 1][0]
-            except (SafetensorError, OSError, RuntimeError):
+            rows = self._rows(shard, [row for _, row in wanted])
+            if rows is None:
                 continue  # a shard removed or damaged since indexing: its entries are misses
+            for (i, _), feature in zip(wanted, rows, strict=True):
+                out[i] = feature
         found = sum(f is not None for f in out)
         self.hits += found
         self.misses += len(keys) - found
         return out
+
+    def _rows(self, shard: Path, rows: list[int]) -> list[torch.Tensor] | None:
+        """Rows of a shard's features. Its first read is whole and checked against its sha256;
+        later reads (of a shard this cache verified) take only the rows asked for."""
+        if shard not in self._verified:
+            whole = _read_verified(shard)
+            if whole is None:
+                return None
+            self._verified.add(shard)
+            return [whole[row] for row in rows]
+        try:
+            with safe_open(str(shard), framework="pt") as fh:
+                feats = fh.get_slice("features")
+                if 2 * len(rows) > feats.get_shape()[0]:  # most of the shard: one read
+                    whole = fh.get_tensor("features")
+                    return [whole[row] for row in rows]
+                return [feats[row : row + 1][0] for row in rows]
+        except (SafetensorError, OSError, RuntimeError):
+            return None
 
     def get(self, key: str, encoder_id: str, mode: str) -> torch.Tensor | None:
         return self.get_many([key], encoder_id, mode)[0]
@@ -119,6 +136,10 @@ class ShardCache:
     def put(self, key: str, encoder_id: str, mode: str, feature: torch.Tensor) -> None:
         """Buffer one entry; it is written with the next :meth:`flush`."""
         feature = feature.detach().to(torch.float32).contiguous().cpu()
+        if not bool(torch.isfinite(feature).all()):  # never cached: every later read would reuse it
+            from lyco_bench.errors import BadInput
+
+            raise BadInput(f"{encoder_id} ({mode}): non-finite values computed for {key[:12]}…; not cached")
         bucket = self._pending.setdefault((encoder_id, mode), {})
         if key not in bucket:
             bucket[key] = feature
@@ -128,7 +149,7 @@ class ShardCache:
 
     def flush(self) -> list[Path]:
         """Write buffered entries: one shard per (encoder, mode), named by the hash of its keys."""
-        from safetensors.torch import save_file
+        from lyco_bench.adapters.fileformat import safetensors_bytes
 
         written = []
         for (encoder_id, mode), bucket in sorted(self._pending.items()):
@@ -139,8 +160,9 @@ class ShardCache:
             path = self.shard_dir(encoder_id, mode) / f"{name}.safetensors"
             tensors = {"keys": _key_bytes(keys), "features": torch.stack([bucket[k] for k in keys])}
             meta = {"format": SHARD_FORMAT, "encoder_id": encoder_id, "mode": mode}
-            with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata=meta)
+            meta["sha256"] = _content_hash(tensors["keys"], tensors["features"])
+            with atomic_path(path) as tmp:  # sorted header: the same entries give the same bytes
+                tmp.write_bytes(safetensors_bytes(tensors, meta))
             index = self._index.get((encoder_id, mode))
             if index is not None:
                 for row, key in enumerate(keys):
@@ -158,6 +180,44 @@ class ShardCache:
 
     def shards(self) -> list[Path]:
         return sorted(self.root.rglob("*.safetensors")) if self.root.exists() else []
+
+
+def _content_hash(keys: torch.Tensor, features: torch.Tensor) -> str:
+    digest = hashlib.sha256(keys.contiguous().numpy().tobytes())
+    digest.update(features.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_verified(shard: Path) -> torch.Tensor | None:
+    """A shard's features, read whole and checked against the sha256 in its metadata (shards
+    written before it was recorded pass); None when unreadable, or damaged (then removed)."""
+    try:
+        with safe_open(str(shard), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            features = fh.get_tensor("features")
+            keys = fh.get_tensor("keys") if recorded else None
+    except (SafetensorError, OSError, RuntimeError):
+        return None
+    if recorded and _content_hash(keys, features) != recorded:
+        from lyco_bench.utils import console
+
+        console.print(f"damaged: {shard} (content differs from its sha256): removed; computing its entries again",
+                      highlight=False)  # fmt: skip
+        shard.unlink(missing_ok=True)
+        return None
+    return features
+
+
+def shard_damage(shard: Path) -> str | None:
+    """What is wrong with a shard file (None: intact, or written before shards had a sha256)."""
+    try:
+        with safe_open(str(shard), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            if recorded and _content_hash(fh.get_tensor("keys"), fh.get_tensor("features")) != recorded:
+                return "content differs from its sha256"
+    except (SafetensorError, OSError, RuntimeError, KeyError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    return None
 
 
 def _shard_place(shard: Path) -> tuple[str, str] | None:

@@ -382,6 +382,30 @@ def test_training_writes_a_file_and_resumes_to_the_same_bytes(trained, tiny_mode
     assert not torch.equal(init.vectors.detach(), method.vectors)
 
 
+def test_a_multi_concept_training_writes_one_file_per_concept_that_diffusers_loads(trained, tiny_model_dir):
+    """diffusers' own load_textual_inversion refuses our multi-concept file (several tensors);
+    training writes one kohya file per concept beside each checkpoint, which it loads: the
+    prompt embeddings with each token equal ours with the trained file attached."""
+    ckpt = trained["full"][-1]
+    folder = ckpt.with_name("ckpt-e003-embeddings")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "patterns-checker.safetensors",
+        "patterns-stripes.safetensors",
+    ]
+    with pytest.raises(ValueError, match="Loaded state dictionary is incorrect"):
+        _fresh_pipe(tiny_model_dir).load_textual_inversion(str(ckpt), token="<patterns-checker>")
+    ours = _fresh_pipe(tiny_model_dir)
+    method = TextualInversion.from_file(ckpt).attach(ours)
+    try:
+        expected = {p.token: _prompt_embeds(ours, f"a photo of {p.token}") for p in method.placeholders}
+    finally:
+        method.detach()
+    for token, want in expected.items():
+        theirs = _fresh_pipe(tiny_model_dir)
+        theirs.load_textual_inversion(str(folder / f"{token.strip('<>')}.safetensors"), token=token)
+        assert torch.equal(_prompt_embeds(theirs, f"a photo of {token}"), want), token
+
+
 def test_generation_with_the_trained_file_is_deterministic(trained, pipe, tmp_path):
     from lyco_bench.generation import SamplerSettings, generate
     from lyco_bench.prompts import expand_prompts, load_prompt_set

@@ -377,13 +377,14 @@ def check_keys(name: str, tensors: dict[str, torch.Tensor], allowed: set[str] | 
 
 
 def read_alpha(tensors: dict[str, torch.Tensor], dim: int, *, name: str) -> float:
-    """The file's scalar alpha, or dim when absent (scale 1, as kohya and LyCORIS read it)."""
+    """The file's scalar alpha, or dim when absent or 0 (scale 1: kohya's and LyCORIS's reading,
+    ``alpha = lora_dim if alpha is None or alpha == 0 else alpha``)."""
     t = tensors.get("alpha")
     if t is None:
         return float(dim)
     if t.numel() != 1:
         raise BadInput(f"{name}: alpha must be a scalar, got shape {tuple(t.shape)}")
-    return float(t.float().item())
+    return float(t.float().item()) or float(dim)
 
 
 def alpha_tensor(alpha: float) -> torch.Tensor:

@@ -53,6 +53,8 @@ def parse_adapter_arg(text: str, *, option: str = "--adapter") -> tuple[str, flo
         raise BadInput(f"{option} {text}: λ {tail!r} is not a number") from None
     if not math.isfinite(weight):
         raise BadInput(f"{option} {text}: λ must be a finite number, not {tail!r}")
+    if abs(weight) > 3.4028234663852886e38:  # float32's largest: merged in float32, inf there
+        raise BadInput(f"{option} {text}: λ {tail} overflows float32 (|λ| ≤ 3.4e38)")
     return path, weight, rank
 
 

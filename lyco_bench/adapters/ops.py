@@ -157,6 +157,12 @@ def merge_adapters(
             _add_into(weight, delta_w)
             if delta_b is not None:
                 _add_into(bias, delta_b)
+            if not (torch.isfinite(weight).all() and (delta_b is None or torch.isfinite(bias).all())):
+                unmerge_adapters(handle)  # nothing half-merged stays behind
+                used = ", ".join(f"{file.name}:{lam:g}" for file, _, lam in parts)
+                raise BadInput(
+                    f"--adapter {used}: merging gives non-finite weights in {key} ({weight.dtype})"
+                )
     return handle
 
 

@@ -179,7 +179,35 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise BadInput(f"{path}: not a results table (no column {', '.join(map(repr, missing))})")
     check_not_empty(table, str(path))
+    check_values(table, str(path))
     return _normalize(table)
+
+
+# A results row is one value of one metric label for one checkpoint and concept (collect_results).
+ROW_KEY = ("checkpoint", "category", "concept", "subclass", "label")
+
+
+def check_values(table: pd.DataFrame, name: str) -> None:
+    """BadInput naming the table, column and first bad row: ``value`` numbers, finite or NaN (a
+    metric with no value, its ``reason`` said), ``epoch`` whole numbers, no row twice."""
+    import numpy as np
+
+    for column, whole in (("value", False), ("epoch", True)):
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = numbers.isna() & table[column].notna() | np.isinf(numbers.astype(float))
+        if whole:
+            bad |= numbers.notna() & (numbers != np.floor(numbers))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            kind = "a whole number" if whole else "a finite number (or empty)"
+            raise BadInput(f"{name}: row {row}: {column} {table[column].iloc[row]} is not {kind}")
+    key = [c for c in ROW_KEY if c in table]
+    if "label" in key:
+        dup = table.duplicated(key)
+        if dup.any():
+            row = int(np.flatnonzero(dup.to_numpy())[0])
+            raise BadInput(f"{name}: row {row}: a second row for {', '.join(f'{c}={table[c].iloc[row]!r}' for c in key[:2])} "
+                           f"and {table['label'].iloc[row]!r} ({int(dup.sum())} duplicated rows)")  # fmt: skip
 
 
 def check_not_empty(results: pd.DataFrame, name: str = "results") -> None:

@@ -121,6 +121,8 @@ def make_demo_dataset(
 
     import numpy as np
 
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise BadInput(f"--seed {seed}: must be ≥ 0")
     if image_size < 16:
         raise BadInput(f"--size {image_size}: must be at least 16")
     if images_per_concept is not None and images_per_concept < 1:

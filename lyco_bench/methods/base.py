@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -120,6 +121,11 @@ class ModelMethod(Configurable, nn.Module):
     def load_weights(self, path: str | os.PathLike) -> None:
         """Restore trained parameters from a file this method wrote (resume), in place."""
         raise NotImplementedError
+
+    def tool_files(self, checkpoint: Path, metadata: dict[str, Any] | None = None) -> list[Path]:
+        """Files other tools load, written beside a training checkpoint (final path
+        ``checkpoint``) when the checkpoint itself is not one of them (default: none)."""
+        return []
 
     @classmethod
     def reads(cls, path: str | os.PathLike, metadata: Mapping[str, str], keys: set[str]) -> bool:

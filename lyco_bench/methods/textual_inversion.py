@@ -39,7 +39,8 @@ Metadata: ``lyco_bench.algo`` = ``textual_inversion``, ``lyco_bench.embeddings``
 order: ``key``, ``token``, ``vectors``, ``trigger``, ``concept``), ``lyco_bench.settings`` (the
 options), plus the caller's keys (``lyco_bench.<key>``). :func:`export_embeddings` writes one
 kohya file per concept (``<token without <>>.safetensors``: A1111's prompt word is the file
-name), each again a valid one-concept lyco-bench file.
+name), each again a valid one-concept lyco-bench file; training writes them beside every
+multi-concept checkpoint (``ckpt-e010-embeddings/``, :meth:`TextualInversion.tool_files`).
 
 Read as well, without ever running pickled code: kohya ``emb_params`` and diffusers
 ``learned_embeds`` (``{token: [d] or [n, d]}``) safetensors; A1111 ``.pt`` (``string_to_param``)
@@ -447,6 +448,15 @@ class TextualInversion(ModelMethod):
             save_tensors(path, {KOHYA_KEY: tensors[p.key]}, meta)
             paths.append(path)
         return paths
+
+    def tool_files(self, checkpoint: Path, metadata: Mapping[str, Any] | None = None) -> list[Path]:
+        """Several concepts: one kohya file per concept in ``<checkpoint stem>-embeddings/``, the
+        layout A1111 (its ``embeddings`` folder; the prompt word is the file name), kohya and
+        diffusers' ``load_textual_inversion`` (one embedding per file) read. One concept: the
+        checkpoint already is that file."""
+        if len(self.placeholders) < 2:
+            return []
+        return self.export(checkpoint.with_name(f"{checkpoint.stem}-embeddings"), metadata)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{p.token}×{p.vectors}" for p in self.placeholders)

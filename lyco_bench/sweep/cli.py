@@ -135,6 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
     plan.inputs.hasher.save()
+    from lyco_bench.sweep.collect import check_result_files
+
+    check_result_files(plan)
     retries = args.max_retries if args.max_retries is not None else plan.study.study.max_retries
     summary = run_plan(
         plan,
@@ -182,12 +185,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no training.lr=1e-4; values "
-        "are read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text)",
+        help="override a study key, e.g. seeds=[23] model=tiny: training.mixed_precision=no training.lr=1e-4 "
+        "(a training.* override applies to every configuration, over its algorithm block's value); values "
+        "are read as typed (lists [..], maps {..}, numbers, true/false, null; anything else is text); "
+        "overrides may also follow the options",
     )
     p.add_argument(
         "--store", default="runs", help="store folder; the study lives in STORE/<study> (default: runs)"
     )
+    p.set_defaults(positional_overrides=True)  # KEY=VALUE may also follow the options
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -246,3 +252,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-analysis", action="store_true", help="stop after the results table")
     p.add_argument("--no-plots", action="store_true", help="analysis without figures")
     p.set_defaults(func=cmd_run)
+
+    from lyco_bench.sweep.verify import register_cli as register_verify
+
+    register_verify(subparsers)

@@ -73,10 +73,38 @@ def runs_table(plan: Plan) -> Any:
                 "seed": int(record["seed"]),
                 "epoch": int(record["epoch"]),
                 "trainable_params": int(record["trainable_params"]),
-                "file_bytes": checkpoint_path(run_dir, p["epoch"]).stat().st_size,
+                # As written (the store checked the file against it): not a later, damaged size.
+                "file_bytes": int(
+                    record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
+                ),
             }
         )
     return pd.DataFrame(rows)
+
+
+# Outputs the results table is built from, per job kind: hashed by ``run`` before it starts.
+RESULT_FILES = {"score": ".parquet", "train": ".json"}
+
+
+def check_result_files(plan: Plan) -> list[str]:
+    """Hash the score tables and run records of the done jobs (``collect`` reads them anyway);
+    a damaged one marks its job damaged, so that ``run`` reruns it. Returns those jobs' ids."""
+    from lyco_bench.sweep.integrity import remove_damaged
+
+    damaged = []
+    store = plan.store
+    for job in plan.jobs:
+        suffix = RESULT_FILES.get(job.kind)
+        marker = store.read_marker(job.id) if suffix else None
+        if marker is None or marker.get("damaged"):
+            continue
+        outputs = {k: v for k, v in marker.get("outputs", {}).items() if k.endswith(suffix)}
+        found = store.damage({"outputs": outputs}, hashes=True)
+        if found:
+            store.mark_damaged(job.id, found)
+            remove_damaged(store.root, found)
+            damaged.append(job.id)
+    return damaged
 
 
 def collect(plan: Plan) -> Any:

@@ -21,18 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.integrity import check_inputs
 from lyco_bench.sweep.locks import BusyWatch, holder_record, lock_holder
 from lyco_bench.sweep.planner import Job, Plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.utils import console, progress_bar, stable_hash
 
 POLL_S = 0.5
+MAX_REPAIRS = 3  # rebuilds of a job's damaged inputs before the job fails
 
 
 def execute_job(
     job_data: dict[str, Any], store_root: str, *, attempt: int = 1, threads: int | None = None
 ) -> dict:
-    """Run one job under its lock. Returns ``{"status": done|skipped|busy|failed, …}``; never raises."""
+    """Run one job under its lock. Returns ``{"status": done|skipped|busy|damaged|failed, …}``;
+    never raises. ``damaged``: an output of a job it reads is damaged (``deps``: those jobs, now
+    marked damaged, to be rerun first)."""
     from pathlib import Path
 
     from lyco_bench.sweep.stages import run_stage
@@ -52,6 +56,9 @@ def execute_job(
             store.append_log({"job": job.id, "kind": job.kind, "event": "takeover", **holder_record(before)})
         if store.is_done(job.id, whole=True):  # finished by another runner since our check
             return {"status": "skipped", "job": job.id}
+        damaged = check_inputs(job, store)  # what it reads: hashed; damaged jobs rerun first
+        if damaged:
+            return {"status": "damaged", "job": job.id, "deps": damaged}
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES")  # which device this worker was given (None: all)
         store.append_log({"job": job.id, "kind": job.kind, "event": "start", "attempt": attempt, "gpu": gpu})
         reset_global_rngs(job.id)
@@ -121,6 +128,7 @@ class _State:
     durations: dict[str, list[float]] = field(default_factory=dict)
     priority: dict[str, float] = field(default_factory=dict)
     watch: BusyWatch | None = None
+    repairs: dict[str, int] = field(default_factory=dict)
 
 
 def critical_path_priority(plan: Plan) -> dict[str, float]:
@@ -231,7 +239,7 @@ def _loop(state, runner, summary, max_retries, *, bar, task, by_id, on_event) ->
         for handle in runner.wait(list(state.in_flight)):
             job = state.in_flight.pop(handle)
             result = runner.result(handle)
-            _settle(state, job, result, summary, max_retries)
+            _settle(state, job, result, summary, max_retries, by_id)
             if result["status"] == "done":
                 state.durations.setdefault(job.kind, []).append(result["duration_s"])
                 _report_progress(state, job, result, total=len(by_id), capacity=runner.capacity)
@@ -267,7 +275,9 @@ def _recheck_busy(state: _State, store: StudyStore) -> None:
             del state.busy_since[job_id]
 
 
-def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retries: int) -> None:
+def _settle(
+    state: _State, job: Job, result: dict, summary: RunSummary, max_retries: int, by_id: dict[str, Job]
+) -> None:
     status = result["status"]
     if state.watch is not None and status != "busy":
         state.watch.clear(job.id)
@@ -276,6 +286,16 @@ def _settle(state: _State, job: Job, result: dict, summary: RunSummary, max_retr
         state.pending = [j for j in state.pending if j.id != job.id]
         state.busy_since.pop(job.id, None)
         (summary.ran if status == "done" else summary.skipped).append(job.id)
+    elif status == "damaged":  # its inputs must be rebuilt first: not an attempt
+        state.attempts[job.id] -= 1
+        state.repairs[job.id] = state.repairs.get(job.id, 0) + 1
+        if state.repairs[job.id] > MAX_REPAIRS:  # rebuilt, damaged again: not the disk's doing
+            state.failed[job.id] = f"its inputs were damaged again after {MAX_REPAIRS} rebuilds"
+            return
+        for dep in result["deps"]:
+            state.done.discard(dep)
+            if all(j.id != dep for j in state.pending):
+                state.pending.append(by_id[dep])
     elif status == "busy":
         state.attempts[job.id] -= 1
         state.busy_since[job.id] = time.monotonic()

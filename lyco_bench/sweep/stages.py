@@ -316,6 +316,7 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
         metrics=job.spec["metrics"],
     )
     out = store.scores_path(p["evaluated"], p["seed"], p["epoch"])
+    _check_finite_scores(frame, job)
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     if p["images"] != "keep":
@@ -325,6 +326,16 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
         )
         store.mark_pruned(job.spec["images"])
     return [out, *sorted(features_dir.rglob("*.safetensors"))]
+
+
+def _check_finite_scores(frame: Any, job: Job) -> None:
+    """No ±inf score is written (NaN is a metric without a value, its row's reason says why)."""
+    import numpy as np
+
+    values = frame["value"].to_numpy(dtype=float) if len(frame) else np.zeros(0)
+    if np.isinf(values).any():
+        row = frame.iloc[int(np.flatnonzero(np.isinf(values))[0])]
+        raise BadInput(f"job {job.id}: {row.get('label', row.get('metric'))}: an infinite score; not written")
 
 
 def prune_images(images_dir: Path, *, grids: bool, images_per_grid: int = 8) -> int:

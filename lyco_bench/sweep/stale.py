@@ -4,13 +4,15 @@ A job's id hashes its spec (every input that changes its output), so an edited i
 job a new id while the store still holds the done marker of the old one, under the same kind and
 name. Comparing the two specs names the change ("prompt set changed"); a change upstream is
 named through the job that consumed it ("images changed: checkpoint retrained: training
-settings changed (lr 0.0005 → 0.001)").
+settings changed (lr 0.0005 → 0.001)"). A job whose own marker is there but whose outputs are not
+intact is damaged ("damaged: runs/lora2/1/ckpt-e001.safetensors (20000 bytes, recorded 41234)").
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lyco_bench.sweep.integrity import describe_damage
 from lyco_bench.sweep.store import job_slot
 
 # Spec keys → what a user changed when they differ.
@@ -49,11 +51,22 @@ def stale_reasons(plan: Any, done: set[str]) -> dict[str, str]:
     for job in plan.jobs:  # dependencies first, so an upstream reason is known when needed
         if job.id in done:
             continue
+        own = plan.store.read_marker(job.id) if job.id in by_slot.get(job_slot(job.id), ()) else None
+        if own is not None:  # done once; its outputs are damaged since (or were pruned)
+            reasons[job.id] = own.get("damaged") or _own_damage(plan.store, own)
+            continue
         old_ids = sorted(by_slot.get(job_slot(job.id), []))
         old = next((m for m in (plan.store.read_marker(i) for i in old_ids) if m and "spec" in m), None)
         if old is not None:
             reasons[job.id] = explain(old["spec"], job.spec, upstream=reasons, jobs=by_id)
     return reasons
+
+
+def _own_damage(store: Any, marker: dict[str, Any]) -> str:
+    damage = store.damage(marker, first=True)
+    if damage:
+        return describe_damage(damage)
+    return "images removed after scoring; needed again" if marker.get("pruned") else "spec changed"
 
 
 def explain(old: dict[str, Any], new: dict[str, Any], *, upstream: dict[str, str], jobs: dict) -> str:

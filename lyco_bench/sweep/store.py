@@ -12,8 +12,8 @@ Layout (docs/internals.md):
     <store>/<study>/jobs/<job id>.lock                 host lock: an fcntl lock (filelock), held while working
     <store>/<study>/jobs/<job id>.lock.<n>             lock generation n: {host, pid}, heartbeat; tombstone when released
 
-A job is done only when its done marker exists and every output it lists is still there with the
-recorded size.
+A job is done only when its done marker exists, is not marked damaged, and every output it lists
+is still there with the recorded size (sizes and sha256 are recorded per file: sweep/integrity.py).
 
 Locks. A runner takes a job in two steps. (1) The host lock: a non-blocking fcntl lock on
 ``<job id>.lock`` (``filelock``), held for the life of the job; the kernel drops it when the process
@@ -55,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lyco_bench.utils import atomic_write_json, sha256_file
+from lyco_bench.sweep.integrity import Damage, describe_damage, describe_output, output_damage
+from lyco_bench.utils import atomic_write_json
 
 DONE_SUFFIX = ".done.json"
 LOCK_SUFFIX = ".lock"
@@ -132,47 +133,34 @@ class StudyStore:
             return None
 
     def outputs_intact(self, marker: dict[str, Any]) -> bool:
-        """Every file the marker lists exists with its recorded size; every folder exists."""
-        for rel, info in marker.get("outputs", {}).items():
-            path = self.root / rel
-            if info.get("kind") == "dir":
-                if not path.is_dir():
-                    return False
-                continue
-            try:
-                if path.stat().st_size != info["bytes"]:
-                    return False
-            except OSError:
-                return False
-        return True
+        """Every file the marker lists (in folders too) exists with its recorded size."""
+        return not output_damage(self.root, marker, first=True)
+
+    def damage(self, marker: dict[str, Any], **kwargs: Any) -> Damage:
+        """What is wrong with a marker's outputs (``integrity.output_damage``)."""
+        return output_damage(self.root, marker, **kwargs)
 
     def is_done(self, job_id: str, *, whole: bool = False) -> bool:
-        """Marker present and outputs intact; ``whole``: also not pruned (images all there)."""
+        """Marker present, not marked damaged, outputs intact; ``whole``: also not pruned."""
         marker = self.read_marker(job_id)
-        if whole and marker is not None and marker.get("pruned"):
+        if marker is None or marker.get("damaged"):
             return False
-        return marker is not None and self.outputs_intact(marker)
+        if whole and marker.get("pruned"):
+            return False
+        return self.outputs_intact(marker)
+
+    def mark_damaged(self, job_id: str, damage: Damage) -> None:
+        """Record that a done job's outputs are damaged: it is no longer done and will rerun."""
+        marker = self.read_marker(job_id)
+        if marker is not None:
+            atomic_write_json(self.marker_path(job_id), {**marker, "damaged": describe_damage(damage)})
 
     def write_marker(
         self, job: Any, outputs: list[Path], *, duration_s: float, attempt: int
     ) -> dict[str, Any]:
-        """Record ``job`` as done. Called last, after every output is in place."""
-        described: dict[str, Any] = {}
-        for path in outputs:
-            rel = str(Path(path).resolve().relative_to(self.root))
-            if Path(path).is_dir():
-                files = [p for p in Path(path).rglob("*") if p.is_file()]
-                described[rel] = {
-                    "kind": "dir",
-                    "files": len(files),
-                    "bytes": sum(p.stat().st_size for p in files),
-                }
-            else:
-                described[rel] = {
-                    "kind": "file",
-                    "bytes": Path(path).stat().st_size,
-                    "sha256": sha256_file(path),
-                }
+        """Record ``job`` as done, with the size and sha256 of each output file (hashed once, here).
+        Called last, after every output is in place."""
+        described = dict(describe_output(Path(path), self.root) for path in outputs)
         marker = {
             "job_id": job.id,
             "kind": job.kind,

@@ -4,6 +4,7 @@ A study lists per-algorithm defaults and the one-at-a-time variations of docs/pr
 configuration gets a name (``1001-lora8a4`` in experiments/paper.yaml). Settings cascade:
 
     study.training  <  algorithms.<block>.training  <  algorithms.<block>.variations.<name>.training
+        <  a ``training.*`` override on the command line (it applies to every configuration)
     algorithms.<block>.adapter  <  algorithms.<block>.variations.<name>.adapter
 
 Blocks that belong to other stages (``adapter``, ``training``, ``sampler``, ``encoders``) are
@@ -254,8 +255,19 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_configs(study: Study) -> list[ResolvedConfig]:
-    """Every configuration of the study, in YAML order (block by block, default first)."""
+def forced_training(overrides: list[str]) -> dict[str, Any]:
+    """The study-level ``training.*`` overrides, which apply to every configuration over the
+    values its algorithm block and variation set (else ``training.lr=…`` would be shadowed by
+    every block's own lr, and do nothing)."""
+    from lyco_bench.config import apply_overrides
+
+    training = [o for o in overrides if o.split("=", 1)[0].strip().startswith("training.")]
+    return apply_overrides({}, training).get("training", {}) if training else {}
+
+
+def resolve_configs(study: Study, *, forced: dict[str, Any] | None = None) -> list[ResolvedConfig]:
+    """Every configuration of the study, in YAML order (block by block, default first); ``forced``
+    training settings (study-level overrides) over every configuration's own."""
     configs = []
     for block_name, block in study.algorithms.items():
         adapter = {"algo": block_name, **block.adapter}
@@ -266,7 +278,7 @@ def resolve_configs(study: Study) -> list[ResolvedConfig]:
                     name=block.default,
                     block=block_name,
                     adapter=adapter,
-                    training=training,
+                    training=deep_merge(training, forced or {}),
                     key_path=f"algorithms.{block_name}",
                     eval_ranks=tuple(block.eval_ranks),
                 )
@@ -277,7 +289,7 @@ def resolve_configs(study: Study) -> list[ResolvedConfig]:
                     name=name,
                     block=block_name,
                     adapter=deep_merge(adapter, variation.adapter),
-                    training=deep_merge(training, variation.training),
+                    training=deep_merge(deep_merge(training, variation.training), forced or {}),
                     key_path=f"algorithms.{block_name}.variations.{name}",
                     description=variation.description,
                     eval_ranks=tuple(
@@ -304,7 +316,7 @@ class LoadedStudy:
 def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
     """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
     study = _absolute_paths(_resolve_world(load_config(Study, path, overrides or []), source=str(path)))
-    configs = resolve_configs(study)
+    configs = resolve_configs(study, forced=forced_training(overrides or []))
     reference = study.analysis.reference
     names = [name for config in configs for name, _ in config.evaluations()]
     if reference is not None and reference not in names:

@@ -33,7 +33,7 @@ from lyco_bench.utils import (
     sha256_file,
 )
 
-CHECKPOINT_RE = re.compile(r"^ckpt-e(\d{3,})\.json$")
+CHECKPOINT_FILE_RE = re.compile(r"^ckpt-e(\d{3,})\.(?:json|safetensors)$")
 
 # Free space asked of --out before the model loads, when there is no checkpoint yet to measure:
 # an SD1.5 LoRA/LoKr/LoHa checkpoint plus its optimizer state is a few to some tens of MB.
@@ -51,28 +51,31 @@ _RESUMABLE_CHANGES = {"checkpoint_epochs", "cache_dir", "device", "skip_bad_imag
 
 
 def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] | None:
-    """(epoch, run record) of the last complete checkpoint in ``out_dir``, or None.
+    """(epoch, run record) of the checkpoint to resume from, or None (train from the start).
 
-    BadInput when that checkpoint was trained with a different configuration (a changed
-    ``epochs`` is allowed with a constant schedule, whose lr does not depend on the run length).
+    A checkpoint is intact when its run record is readable and its adapter file has the size and
+    sha256 the record holds; a resume point when its resume state is there and matches too. The
+    resume point is the last one with every earlier checkpoint intact: a damaged checkpoint (bit
+    rot, a partial copy, another file copied over it) is named and retrained — training is
+    deterministic, so the rebuilt files equal the lost ones. BadInput when that checkpoint was
+    trained with a different configuration (a changed ``epochs`` is allowed with a constant
+    schedule, whose lr does not depend on the run length).
     """
-    complete = []
-    for path in out_dir.glob("ckpt-e*.json") if out_dir.is_dir() else []:
-        match = CHECKPOINT_RE.match(path.name)
-        if match and checkpoint_path(out_dir, int(match[1])).is_file():
-            if state_path(out_dir, int(match[1])).is_file():
-                complete.append(int(match[1]))
-    if not complete:
+    resume = None
+    for epoch in _epochs_on_disk(out_dir):
+        record, why = _intact_record(out_dir, epoch)
+        if why:
+            start = resume[0] if resume else 0
+            console.print(f"train: {why}; retraining from epoch {start}", highlight=False)
+            break
+        if state_path(out_dir, epoch).is_file() and not _mismatch(
+            state_path(out_dir, epoch), record, "state"
+        ):
+            resume = (epoch, record)
+    if resume is None:
         return None
-    epoch = max(complete)
-    try:
-        record = json.loads(record_path(out_dir, epoch).read_text(encoding="utf-8"))
-        old = dict(record["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise BadInput(
-            f"{record_path(out_dir, epoch)}: unreadable run record (remove it to retrain)"
-        ) from None
-    new = _resolved(config)
+    epoch, record = resume
+    old, new = dict(record["config"]), _resolved(config)
     allowed = set(_RESUMABLE_CHANGES)
     if config.lr_scheduler in ("constant", "constant_with_warmup"):
         allowed.add("epochs")
@@ -83,6 +86,48 @@ def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] 
                 "use another --out"
             )
     return epoch, record
+
+
+def _epochs_on_disk(out_dir: Path) -> list[int]:
+    """Epochs with an adapter file or a run record in ``out_dir``, ascending."""
+    found = set()
+    for path in out_dir.glob("ckpt-e*") if out_dir.is_dir() else []:
+        match = CHECKPOINT_FILE_RE.match(path.name)
+        if match:
+            found.add(int(match[1]))
+    return sorted(found)
+
+
+def _intact_record(out_dir: Path, epoch: int) -> tuple[dict[str, Any], str | None]:
+    """(run record, None) when checkpoint ``epoch`` is intact, else ({}, what is damaged)."""
+    path = record_path(out_dir, epoch)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        dict(record["config"])
+    except FileNotFoundError:
+        return {}, f"{path} missing (checkpoint incomplete)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, f"{path} damaged (unreadable run record)"
+    ckpt = checkpoint_path(out_dir, epoch)
+    why = _mismatch(ckpt, record, "file")
+    if why is None:
+        return record, None
+    return {}, f"{ckpt} missing" if why == "missing" else f"{ckpt} damaged ({why})"
+
+
+def _mismatch(path: Path, record: dict[str, Any], prefix: str) -> str | None:
+    """How ``path`` differs from the size and sha256 ``record`` holds for it (``<prefix>_bytes``,
+    ``<prefix>_sha256``; records without them — resume states before they were recorded — pass)."""
+    size, digest = record.get(f"{prefix}_bytes"), record.get(f"{prefix}_sha256")
+    try:
+        actual = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size is not None and actual != size:
+        return f"{actual} bytes, recorded {size}"
+    if digest is not None and sha256_file(path) != digest:
+        return "content differs from the recorded sha256"
+    return None
 
 
 def existing_checkpoints(config: RunConfig, out_dir: Path, up_to: int) -> list[Path]:
@@ -195,7 +240,10 @@ def _save_checkpoint(session: Any, *, out_dir: Path, epoch: int, wall: float) ->
     try:
         session.net.save(temps[0], metadata=_checkpoint_metadata(session, epoch))
         save_state(session, temps[1], epoch=epoch)
-        atomic_write_json(temps[2], _record(session, temps[0], epoch=epoch, wall=wall))
+        atomic_write_json(temps[2], _record(session, temps[0], temps[1], epoch=epoch, wall=wall))
+        tool_files = getattr(session.net, "tool_files", None)  # e.g. one file per TI concept
+        if tool_files is not None:
+            tool_files(final[0], _checkpoint_metadata(session, epoch))
         for tmp, path in zip(temps, final, strict=True):
             os.replace(tmp, path)
             placed.append(path)
@@ -233,7 +281,7 @@ def _checkpoint_metadata(session: Any, epoch: int) -> dict[str, str]:
     }
 
 
-def _record(session: Any, ckpt: Path, *, epoch: int, wall: float) -> dict[str, Any]:
+def _record(session: Any, ckpt: Path, state: Path, *, epoch: int, wall: float) -> dict[str, Any]:
     config = session.config
     memory, memory_kind = peak_memory(session.device)
     return {
@@ -257,6 +305,9 @@ def _record(session: Any, ckpt: Path, *, epoch: int, wall: float) -> dict[str, A
         "latents_encoded": session.cache.encoded,
         "latents_cached": session.cache.hits,
         "file_sha256": sha256_file(ckpt),
+        # The resume state's size and hash: resuming checks it (find_resume).
+        "state_bytes": state.stat().st_size,
+        "state_sha256": sha256_file(state),
     }
 
 
@@ -300,4 +351,4 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lr=1e-4 adapter.dim=16"
     )
     parser.add_argument("--out", required=True, help="output folder for checkpoints and run records")
-    parser.set_defaults(func=_cmd_train)
+    parser.set_defaults(func=_cmd_train, positional_overrides=True)

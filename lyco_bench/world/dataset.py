@@ -60,6 +60,8 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
     """
     if images_per_leaf is not None and images_per_leaf < 1:
         raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise BadInput(f"--seed {seed}: must be ≥ 0")
 
     def draw(leaf_index: int, leaf: DrawnLeaf):
         rng = np.random.default_rng([seed, 100 + leaf_index])
