@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast imports lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/lyco-bench run experiments/demo.yaml --jobs 2
 
-## test: set up with the dev extras and run the test suite offline
-test: $(VENV)/.installed-dev
+## test: set up with the dev extras, check the import layering, run the whole test suite offline
+test: imports
 	$(BIN)/python -m pytest
+
+## test-fast: the unit tests only (no whole studies, wheels, Ray or world findings): under two minutes
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not e2e"
+
+## imports: the layering contract of pyproject.toml (imports only go down, no cycles)
+imports: $(VENV)/.installed-dev
+	$(BIN)/lint-imports --no-cache
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -199,7 +199,7 @@ def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[list[Any]]:
     too when that is exact, else attached for the call; the methods are yielded, for their prompts.
     """
     from lyco_bench.adapters import merge_adapters, unmerge_adapters
-    from lyco_bench.adapters.cli import load_adapter_arg
+    from lyco_bench.adapters.reference import load_adapter_arg
     from lyco_bench.methods import method_of_file
 
     layers, methods = [], []
@@ -354,13 +354,13 @@ def _check_unique(items: Sequence[PromptItem]) -> None:
 
 def parse_adapter(text: str) -> tuple[str, float, int | None]:
     """``FILE[:λ][:dyn=R]`` → (file, λ, rank); λ defaults to 1, a finite number (as ``adapter merge``)."""
-    from lyco_bench.adapters.cli import parse_adapter_arg
+    from lyco_bench.adapters.reference import parse_adapter_arg
 
     return parse_adapter_arg(text)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from lyco_bench.adapters.cli import load_adapter_arg
+    from lyco_bench.adapters.reference import load_adapter_arg
     from lyco_bench.data import load_dataset
     from lyco_bench.methods import method_of_file
     from lyco_bench.utils import check_output_dir

@@ -28,8 +28,10 @@ past ``flush_bytes``, so VGG Gram vectors never pile up in memory).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,8 +151,6 @@ class ShardCache:
 
     def flush(self) -> list[Path]:
         """Write buffered entries: one shard per (encoder, mode), named by the hash of its keys."""
-        from lyco_bench.adapters.fileformat import safetensors_bytes
-
         written = []
         for (encoder_id, mode), bucket in sorted(self._pending.items()):
             if not bucket:
@@ -228,3 +228,44 @@ def _shard_place(shard: Path) -> tuple[str, str] | None:
         return meta["encoder_id"], meta["mode"]
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
         return None
+
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors serialization with keys sorted everywhere, so equal inputs give equal bytes.
+
+    (``safetensors.torch.save`` writes the metadata in hash-map order, which changes between runs.)
+    Layout: u64 little-endian header length, the JSON header padded with spaces to a multiple of 8,
+    then the raw little-endian tensor data in header order.
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    chunks: list[bytes] = []
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[key] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from lyco_bench.errors import BadInput
-from lyco_bench.sweep import executors
+from lyco_bench.sweep import executors, worker
 from lyco_bench.sweep.planner import Plan, make_job
 from lyco_bench.sweep.resources import GpuSlots, forwarded_env, jobs_per_gpu, parse_gpus
 from lyco_bench.sweep.store import StudyStore
@@ -56,7 +56,7 @@ def rendezvous_work(job_data, store_root, *, attempt, threads):  # noqa: ANN001
 
     for kind in ("prepare", "train", "generate", "encode", "score"):
         stages.STAGES[kind] = _rendezvous_stage
-    return executors.execute_job(job_data, store_root, attempt=attempt, threads=threads)
+    return worker.execute_job(job_data, store_root, attempt=attempt, threads=threads)
 
 
 def _job(kind: str, name: str, group: str, size: int, deps=()):  # noqa: ANN001
@@ -81,7 +81,7 @@ def store(tmp_path):
 def test_local_workers_each_see_their_own_gpu(store, monkeypatch):
     """`--gpus 0,1`: two trainings at once, one per GPU, while a CPU-bound job runs beside them in a
     worker that sees no GPU; a third training waits for a GPU; four light jobs share one GPU."""
-    monkeypatch.setattr(executors, "execute_job", rendezvous_work)
+    monkeypatch.setattr(worker, "execute_job", rendezvous_work)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     trains = [_job("train", f"t{i}", "first", 3) for i in range(2)]
     prepare = _job("prepare", "p", "first", 3)
@@ -106,7 +106,7 @@ def test_local_workers_each_see_their_own_gpu(store, monkeypatch):
 
 def test_light_jobs_share_one_gpu(store, monkeypatch):
     """One GPU: four encode jobs (a quarter each) run on it together."""
-    monkeypatch.setattr(executors, "execute_job", rendezvous_work)
+    monkeypatch.setattr(worker, "execute_job", rendezvous_work)
     jobs = [_job("encode", f"e{i}", "shared", 4) for i in range(4)]
     summary = executors.run_plan(_plan(store, jobs), backend="local", gpus=["7"])
     assert summary.complete
@@ -183,7 +183,7 @@ def dying_work(job_data, store_root, *, attempt, threads):  # noqa: ANN001
 
 
 def test_a_dead_worker_fails_its_job_and_the_retry_gets_a_fresh_worker(store, monkeypatch):
-    monkeypatch.setattr(executors, "execute_job", dying_work)
+    monkeypatch.setattr(worker, "execute_job", dying_work)
     job = _job("train", "t", "alone", 1)
     summary = executors.run_plan(_plan(store, [job]), backend="local", gpus=["0"], max_retries=1)
     assert summary.complete and summary.ran == [job.id]

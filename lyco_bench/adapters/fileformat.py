@@ -20,6 +20,7 @@ import torch
 from lyco_bench.adapters.base import detect_algorithm
 from lyco_bench.adapters.norm import NormAdapter
 from lyco_bench.errors import BadInput
+from lyco_bench.shards import SAFETENSORS_DTYPES, safetensors_bytes  # noqa: F401 - re-exported
 from lyco_bench.utils import atomic_path
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -177,47 +178,6 @@ def adapter_file_from_tensors(
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec)
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """The safetensors serialization with keys sorted everywhere, so equal inputs give equal bytes.
-
-    (``safetensors.torch.save`` writes the metadata in hash-map order, which changes between runs.)
-    Layout: u64 little-endian header length, the JSON header padded with spaces to a multiple of 8,
-    then the raw little-endian tensor data in header order.
-    """
-    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    chunks: list[bytes] = []
-    offset = 0
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().to("cpu").contiguous()
-        if tensor.dtype not in SAFETENSORS_DTYPES:
-            raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
-        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        header[key] = {
-            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
-
-
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors + string metadata as safetensors, atomically (temp file + rename), with
     deterministic bytes."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from lyco_bench.sweep import executors
+from lyco_bench.sweep import worker
 from lyco_bench.sweep.planner import Job
 from lyco_bench.sweep.store import StudyStore
 
@@ -25,9 +25,7 @@ class InProcessBackend:
     def __init__(self, store: StudyStore, threads: int | None = None, work: Callable | None = None) -> None:
         self.store = store
         self.threads = threads
-        self.work = (
-            work or executors.execute_job
-        )  # a top-level function: pickled by name for worker processes
+        self.work = work or worker.execute_job  # a top-level function: pickled by name for worker processes
 
     def fits(self, job: Job) -> bool:
         return True
@@ -127,7 +125,7 @@ class LocalBackend(InProcessBackend):
         return handle
 
     def wait(self, handles: list[Future]) -> list[Future]:
-        finished, _ = wait(handles, timeout=executors.POLL_S, return_when=FIRST_COMPLETED)
+        finished, _ = wait(handles, timeout=worker.POLL_S, return_when=FIRST_COMPLETED)
         return list(finished)
 
     def result(self, handle: Future) -> dict:

@@ -37,7 +37,7 @@ def _import_ray() -> Any:
 def _remote_execute(
     work: Callable | None, job_data: dict, store_root: str, attempt: int, threads: int
 ) -> dict:
-    from lyco_bench.sweep.executors import execute_job
+    from lyco_bench.sweep.worker import execute_job
 
     os.environ.setdefault("LYCO_BENCH_NO_PROGRESS", "1")
     return (work or execute_job)(job_data, store_root, attempt=attempt, threads=threads)
