@@ -295,9 +295,9 @@ def base_modes(metrics: list[str], kind: str, scoring: dict[str, Any]) -> list[s
     """The modes in which the requested paired metrics read base images with encoder ``kind``: every
     reference mode when one of them compares those images with the dataset, else the images' own."""
     from lyco_bench.metrics import METRICS, metric_encoders
-    from lyco_bench.metrics.encoders import MODELESS_KINDS
+    from lyco_bench.metrics.encoders import ENCODERS
 
-    if kind in MODELESS_KINDS:
+    if ENCODERS[kind].native:
         return ["native"]
     image_encoders = tuple(scoring["image_encoders"])
     reading = [

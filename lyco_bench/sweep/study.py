@@ -322,29 +322,28 @@ def _resolve_world(study: Study, *, source: str) -> Study:
     hashed like any other: a rebuilt world makes every job that read it stale)."""
     fields = dict(study.encoders)
     world_fields = [k for k, v in fields.items() if v == WORLD_PREFIX]
-    for key in world_fields:
-        if key not in ("dino", "clip"):
-            raise BadInput(
-                f"{source}: encoders.{key}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only"
-            )
     if study.model != WORLD_PREFIX and not world_fields:
         return study
+    from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.world import encoder_settings, model_dir, weights_dir
+
+    shipped_fields = encoder_settings()  # the world's encoders: their fields, paths under weights_dir()
+    shipped = [e for e in ENCODERS.values() if e.weights_field in shipped_fields]
+    for key in world_fields:
+        if key not in [e.weights_field for e in shipped]:
+            ships = " and ".join(f"{e.title or e.name} ({e.weights_field})" for e in shipped)
+            raise BadInput(f"{source}: encoders.{key}: the world ships {ships} only")
 
     if not (weights_dir() / "BUILD.json").is_file():
         raise BadInput(f"{source}: world: the world's weights are missing ({weights_dir()}); "
                        "rebuild them with `lyco-bench make-world`")  # fmt: skip
-    shipped = encoder_settings()
     for key in world_fields:
-        fields[key] = shipped[key]
-        for extra in {"dino": ("dino_image_size",), "clip": ("clip_pretrained",)}[key]:
-            fields.setdefault(extra, shipped[extra])
+        kind = next(e for e in shipped if e.weights_field == key)
+        fields[key] = shipped_fields[key]
+        for extra in (f for f in kind.settings.model_fields if f != key and f in shipped_fields):
+            fields.setdefault(extra, shipped_fields[extra])
     model = str(model_dir()) if study.model == WORLD_PREFIX else study.model
     return study.model_copy(update={"model": model, "encoders": fields})
-
-
-ENCODER_PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg", "hps", "hps_checkpoint")
-"""Encoder settings that may name a local file or folder (else a hub id, a tag or a name)."""
 
 
 def _absolute_paths(study: Study) -> Study:
@@ -360,9 +359,11 @@ def _absolute_paths(study: Study) -> Study:
     update: dict[str, Any] = {"model": _absolute(study.model)}
     if not generated_dataset(study.dataset):
         update["dataset"] = _absolute(study.dataset)
+    from lyco_bench.metrics.encoders import encoder_path_fields
+
+    path_fields = encoder_path_fields()  # settings that may name a local file or folder
     update["encoders"] = {
-        k: _absolute(v) if k in ENCODER_PATH_FIELDS and isinstance(v, str) else v
-        for k, v in study.encoders.items()
+        k: _absolute(v) if k in path_fields and isinstance(v, str) else v for k, v in study.encoders.items()
     }
     prompt_set = _absolute_prompt_set(study.prompts.set)
     if prompt_set != study.prompts.set:
