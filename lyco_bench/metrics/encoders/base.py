@@ -121,7 +121,7 @@ def source_label(kind: str, source: str) -> str:
 
 # Bumped when the image preprocessing changes, so cached features of the old pixels go unused
 # (2: crop/padding round as open_clip's transforms; CLIP images through open_clip's own).
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 2  # read at call time (base.PREPROCESS_VERSION), so a test may bump it
 
 
 def profile_tag(profile: str) -> str:

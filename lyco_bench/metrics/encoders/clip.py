@@ -18,11 +18,11 @@ from PIL import Image
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import profiles
+from lyco_bench.metrics.encoders import base
 from lyco_bench.metrics.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MODES,
-    PREPROCESS_VERSION,
     EncoderKind,
     load_error,
     preprocess,
@@ -52,9 +52,9 @@ class ClipSettings(StrictModel):
 
 def clip_id(model: str, pretrained: str | None, profile: str = "lyco") -> str:
     if Path(model).is_dir():
-        return f"clip:{source_tag(model)}:p{PREPROCESS_VERSION}{profile_tag(profile)}"
+        return f"clip:{source_tag(model)}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
     weights = source_tag(pretrained) if pretrained else pretrained
-    return f"clip:{model}/{weights}:p{PREPROCESS_VERSION}{profile_tag(profile)}"
+    return f"clip:{model}/{weights}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
 
 
 def clip_label(model: str, pretrained: str | None) -> str:

@@ -17,10 +17,10 @@ from pydantic import Field
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import profiles
+from lyco_bench.metrics.encoders import base
 from lyco_bench.metrics.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PREPROCESS_VERSION,
     EncoderKind,
     load_error,
     preprocess,
@@ -47,7 +47,7 @@ class DinoSettings(StrictModel):
 
 
 def dinov2_id(source: str, image_size: int, profile: str = "lyco") -> str:
-    return f"dinov2:{source_tag(source)}:{image_size}:p{PREPROCESS_VERSION}{profile_tag(profile)}"
+    return f"dinov2:{source_tag(source)}:{image_size}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
 
 
 class DinoV2Encoder:

@@ -13,10 +13,10 @@ from PIL import Image
 
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
+from lyco_bench.metrics.encoders import base
 from lyco_bench.metrics.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PREPROCESS_VERSION,
     EncoderKind,
     load_error,
     load_state_file,
@@ -50,7 +50,7 @@ class HpsSettings(StrictModel):
 
 
 def hps_id(model: str, checkpoint: str | None) -> str:
-    return f"hps:{source_tag(model)}/{source_tag(checkpoint) if checkpoint else checkpoint}:p{PREPROCESS_VERSION}"
+    return f"hps:{source_tag(model)}/{source_tag(checkpoint) if checkpoint else checkpoint}:p{base.PREPROCESS_VERSION}"
 
 
 def hps_label(model: str, checkpoint: str | None) -> str:
