@@ -156,7 +156,8 @@ class ClipEncoder:
 def check_clip_source(model: str, pretrained: str | None) -> None:
     import open_clip
 
-    from lyco_bench.sweep.sources import cached_hub_file, hub_identity, hub_offline
+    from lyco_bench.hub import cached_hub_file, hub_identity
+    from lyco_bench.models import hub_offline
 
     path = Path(model).expanduser()
     if path.is_dir():

@@ -95,8 +95,8 @@ class DinoV2Encoder:
 
 def check_transformers_source(value: str, *, what: str) -> None:
     """BadInput when a transformers model (local folder or hub id) cannot be found."""
+    from lyco_bench.hub import hub_identity
     from lyco_bench.models import _looks_like_path
-    from lyco_bench.sweep.sources import hub_identity
 
     path = Path(value).expanduser()
     if path.is_dir():
@@ -113,7 +113,7 @@ def _config(value: str) -> dict[str, Any] | None:
     folder = Path(value).expanduser()
     config = folder / "config.json" if folder.is_dir() else None
     if config is None:
-        from lyco_bench.sweep.sources import cached_hub_file
+        from lyco_bench.hub import cached_hub_file
 
         config = cached_hub_file(value, "config.json")
     if config is None:

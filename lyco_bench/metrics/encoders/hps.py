@@ -91,21 +91,6 @@ def _hub_file(spec: str) -> Path:
         raise load_error("hps", spec, exc) from None
 
 
-def _hub_file(spec: str) -> Path:
-    """``<owner>/<repo>/<file>`` from the Hugging Face hub (or its local cache when offline)."""
-    parts = spec.split("/")
-    if len(parts) < 3:
-        raise BadInput(
-            f"encoders.hps_checkpoint {spec!r}: no such file, and not <owner>/<repo>/<file> on the hub"
-        )
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
-    except Exception as exc:  # hub errors: offline, missing, no access
-        raise load_error("hps", spec, exc) from None
-
-
 def check_hps_source(model: str, checkpoint: str | None) -> None:
     """BadInput when HPS's architecture or checkpoint cannot be found (local path, HF cache or hub)."""
     import os

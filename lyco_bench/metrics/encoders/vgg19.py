@@ -203,7 +203,7 @@ def vgg_flops(widths: tuple[int, ...], side: int) -> float:
 
 
 def _offline() -> bool:
-    from lyco_bench.sweep.sources import hub_offline
+    from lyco_bench.models import hub_offline
 
     return hub_offline()
 
