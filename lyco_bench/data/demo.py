@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lyco_bench.data.dataset import load_dataset
+from lyco_bench.data.generated import GeneratedDataset, register_generated_dataset
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_folder, console
 
@@ -208,3 +209,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="images in every leaf (default: the uneven 3-6 of the demo)",
     )
     p.set_defaults(func=_cmd_make_demo_dataset)
+
+
+register_generated_dataset(
+    GeneratedDataset("demo:", "demo-dataset", lambda out, seed: make_demo_dataset(out, seed=seed))
+)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import GENERATED_DATASETS, TINY_PREFIX, generated_dataset
+from lyco_bench.sweep.study import TINY_PREFIX, generated_dataset, generated_folder
 
 
 def model_path(value: str, store: StudyStore) -> str:
@@ -15,8 +15,7 @@ def model_path(value: str, store: StudyStore) -> str:
 
 
 def dataset_path(value: str, store: StudyStore) -> str:
-    prefix = generated_dataset(value)
-    return str(store.assets_dir / GENERATED_DATASETS[prefix]) if prefix else value
+    return str(store.assets_dir / generated_folder(value)) if generated_dataset(value) else value
 
 
 def encoder_settings(fields: dict[str, Any], store: StudyStore) -> Any:

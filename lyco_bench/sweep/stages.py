@@ -17,11 +17,11 @@ from lyco_bench.sweep.assets import dataset_path, encoder_settings, model_path
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
-    GENERATED_DATASETS,
     TINY_PREFIX,
     asset_seed,
     draw_generated_dataset,
     generated_dataset,
+    generated_folder,
 )
 from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
 
@@ -35,7 +35,7 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
         out = store.assets_dir / "tiny-model"
         return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=asset_seed(value, TINY_PREFIX)))]
     if asset == "dataset":
-        out = store.assets_dir / GENERATED_DATASETS[generated_dataset(value)]
+        out = store.assets_dir / generated_folder(value)
         return [_build_fresh(out, lambda tmp: draw_generated_dataset(value, tmp))]
     if asset == "encoders":
         from lyco_bench.metrics.tiny import make_tiny_encoders

@@ -28,11 +28,9 @@ from lyco_bench.errors import BadInput
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TINY_PREFIX = "tiny:"
-DEMO_PREFIX = "demo:"
 WORLD_PREFIX = "world:"
-"""The CPU world (lyco_bench.world): its shipped base model and evaluators, and its drawn dataset."""
-# Datasets a prepare job draws into the store: prefix → the asset folder's name.
-GENERATED_DATASETS = {DEMO_PREFIX: "demo-dataset", WORLD_PREFIX: "world-dataset"}
+"""The CPU world (lyco_bench.world): its shipped base model and evaluators (its drawn dataset is a
+generated dataset: lyco_bench.data.generated)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -300,21 +298,26 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
 
 
 def generated_dataset(value: str) -> str | None:
-    """The prefix of a dataset drawn by a prepare job (``demo:``, ``world:``), else None."""
-    return next((p for p in GENERATED_DATASETS if value.startswith(p)), None)
+    """The prefix of a dataset drawn by a prepare job (``demo:``, ``world:``, …), else None."""
+    from lyco_bench.data.generated import generated_dataset as kind_of
+
+    kind = kind_of(value)
+    return kind.prefix if kind is not None else None
+
+
+def generated_folder(value: str) -> str:
+    """The store's assets folder a generated dataset ``value`` is drawn into."""
+    from lyco_bench.data.generated import GENERATED_DATASETS
+
+    return GENERATED_DATASETS[generated_dataset(value)].folder
 
 
 def draw_generated_dataset(value: str, out: Path) -> Path:
-    """Draw the ``demo:``/``world:`` dataset ``value`` (with its seed) into ``out``."""
+    """Draw the generated dataset ``value`` (with its seed) into ``out``."""
+    from lyco_bench.data.generated import GENERATED_DATASETS
+
     prefix = generated_dataset(value)
-    seed = asset_seed(value, prefix)
-    if prefix == WORLD_PREFIX:
-        from lyco_bench.world import make_world_dataset
-
-        return make_world_dataset(out, seed=seed)
-    from lyco_bench.data import make_demo_dataset
-
-    return make_demo_dataset(out, seed=seed)
+    return GENERATED_DATASETS[prefix].draw(out, asset_seed(value, prefix))
 
 
 def _resolve_world(study: Study, *, source: str) -> Study:

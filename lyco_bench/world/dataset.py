@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lyco_bench.data.generated import GeneratedDataset, register_generated_dataset
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_folder
 from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
@@ -90,3 +91,8 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
                 (folder / f"{i:03d}.txt").write_text(", ".join(caption_tags(scene)) + "\n", encoding="utf-8")
         (tmp / "dataset.yaml").write_text(_yaml(), encoding="utf-8")
     return root
+
+
+register_generated_dataset(
+    GeneratedDataset("world:", "world-dataset", lambda out, seed: make_world_dataset(out, seed=seed))
+)
