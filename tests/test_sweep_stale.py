@@ -110,9 +110,9 @@ def test_caption_edit_reruns_training(study):
 
 
 def test_encoder_preprocessing_version_makes_features_and_scores_stale(study, monkeypatch):
-    from lyco_bench.metrics import encoders
+    from lyco_bench.metrics.encoders import base  # where the built-in encoders read it
 
-    monkeypatch.setattr(encoders, "PREPROCESS_VERSION", encoders.PREPROCESS_VERSION + 1)
+    monkeypatch.setattr(base, "PREPROCESS_VERSION", base.PREPROCESS_VERSION + 1)
     stale = _stale(study["study"], study["store"])
     assert sorted(stale) == ["encode-dataset-dinov2", "score-lora-defaults-s1-e001"]
     assert stale["encode-dataset-dinov2"] == "encoder weights or preprocessing changed"

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from lyco_bench.data.drawn import DrawnLeaf, leaves_yaml, write_drawn_dataset, written_summary
+from lyco_bench.data.generated import GeneratedDataset, register_generated_dataset
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import console
 
@@ -165,3 +166,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="images in every leaf (default: the uneven 3-6 of the demo)",
     )
     p.set_defaults(func=_cmd_make_demo_dataset)
+
+
+register_generated_dataset(
+    GeneratedDataset("demo:", "demo-dataset", lambda out, seed: make_demo_dataset(out, seed=seed))
+)

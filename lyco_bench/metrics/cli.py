@@ -10,9 +10,6 @@ from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, console
 
 DEFAULT_CACHE = ".lyco-cache/features"
-# EncoderSettings fields that may name local weights: relative paths in an --encoders file are
-# relative to that file's folder, so the file works from any working directory.
-PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg", "hps", "hps_checkpoint")
 # Free space asked before any work: a score table is KBs; a feature cache grows by a few KB per
 # image and encoder, so the floor catches a full disk rather than sizing the cache exactly.
 SCORE_NEED_BYTES = 2**20
@@ -28,7 +25,7 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoders",
         metavar="YAML",
-        help="EncoderSettings file (dino, clip, clip_pretrained, vgg, hps, hps_checkpoint, modes, …)",
+        help="EncoderSettings file (each encoder's weights and sizes, modes, image_encoders, …)",
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an encoder setting, e.g. --set dino=path/to/dinov2 --set batch_size=32")  # fmt: skip
@@ -52,10 +49,13 @@ def _settings(args: argparse.Namespace):
 
 
 def _paths_beside(data: dict, folder: Path) -> dict:
-    """Relative local paths of the PATH_FIELDS that exist beside the YAML file, made absolute;
-    hub ids, open_clip names and torchvision weight names (nothing of that name there) stay."""
+    """Relative local paths of the encoders' path fields that exist beside the YAML file, made
+    absolute (so the file works from any working directory); hub ids, open_clip names and
+    torchvision weight names (nothing of that name there) stay."""
+    from lyco_bench.metrics.encoders import encoder_path_fields
+
     resolved = dict(data)
-    for key in PATH_FIELDS:
+    for key in encoder_path_fields():
         value = data.get(key)
         if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
             if (folder / value).exists():
@@ -71,13 +71,11 @@ def _check_cache(cache: str) -> None:
 
 def run_encode(args: argparse.Namespace) -> int:
     from lyco_bench.metrics.cache import FeatureCache
-    from lyco_bench.metrics.encoders import ENCODER_KINDS, MODELESS_KINDS
+    from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.metrics.features import EncoderPool, image_features, list_images
 
-    if args.encoder not in ENCODER_KINDS:
-        raise BadInput(
-            f"--encoder {args.encoder!r}: unknown encoder (expected one of {', '.join(ENCODER_KINDS)})"
-        )
+    if args.encoder not in ENCODERS:
+        raise BadInput(f"--encoder {args.encoder!r}: unknown encoder (expected one of {', '.join(ENCODERS)})")
     settings = _settings(args)
     if args.dataset:
         from lyco_bench.data import load_dataset
@@ -89,7 +87,7 @@ def run_encode(args: argparse.Namespace) -> int:
         paths = list_images(Path(args.images))
     if not paths:
         raise BadInput(f"{args.images or args.dataset}: no images")
-    modes = args.mode or (["native"] if args.encoder in MODELESS_KINDS else list(settings.modes))
+    modes = args.mode or (["native"] if ENCODERS[args.encoder].native else list(settings.modes))
     _check_cache(args.cache)
     started = time.perf_counter()
     cache, pool = FeatureCache(args.cache), EncoderPool(settings)
@@ -140,7 +138,10 @@ def run_make_tiny_encoders(args: argparse.Namespace) -> int:
     fields = make_tiny_encoders(out.absolute(), seed=args.seed)
     with atomic_path(out / "encoders.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(fields, sort_keys=True))
-    console.print(f"make-tiny-encoders: DINOv2, OpenCLIP, VGG19, HPS (random weights) → {out}/encoders.yaml")
+    from lyco_bench.metrics.encoders import ENCODERS
+
+    kinds = ", ".join(k for k, e in ENCODERS.items() if e.make_tiny is not None)
+    console.print(f"make-tiny-encoders: {kinds} (random weights) → {out}/encoders.yaml")
     return 0
 
 
@@ -148,13 +149,15 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "encode",
         help="encode images into the feature cache",
-        description="Encode a folder of images or a dataset with one encoder (dinov2, clip, vgg19, hps) into the "
+        description="Encode a folder of images or a dataset with one registered encoder into the "
         "content-addressed feature cache; images already cached are skipped.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="folder of images (searched recursively)")
     src.add_argument("--dataset", help="dataset folder (its dataset.yaml and images)")
-    p.add_argument("--encoder", required=True, help="dinov2 | clip | vgg19 | hps")
+    p.add_argument(
+        "--encoder", required=True, help="encoder kind (an unknown one is answered with the known kinds)"
+    )
     p.add_argument("--mode", action="append", choices=["resize", "crop", "padding"],
                    help="reference-image mode, repeatable (default: the settings' modes, all three by default)")  # fmt: skip
     _add_encoder_options(p)
@@ -187,7 +190,7 @@ def register_cli(subparsers) -> None:
 
     p = subparsers.add_parser(
         "make-tiny-encoders",
-        help="write tiny random-weight DINOv2/OpenCLIP/VGG19/HPS encoders (offline tests, CPU demo)",
+        help="write tiny random-weight encoders, one per registered kind (offline tests, CPU demo)",
         description="Write tiny random-weight encoders in the real on-disk formats plus encoders.yaml, an "
         "EncoderSettings file pointing at them (use with --encoders).",
     )

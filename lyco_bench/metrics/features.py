@@ -9,45 +9,32 @@ and a pool's encoders share the decoded pictures (``DecodedImages``).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, create_model, field_validator
 
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
-from lyco_bench.metrics import encoders as enc
 from lyco_bench.metrics.cache import FeatureCache, text_key
+from lyco_bench.metrics.encoders import ENCODERS, canonical_mode, encoder_kind
 from lyco_bench.utils import progress_bar, sha256_file
 
 Mode = Literal["resize", "crop", "padding"]
 
 
-class EncoderSettings(StrictModel):
-    """Which encoders score a checkpoint (the paper's defaults, §5) and how they run."""
+class CommonEncoderSettings(StrictModel):
+    """The settings every encoder shares; ``EncoderSettings`` adds each registered encoder's own
+    fields (``dino``, ``clip``, ``vgg``, ``hps``, …: :class:`lyco_bench.metrics.encoders.EncoderKind`)."""
 
-    dino: str = "facebook/dinov2-large"
-    """DINOv2 weights: a hub id or a local transformers folder (fidelity, diversity, Fréchet)."""
-    dino_image_size: int = Field(224, ge=14)
-    clip: str = "ViT-L-14"
-    """OpenCLIP architecture name (or ``hf-hub:…``, or a local ``open_clip_config.json`` folder)."""
-    clip_pretrained: str | None = "datacomp_xl_s13b_b90k"
-    """OpenCLIP pretrained tag or weights file; ignored for a local folder."""
-    vgg: str = "IMAGENET1K_V1"
-    """VGG19 weights: a torchvision weights name or a local safetensors state dict (style losses)."""
-    vgg_short_side: int = Field(224, ge=16)
-    hps: str = "ViT-H-14"
-    """HPS v2.1's OpenCLIP architecture (or a local ``open_clip_config.json`` folder) (``hps_delta``)."""
-    hps_checkpoint: str | None = "xswu/HPSv2/HPS_v2.1_compressed.pt"
-    """The HPS weights: a local ``.pt`` (read with ``weights_only``) or ``.safetensors`` file, or
-    ``<owner>/<repo>/<file>`` on the Hugging Face hub; None: the architecture's random init."""
     modes: tuple[Mode, ...] = ("resize", "crop", "padding")
     """How reference (dataset) images are brought to the encoder's square input."""
-    image_encoders: tuple[Literal["dinov2", "clip"], ...] = ("dinov2",)
+    image_encoders: tuple[str, ...] = ("dinov2",)
     """Encoders for image similarity, centroid distance, Vendi and Fréchet (the paper's main: DINOv2)."""
     style_categories: tuple[str, ...] | None = None
     """Categories whose concepts are styles, scored with the style loss against the dataset. None:
@@ -64,56 +51,58 @@ class EncoderSettings(StrictModel):
     device: str | None = None
     """``cuda``, ``cpu``…; None: the GPU when there is one."""
 
+    @field_validator("image_encoders")
+    @classmethod
+    def _image_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = [k for k, e in ENCODERS.items() if e.image]
+        for kind in value:
+            if kind not in known:
+                raise ValueError(f"{kind!r} is not an image encoder (expected one of {', '.join(known)})")
+        return value
+
+
+@functools.cache
+def _settings_model() -> type[CommonEncoderSettings]:
+    """``EncoderSettings``: the shared fields plus every registered encoder's own, flat (the keys
+    of a study's ``encoders:`` block), built once the registry has been discovered."""
+    fields: dict[str, Any] = {}
+    for kind in ENCODERS.values():
+        for name, info in kind.settings.model_fields.items():
+            if name in fields or name in CommonEncoderSettings.model_fields:
+                raise ValueError(f"encoder {kind.name}: setting {name!r} is taken by another encoder")
+            fields[name] = (info.annotation, info)
+    model = create_model("EncoderSettings", __base__=CommonEncoderSettings, __module__=__name__, **fields)
+    model.__doc__ = "Which encoders score a checkpoint (the paper's defaults, §5) and how they run."
+    return model
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EncoderSettings":
+        return _settings_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 class EncoderPool:
     """Loads each encoder on first use and keeps it; ids are known without loading anything."""
 
-    def __init__(self, settings: EncoderSettings):
+    def __init__(self, settings: Any):
         self.settings = settings
         self._loaded: dict[str, object] = {}
         self.loads: list[str] = []
         self.passes: Counter[str] = Counter()
-        """Inputs each encoder has processed (images per kind, texts as ``clip-text``)."""
+        """Inputs each encoder has processed (images per kind, texts as ``<kind>-text``)."""
         self.decoded = DecodedImages()
         """Pictures decoded for one encoder, kept for the others."""
 
     def id(self, kind: str) -> str:
-        s = self.settings
-        if kind == "dinov2":
-            return enc.dinov2_id(s.dino, s.dino_image_size, s.profile)
-        if kind == "clip":
-            return enc.clip_id(s.clip, s.clip_pretrained, s.profile)
-        if kind == "vgg19":
-            return enc.vgg19_id(s.vgg, s.vgg_short_side, s.profile)
-        if kind == "hps":
-            return enc.hps_id(s.hps, s.hps_checkpoint)
-        raise BadInput(f"encoder {kind!r}: unknown (expected one of {', '.join(enc.ENCODER_KINDS)})")
+        return encoder_kind(kind).identity(self.settings)
 
     def label(self, kind: str) -> str:
-        s = self.settings
-        if kind == "clip" and not Path(s.clip).is_dir():
-            return f"clip:{s.clip}/{s.clip_pretrained}"
-        if kind == "hps":
-            return enc.hps_label(s.hps, s.hps_checkpoint)
-        return enc.source_label(kind, {"dinov2": s.dino, "clip": s.clip, "vgg19": s.vgg}[kind])
+        return encoder_kind(kind).label_of(self.settings)
 
     def get(self, kind: str):
         if kind not in self._loaded:
-            self.id(kind)  # validates the name
-            s = self.settings
-            if kind == "dinov2":
-                model = enc.DinoV2Encoder(
-                    s.dino, device=s.device, image_size=s.dino_image_size, profile=s.profile
-                )
-            elif kind == "clip":
-                model = enc.ClipEncoder(s.clip, s.clip_pretrained, device=s.device, profile=s.profile)
-            elif kind == "hps":
-                model = enc.HpsEncoder(s.hps, s.hps_checkpoint, device=s.device)
-            else:
-                model = enc.VggGramEncoder(
-                    s.vgg, device=s.device, short_side=s.vgg_short_side, profile=s.profile
-                )
-            self._loaded[kind] = model
+            self._loaded[kind] = encoder_kind(kind).load(self.settings)
             self.loads.append(kind)
         return self._loaded[kind]
 
@@ -154,12 +143,11 @@ def image_size(path: Path) -> tuple[int, int]:
 def image_keys(kind: str, paths: Sequence[Path], mode: str) -> tuple[list[str], list[str]]:
     """(content hashes, canonical modes) of images: what the cache keys them on."""
     keys, modes = [], []
+    native = encoder_kind(kind).native
     for p in paths:
         keys.append(file_hash(Path(p)))
-        # VGG and HPS preprocess in their own way, whatever the mode; square images look alike in every mode.
-        modes.append(
-            "native" if kind in enc.MODELESS_KINDS else enc.canonical_mode(image_size(Path(p)), mode)
-        )
+        # Native kinds preprocess in their own way, whatever the mode; square images look alike in every mode.
+        modes.append("native" if native else canonical_mode(image_size(Path(p)), mode))
     return keys, modes
 
 
@@ -289,7 +277,7 @@ def image_features(
 def text_features(
     pool: EncoderPool, texts: list[str], *, cache: FeatureCache, kind: str = "clip"
 ) -> torch.Tensor:
-    """Text features (N, D) of ``texts`` with the text tower of ``kind`` (clip, hps), cached under mode ``text``."""
+    """Text features (N, D) of ``texts`` with the text tower of ``kind``, cached under mode ``text``."""
     encoder_id = pool.id(kind)
     unique = sorted(set(texts))
     found = dict(zip(unique, cache.get_many([text_key(t) for t in unique], encoder_id, "text"), strict=True))

@@ -28,7 +28,7 @@ import torch
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import preservation
 from lyco_bench.metrics.cache import FeatureCache
-from lyco_bench.metrics.encoders import STREAMED_KINDS
+from lyco_bench.metrics.encoders import ENCODERS
 from lyco_bench.metrics.features import (
     EncoderPool,
     EncoderSettings,
@@ -207,7 +207,7 @@ class Scorer:
             kinds += [k for k in self.kinds(name) if k not in kinds]
         texts: dict[str, list[str]] = {}
         for kind in kinds:
-            if kind in STREAMED_KINDS:
+            if ENCODERS[kind].streamed:
                 continue
             reading = [n for n in self.metrics if kind in self.kinds(n)]
             gen_modes: dict[str, set[str]] = {}
@@ -234,7 +234,7 @@ class Scorer:
         for kind, kind_texts in texts.items():
             if kind_texts:  # every text of a kind in one call: one shard
                 text_features(self.pool, sorted(set(kind_texts)), cache=self.shared, kind=kind)
-        for kind in (k for k in kinds if k in STREAMED_KINDS):
+        for kind in (k for k in kinds if ENCODERS[k].streamed):
             self._stream_pass(kind, units)
         self.own.flush()
         self.shared.flush()

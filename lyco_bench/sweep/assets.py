@@ -7,9 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import GENERATED_DATASETS, TINY_PREFIX, generated_dataset
-
-_TINY_SIZE_FIELDS = {"dino": "dino_image_size", "vgg": "vgg_short_side"}
+from lyco_bench.sweep.study import TINY_PREFIX, generated_dataset, generated_folder
 
 
 def model_path(value: str, store: StudyStore) -> str:
@@ -17,13 +15,14 @@ def model_path(value: str, store: StudyStore) -> str:
 
 
 def dataset_path(value: str, store: StudyStore) -> str:
-    prefix = generated_dataset(value)
-    return str(store.assets_dir / GENERATED_DATASETS[prefix]) if prefix else value
+    return str(store.assets_dir / generated_folder(value)) if generated_dataset(value) else value
 
 
 def encoder_settings(fields: dict[str, Any], store: StudyStore) -> Any:
-    """EncoderSettings with ``tiny:`` fields pointing at the tiny encoders in the store."""
+    """EncoderSettings with ``tiny:`` fields pointing at the tiny encoders in the store; an
+    encoder's other settings the study leaves out (sizes, checkpoint) are the tiny build's."""
     from lyco_bench.metrics import EncoderSettings
+    from lyco_bench.metrics.encoders import ENCODERS
 
     resolved = dict(fields)
     tiny_file = store.assets_dir / "tiny-encoders" / "settings.json"
@@ -34,13 +33,14 @@ def encoder_settings(fields: dict[str, Any], store: StudyStore) -> Any:
         for key, value in fields.items():
             if isinstance(value, str) and value.startswith(TINY_PREFIX):
                 resolved[key] = str(tiny_file.parent / tiny[key])
-                size_key = _TINY_SIZE_FIELDS.get(key)
-                if size_key and size_key not in fields:
-                    resolved[size_key] = tiny[size_key]
-                if key == "clip" and "clip_pretrained" not in fields:
-                    resolved["clip_pretrained"] = tiny["clip_pretrained"]
-                if key == "hps" and "hps_checkpoint" not in fields and tiny.get("hps_checkpoint"):
-                    resolved["hps_checkpoint"] = str(tiny_file.parent / tiny["hps_checkpoint"])
+                kind = next((e for e in ENCODERS.values() if e.weights_field == key), None)
+                for extra in kind.settings.model_fields if kind is not None else ():
+                    if extra == key or extra in fields or extra not in tiny:
+                        continue
+                    value = tiny[extra]
+                    # The build's files are written relative to its folder.
+                    local = extra in kind.path_fields and isinstance(value, str)
+                    resolved[extra] = str(tiny_file.parent / value) if local else value
     return EncoderSettings(**resolved)
 
 

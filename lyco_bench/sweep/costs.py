@@ -10,8 +10,8 @@ Work is counted in FLOPs from the plan itself, then divided by the hardware's th
 - encode / score: per encoder pass of an image, the encoder's forward.
 
 UNet and VAE FLOPs are counted by ``torch.utils.flop_counter`` on the study's own configs built
-on the ``meta`` device (no weights); encoder FLOPs from their architectures' configs (a ViT's
-per-layer matmuls, VGG's convolutions: ``vit_flops``, ``vgg_flops``).
+on the ``meta`` device (no weights); encoder FLOPs from each encoder kind's declaration (``EncoderKind.flops``: a ViT's per-layer
+matmuls, VGG's convolutions: ``vit_flops``, ``vgg_flops``).
 The hardware table (``benchmarks/gpu_costs.yaml``) gives each precision's dense peak and the
 fraction of it each stage reaches: measured by ``benchmarks/gpu_check.py`` where it says so,
 else an assumption it names.
@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.metrics.encoders.base import vit_flops  # noqa: F401 - re-exported (benchmarks, tests)
+from lyco_bench.metrics.encoders.vgg19 import vgg_flops  # noqa: F401 - re-exported
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_costs.yaml"
 STAGES = ("train", "generate", "encode", "score")
-# (layers, width, patch) of the encoders' default architectures, when no config is at hand:
-# DINOv2-L/14, CLIP ViT-L/14, HPS v2.1's ViT-H/14.
-KNOWN_VITS = {"dinov2": (24, 1024, 14), "clip": (24, 1024, 14), "hps": (32, 1280, 14)}
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (two matmuls per forward matmul)
 # SD1.x's VAE (every SD1.x checkpoint's vae/config.json), when the model folder has none.
 SD_VAE = {
@@ -304,70 +303,19 @@ def _generated_images(plan: Any, job: Any) -> int:
     return sum(plan.inputs.images_per_class.values())
 
 
-def vit_flops(layers: int, width: int, patch: int, image: int) -> float:
-    """One ViT forward: per layer and token 12·width² multiply-adds (QKV 3, output 1, MLP 8), and
-    2·tokens·width for attention (QKᵀ, AV); 2 FLOPs each. ViT-L/14 at 224 px: 1.62e11."""
-    tokens = (image // patch) ** 2 + 1
-    return 2.0 * layers * (12 * tokens * width**2 + 2 * tokens**2 * width)
-
-
-def vgg_flops(widths: tuple[int, ...], side: int) -> float:
-    """VGG19's convolutions up to conv5_1 on a ``side``² picture (3×3 kernels, 2 FLOPs a MAC)."""
-    from lyco_bench.metrics.encoders import _VGG19_LAYOUT
-
-    flops, channels, size = 0.0, 3, side
-    for item in (*_VGG19_LAYOUT, 4):  # conv5_1 closes the trunk
-        if item == "M":
-            size //= 2
-            continue
-        flops += 2.0 * 9 * channels * widths[item] * size * size
-        channels = widths[item]
-    return flops
-
-
 def _encoder_flops(plan: Any) -> dict[str, float]:
-    """FLOPs of one image's forward per encoder kind the study's metrics read."""
-    enc = plan.study.study.encoders
+    """FLOPs of one image's forward per encoder kind the study's metrics read (each kind's
+    declaration; a kind that declares none is left out)."""
+    from lyco_bench.metrics.encoders import ENCODERS
+    from lyco_bench.sweep.study import TINY_PREFIX
+
+    fields = plan.study.study.encoders
     out = {}
     for kind in plan.inputs.encoders:
-        if kind == "vgg19":
-            from lyco_bench.metrics.tiny import TINY_VGG_WIDTHS
-            from lyco_bench.sweep.sizing import VGG19_WIDTHS
-
-            tiny = str(enc.get("vgg", "")).startswith("tiny:")
-            out[kind] = vgg_flops(
-                TINY_VGG_WIDTHS if tiny else VGG19_WIDTHS, int(enc.get("vgg_short_side", 224))
-            )
-        elif kind in KNOWN_VITS:
-            out[kind] = vit_flops(*_vit_architecture(kind, enc))
+        spec = ENCODERS[kind]
+        if spec.flops is not None:
+            out[kind] = spec.flops(fields, str(fields.get(spec.weights_field, "")).startswith(TINY_PREFIX))
     return out
-
-
-def _vit_architecture(kind: str, enc: dict) -> tuple[int, int, int, int]:
-    """(layers, width, patch, image) of a ViT encoder from its config where one is at hand."""
-    from lyco_bench.metrics.tiny import TINY_CLIP_CONFIG
-
-    layers, width, patch = KNOWN_VITS[kind]
-    if kind == "dinov2":
-        image = int(enc.get("dino_image_size", 224))
-        value = str(enc.get("dino", ""))
-        config = Path(value).expanduser() / "config.json"
-        if value.startswith("tiny:"):
-            return 2, 32, 8, image
-        if config.is_file():
-            cfg = json.loads(config.read_text(encoding="utf-8"))
-            return int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["patch_size"]), image
-        return layers, width, patch, image
-    value = str(enc.get(kind, ""))
-    vision = None
-    if value.startswith("tiny:"):
-        vision = TINY_CLIP_CONFIG["vision_cfg"]
-    elif (Path(value).expanduser() / "open_clip_config.json").is_file():
-        cfg = json.loads((Path(value).expanduser() / "open_clip_config.json").read_text(encoding="utf-8"))
-        vision = cfg.get("model_cfg", cfg)["vision_cfg"]
-    if vision is None:
-        return layers, width, patch, 224
-    return int(vision["layers"]), int(vision["width"]), int(vision["patch_size"]), int(vision["image_size"])
 
 
 def _configs(plan: Any) -> tuple[dict, dict] | None:

@@ -155,14 +155,14 @@ def needed_kinds(
 ) -> list[str]:
     """Encoder kinds the metrics read (from ``reads``: reference | base | generated; None: any)."""
     from lyco_bench.metrics import METRICS, metric_encoders
-    from lyco_bench.metrics.encoders import ENCODER_KINDS
+    from lyco_bench.metrics.encoders import ENCODERS
 
     kinds: set[str] = set()
     for name in metrics:
         metric = METRICS[name]
         if reads is None or reads in metric.needs:
             kinds.update(metric_encoders(metric, tuple(image_encoders)))
-    return [k for k in ENCODER_KINDS if k in kinds]
+    return [k for k in ENCODERS if k in kinds]
 
 
 def dataset_identity(dataset: Any, hasher: FileHasher) -> DatasetIdentity:
@@ -211,10 +211,8 @@ def _encoder_identities(
     settings: Any, kinds: list[str], fields: dict[str, Any], prepare: dict[str, Any], *, source: str
 ) -> dict[str, str]:
     """Kind → the id the feature cache keys on (weights' content + preprocessing version)."""
-    from lyco_bench.metrics.encoders import ENCODER_FIELDS as field_of
-    from lyco_bench.metrics.encoders import check_hps_source
+    from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.metrics.features import EncoderPool
-    from lyco_bench.sweep.sources import check_encoder
 
     tiny = {k: v for k, v in fields.items() if isinstance(v, str) and v.startswith(TINY_PREFIX)}
     if tiny:
@@ -222,12 +220,9 @@ def _encoder_identities(
         token = f"tiny@{prepare['encoders'].id}"
         settings = settings.model_copy(update={k: f"{token}/{k}" for k in tiny})
     for kind in kinds:
-        if field_of[kind] not in tiny:
+        if ENCODERS[kind].weights_field not in tiny:
             try:
-                if kind == "hps":  # the HPS model (hps_delta) is checked by the metrics package
-                    check_hps_source(settings.hps, settings.hps_checkpoint)
-                else:
-                    check_encoder(kind, settings)
+                ENCODERS[kind].check_source(settings)
             except BadInput as exc:
                 raise BadInput(f"{source}: {exc}") from None
     pool = EncoderPool(settings)

@@ -31,11 +31,11 @@ from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, r
 from lyco_bench.sweep.sources import pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
-    GENERATED_DATASETS,
     TINY_PREFIX,
     LoadedStudy,
     ResolvedConfig,
     generated_dataset,
+    generated_folder,
 )
 from lyco_bench.utils import stable_hash
 
@@ -156,7 +156,7 @@ def _prepare_jobs(study: LoadedStudy) -> dict[str, Job]:
     if s.model.startswith(TINY_PREFIX):
         jobs["model"] = asset("model", "tiny-model", s.model)
     if generated_dataset(s.dataset):
-        jobs["dataset"] = asset("dataset", GENERATED_DATASETS[generated_dataset(s.dataset)], s.dataset)
+        jobs["dataset"] = asset("dataset", generated_folder(s.dataset), s.dataset)
     if any(isinstance(v, str) and v.startswith(TINY_PREFIX) for v in s.encoders.values()):
         jobs["encoders"] = asset("encoders", "tiny-encoders", s.encoders)
     return jobs
@@ -295,9 +295,9 @@ def base_modes(metrics: list[str], kind: str, scoring: dict[str, Any]) -> list[s
     """The modes in which the requested paired metrics read base images with encoder ``kind``: every
     reference mode when one of them compares those images with the dataset, else the images' own."""
     from lyco_bench.metrics import METRICS, metric_encoders
-    from lyco_bench.metrics.encoders import MODELESS_KINDS
+    from lyco_bench.metrics.encoders import ENCODERS
 
-    if kind in MODELESS_KINDS:
+    if ENCODERS[kind].native:
         return ["native"]
     image_encoders = tuple(scoring["image_encoders"])
     reading = [

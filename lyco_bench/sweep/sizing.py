@@ -21,9 +21,6 @@ from lyco_bench.sweep.study import TINY_PREFIX
 # used until the store holds images of its own.
 PNG_RATIO = 0.5
 SAFETENSORS_HEADER = 200  # bytes of header per small tensor file, roughly
-KNOWN_DIMS = {"facebook/dinov2-large": 1024, "facebook/dinov2-base": 768, "facebook/dinov2-small": 384,
-              "facebook/dinov2-giant": 1536}  # fmt: skip
-VGG19_WIDTHS = (64, 128, 256, 512, 512)
 
 
 @dataclass
@@ -76,6 +73,7 @@ def human_bytes(n: float) -> str:
 def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimate:
     """The finished store of ``plan`` (see the module docstring)."""
     from lyco_bench.metrics import METRICS, metric_encoders
+    from lyco_bench.metrics.encoders import ENCODERS
 
     s, inputs = plan.study.study, plan.inputs
     est = StoreEstimate(setting=getattr(s, "images", "keep"), n_jobs=len(plan.jobs))
@@ -101,15 +99,15 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
     image_encoders = tuple(inputs.scoring["image_encoders"])
     for kind in inputs.encoders:
         reading = [m for m in inputs.metrics if kind in metric_encoders(METRICS[m], image_encoders)]
-        if kind == "vgg19":
+        if ENCODERS[kind].streamed:  # generated images' features are never stored
             base_classes = {
                 c for m in reading if "base" in METRICS[m].needs for c in METRICS[m].prompt_classes
             }
             n = sum(v for c, v in inputs.base_images_per_class.items() if c in base_classes)
-            est.add("features: base images, vgg19 Grams (shared)", 1 if n else 0, n * dims[kind] * 4)
+            est.add(f"features: base images, {kind} (shared)", 1 if n else 0, n * dims[kind] * 4)
             if any("reference" in METRICS[m].needs for m in reading):
                 n = sum(1 for cat, _, _ in inputs.dataset_images if cat in inputs.scoring["style_categories"])
-                est.add("features: style images of the dataset, vgg19", 1 if n else 0, n * dims[kind] * 4)
+                est.add(f"features: style images of the dataset, {kind}", 1 if n else 0, n * dims[kind] * 4)
             continue
         classes = {c for m in reading for c in METRICS[m].prompt_classes}
         n = sum(v for c, v in inputs.images_per_class.items() if c in classes)
@@ -122,9 +120,10 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
                 len(inputs.scoring["modes"]),
                 n_ref * dims[kind] * 4,
             )
-    if "clip" in inputs.encoders:
-        texts = per_ckpt  # at most one text per image
-        est.add("features: prompt texts, clip (shared)", 1, texts * dims["clip"] * 4)
+    for kind in (k for k in inputs.encoders if ENCODERS[k].text):
+        if any("text" in METRICS[m].needs and kind in METRICS[m].encoders for m in inputs.metrics):
+            texts = per_ckpt  # at most one text per image
+            est.add(f"features: prompt texts, {kind} (shared)", 1, texts * dims[kind] * 4)
 
     _add_checkpoints(est, plan)
     n_scores = n_ckpt
@@ -271,49 +270,13 @@ def _model_configs(value: str) -> tuple[dict, dict] | None:
 
 
 def encoder_dim(kind: str, plan: Any) -> int:
-    """Width of one feature vector of encoder ``kind`` (packed Gram length for VGG19)."""
+    """Width of one feature vector of encoder ``kind`` (its declaration; packed Gram length for VGG19)."""
+    from lyco_bench.metrics.encoders import ENCODERS
+
+    spec = ENCODERS[kind]
     fields = plan.study.study.encoders
-    value = {"dinov2": fields.get("dino", "facebook/dinov2-large"), "clip": fields.get("clip", "ViT-L-14"),
-             "vgg19": fields.get("vgg", "IMAGENET1K_V1"), "hps": fields.get("hps", "ViT-H-14")}[kind]  # fmt: skip
-    tiny = isinstance(value, str) and value.startswith(TINY_PREFIX)
-    if kind == "vgg19":
-        from lyco_bench.metrics.tiny import TINY_VGG_WIDTHS
-
-        widths = TINY_VGG_WIDTHS if tiny else VGG19_WIDTHS
-        return sum(c * (c + 1) // 2 for c in widths)
-    if kind in ("clip", "hps"):  # both OpenCLIP models (HPS v2.1: ViT-H-14, 1024)
-        from lyco_bench.metrics.tiny import TINY_CLIP_CONFIG
-
-        if tiny:
-            return TINY_CLIP_CONFIG["embed_dim"]
-        return _clip_dim(value)
-    if tiny:
-        return 32
-    folder = Path(value).expanduser()
-    config = folder / "config.json" if folder.is_dir() else None
-    if config is None:
-        from lyco_bench.sweep.sources import cached_hub_file
-
-        config = cached_hub_file(value, "config.json")
-    if config is not None:
-        try:
-            return int(json.loads(Path(config).read_text(encoding="utf-8"))["hidden_size"])
-        except (OSError, ValueError, KeyError):
-            pass
-    return KNOWN_DIMS.get(value, 1024)
-
-
-def _clip_dim(value: str) -> int:
-    folder = Path(value).expanduser()
-    try:
-        if folder.is_dir():
-            cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
-            return int(cfg.get("model_cfg", cfg)["embed_dim"])
-        import open_clip
-
-        return int(open_clip.get_model_config(value)["embed_dim"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 768
+    value = fields.get(spec.weights_field)
+    return spec.feature_dim(fields, isinstance(value, str) and value.startswith(TINY_PREFIX))
 
 
 def _measured_png_bytes(store: Any, sample: int = 200) -> float | None:

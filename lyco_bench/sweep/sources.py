@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
-from lyco_bench.models import hub_offline
+from lyco_bench.hub import cached_hub_file, hub_identity  # noqa: F401 - re-exported
+from lyco_bench.models import hub_offline  # noqa: F401 - re-exported
 from lyco_bench.sweep.hashing import FileHasher
 from lyco_bench.utils import stable_hash
 
@@ -42,50 +43,6 @@ def local_identity(path: Path, hasher: FileHasher) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     listing = [(p.relative_to(path).as_posix(), hasher(p)) for p in files]
     return f"{path.name}@{stable_hash(listing, length=16)}"
-
-
-def cached_hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
-    """The local copy of ``filename`` of hub repo ``repo_id`` (at ``revision``: a commit, branch or
-    tag; None: main) in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, filename, revision=revision)
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
-def hub_identity(
-    repo_id: str, marker: str, *, what: str, revision: str | None = None
-) -> tuple[str, Path | None]:
-    """(``repo@commit``, the cached snapshot folder or None) of a hub repo holding ``marker``, at
-    ``revision`` (None: main). The commit is what a sweep's workers load (``repo@commit``).
-
-    Offline and not cached → BadInput; online and not cached → the hub is asked for the commit.
-    """
-    cached = cached_hub_file(repo_id, marker, revision)
-    if cached is not None:
-        snapshot = cached.parent
-        while snapshot.parent.name != "snapshots" and snapshot != snapshot.parent:
-            snapshot = snapshot.parent
-        return f"{repo_id}@{snapshot.name}", snapshot
-    if hub_offline():
-        at = f" at revision {revision}" if revision else ""
-        raise BadInput(
-            f"{what} {repo_id!r}: not a local path, and not in the local Hugging Face cache{at} "
-            "(HF_HUB_OFFLINE is set: download it first, or give a local folder)"
-        )
-    from huggingface_hub import HfApi
-
-    try:
-        info = HfApi().model_info(repo_id, revision=revision, timeout=20)
-    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors alike
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(
-            f"{what} {repo_id!r}: no such local path, and the hub has no such model ({first[:120]})"
-        ) from None
-    return f"{repo_id}@{info.sha}", None
 
 
 def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
@@ -160,84 +117,3 @@ def _read_json(path: Path, *, what: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BadInput(f"{what}: unreadable {path} ({type(exc).__name__})") from None
-
-
-# --- encoders --------------------------------------------------------------------------------
-
-
-def check_encoder(kind: str, settings: Any) -> None:
-    """BadInput when the weights of encoder ``kind`` cannot be found (local path, cache or hub)."""
-    if kind == "dinov2":
-        _check_transformers_source(settings.dino, what="encoders.dino")
-    elif kind == "clip":
-        _check_clip_source(settings.clip, settings.clip_pretrained)
-    elif kind == "vgg19":
-        _check_vgg_source(settings.vgg)
-    else:
-        raise BadInput(f"encoder {kind!r}: unknown")
-
-
-def _check_transformers_source(value: str, *, what: str) -> None:
-    from lyco_bench.models import _looks_like_path
-
-    path = Path(value).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BadInput(f"{what} {value}: not a transformers model folder (no config.json)")
-        return
-    if path.exists() or _looks_like_path(value):
-        raise BadInput(f"{what} {value}: no such folder")
-    hub_identity(value, "config.json", what=what)
-
-
-def _check_clip_source(model: str, pretrained: str | None) -> None:
-    import open_clip
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
-            raise BadInput(f"encoders.clip {model}: not an open_clip folder (no open_clip_config.json)")
-        return
-    if model.startswith("hf-hub:"):
-        hub_identity(model[len("hf-hub:") :], "open_clip_config.json", what="encoders.clip")
-        return
-    if model not in open_clip.list_models():
-        raise BadInput(f"encoders.clip {model!r}: not an open_clip architecture nor a local folder")
-    if pretrained is None:
-        return
-    if Path(pretrained).expanduser().is_file():
-        return
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    if not cfg:
-        known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-        raise BadInput(
-            f"encoders.clip_pretrained {pretrained!r}: not a weights file nor a tag of {model} ({known})"
-        )
-    repo = (cfg.get("hf_hub") or "").strip("/")
-    if repo:
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if cached_hub_file(repo, filename) is not None:
-                return
-        if hub_offline():
-            raise BadInput(
-                f"encoders.clip {model}/{pretrained}: weights not in the local Hugging Face cache "
-                "(HF_HUB_OFFLINE is set)"
-            )
-
-
-def _check_vgg_source(value: str) -> None:
-    path = Path(value).expanduser()
-    if path.is_file():
-        return
-    from torchvision.models import VGG19_Weights
-
-    if value not in VGG19_Weights.__members__:
-        raise BadInput(
-            f"encoders.vgg {value}: no such file, and not a torchvision VGG19 weights name "
-            f"({', '.join(VGG19_Weights.__members__)})"
-        )
-    import torch
-
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG19_Weights[value].url).name
-    if not cached.is_file() and hub_offline():
-        raise BadInput(f"encoders.vgg {value}: weights not in the torch hub cache ({cached}) and offline")

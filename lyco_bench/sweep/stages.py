@@ -17,11 +17,11 @@ from lyco_bench.sweep.assets import dataset_path, encoder_settings, model_path
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
-    GENERATED_DATASETS,
     TINY_PREFIX,
     asset_seed,
     draw_generated_dataset,
     generated_dataset,
+    generated_folder,
 )
 from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
 
@@ -35,7 +35,7 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
         out = store.assets_dir / "tiny-model"
         return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=asset_seed(value, TINY_PREFIX)))]
     if asset == "dataset":
-        out = store.assets_dir / GENERATED_DATASETS[generated_dataset(value)]
+        out = store.assets_dir / generated_folder(value)
         return [_build_fresh(out, lambda tmp: draw_generated_dataset(value, tmp))]
     if asset == "encoders":
         from lyco_bench.metrics.tiny import make_tiny_encoders
@@ -271,15 +271,18 @@ def _dataset_paths(
     job: Job, store: StudyStore, settings: Any, kind: str
 ) -> tuple[list[Path], tuple[str, ...]]:
     from lyco_bench.data import load_dataset
+    from lyco_bench.metrics import METRICS
+    from lyco_bench.metrics.encoders import ENCODERS
 
     dataset = load_dataset(dataset_path(job.params["dataset"], store), verify_images=False)
     concepts = dataset.concepts
-    if kind == "vgg19":  # the style loss against the dataset: style concepts only
+    # Only style concepts when every metric comparing the dataset through this encoder scores
+    # style categories only (VGG's: the style loss against the dataset).
+    readers = [m for m in METRICS.values() if "reference" in m.needs and kind in m.encoders]
+    if readers and all(m.categories == "style" for m in readers):
         styles = job.spec["scoring"]["style_categories"]
         concepts = [c for c in concepts if c.category in styles]
-        modes: tuple[str, ...] = ("native",)
-    else:
-        modes = tuple(settings.modes)
+    modes = ("native",) if ENCODERS[kind].native else tuple(settings.modes)
     return sorted({Path(item.path) for c in concepts for item in c.images}), modes
 
 
@@ -289,7 +292,10 @@ def _base_paths(job: Job, store: StudyStore, kind: str) -> list[Path]:
     from lyco_bench.metrics.manifest import read_manifest
 
     df = read_manifest(store.base_images_dir)
-    image_encoders = tuple(job.params["encoders"].get("image_encoders", ("dinov2",)))
+    from lyco_bench.metrics.features import CommonEncoderSettings
+
+    default = CommonEncoderSettings.model_fields["image_encoders"].default
+    image_encoders = tuple(job.params["encoders"].get("image_encoders", default))
     classes = {
         c
         for name in job.spec["metrics"]

@@ -32,11 +32,9 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TINY_PREFIX = "tiny:"
-DEMO_PREFIX = "demo:"
 WORLD_PREFIX = "world:"
-"""The CPU world (lyco_bench.world): its shipped base model and evaluators, and its drawn dataset."""
-# Datasets a prepare job draws into the store: prefix → the asset folder's name.
-GENERATED_DATASETS = {DEMO_PREFIX: "demo-dataset", WORLD_PREFIX: "world-dataset"}
+"""The CPU world (lyco_bench.world): its shipped base model and evaluators (its drawn dataset is a
+generated dataset: lyco_bench.data.generated)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -344,21 +342,26 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
 
 
 def generated_dataset(value: str) -> str | None:
-    """The prefix of a dataset drawn by a prepare job (``demo:``, ``world:``), else None."""
-    return next((p for p in GENERATED_DATASETS if value.startswith(p)), None)
+    """The prefix of a dataset drawn by a prepare job (``demo:``, ``world:``, …), else None."""
+    from lyco_bench.data.generated import generated_dataset as kind_of
+
+    kind = kind_of(value)
+    return kind.prefix if kind is not None else None
+
+
+def generated_folder(value: str) -> str:
+    """The store's assets folder a generated dataset ``value`` is drawn into."""
+    from lyco_bench.data.generated import GENERATED_DATASETS
+
+    return GENERATED_DATASETS[generated_dataset(value)].folder
 
 
 def draw_generated_dataset(value: str, out: Path) -> Path:
-    """Draw the ``demo:``/``world:`` dataset ``value`` (with its seed) into ``out``."""
+    """Draw the generated dataset ``value`` (with its seed) into ``out``."""
+    from lyco_bench.data.generated import GENERATED_DATASETS
+
     prefix = generated_dataset(value)
-    seed = asset_seed(value, prefix)
-    if prefix == WORLD_PREFIX:
-        from lyco_bench.world import make_world_dataset
-
-        return make_world_dataset(out, seed=seed)
-    from lyco_bench.data import make_demo_dataset
-
-    return make_demo_dataset(out, seed=seed)
+    return GENERATED_DATASETS[prefix].draw(out, asset_seed(value, prefix))
 
 
 def _resolve_world(study: Study, *, source: str) -> Study:
@@ -366,29 +369,28 @@ def _resolve_world(study: Study, *, source: str) -> Study:
     hashed like any other: a rebuilt world makes every job that read it stale)."""
     fields = dict(study.encoders)
     world_fields = [k for k, v in fields.items() if v == WORLD_PREFIX]
-    for key in world_fields:
-        if key not in ("dino", "clip"):
-            raise BadInput(
-                f"{source}: encoders.{key}: the world ships a DINOv2 (dino) and an OpenCLIP (clip) only"
-            )
     if study.model != WORLD_PREFIX and not world_fields:
         return study
+    from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.world import encoder_settings, model_dir, weights_dir
+
+    shipped_fields = encoder_settings()  # the world's encoders: their fields, paths under weights_dir()
+    shipped = [e for e in ENCODERS.values() if e.weights_field in shipped_fields]
+    for key in world_fields:
+        if key not in [e.weights_field for e in shipped]:
+            ships = " and ".join(f"{e.title or e.name} ({e.weights_field})" for e in shipped)
+            raise BadInput(f"{source}: encoders.{key}: the world ships {ships} only")
 
     if not (weights_dir() / "BUILD.json").is_file():
         raise BadInput(f"{source}: world: the world's weights are missing ({weights_dir()}); "
                        "rebuild them with `lyco-bench make-world`")  # fmt: skip
-    shipped = encoder_settings()
     for key in world_fields:
-        fields[key] = shipped[key]
-        for extra in {"dino": ("dino_image_size",), "clip": ("clip_pretrained",)}[key]:
-            fields.setdefault(extra, shipped[extra])
+        kind = next(e for e in shipped if e.weights_field == key)
+        fields[key] = shipped_fields[key]
+        for extra in (f for f in kind.settings.model_fields if f != key and f in shipped_fields):
+            fields.setdefault(extra, shipped_fields[extra])
     model = str(model_dir()) if study.model == WORLD_PREFIX else study.model
     return study.model_copy(update={"model": model, "encoders": fields})
-
-
-ENCODER_PATH_FIELDS = ("dino", "clip", "clip_pretrained", "vgg", "hps", "hps_checkpoint")
-"""Encoder settings that may name a local file or folder (else a hub id, a tag or a name)."""
 
 
 def _absolute_paths(study: Study) -> Study:
@@ -404,9 +406,11 @@ def _absolute_paths(study: Study) -> Study:
     update: dict[str, Any] = {"model": _absolute(study.model)}
     if not generated_dataset(study.dataset):
         update["dataset"] = _absolute(study.dataset)
+    from lyco_bench.metrics.encoders import encoder_path_fields
+
+    path_fields = encoder_path_fields()  # settings that may name a local file or folder
     update["encoders"] = {
-        k: _absolute(v) if k in ENCODER_PATH_FIELDS and isinstance(v, str) else v
-        for k, v in study.encoders.items()
+        k: _absolute(v) if k in path_fields and isinstance(v, str) else v for k, v in study.encoders.items()
     }
     prompt_set = _absolute_prompt_set(study.prompts.set)
     if prompt_set != study.prompts.set:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lyco_bench.data.drawn import DrawnLeaf, leaves_yaml, write_drawn_dataset
+from lyco_bench.data.generated import GeneratedDataset, register_generated_dataset
 from lyco_bench.errors import BadInput
 from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
 from lyco_bench.world.draw import HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
@@ -70,3 +71,8 @@ def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int 
             yield draw_scene(scene), caption_tags(scene)
 
     return write_drawn_dataset(Path(root), WORLD_LEAVES, draw, _yaml())
+
+
+register_generated_dataset(
+    GeneratedDataset("world:", "world-dataset", lambda out, seed: make_world_dataset(out, seed=seed))
+)
