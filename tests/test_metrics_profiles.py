@@ -230,15 +230,16 @@ def test_profile_enters_encoder_ids_and_keeps_lyco_ids(tiny_encoders):
         EncoderSettings(profile="papers")
 
 
-def test_paper_profile_autocasts_on_cuda_only():
-    assert profiles.autocast_dtype("paper", torch.device("cuda")) == torch.float16
-    assert profiles.autocast_dtype("paper", torch.device("cpu")) is None
-    assert profiles.autocast_dtype("lyco", torch.device("cuda")) is None
-    with profiles.encoding("paper", torch.device("cpu")):
+def test_auto_precision_autocasts_on_cuda_only():
+    """The paper encoded under fp16 autocast on CUDA; ``auto`` (either profile) does the same."""
+    assert profiles.autocast_dtype("auto", torch.device("cuda")) == torch.float16
+    assert profiles.autocast_dtype("auto", torch.device("cpu")) is None
+    assert profiles.autocast_dtype("float32", torch.device("cuda")) is None
+    with profiles.encoding("auto", torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_paper_profile_encodes_under_fp16_autocast_on_cuda():
-    with profiles.encoding("paper", torch.device("cuda")):
+def test_auto_precision_encodes_under_fp16_autocast_on_cuda():
+    with profiles.encoding("auto", torch.device("cuda")):
         assert torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.float16

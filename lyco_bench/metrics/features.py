@@ -47,9 +47,20 @@ class CommonEncoderSettings(StrictModel):
     code computed (its preprocessing order and rounding, VGG Grams after the in-place ReLUs,
     torch.hub DINOv2's position embeddings, fp16 autocast on CUDA, subclass-then-concept
     averages, ``<alter>`` Vendi in blocks of 10); ``lyco``: lyco-bench's own choices."""
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Autocast dtype of the encoders' forward passes. ``auto``: float16 on CUDA (what the paper
+    did; features within 1e-4 in cosine of float32, docs/protocol.md §5.7), float32 elsewhere.
+    Resolved on the machine that plans; a half precision is part of the encoders' cache ids."""
     batch_size: int = Field(16, ge=1)
     device: str | None = None
     """``cuda``, ``cpu``…; None: the GPU when there is one."""
+
+    def resolved_precision(self) -> str:
+        """``precision`` with ``auto`` resolved for this settings' device (else this machine's)."""
+        from lyco_bench.metrics.profiles import resolve_precision
+        from lyco_bench.utils import default_device
+
+        return resolve_precision(self.precision, self.device or default_device())
 
     @field_validator("image_encoders")
     @classmethod

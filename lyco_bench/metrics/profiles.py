@@ -118,16 +118,27 @@ def use_hub_interpolation(model) -> None:
     emb.interpolate_pos_encoding = types.MethodType(hub_interpolate_pos_encoding, emb)
 
 
-def autocast_dtype(profile: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype encoders run under: fp16 on CUDA for ``paper`` (its encode loop ran
-    under ``torch.autocast('cuda')``); None (fp32) otherwise."""
-    return torch.float16 if profile == "paper" and device.type == "cuda" else None
+AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``auto`` encoder precision: float16 autocast on CUDA (as the paper encoded: its loop ran under
+    ``torch.autocast('cuda')``; features move by < 1e-4 in cosine, docs/protocol.md §5.7), float32
+    elsewhere (CPU half-precision kernels are slower)."""
+    if precision != "auto":
+        return precision
+    return "float16" if torch.device(device).type == "cuda" else "float32"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a resolved ``precision`` (None: float32, no autocast)."""
+    return AUTOCAST.get(resolve_precision(precision, device))
 
 
 @contextlib.contextmanager
-def encoding(profile: str, device: torch.device) -> Iterator[None]:
+def encoding(precision: str, device: torch.device) -> Iterator[None]:
     """Run an encoder's forward under :func:`autocast_dtype` (if any)."""
-    dtype = autocast_dtype(profile, device)
+    dtype = autocast_dtype(precision, device)
     if dtype is None:
         yield
     else:

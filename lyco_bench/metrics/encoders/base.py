@@ -124,9 +124,10 @@ def source_label(kind: str, source: str) -> str:
 PREPROCESS_VERSION = 2  # read at call time (base.PREPROCESS_VERSION), so a test may bump it
 
 
-def profile_tag(profile: str) -> str:
-    """What a profile adds to an encoder id (``lyco``: nothing, so its cached features stay valid)."""
-    return "" if profile == "lyco" else f":{profile}"
+def profile_tag(profile: str, precision: str = "float32") -> str:
+    """What a profile and a resolved precision add to an encoder id (``lyco`` in float32: nothing,
+    so its cached features stay valid)."""
+    return ("" if profile == "lyco" else f":{profile}") + ("" if precision == "float32" else f":{precision}")
 
 
 def load_state_file(path: str | Path, *, what: str) -> dict[str, torch.Tensor]:

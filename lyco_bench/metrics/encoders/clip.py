@@ -50,11 +50,11 @@ class ClipSettings(StrictModel):
     """OpenCLIP pretrained tag or weights file; ignored for a local folder."""
 
 
-def clip_id(model: str, pretrained: str | None, profile: str = "lyco") -> str:
+def clip_id(model: str, pretrained: str | None, profile: str = "lyco", precision: str = "float32") -> str:
     if Path(model).is_dir():
-        return f"clip:{source_tag(model)}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
+        return f"clip:{source_tag(model)}:p{base.PREPROCESS_VERSION}{profile_tag(profile, precision)}"
     weights = source_tag(pretrained) if pretrained else pretrained
-    return f"clip:{model}/{weights}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
+    return f"clip:{model}/{weights}:p{base.PREPROCESS_VERSION}{profile_tag(profile, precision)}"
 
 
 def clip_label(model: str, pretrained: str | None) -> str:
@@ -73,7 +73,13 @@ class ClipEncoder:
     kind = "clip"
 
     def __init__(
-        self, model: str, pretrained: str | None = None, *, device: str | None = None, profile: str = "lyco"
+        self,
+        model: str,
+        pretrained: str | None = None,
+        *,
+        device: str | None = None,
+        profile: str = "lyco",
+        precision: str = "auto",
     ):
         import open_clip
 
@@ -104,7 +110,8 @@ class ClipEncoder:
             for mode, resize_mode in (("resize", "squash"), ("crop", "shortest"), ("padding", "longest"))
         }
         self.context_length = getattr(self.model, "context_length", 77)
-        self.id = clip_id(model, pretrained, profile)
+        self.precision = profiles.resolve_precision(precision, self.device)
+        self.id = clip_id(model, pretrained, profile, self.precision)
         self.label = clip_label(model, pretrained)
 
     def prepare(self, image: Image.Image, mode: str) -> torch.Tensor:
@@ -124,7 +131,7 @@ class ClipEncoder:
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Features of prepared inputs (``prepare``'s tensors), one batch."""
         x = torch.stack(inputs).to(self.device)  # (B, 3, S, S)
-        with profiles.encoding(self.profile, self.device):
+        with profiles.encoding(self.precision, self.device):
             feats = self.model.encode_image(x)  # (B, D)
         return F.normalize(feats.float(), dim=-1).cpu()
 
@@ -145,7 +152,7 @@ class ClipEncoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenize(texts).to(self.device)
-        with profiles.encoding(self.profile, self.device):
+        with profiles.encoding(self.precision, self.device):
             feats = self.model.encode_text(tokens)
         return F.normalize(feats.float(), dim=-1).cpu()  # (B, D)
 
@@ -263,9 +270,11 @@ register_encoder(
         name="clip",
         settings=ClipSettings,
         weights_field="clip",
-        identity=lambda s: clip_id(s.clip, s.clip_pretrained, s.profile),
+        identity=lambda s: clip_id(s.clip, s.clip_pretrained, s.profile, s.resolved_precision()),
         label=lambda s: clip_label(s.clip, s.clip_pretrained),
-        load=lambda s: ClipEncoder(s.clip, s.clip_pretrained, device=s.device, profile=s.profile),
+        load=lambda s: ClipEncoder(
+            s.clip, s.clip_pretrained, device=s.device, profile=s.profile, precision=s.precision
+        ),
         check_source=lambda s: check_clip_source(s.clip, s.clip_pretrained),
         feature_dim=_feature_dim,
         flops=lambda fields, tiny: open_clip_flops(str(fields.get("clip", "")), tiny, VIT_L14),

@@ -46,8 +46,8 @@ class DinoSettings(StrictModel):
     dino_image_size: int = Field(224, ge=14)
 
 
-def dinov2_id(source: str, image_size: int, profile: str = "lyco") -> str:
-    return f"dinov2:{source_tag(source)}:{image_size}:p{base.PREPROCESS_VERSION}{profile_tag(profile)}"
+def dinov2_id(source: str, image_size: int, profile: str = "lyco", precision: str = "float32") -> str:
+    return f"dinov2:{source_tag(source)}:{image_size}:p{base.PREPROCESS_VERSION}{profile_tag(profile, precision)}"
 
 
 class DinoV2Encoder:
@@ -60,7 +60,13 @@ class DinoV2Encoder:
     kind = "dinov2"
 
     def __init__(
-        self, source: str, *, device: str | None = None, image_size: int = 224, profile: str = "lyco"
+        self,
+        source: str,
+        *,
+        device: str | None = None,
+        image_size: int = 224,
+        profile: str = "lyco",
+        precision: str = "auto",
     ):
         from transformers import Dinov2Model
 
@@ -73,7 +79,9 @@ class DinoV2Encoder:
             raise load_error(self.kind, source, exc) from None
         if profile == "paper":
             profiles.use_hub_interpolation(self.model)
-        self.id, self.label = dinov2_id(source, image_size, profile), source_label(self.kind, source)
+        self.precision = profiles.resolve_precision(precision, self.device)
+        self.id = dinov2_id(source, image_size, profile, self.precision)
+        self.label = source_label(self.kind, source)
 
     def prepare(self, image: Image.Image, mode: str) -> torch.Tensor:
         """One picture → its input tensor (thread-safe: scoring runs it in loader threads)."""
@@ -88,7 +96,7 @@ class DinoV2Encoder:
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Features of prepared inputs (``prepare``'s tensors), one batch."""
         x = torch.stack(inputs).to(self.device)  # (B, 3, S, S)
-        with profiles.encoding(self.profile, self.device):
+        with profiles.encoding(self.precision, self.device):
             cls = self.model(pixel_values=x).last_hidden_state[:, 0]  # (B, D)
         return F.normalize(cls.float(), dim=-1).cpu()
 
@@ -168,9 +176,9 @@ register_encoder(
         name="dinov2",
         settings=DinoSettings,
         weights_field="dino",
-        identity=lambda s: dinov2_id(s.dino, s.dino_image_size, s.profile),
+        identity=lambda s: dinov2_id(s.dino, s.dino_image_size, s.profile, s.resolved_precision()),
         load=lambda s: DinoV2Encoder(
-            s.dino, device=s.device, image_size=s.dino_image_size, profile=s.profile
+            s.dino, device=s.device, image_size=s.dino_image_size, profile=s.profile, precision=s.precision
         ),
         check_source=lambda s: check_transformers_source(s.dino, what="encoders.dino"),
         feature_dim=_feature_dim,

@@ -46,8 +46,8 @@ class VggSettings(StrictModel):
     vgg_short_side: int = Field(224, ge=16)
 
 
-def vgg19_id(source: str, short_side: int, profile: str = "lyco") -> str:
-    return f"vgg19:{source_tag(source)}:{short_side}{profile_tag(profile)}"
+def vgg19_id(source: str, short_side: int, profile: str = "lyco", precision: str = "float32") -> str:
+    return f"vgg19:{source_tag(source)}:{short_side}{profile_tag(profile, precision)}"
 
 
 def vgg19_features(widths: tuple[int, ...] = VGG19_WIDTHS) -> torch.nn.Sequential:
@@ -115,6 +115,7 @@ class VggGramEncoder:
         device: str | None = None,
         short_side: int = 224,
         profile: str = "lyco",
+        precision: str = "auto",
     ):
         self.source, self.short_side, self.profile = source, short_side, profile
         self.device = resolve_device(device)
@@ -139,7 +140,9 @@ class VggGramEncoder:
                 if isinstance(module, torch.nn.ReLU):
                     module.inplace = False  # an in-place ReLU would rectify the captured conv outputs
         self.trunk = self.trunk.eval().to(self.device)
-        self.id, self.label = vgg19_id(source, short_side, profile), source_label(self.kind, source)
+        self.precision = profiles.resolve_precision(precision, self.device)
+        self.id = vgg19_id(source, short_side, profile, self.precision)
+        self.label = source_label(self.kind, source)
         # The paper's in-place ReLUs rectify the captured conv1_1–conv4_1 outputs (docs/protocol.md §5.7).
         self._relu_after = profiles.PAPER_RELU_LAYERS if profile == "paper" else ()
 
@@ -162,7 +165,7 @@ class VggGramEncoder:
             idx = [i for i, t in enumerate(tensors) if t.shape == shape]
             x = torch.stack([tensors[i] for i in idx]).to(self.device)  # (b, 3, H, W)
             maps = []
-            with profiles.encoding(self.profile, self.device):
+            with profiles.encoding(self.precision, self.device):
                 for i, layer in enumerate(self.trunk):
                     x = layer(x)
                     if i in GRAM_LAYERS:
@@ -228,8 +231,10 @@ register_encoder(
         name="vgg19",
         settings=VggSettings,
         weights_field="vgg",
-        identity=lambda s: vgg19_id(s.vgg, s.vgg_short_side, s.profile),
-        load=lambda s: VggGramEncoder(s.vgg, device=s.device, short_side=s.vgg_short_side, profile=s.profile),
+        identity=lambda s: vgg19_id(s.vgg, s.vgg_short_side, s.profile, s.resolved_precision()),
+        load=lambda s: VggGramEncoder(
+            s.vgg, device=s.device, short_side=s.vgg_short_side, profile=s.profile, precision=s.precision
+        ),
         check_source=lambda s: check_vgg_source(s.vgg),
         # The packed Gram length: C(C+1)/2 per layer.
         feature_dim=lambda fields, tiny: sum(c * (c + 1) // 2 for c in _widths(tiny)),
