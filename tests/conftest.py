@@ -65,3 +65,38 @@ def paper_dir() -> Path:
     if folder is None:
         pytest.skip("the paper's published data not found (set LYCO_BENCH_PAPER_DATA)")
     return folder
+
+
+# --- fixtures several test modules share (their helpers: tests/helpers.py) ---------------------
+from tests.helpers import _manifest_rows, tiny_encoder_settings, write_generation  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict:
+    return tiny_encoder_settings(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("generated")
+    rows = _manifest_rows()
+    images = write_generation(root / "ck", rows, seed=1)
+    base_rows = [dict(r, checkpoint="base") for r in rows if r["prompt_class"] in ("agnostic",)]
+    base_rows += [
+        dict(r, checkpoint="base") for r in rows if r["prompt_class"] == "style" and r["concept"] == "circle"
+    ]
+    base = write_generation(root / "base", base_rows, seed=2)
+    return images, base
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    from lyco_bench.data import make_demo_dataset
+
+    # 2 images per leaf: one square, one 3:2 landscape; checker repeats twice → 2 buckets of 3 entries.
+    return make_demo_dataset(tmp_path_factory.mktemp("train-data") / "demo", seed=0, images_per_concept=2)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("latents")

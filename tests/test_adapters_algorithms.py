@@ -16,22 +16,7 @@ from lyco_bench.adapters.algorithms.lora import LoRAModule
 from lyco_bench.adapters.algorithms.native import NativeModule
 from lyco_bench.adapters.base import ALGORITHMS, detect_algorithm, get_algorithm
 from lyco_bench.errors import BadInput
-
-F64 = torch.float64
-
-
-def linear(i: int, o: int, *, bias: bool = True) -> nn.Linear:
-    return nn.Linear(i, o, bias=bias, dtype=F64).requires_grad_(False)
-
-
-def conv(i: int, o: int, k: int, **kw) -> nn.Conv2d:
-    return nn.Conv2d(i, o, k, dtype=F64, **kw).requires_grad_(False)
-
-
-def set_params(module: nn.Module, **values) -> None:
-    with torch.no_grad():
-        for name, v in values.items():
-            getattr(module, name).copy_(torch.tensor(v, dtype=F64).reshape(getattr(module, name).shape))
+from tests.helpers import F64, conv, linear, set_params
 
 
 def randomize(module: nn.Module, seed: int = 1) -> None:

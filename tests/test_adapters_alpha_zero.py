@@ -9,13 +9,7 @@ import torch
 
 from lyco_bench.adapters import inject, load_adapter, merge_adapters
 from lyco_bench.adapters.fileformat import save_tensors
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-    run_models,
-    tiny_models,
-)
-from tests.test_adapters_interop import CASES, TextModelHolder, lycoris_preset
+from tests.helpers import CASES, TextModelHolder, lycoris_preset, one_thread, perturb, run_models, tiny_models  # noqa: F401 - autouse fixture
 
 pytest.importorskip("lycoris")
 

@@ -12,10 +12,7 @@ from lyco_bench.adapters import AdapterSpec, inject, load_adapter, merge_adapter
 from lyco_bench.adapters.cli import parse_adapter_arg
 from lyco_bench.adapters.fileformat import save_tensors
 from lyco_bench.cli import main
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-)
+from tests.helpers import one_thread, perturb  # noqa: F401 - autouse fixture
 
 
 @pytest.fixture(scope="module")

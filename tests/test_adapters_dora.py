@@ -16,13 +16,7 @@ from lyco_bench.adapters.algorithms.lora import LoRAModule
 from lyco_bench.adapters.base import ALGORITHMS, detect_algorithm
 from lyco_bench.config import validate
 from lyco_bench.errors import BadInput
-from tests.test_adapters_algorithms import F64, conv, linear, set_params
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-    run_models,
-    tiny_models,
-)
+from tests.helpers import F64, conv, linear, one_thread, perturb, run_models, set_params, tiny_models  # noqa: F401 - autouse fixture
 
 LAYERS = {
     "linear": (lambda: linear(32, 24), (2, 5, 32)),
@@ -419,7 +413,7 @@ def test_lycoris_networks_with_dora_both_ways(tmp_path, case):
     from lycoris.wrapper import LycorisNetwork
 
     from lyco_bench.adapters.fileformat import adapter_file_from_tensors
-    from tests.test_adapters_interop import TE_PRESET, UNET_PRESET, TextModelHolder, lycoris_preset
+    from tests.helpers import TE_PRESET, UNET_PRESET, TextModelHolder, lycoris_preset
 
     spec, lyco_args = NETWORKS[case]
     unet, te = tiny_models(0)

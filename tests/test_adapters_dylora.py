@@ -14,7 +14,7 @@ from lyco_bench.adapters import ALGORITHMS, AdapterSpec, inject, load_adapter
 from lyco_bench.adapters.algorithms.dylora import DyLoRAModule
 from lyco_bench.adapters.ops import delta_weights, truncate_adapter
 from lyco_bench.errors import BadInput
-from tests.test_adapters_inject import perturb, run_models, tiny_models
+from tests.helpers import perturb, run_models, tiny_models
 
 F64 = torch.float64
 
@@ -153,7 +153,7 @@ def test_training_resumes_to_the_same_bytes(tmp_path, tiny_model_dir):
     """The rank drawn at each step depends on (seed, step) only: a resumed run matches."""
     from lyco_bench.data import make_demo_dataset
     from lyco_bench.training import checkpoint_path, train
-    from tests.test_training import run_config
+    from tests.helpers import run_config
 
     data = make_demo_dataset(tmp_path / "data", seed=0, images_per_concept=2)
     adapter = {"algo": "dylora", "dim": 4, "alpha": 2, "block_size": 2}
@@ -187,7 +187,7 @@ def test_a_study_evaluates_one_training_at_several_ranks(tmp_path, tiny_model_di
 
     from lyco_bench.cli import main
     from lyco_bench.metrics.tiny import make_tiny_encoders
-    from tests.test_sweep_run import micro_study
+    from tests.helpers import micro_study
 
     encoders = make_tiny_encoders(tmp_path / "enc", seed=0)
     path = micro_study(tmp_path, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)

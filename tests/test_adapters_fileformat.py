@@ -14,12 +14,7 @@ from lyco_bench.adapters import AdapterSpec, inject, load_adapter
 from lyco_bench.adapters.fileformat import safetensors_bytes, save_tensors
 from lyco_bench.adapters.norm import NormAdapter
 from lyco_bench.errors import BadInput
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-    run_models,
-    tiny_models,
-)
+from tests.helpers import one_thread, perturb, run_models, tiny_models  # noqa: F401 - autouse fixture
 
 Q_KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 

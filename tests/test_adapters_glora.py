@@ -32,12 +32,7 @@ from lyco_bench.adapters.algorithms.lokr import factorize
 from lyco_bench.adapters.base import detect_algorithm
 from lyco_bench.config import validate
 from lyco_bench.errors import BadInput
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-    run_models,
-    tiny_models,
-)
+from tests.helpers import one_thread, perturb, run_models, tiny_models  # noqa: F401 - autouse fixture
 
 F64 = torch.float64
 
@@ -467,7 +462,7 @@ def test_glora_layer_matches_lycoris_both_ways(layer):
 @pytest.fixture
 def lycoris_tools():
     pytest.importorskip("lycoris")
-    from tests import test_adapters_interop as interop
+    from tests import helpers as interop
 
     return interop
 

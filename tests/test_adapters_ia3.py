@@ -28,12 +28,7 @@ from lyco_bench.adapters.algorithms.ia3 import IA3Module
 from lyco_bench.adapters.fileformat import adapter_file_from_tensors
 from lyco_bench.adapters.inject import te_key, unet_key
 from lyco_bench.errors import BadInput
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-    run_models,
-    tiny_models,
-)
+from tests.helpers import one_thread, perturb, run_models, tiny_models  # noqa: F401 - autouse fixture
 
 SPEC = AdapterSpec(algo="ia3", preset="ia3")
 TE_K = "lora_te_text_model_encoder_layers_0_self_attn_k_proj"
@@ -371,7 +366,7 @@ def lycoris_networks(tmp_path, unet, te):
     from lycoris import create_lycoris
     from lycoris.wrapper import LycorisNetwork
 
-    from tests.test_adapters_interop import TextModelHolder, lycoris_preset
+    from tests.helpers import TextModelHolder, lycoris_preset
 
     networks = []
     for module, prefix in ((unet, "lora_unet"), (TextModelHolder(te), "lora_te")):
@@ -431,7 +426,7 @@ def test_lycoris_cannot_reload_ia3_files_but_its_modules_take_ours_by_hand(tmp_p
     # which takes the weight alone
     from lycoris.wrapper import LycorisNetwork
 
-    from tests.test_adapters_interop import lycoris_preset
+    from tests.helpers import lycoris_preset
 
     with lycoris_preset(tmp_path, "", "load"):
         LycorisNetwork.apply_preset({"lora_prefix": "lora_unet"})

@@ -13,65 +13,12 @@ from lyco_bench.adapters import AdapterSpec, find_targets, inject
 from lyco_bench.adapters.inject import layer_index
 from lyco_bench.config import validate
 from lyco_bench.errors import BadInput
-
-TINY_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    sample_size=8,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+from tests.helpers import (
+    one_thread,  # noqa: F401 - autouse fixture
+    perturb,
+    run_models,
+    tiny_models,
 )
-TINY_CLIP = dict(
-    hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000
-)
-
-
-def tiny_models(seed: int = 0):
-    """A tiny UNet2DConditionModel and CLIPTextModel with random weights (eval mode)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    from transformers.utils import logging as tlog
-
-    tlog.set_verbosity_error()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET).eval()
-        te = CLIPTextModel(CLIPTextConfig(**TINY_CLIP, bos_token_id=0, eos_token_id=2)).eval()
-    return unet, te
-
-
-def unet_inputs(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    sample = torch.randn(2, 4, 8, 8, generator=g)  # (B, C, H, W) latents
-    hidden = torch.randn(2, 5, 32, generator=g)  # (B, tokens, cross_attention_dim)
-    return sample, torch.tensor([10, 500]), hidden
-
-
-def run_models(unet, te, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    sample, t, hidden = unet_inputs(seed)
-    ids = torch.tensor([[0, 5, 17, 99, 2], [0, 7, 8, 2, 1]])
-    with torch.no_grad():
-        return unet(sample, t, hidden).sample, te(ids).last_hidden_state
-
-
-def perturb(net, scale: float = 0.2, seed: int = 1) -> None:
-    """Give every adapter parameter random values so that ΔW ≠ 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared CPU does not thrash); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,84 +9,23 @@ wrapped under ``text_model`` as in the transformers-4 layout every SD tool write
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import pytest
 import torch
-from torch import nn
 
 from lyco_bench.adapters import AdapterSpec, inject, load_adapter, merge_adapters
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
+from tests.helpers import (  # noqa: F401 - autouse fixture
+    CASES,
+    TE_PRESET,
+    UNET_PRESET,
+    TextModelHolder,
+    lycoris_preset,
+    one_thread,
     perturb,
     run_models,
     tiny_models,
 )
 
 lycoris = pytest.importorskip("lycoris")
-
-# Our spec, and the LyCORIS create_lycoris arguments for the same adapter.
-CASES = {
-    "lora": (
-        AdapterSpec(algo="lora", dim=4, alpha=2, preset="full"),
-        dict(algo="lora", linear_dim=4, linear_alpha=2),
-    ),
-    "locon-tucker": (
-        AdapterSpec(algo="lora", dim=4, alpha=8, use_tucker=True, preset="full"),
-        dict(algo="locon", linear_dim=4, linear_alpha=8, use_tucker=True),
-    ),
-    "loha": (
-        AdapterSpec(algo="loha", dim=2, alpha=1, preset="full"),
-        dict(algo="loha", linear_dim=2, linear_alpha=1),
-    ),
-    "lokr-decomposed": (
-        AdapterSpec(algo="lokr", dim=2, alpha=1, factor=4, preset="full"),
-        dict(algo="lokr", linear_dim=2, linear_alpha=1, factor=4),
-    ),
-    "lokr-full": (
-        AdapterSpec(algo="lokr", dim=10000, alpha=1, factor=4, preset="full"),
-        dict(algo="lokr", linear_dim=10000, linear_alpha=1, factor=4),
-    ),
-    "native": (AdapterSpec(algo="native", preset="full"), dict(algo="full", linear_dim=4, linear_alpha=1)),
-}
-
-UNET_PRESET = """
-enable_conv = true
-lora_prefix = "lora_unet"
-target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
-target_name = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"]
-"""
-TE_PRESET = """
-lora_prefix = "lora_te"
-target_module = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
-"""
-
-
-class TextModelHolder(nn.Module):
-    """Puts a flat transformers-5 CLIPTextModel under ``text_model`` (the 4.x module paths)."""
-
-    def __init__(self, te: nn.Module) -> None:
-        super().__init__()
-        self.text_model = te
-
-
-@contextlib.contextmanager
-def lycoris_preset(tmp_path, text: str, name: str):
-    """Apply a LyCORIS preset (class-level state in LycorisNetwork) and restore it afterwards."""
-    from lycoris.wrapper import LycorisNetwork
-
-    attrs = ["ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP"]
-    attrs += ["NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME"]
-    saved = {a: getattr(LycorisNetwork, a) for a in attrs}
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text)
-    logging.getLogger("LyCORIS").setLevel(logging.ERROR)
-    try:
-        yield str(path)
-    finally:
-        for attr, value in saved.items():
-            setattr(LycorisNetwork, attr, value)
 
 
 @pytest.mark.parametrize("case", list(CASES))

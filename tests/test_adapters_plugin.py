@@ -68,7 +68,7 @@ def test_the_entry_point_registers_the_algorithm(installed):
 
 def test_a_study_puts_it_on_the_leaderboard(installed, tmp_path, tiny_model_dir, demo_dataset_dir):
     from lyco_bench.metrics.tiny import make_tiny_encoders
-    from tests.test_sweep_run import micro_study
+    from tests.helpers import micro_study
 
     encoders = make_tiny_encoders(tmp_path / "enc", seed=0)
     path = micro_study(tmp_path, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)

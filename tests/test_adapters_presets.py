@@ -17,7 +17,7 @@ from lyco_bench.adapters import AdapterSpec, find_targets
 from lyco_bench.adapters.presets import PRESETS, LayerInfo
 from lyco_bench.config import validate
 from lyco_bench.errors import BadInput
-from tests.test_adapters_inject import tiny_models
+from tests.helpers import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_an_outside_preset_selects_its_layers(tmp_path):
     (info / "entry_points.txt").write_text("[lyco_bench.presets]\nkv = kv_preset\n")
     code = (
         "import json\nfrom lyco_bench.adapters import AdapterSpec, find_targets\n"
-        "from tests.test_adapters_inject import tiny_models\n"
+        "from tests.helpers import tiny_models\n"
         "unet, te = tiny_models()\n"
         "spec = AdapterSpec(algo='lora', preset='cross-attn-kv')\n"
         "print(json.dumps([t.key for t in find_targets(unet, te, spec)]))\n"

@@ -12,7 +12,7 @@ from lyco_bench.analysis.leaderboard import compute_leaderboard, write_leaderboa
 from lyco_bench.analysis.report import write_report
 from lyco_bench.analysis.results import collect_results
 from lyco_bench.analysis.uncertainty import BootstrapSettings, components
-from tests.test_metrics_fixtures import tiny_encoder_settings, write_generation
+from tests.helpers import tiny_encoder_settings, write_generation
 
 FAST = BootstrapSettings(n_resamples=400)
 
@@ -22,7 +22,7 @@ def real_scores(tmp_path_factory, demo_dataset_dir) -> pd.DataFrame:
     """One checkpoint of the scoring tests' generation scored with every default metric."""
     from lyco_bench.metrics.features import EncoderSettings
     from lyco_bench.metrics.scoring import score
-    from tests.test_metrics_scoring import _manifest_rows
+    from tests.helpers import _manifest_rows
 
     root = tmp_path_factory.mktemp("real")
     rows = _manifest_rows()

@@ -14,56 +14,7 @@ from lyco_bench.analysis.leaderboard import LONG_COLUMNS, build_leaderboard, par
 from lyco_bench.analysis.results import collect_results, write_results
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
-
-IMG, TXT, SCD = "image_similarity", "text_similarity", "squared_centroid_distance"
-# per config: seed → (image similarity, text similarity, centroid distance) of the anime category
-HAND = {
-    "A": {23: (0.5, 0.3, 0.1), 24: (0.7, 0.3, 0.1)},
-    "B": {23: (0.4, 0.5, 0.3), 24: (0.4, 0.5, 0.3)},
-    "C": {23: (0.8, 0.2, 0.2), 24: (0.8, 0.2, 0.2)},
-    "D": {23: (0.5, 0.25, 0.4), 24: (0.5, 0.25, 0.4)},
-}
-ALGOS = {"A": "lora", "B": "loha", "C": "lokr", "D": "lora"}
-
-
-def score_rows(
-    checkpoint: str, triple: tuple[float, float, float], *, scene_shift: float = 0.0
-) -> list[dict]:
-    rows = []
-    for metric, value in zip((IMG, TXT, SCD), triple, strict=True):
-        for category, concept, v in (
-            ("anime", "", value),  # the mean of its two concepts, as scoring writes it
-            ("anime", "abukuma", value - 0.01),  # concept rows: the replication units
-            ("anime", "ikamusume", value + 0.01),
-            ("scene", "", value + (scene_shift if metric == IMG else 0.0)),  # no concept rows: a unit
-        ):
-            rows.append(
-                {"checkpoint": checkpoint, "category": category, "concept": concept, "subclass": "",
-                 "prompt_class": "alter", "metric": metric, "encoder": "dinov2" if metric != TXT else "clip",
-                 "mode": "resize" if metric != TXT else "", "value": v, "n_images": 4,
-                 "prompt_set_version": "1", "reason": ""}
-            )  # fmt: skip
-    return rows
-
-
-def hand_results(tmp_path) -> pd.DataFrame:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    files, runs = [], []
-    for config, seeds in HAND.items():
-        for seed, triple in seeds.items():
-            ckpt = f"{config}-s{seed}-e010"
-            shift = 0.2 if config == "A" else 0.0  # A: checkpoint means 0.6 and 0.8
-            path = tmp_path / f"{ckpt}.parquet"
-            pd.DataFrame(score_rows(ckpt, triple, scene_shift=shift)).to_parquet(path)
-            files.append(path)
-            runs.append(
-                {"checkpoint": ckpt, "config": config, "algo": ALGOS[config], "preset": "attn-mlp", "lr": 5e-4,
-                 "dim": 8.0, "alpha": 4.0, "factor": np.nan, "seed": seed, "epoch": 10,
-                 "trainable_params": 1000 * (ord(config) - 64), "file_bytes": 4000 * (ord(config) - 64)}
-            )  # fmt: skip
-    base = tmp_path / "base.parquet"
-    pd.DataFrame(score_rows("base", (0.9, 0.1, 0.05))).to_parquet(base)
-    return collect_results([*files, base], pd.DataFrame(runs))
+from tests.helpers import TXT, hand_results
 
 
 def test_collect_results_joins_runs_and_marks_base(tmp_path):

@@ -21,7 +21,7 @@ from lyco_bench.metrics import METRICS
 from lyco_bench.sweep.planner import build_plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
-from tests.test_sweep_run import micro_study
+from tests.helpers import micro_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

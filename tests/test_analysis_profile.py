@@ -36,7 +36,7 @@ def test_figures_carry_the_caption(tmp_path, monkeypatch):
         return save(fig, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
-    from tests.test_analysis_uncertainty import synthetic_results
+    from tests.helpers import synthetic_results
 
     values = category_values(synthetic_results(tmp_path / "in", {"A": 0.0, "B": 0.1}))
     with figure_caption(PROFILE_CAPTIONS["paper"]):
@@ -50,7 +50,7 @@ def test_figures_carry_the_caption(tmp_path, monkeypatch):
 @pytest.mark.parametrize("profile", ["paper", "lyco"])
 def test_run_analysis_captions_every_figure(tmp_path, monkeypatch, profile):
     from lyco_bench.analysis.pipeline import run_analysis
-    from tests.test_analysis_leaderboard import hand_results
+    from tests.helpers import hand_results
 
     captions: list[list[str]] = []
     save = matplotlib.figure.Figure.savefig

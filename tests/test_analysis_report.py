@@ -16,7 +16,7 @@ from lyco_bench.analysis.render_check import check_render, find_chromium
 from lyco_bench.analysis.report import THUMB, check_report_files, linked_files, write_report
 from lyco_bench.analysis.results import write_results
 from lyco_bench.errors import BadInput
-from tests.test_analysis_leaderboard import hand_results
+from tests.helpers import hand_results
 
 
 def write_images(root: Path, key: str, color: tuple[int, int, int], n: int = 3) -> Path:

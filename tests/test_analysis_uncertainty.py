@@ -16,7 +16,6 @@ from lyco_bench.analysis.leaderboard import (
     write_leaderboard,
 )
 from lyco_bench.analysis.report import write_report
-from lyco_bench.analysis.results import collect_results
 from lyco_bench.analysis.sample_size import images_needed, sample_size_table
 from lyco_bench.analysis.uncertainty import (
     BootstrapSettings,
@@ -28,45 +27,11 @@ from lyco_bench.analysis.uncertainty import (
     z_value,
 )
 from lyco_bench.errors import BadInput
+from tests.helpers import synthetic_results
 
 IMG = "Image Similarity (dinov2-resize) (alter)"
 TXT = "Text Similarity (clip) (alter)"
 FAST = BootstrapSettings(n_resamples=400)
-
-
-def synthetic_results(
-    tmp_path, configs: dict[str, float], *, seeds=(1, 2, 3), noise=0.0, std=None, n_images=4
-):
-    """A results table: per config an image-similarity offset; 2 categories × 2 concepts; values
-    = 0.5 + offset + concept effect + seed noise (the same draw for every config: paired)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    seed_fx = {s: rng.normal(0, noise) for s in seeds}
-    concept_fx = {c: rng.normal(0, noise) for c in ("a1", "a2", "b1", "b2")}
-    files, runs = [], []
-    for config, offset in configs.items():
-        for seed in seeds:
-            ckpt = f"{config}-s{seed}-e001"
-            rows = []
-            for category, concepts in (("a", ("a1", "a2")), ("b", ("b1", "b2"))):
-                for concept in concepts:
-                    for metric, label_enc, mode, base in (("image_similarity", "dinov2", "resize", 0.5),
-                                                          ("text_similarity", "clip", "", 0.3)):  # fmt: skip
-                        value = base + offset + seed_fx[seed] + concept_fx[concept]
-                        rows.append(
-                            {"checkpoint": ckpt, "category": category, "concept": concept, "subclass": "",
-                             "prompt_class": "alter", "metric": metric, "encoder": label_enc, "mode": mode,
-                             "value": value, "n_images": n_images, "prompt_set_version": "1", "reason": "",
-                             **({"std": std} if std is not None else {})}
-                        )  # fmt: skip
-            path = tmp_path / f"{ckpt}.parquet"
-            pd.DataFrame(rows).to_parquet(path)
-            files.append(path)
-            runs.append(
-                {"checkpoint": ckpt, "config": config, "algo": "lora", "preset": "attn-mlp", "lr": 1e-3,
-                 "seed": seed, "epoch": 1, "trainable_params": 100, "file_bytes": 1000}
-            )  # fmt: skip
-    return collect_results(files, pd.DataFrame(runs))
 
 
 # --- the bootstrap itself ----------------------------------------------------------------------

@@ -18,10 +18,7 @@ from lyco_bench.adapters.fileformat import nonfinite_modules, save_tensors
 from lyco_bench.cli import main
 from lyco_bench.errors import BadInput
 from lyco_bench.generation import parse_adapter
-from tests.test_adapters_inject import (
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturb,
-)
+from tests.helpers import one_thread, perturb  # noqa: F401 - autouse fixture
 
 BAD_KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 
@@ -319,7 +316,7 @@ def test_open_image_checked(tmp_path):
 @pytest.fixture
 def results_file(tmp_path) -> Path:
     from lyco_bench.analysis.results import write_results
-    from tests.test_analysis_leaderboard import hand_results
+    from tests.helpers import hand_results
 
     return write_results(hand_results(tmp_path / "scores"), tmp_path / "in" / "results.parquet")
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from lyco_bench.cli import main
-from tests.test_sweep_run import micro_study
+from tests.helpers import micro_study
 
 GEN = "generate --model {model} --dataset {dataset} --prompts demo --out {out}"
 MERGE = "adapter merge --base {model} --out {out}"

@@ -19,7 +19,6 @@ from PIL import Image
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics.encoders import ENCODERS, EncoderKind, encoder_path_fields, register_encoder
 from lyco_bench.metrics.features import CommonEncoderSettings, EncoderPool, EncoderSettings
-from tests.test_metrics_scoring import generated  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from lyco_bench.errors import BadInput
 from lyco_bench.metrics import encoders as enc
 from lyco_bench.metrics.cache import FeatureCache
 from lyco_bench.metrics.features import EncoderPool, EncoderSettings, image_features, text_features
-from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings
+from tests.helpers import noise_image, tiny_encoder_settings
 
 
 @pytest.fixture(scope="session")

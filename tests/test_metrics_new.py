@@ -37,8 +37,7 @@ from lyco_bench.metrics.leakage import (
 from lyco_bench.metrics.quality import hps_delta, hps_per_pair
 from lyco_bench.metrics.scoring import score
 from lyco_bench.metrics.values import sample_std
-from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings, write_generation
-from tests.test_metrics_scoring import _row
+from tests.helpers import _row, noise_image, tiny_encoder_settings, write_generation
 
 
 @pytest.fixture(scope="session")

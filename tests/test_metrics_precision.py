@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lyco_bench.metrics import EncoderSettings
 from lyco_bench.metrics.encoders import ENCODERS
 from lyco_bench.metrics.profiles import autocast_dtype, resolve_precision
-from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings
+from tests.helpers import noise_image, tiny_encoder_settings
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from lyco_bench.metrics import encoders as enc
 from lyco_bench.metrics import profiles
 from lyco_bench.metrics.diversity import _file_order, vendi_blocks
 from lyco_bench.metrics.features import EncoderPool, EncoderSettings
-from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings
+from tests.helpers import noise_image, tiny_encoder_settings
 
 
 @pytest.fixture(scope="session")

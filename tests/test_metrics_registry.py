@@ -17,7 +17,6 @@ from lyco_bench.metrics import CRITERIA, METRICS, Metric, register_metric
 from lyco_bench.metrics.features import EncoderSettings
 from lyco_bench.metrics.scoring import score
 from lyco_bench.metrics.values import MetricValue
-from tests.test_metrics_scoring import generated, tiny_encoders  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,55 +19,7 @@ from lyco_bench.metrics import fidelity
 from lyco_bench.metrics.features import EncoderPool, EncoderSettings
 from lyco_bench.metrics.scoring import ROW_COLUMNS, score
 from lyco_bench.utils import sha256_file
-from tests.test_metrics_fixtures import noise_image, tiny_encoder_settings, write_generation
-
-
-@pytest.fixture(scope="session")
-def tiny_encoders(tmp_path_factory) -> dict:
-    return tiny_encoder_settings(tmp_path_factory)
-
-
-def _row(pc, cat, concept, sub, pi, seed, *, prompt=None, concepts=""):
-    folder = "/".join([pc, ".".join(p for p in (cat, concept, sub) if p) or "_all"])
-    prompt = prompt or f"{concept or 'thing'} {sub} prompt {pi}"
-    return {
-        "file": f"{folder}/{pi:03d}-{seed}.png", "prompt": prompt, "clip_text": prompt.replace("prompt", "words"),
-        "prompt_class": pc, "category": cat, "concept": concept, "subclass": sub, "prompt_index": pi,
-        "image_index": seed - 1000, "seed": seed, "group": f"{folder}/{pi}", "concepts": concepts,
-        "checkpoint": "ck-test", "prompt_set": "test", "prompt_set_version": "3",
-    }  # fmt: skip
-
-
-def _manifest_rows() -> list[dict]:
-    rows = [_row("trigger", "shapes", "circle", "", 0, s) for s in (1000, 1001)]
-    rows += [
-        _row("trigger", "shapes", "triangle", sub, 0, s) for sub in ("filled", "hollow") for s in (1000, 1001)
-    ]
-    rows += [_row("trigger", "patterns", "stripes", "", 0, s) for s in (1000, 1001)]
-    rows += [_row("trigger", "patterns", "checker", "", 0, 1000)]  # a single image: Vendi/Fréchet undefined
-    rows += [_row("alter", "shapes", "circle", "", pi, s) for pi in (0, 1) for s in (1000, 1001)]
-    rows += [_row("alter", "patterns", "stripes", "", 0, s) for s in (1000, 1001)]
-    rows += [_row("style", "shapes", "circle", "", 0, s) for s in (1000, 1001)]
-    rows += [_row("style", "shapes", "triangle", "filled", 0, s) for s in (1000, 1001)]  # no base pair
-    rows += [_row("agnostic", "", "", "", 0, s, prompt="a photo") for s in (1000, 1001)]
-    both = "shapes/circle+patterns/checker"
-    rows += [
-        _row("combine", "shapes+patterns", "circle+checker", "", 0, s, concepts=both) for s in (1000, 1001)
-    ]
-    return rows
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("generated")
-    rows = _manifest_rows()
-    images = write_generation(root / "ck", rows, seed=1)
-    base_rows = [dict(r, checkpoint="base") for r in rows if r["prompt_class"] in ("agnostic",)]
-    base_rows += [
-        dict(r, checkpoint="base") for r in rows if r["prompt_class"] == "style" and r["concept"] == "circle"
-    ]
-    base = write_generation(root / "base", base_rows, seed=2)
-    return images, base
+from tests.helpers import _manifest_rows, noise_image
 
 
 @pytest.fixture(scope="module")

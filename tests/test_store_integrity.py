@@ -19,7 +19,7 @@ import pytest
 from lyco_bench.cli import main
 from lyco_bench.sweep.store import DONE_SUFFIX
 from lyco_bench.utils import sha256_file
-from tests.test_sweep_run import micro_study
+from tests.helpers import micro_study
 
 # Artifact kind → a glob (relative to the study store) that picks one file of that kind.
 ARTIFACTS = {

@@ -13,7 +13,7 @@ from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import build_plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
-from tests.test_sweep_run import micro_study
+from tests.helpers import micro_study
 
 pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
 

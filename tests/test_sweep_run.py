@@ -13,43 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from lyco_bench.cli import main
 from lyco_bench.sweep.planner import build_plan
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
+from tests.helpers import micro_study
 
 pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
-
-PROMPTS = {
-    "name": "micro",
-    "version": "1",
-    "classes": ["trigger", "style"],
-    "style_templates": ["{} in the style of pencil drawing"],
-    "default_category": {"alter": ["{} on a beach"]},
-}
-
-
-def micro_study(folder: Path, *, model: str, dataset: str, encoders: dict) -> Path:
-    (folder / "micro-prompts.yaml").write_text(yaml.safe_dump(PROMPTS))
-    study = {
-        "name": "micro",
-        "model": model,
-        "dataset": dataset,
-        "prompts": {"set": str(folder / "micro-prompts.yaml"), "images_per_prompt": 1},
-        "sampler": {"steps": 2, "width": 64, "height": 64, "batch_size": 16},
-        "encoders": {**encoders, "modes": ["resize"]},
-        "metrics": ["image_similarity", "text_similarity", "vendi", "style_loss_base"],
-        "seeds": [1],
-        "checkpoint_epochs": [1],
-        "training": {"resolution": 64, "buckets": {"min": 32, "max": 96, "step": 16}, "batch_size": 8,
-                     "warmup_steps": 0},
-        "algorithms": {"lora": {"adapter": {"dim": 2, "alpha": 1}, "training": {"lr": 1e-3}, "default": "lora2"}},
-    }  # fmt: skip
-    path = folder / "micro.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

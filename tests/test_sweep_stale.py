@@ -18,7 +18,7 @@ from lyco_bench.cli import main
 from lyco_bench.sweep.cli import load_plan
 from lyco_bench.sweep.stale import stale_reasons
 from lyco_bench.sweep.store import StudyStore
-from tests.test_sweep_run import micro_study
+from tests.helpers import micro_study
 
 pytestmark = pytest.mark.e2e  # whole studies / subprocess runs: `make test-fast` skips them
 

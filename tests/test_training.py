@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,19 +12,7 @@ import yaml
 from lyco_bench.config import load_config
 from lyco_bench.errors import BadInput
 from lyco_bench.training import RunConfig, checkpoint_path, record_path, state_path, train
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> Path:
-    from lyco_bench.data import make_demo_dataset
-
-    # 2 images per leaf: one square, one 3:2 landscape; checker repeats twice → 2 buckets of 3 entries.
-    return make_demo_dataset(tmp_path_factory.mktemp("train-data") / "demo", seed=0, images_per_concept=2)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("latents")
+from tests.helpers import run_config
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +20,6 @@ def pipe(tiny_model_dir):
     from lyco_bench.models import load_pipeline
 
     return load_pipeline(tiny_model_dir)
-
-
-def run_config(model, dataset, cache, **changes) -> RunConfig:
-    data = dict(
-        model=str(model),
-        dataset=str(dataset),
-        categories=["patterns"],
-        adapter={"algo": "lora", "dim": 4, "alpha": 2},
-        resolution=64,
-        buckets={"min": 32, "max": 128, "step": 16},
-        batch_size=3,
-        warmup_steps=1,
-        lr=1e-3,
-        epochs=1,
-        checkpoint_epochs=[1],
-        cache_dir=str(cache),
-        seed=5,
-    )
-    data.update(changes)
-    return RunConfig(**data)
 
 
 # --- configuration -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from lyco_bench.errors import BadInput
 from lyco_bench.training import optim
 from lyco_bench.training.config import RunConfig, resolve_device
-from tests.test_training import cache_dir, run_config, small_dataset  # noqa: F401 - fixtures
+from tests.helpers import run_config
 
 EIGHT_BIT_ON_CPU = optim.eight_bit_error(torch.device("cpu")) is None
 
@@ -34,7 +34,7 @@ def test_adamw8bit_refused_without_bitsandbytes(no_bitsandbytes):
 def test_plan_refuses_adamw8bit_without_bitsandbytes(no_bitsandbytes, tmp_path, tiny_model_dir, capsys):
     from lyco_bench.cli import main
     from lyco_bench.metrics.tiny import make_tiny_encoders
-    from tests.test_sweep_run import micro_study
+    from tests.helpers import micro_study
 
     encoders = make_tiny_encoders(tmp_path / "encoders", seed=0)
     study = micro_study(tmp_path, model=str(tiny_model_dir), dataset="demo:", encoders=encoders)

@@ -14,7 +14,7 @@ import yaml
 
 from lyco_bench.errors import BadInput
 from lyco_bench.training import RunConfig
-from tests.test_training import run_config
+from tests.helpers import run_config
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_the_sweep_draws_class_images_once_for_every_configuration(
 ):
     from lyco_bench.cli import main
     from lyco_bench.metrics.tiny import make_tiny_encoders
-    from tests.test_sweep_run import micro_study
+    from tests.helpers import micro_study
 
     encoders = make_tiny_encoders(tmp_path / "enc", seed=0)
     path = micro_study(tmp_path, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)
