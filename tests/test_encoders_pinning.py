@@ -121,3 +121,59 @@ def test_plan_pins_hub_encoders_in_ids_and_params(hub_cache, tmp_path, tiny_mode
     assert unpinned.inputs.encoders["clip"] == ENCODERS["clip"].identity(EncoderSettings(**encoders))
     pinned = plan(f"lb/dino@{OLD}")
     assert [j.id for j in pinned.jobs] == [j.id for j in unpinned.jobs]
+
+
+@pytest.fixture
+def clip_cache(hub_cache, tmp_path):
+    """``lb/clip`` (an open_clip hub repo, tiny) at OLD and NEW, and the default tag's hub repo
+    holding a stand-in weights file at OLD; main at OLD."""
+    from lyco_bench.metrics.encoders.clip import make_tiny_open_clip
+
+    cache, _ = hub_cache
+    for seed, commit in enumerate((OLD, NEW)):
+        folder = make_tiny_open_clip(tmp_path / f"clip-{seed}", seed=seed)
+        shutil.copytree(folder, cache / "models--lb--clip" / "snapshots" / commit)
+    tag_repo = cache / "models--laion--CLIP-ViT-L-14-DataComp.XL-s13B-b90K"
+    (tag_repo / "snapshots" / OLD).mkdir(parents=True)
+    (tag_repo / "snapshots" / OLD / "open_clip_model.safetensors").write_bytes(b"stand-in")
+    for repo in (cache / "models--lb--clip", tag_repo):
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(OLD)
+    return cache
+
+
+def test_clip_hub_model_pins_and_loads_the_recorded_commit(clip_cache, tmp_path):
+    from lyco_bench.metrics.encoders.clip import ClipEncoder
+
+    kind = ENCODERS["clip"]
+    settings = EncoderSettings(clip="hf-hub:lb/clip", clip_pretrained=None)
+    assert kind.pin(settings) == {"clip": f"hf-hub:lb/clip@{OLD}"}
+    pinned = settings.model_copy(update=kind.pin(settings))
+    assert f"hf-hub:lb/clip@{OLD}" in kind.identity(pinned)
+    assert kind.label_of(pinned) == kind.label_of(settings) == "clip:hf-hub:lb/clip/None"
+    (clip_cache / "models--lb--clip" / "refs" / "main").write_text(NEW)
+    old = ClipEncoder(f"hf-hub:lb/clip@{OLD}", device="cpu")
+    new = ClipEncoder("hf-hub:lb/clip", device="cpu")
+    local = ClipEncoder(str(tmp_path / "clip-0"), device="cpu")
+    weights = [next(e.model.parameters()).detach() for e in (old, new, local)]
+    assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
+    assert torch.equal(old.tokenize(["a cat"]), local.tokenize(["a cat"]))
+
+
+def test_clip_pretrained_tag_pins_to_its_hub_repo(clip_cache):
+    import open_clip
+
+    from lyco_bench.metrics.encoders.clip import _open_clip_source, clip_id
+
+    kind = ENCODERS["clip"]
+    settings = EncoderSettings()  # ViT-L-14 / datacomp_xl_s13b_b90k
+    tag = settings.clip_pretrained
+    assert kind.pin(settings) == {"clip_pretrained": f"{tag}@{OLD}"}
+    assert kind.identity(settings.model_copy(update=kind.pin(settings))) == clip_id(
+        "ViT-L-14", f"{tag}@{OLD}", settings.profile, settings.resolved_precision()
+    )
+    name, file, extra = _open_clip_source("ViT-L-14", f"{tag}@{OLD}")
+    assert (name, file.split("/")[-2:]) == ("ViT-L-14", [OLD, "open_clip_model.safetensors"])
+    cfg = open_clip.get_pretrained_cfg("ViT-L-14", tag)
+    assert extra["force_preprocess_cfg"]["mean"] == cfg["mean"]
+    assert _open_clip_source("ViT-L-14", tag) == ("ViT-L-14", tag, {})  # unpinned: open_clip's own

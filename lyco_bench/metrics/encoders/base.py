@@ -125,8 +125,11 @@ def split_hub_file(spec: str) -> tuple[str, str | None, str] | None:
 
 
 def source_label(kind: str, source: str) -> str:
-    """Readable encoder name for result rows (a local path shows its last component)."""
-    return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{source}"
+    """Readable encoder name for result rows (a local path shows its last component; a hub id,
+    the repo without the commit a sweep pinned it to)."""
+    from lyco_bench.models import split_revision
+
+    return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{split_revision(source)[0]}"
 
 
 # Bumped when the image preprocessing changes, so cached features of the old pixels go unused
