@@ -21,6 +21,7 @@ from lyco_bench.metrics.encoders.base import (
     load_error,
     load_state_file,
     normalize,
+    profile_tag,
     register_encoder,
     resolve_device,
     source_tag,
@@ -51,8 +52,9 @@ class HpsSettings(StrictModel):
     commit; a sweep pins it at plan time); None: the architecture's random init."""
 
 
-def hps_id(model: str, checkpoint: str | None) -> str:
-    return f"hps:{source_tag(model)}/{source_tag(checkpoint) if checkpoint else checkpoint}:p{base.PREPROCESS_VERSION}"
+def hps_id(model: str, checkpoint: str | None, precision: str = "float32") -> str:
+    weights = source_tag(checkpoint) if checkpoint else checkpoint
+    return f"hps:{source_tag(model)}/{weights}:p{base.PREPROCESS_VERSION}{profile_tag('lyco', precision)}"
 
 
 def hps_label(model: str, checkpoint: str | None) -> str:
@@ -133,8 +135,17 @@ class HpsEncoder(ClipEncoder):
 
     kind = "hps"
 
-    def __init__(self, model: str = HPS_ARCH, checkpoint: str | None = HPS_CHECKPOINT, *, device=None):
+    def __init__(
+        self,
+        model: str = HPS_ARCH,
+        checkpoint: str | None = HPS_CHECKPOINT,
+        *,
+        device=None,
+        precision: str = "auto",
+    ):
         import open_clip
+
+        from lyco_bench.metrics import profiles
 
         self.device, self.profile = resolve_device(device), "lyco"  # not in the paper: one preprocessing
         local = Path(model)
@@ -160,7 +171,9 @@ class HpsEncoder(ClipEncoder):
         self.image_size = size if isinstance(size, int) else size[0]
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         self.context_length = getattr(self.model, "context_length", 77)
-        self.id, self.label = hps_id(model, checkpoint), hps_label(model, checkpoint)
+        # encoders.precision, as the other encoders (ClipEncoder.forward / encode_texts autocast)
+        self.precision = profiles.resolve_precision(precision, self.device)
+        self.id, self.label = hps_id(model, checkpoint, self.precision), hps_label(model, checkpoint)
 
     def prepare(self, image: Image.Image, mode: str = "resize") -> torch.Tensor:
         """One picture → its input tensor, whatever the mode (HPS's own preprocessing)."""
@@ -190,9 +203,9 @@ register_encoder(
         name="hps",
         settings=HpsSettings,
         weights_field="hps",
-        identity=lambda s: hps_id(s.hps, s.hps_checkpoint),
+        identity=lambda s: hps_id(s.hps, s.hps_checkpoint, s.resolved_precision()),
         label=lambda s: hps_label(s.hps, s.hps_checkpoint),
-        load=lambda s: HpsEncoder(s.hps, s.hps_checkpoint, device=s.device),
+        load=lambda s: HpsEncoder(s.hps, s.hps_checkpoint, device=s.device, precision=s.precision),
         check_source=lambda s: check_hps_source(s.hps, s.hps_checkpoint),
         pin=lambda s: hps_pin(s.hps, s.hps_checkpoint),
         # HPS v2.1 is an OpenCLIP ViT-H-14: its width is the architecture's (1024).
