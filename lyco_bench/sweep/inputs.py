@@ -70,6 +70,8 @@ class StudyInputs:
     dataset_images: list[tuple[str, int, int]] = field(default_factory=list)
     """(category, width, height) of every dataset image (for the store's size estimate)."""
     hasher: FileHasher = field(default_factory=FileHasher)
+    encoder_pins: dict[str, Any] = field(default_factory=dict)
+    """``encoders:`` fields naming hub weights, rewritten to the commit their ids hold (``repo@sha``)."""
 
 
 def resolve_inputs(
@@ -99,7 +101,7 @@ def resolve_inputs(
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
     model = _model_identity(s.model, prepare, hasher=hasher, source=src)
-    encoders = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
+    encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
         dataset = _load_dataset(dataset_root, study, verify=verify_images)
@@ -116,6 +118,7 @@ def resolve_inputs(
         prompts=prompt_id,
         sampler=sampler.model_dump(mode="json"),
         encoders=encoders,
+        encoder_pins=encoder_pins,
         scoring={
             "modes": list(settings.modes),
             "image_encoders": list(settings.image_encoders),
@@ -209,8 +212,9 @@ def _model_identity(value: str, prepare: dict[str, Any], *, hasher: FileHasher, 
 
 def _encoder_identities(
     settings: Any, kinds: list[str], fields: dict[str, Any], prepare: dict[str, Any], *, source: str
-) -> dict[str, str]:
-    """Kind → the id the feature cache keys on (weights' content + preprocessing version)."""
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Kind → the id the feature cache keys on (weights' content + preprocessing version), and the
+    fields naming hub weights pinned to the commit those ids hold (what workers then load)."""
     from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.metrics.features import EncoderPool
 
@@ -219,14 +223,16 @@ def _encoder_identities(
         # Tiny encoders do not exist until their prepare job builds them: their job id names them.
         token = f"tiny@{prepare['encoders'].id}"
         settings = settings.model_copy(update={k: f"{token}/{k}" for k in tiny})
+    pins: dict[str, Any] = {}
     for kind in kinds:
         if ENCODERS[kind].weights_field not in tiny:
+            pin = ENCODERS[kind].pin or ENCODERS[kind].check_source
             try:
-                ENCODERS[kind].check_source(settings)
+                pins.update(pin(settings) or {})
             except BadInput as exc:
                 raise BadInput(f"{source}: {exc}") from None
-    pool = EncoderPool(settings)
-    return {kind: pool.id(kind) for kind in kinds}
+    pool = EncoderPool(settings.model_copy(update=pins))
+    return {kind: pool.id(kind) for kind in kinds}, pins
 
 
 def _run_identity(study: LoadedStudy, config: Any, store: Any) -> dict[str, Any]:

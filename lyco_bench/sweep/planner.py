@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
-from lyco_bench.sweep.sources import pin_model
+from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
     TINY_PREFIX,
@@ -369,6 +369,7 @@ def build_plan(
     if inputs is None:
         inputs = resolve_inputs(study, store, prepare=prepare, verify_images=verify_images, hasher=hasher)
     study = pin_model(study, inputs.model)  # workers load the hub commit the ids hashed (params only)
+    study = pin_encoders(study, inputs.encoder_pins)  # and the encoders' commits their ids hold
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     shared = _shared_jobs(study, inputs, prepare)
     class_jobs = _class_jobs(study, inputs, base_deps)

@@ -92,6 +92,16 @@ def pin_model(study: Any, model_identity: str) -> Any:
     return dataclasses.replace(study, study=pinned)
 
 
+def pin_encoders(study: Any, pins: dict[str, Any]) -> Any:
+    """The LoadedStudy with its ``encoders:`` fields that name hub weights rewritten to the commit
+    their feature-cache ids hold (``org/repo@commit``, from the encoder kinds' ``pin``), so that
+    every worker loads those weights; unchanged when there is nothing to pin."""
+    if not pins:
+        return study
+    pinned = study.study.model_copy(update={"encoders": {**study.study.encoders, **pins}})
+    return dataclasses.replace(study, study=pinned)
+
+
 def _supported(source: ModelSource) -> ModelSource:
     if source.arch == "sdxl":
         raise BadInput(

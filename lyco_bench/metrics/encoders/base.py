@@ -114,9 +114,22 @@ def source_tag(source: str) -> str:
     return _local_weights_id(path.resolve(), stamp)
 
 
+def split_hub_file(spec: str) -> tuple[str, str | None, str] | None:
+    """``owner/repo[@rev]/path/in/repo`` → (``owner/repo``, rev or None, ``path/in/repo``); None
+    when ``spec`` has fewer than three parts."""
+    parts = spec.split("/")
+    if len(parts) < 3 or not all(parts[:3]):
+        return None
+    name, _, revision = parts[1].partition("@")
+    return f"{parts[0]}/{name}", revision or None, "/".join(parts[2:])
+
+
 def source_label(kind: str, source: str) -> str:
-    """Readable encoder name for result rows (a local path shows its last component)."""
-    return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{source}"
+    """Readable encoder name for result rows (a local path shows its last component; a hub id,
+    the repo without the commit a sweep pinned it to)."""
+    from lyco_bench.models import split_revision
+
+    return f"{kind}:{Path(source).name}" if Path(source).exists() else f"{kind}:{split_revision(source)[0]}"
 
 
 # Bumped when the image preprocessing changes, so cached features of the old pixels go unused
@@ -180,6 +193,10 @@ class EncoderKind:
     """settings → BadInput when the weights cannot be found (local path, cache or hub)."""
     feature_dim: Callable[[dict[str, Any], bool], int]
     """(fields, tiny) → width of one feature vector, without loading the weights (``plan``)."""
+    pin: Callable[[Any], dict[str, Any]] | None = None
+    """settings → its fields that name hub weights, rewritten to the commit they resolve to now
+    (``org/repo@<sha>``; the local HF cache offline, the hub online), so that the feature-cache id
+    records the commit and every worker loads it; ``{}`` for local weights (None: nothing to pin)."""
     label: Callable[[Any], str] | None = None
     """settings → the readable name in result rows (None: ``<kind>:<weights name>``)."""
     flops: Callable[[dict[str, Any], bool], float] | None = None

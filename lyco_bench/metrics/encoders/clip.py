@@ -45,9 +45,11 @@ VIT_L14 = (24, 1024, 14)
 
 class ClipSettings(StrictModel):
     clip: str = "ViT-L-14"
-    """OpenCLIP architecture name (or ``hf-hub:…``, or a local ``open_clip_config.json`` folder)."""
+    """OpenCLIP architecture name (or ``hf-hub:org/repo[@rev]``, or a local ``open_clip_config.json``
+    folder)."""
     clip_pretrained: str | None = "datacomp_xl_s13b_b90k"
-    """OpenCLIP pretrained tag or weights file; ignored for a local folder."""
+    """OpenCLIP pretrained tag (``tag@rev``: its hub repo at that commit) or weights file; ignored
+    for a local folder. A sweep pins hub weights to their commit at plan time."""
 
 
 def clip_id(model: str, pretrained: str | None, profile: str = "lyco", precision: str = "float32") -> str:
@@ -58,7 +60,66 @@ def clip_id(model: str, pretrained: str | None, profile: str = "lyco", precision
 
 
 def clip_label(model: str, pretrained: str | None) -> str:
-    return source_label("clip", model) if Path(model).is_dir() else f"clip:{model}/{pretrained}"
+    """``clip:<model>/<tag>``, without the commit a sweep pinned them to."""
+    if Path(model).is_dir():
+        return source_label("clip", model)
+    tag = _split_tag(pretrained)[0] if pretrained else pretrained
+    return f"clip:{split_revision(model)[0]}/{tag}"
+
+
+def split_revision(value: str) -> tuple[str, str | None]:
+    """``org/repo@rev`` → (``org/repo``, rev) (:func:`lyco_bench.models.split_revision`)."""
+    from lyco_bench.models import split_revision as split
+
+    return split(value)
+
+
+def _split_tag(pretrained: str) -> tuple[str, str | None]:
+    """``tag@rev`` → (tag, rev); a tag or a file path → (itself, None)."""
+    tag, at, revision = pretrained.rpartition("@")
+    if not at or not tag or Path(pretrained).expanduser().exists():
+        return pretrained, None
+    return tag, revision
+
+
+def _tag_hub(model: str, tag: str) -> tuple[str, str | None] | None:
+    """(hub repo, file or None: open_clip's default) holding a pretrained tag's weights, or None
+    when the tag is downloaded from a URL (then it cannot be pinned to a commit)."""
+    import open_clip
+
+    hub = (open_clip.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return None
+    # open_clip's convention: ``org/repo/`` (its default file) or ``org/repo/file``.
+    repo, _, filename = hub.rpartition("/")
+    return repo, filename or None
+
+
+def _open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None, dict[str, Any]]:
+    """(open_clip model name, pretrained, create_model's extra arguments) that load ``model`` /
+    ``pretrained`` at the commit written after ``@``: open_clip itself takes no revision, so the
+    pinned files are fetched (or found in the local cache) here and handed over as a folder or a
+    file, with the tag's preprocessing."""
+    import open_clip
+    from huggingface_hub import snapshot_download
+    from open_clip.pretrained import download_pretrained_from_hf
+    from open_clip.transform import merge_preprocess_dict
+
+    if Path(model).is_dir():
+        return f"local-dir:{model}", None, {}
+    repo, revision = split_revision(model.removeprefix("hf-hub:"))
+    if model.startswith("hf-hub:") and revision is not None:
+        # Config and tokenizer files, then the weights (safetensors first), all at the commit.
+        folder = snapshot_download(repo, revision=revision, allow_patterns=["*.json", "*.txt", "*.model"])
+        download_pretrained_from_hf(repo, revision=revision)
+        return f"local-dir:{folder}", None, {}
+    tag, revision = _split_tag(pretrained) if pretrained else (pretrained, None)
+    hub = _tag_hub(model, tag) if revision is not None else None
+    if hub is None:
+        return model, tag, {}
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    file = download_pretrained_from_hf(hub[0], filename=hub[1], revision=revision)
+    return model, file, {"force_preprocess_cfg": merge_preprocess_dict({}, cfg)}
 
 
 class ClipEncoder:
@@ -84,12 +145,12 @@ class ClipEncoder:
         import open_clip
 
         self.device, self.profile = resolve_device(device), profile
-        local = Path(model)
-        name = f"local-dir:{local}" if local.is_dir() else model
         try:
-            self.model = open_clip.create_model(name, pretrained=None if local.is_dir() else pretrained)
+            # A pinned hub source (``repo@commit``, ``tag@commit``) loads the files of that commit.
+            name, weights, extra = _open_clip_source(model, pretrained)
+            self.model = open_clip.create_model(name, pretrained=weights, **extra)
             self.tokenizer = open_clip.get_tokenizer(name)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - open_clip and the hub raise many types
             raise load_error(self.kind, model, exc) from None
         self.model = self.model.eval().to(self.device)
         cfg = open_clip.get_model_preprocess_cfg(self.model)
@@ -161,41 +222,46 @@ class ClipEncoder:
 
 
 def check_clip_source(model: str, pretrained: str | None) -> None:
+    """BadInput when an OpenCLIP model or its weights cannot be found (local path, cache or hub)."""
+    clip_pin(model, pretrained)
+
+
+def clip_pin(model: str, pretrained: str | None) -> dict[str, str]:
+    """The fields naming hub weights at the commit they resolve to: ``clip: hf-hub:org/repo@<sha>``
+    or ``clip_pretrained: <tag>@<sha>`` (the tag's hub repo); {} for local weights and for tags
+    open_clip downloads from a URL (those cannot be pinned). BadInput when they cannot be found."""
     import open_clip
 
     from lyco_bench.hub import cached_hub_file, hub_identity
-    from lyco_bench.models import hub_offline
 
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "open_clip_config.json").is_file():
             raise BadInput(f"encoders.clip {model}: not an open_clip folder (no open_clip_config.json)")
-        return
+        return {}
     if model.startswith("hf-hub:"):
-        hub_identity(model[len("hf-hub:") :], "open_clip_config.json", what="encoders.clip")
-        return
+        repo, revision = split_revision(model.removeprefix("hf-hub:"))
+        pinned, _ = hub_identity(repo, "open_clip_config.json", what="encoders.clip", revision=revision)
+        return {"clip": f"hf-hub:{pinned}"}
     if model not in open_clip.list_models():
         raise BadInput(f"encoders.clip {model!r}: not an open_clip architecture nor a local folder")
-    if pretrained is None:
-        return
-    if Path(pretrained).expanduser().is_file():
-        return
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    if not cfg:
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return {}
+    tag, revision = _split_tag(pretrained)
+    if not open_clip.get_pretrained_cfg(model, tag):
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise BadInput(
             f"encoders.clip_pretrained {pretrained!r}: not a weights file nor a tag of {model} ({known})"
         )
-    repo = (cfg.get("hf_hub") or "").strip("/")
-    if repo:
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if cached_hub_file(repo, filename) is not None:
-                return
-        if hub_offline():
-            raise BadInput(
-                f"encoders.clip {model}/{pretrained}: weights not in the local Hugging Face cache "
-                "(HF_HUB_OFFLINE is set)"
-            )
+    hub = _tag_hub(model, tag)
+    if hub is None:
+        return {}
+    repo, filename = hub
+    # open_clip prefers a safetensors copy of the weights (open_clip.pretrained._get_safe_alternatives)
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    marker = next((n for n in names if cached_hub_file(repo, n, revision) is not None), names[0])
+    pinned, _ = hub_identity(repo, marker, what=f"encoders.clip {model}/{tag}", revision=revision)
+    return {"clip_pretrained": f"{tag}@{pinned.rpartition('@')[2]}"}
 
 
 def open_clip_embed_dim(value: str, default: int = 768) -> int:
@@ -276,6 +342,7 @@ register_encoder(
             s.clip, s.clip_pretrained, device=s.device, profile=s.profile, precision=s.precision
         ),
         check_source=lambda s: check_clip_source(s.clip, s.clip_pretrained),
+        pin=lambda s: clip_pin(s.clip, s.clip_pretrained),
         feature_dim=_feature_dim,
         flops=lambda fields, tiny: open_clip_flops(str(fields.get("clip", "")), tiny, VIT_L14),
         make_tiny=lambda out, seed: {

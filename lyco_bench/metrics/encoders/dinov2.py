@@ -42,7 +42,8 @@ TINY_DINO_IMAGE_SIZE = 56
 
 class DinoSettings(StrictModel):
     dino: str = "facebook/dinov2-large"
-    """DINOv2 weights: a hub id or a local transformers folder (fidelity, diversity, Fréchet)."""
+    """DINOv2 weights: a hub id (``org/repo@rev`` pins a commit; a sweep pins it at plan time) or a
+    local transformers folder (fidelity, diversity, Fréchet)."""
     dino_image_size: int = Field(224, ge=14)
 
 
@@ -70,11 +71,17 @@ class DinoV2Encoder:
     ):
         from transformers import Dinov2Model
 
+        from lyco_bench.models import split_revision
+
+        local = Path(source).expanduser().is_dir()
+        repo, revision = (source, None) if local else split_revision(source)
         self.source, self.image_size, self.profile = source, image_size, profile
         self.device = resolve_device(device)
         try:
             # use_safetensors: a folder holding only pickled weights is refused, never unpickled.
-            self.model = Dinov2Model.from_pretrained(source, use_safetensors=True).eval().to(self.device)
+            # revision: a sweep's workers load the commit its job ids recorded (``repo@commit``).
+            model = Dinov2Model.from_pretrained(repo, revision=revision, use_safetensors=True)
+            self.model = model.eval().to(self.device)
         except (OSError, ValueError, RuntimeError) as exc:
             raise load_error(self.kind, source, exc) from None
         if profile == "paper":
@@ -103,17 +110,24 @@ class DinoV2Encoder:
 
 def check_transformers_source(value: str, *, what: str) -> None:
     """BadInput when a transformers model (local folder or hub id) cannot be found."""
+    transformers_pin(value, what=what)
+
+
+def transformers_pin(value: str, *, what: str) -> str | None:
+    """A transformers model's hub id at the commit it resolves to (``repo@commit``); None for a
+    local folder; BadInput when it cannot be found."""
     from lyco_bench.hub import hub_identity
-    from lyco_bench.models import _looks_like_path
+    from lyco_bench.models import _looks_like_path, split_revision
 
     path = Path(value).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BadInput(f"{what} {value}: not a transformers model folder (no config.json)")
-        return
-    if path.exists() or _looks_like_path(value):
+        return None
+    repo, revision = split_revision(value)
+    if path.exists() or _looks_like_path(repo):
         raise BadInput(f"{what} {value}: no such folder")
-    hub_identity(value, "config.json", what=what)
+    return hub_identity(repo, "config.json", what=what, revision=revision)[0]
 
 
 def _config(value: str) -> dict[str, Any] | None:
@@ -122,8 +136,10 @@ def _config(value: str) -> dict[str, Any] | None:
     config = folder / "config.json" if folder.is_dir() else None
     if config is None:
         from lyco_bench.hub import cached_hub_file
+        from lyco_bench.models import split_revision
 
-        config = cached_hub_file(value, "config.json")
+        repo, revision = split_revision(value)
+        config = cached_hub_file(repo, "config.json", revision)
     if config is None:
         return None
     try:
@@ -139,7 +155,9 @@ def _feature_dim(fields: dict[str, Any], tiny: bool) -> int:
     cfg = _config(value)
     if cfg is not None and "hidden_size" in cfg:
         return int(cfg["hidden_size"])
-    return KNOWN_DIMS.get(value, 1024)
+    from lyco_bench.models import split_revision
+
+    return KNOWN_DIMS.get(split_revision(value)[0], 1024)
 
 
 def _flops(fields: dict[str, Any], tiny: bool) -> float:
@@ -181,6 +199,7 @@ register_encoder(
             s.dino, device=s.device, image_size=s.dino_image_size, profile=s.profile, precision=s.precision
         ),
         check_source=lambda s: check_transformers_source(s.dino, what="encoders.dino"),
+        pin=lambda s: {"dino": pinned} if (pinned := transformers_pin(s.dino, what="encoders.dino")) else {},
         feature_dim=_feature_dim,
         flops=_flops,
         make_tiny=lambda out, seed: {

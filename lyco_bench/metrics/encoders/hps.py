@@ -21,9 +21,11 @@ from lyco_bench.metrics.encoders.base import (
     load_error,
     load_state_file,
     normalize,
+    profile_tag,
     register_encoder,
     resolve_device,
     source_tag,
+    split_hub_file,
     to_tensor,
 )
 from lyco_bench.metrics.encoders.clip import (
@@ -46,11 +48,13 @@ class HpsSettings(StrictModel):
     """HPS v2.1's OpenCLIP architecture (or a local ``open_clip_config.json`` folder) (``hps_delta``)."""
     hps_checkpoint: str | None = HPS_CHECKPOINT
     """The HPS weights: a local ``.pt`` (read with ``weights_only``) or ``.safetensors`` file, or
-    ``<owner>/<repo>/<file>`` on the Hugging Face hub; None: the architecture's random init."""
+    ``<owner>/<repo>/<file>`` on the Hugging Face hub (``<owner>/<repo>@<rev>/<file>`` pins a
+    commit; a sweep pins it at plan time); None: the architecture's random init."""
 
 
-def hps_id(model: str, checkpoint: str | None) -> str:
-    return f"hps:{source_tag(model)}/{source_tag(checkpoint) if checkpoint else checkpoint}:p{base.PREPROCESS_VERSION}"
+def hps_id(model: str, checkpoint: str | None, precision: str = "float32") -> str:
+    weights = source_tag(checkpoint) if checkpoint else checkpoint
+    return f"hps:{source_tag(model)}/{weights}:p{base.PREPROCESS_VERSION}{profile_tag('lyco', precision)}"
 
 
 def hps_label(model: str, checkpoint: str | None) -> str:
@@ -77,25 +81,33 @@ def hps_preprocess(image: Image.Image, *, size: int, mean, std, fill: int = 0) -
 
 
 def _hub_file(spec: str) -> Path:
-    """``<owner>/<repo>/<file>`` from the Hugging Face hub (or its local cache when offline)."""
-    parts = spec.split("/")
-    if len(parts) < 3:
+    """``<owner>/<repo>[@<rev>]/<file>`` from the Hugging Face hub (or its local cache offline), at
+    ``rev`` when given: a sweep's workers load the commit its job ids recorded."""
+    parsed = split_hub_file(spec)
+    if parsed is None:
         raise BadInput(
             f"encoders.hps_checkpoint {spec!r}: no such file, and not <owner>/<repo>/<file> on the hub"
         )
     from huggingface_hub import hf_hub_download
 
+    repo, revision, filename = parsed
     try:
-        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+        return Path(hf_hub_download(repo, filename, revision=revision))
     except Exception as exc:  # hub errors: offline, missing, no access
         raise load_error("hps", spec, exc) from None
 
 
 def check_hps_source(model: str, checkpoint: str | None) -> None:
     """BadInput when HPS's architecture or checkpoint cannot be found (local path, HF cache or hub)."""
-    import os
+    hps_pin(model, checkpoint)
 
+
+def hps_pin(model: str, checkpoint: str | None) -> dict[str, str]:
+    """``{"hps_checkpoint": "<owner>/<repo>@<commit>/<file>"}`` for a hub checkpoint ({} for a
+    local one or none); BadInput when the architecture or checkpoint cannot be found."""
     import open_clip
+
+    from lyco_bench.hub import hub_identity
 
     folder = Path(model).expanduser()
     if folder.is_dir():
@@ -104,17 +116,13 @@ def check_hps_source(model: str, checkpoint: str | None) -> None:
     elif model not in open_clip.list_models():
         raise BadInput(f"encoders.hps {model!r}: not an open_clip architecture nor a local folder")
     if not checkpoint or Path(checkpoint).expanduser().is_file():
-        return
-    parts = checkpoint.split("/")
-    if len(parts) < 3:
+        return {}
+    parsed = split_hub_file(checkpoint)
+    if parsed is None:
         raise BadInput(f"encoders.hps_checkpoint {checkpoint!r}: no such file, and not <owner>/<repo>/<file>")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache("/".join(parts[:2]), "/".join(parts[2:]))
-    if not isinstance(cached, str) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise BadInput(
-            f"encoders.hps_checkpoint {checkpoint}: not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
-        )
+    repo, revision, filename = parsed
+    pinned, _ = hub_identity(repo, filename, what="encoders.hps_checkpoint", revision=revision)
+    return {"hps_checkpoint": f"{pinned}/{filename}"}
 
 
 class HpsEncoder(ClipEncoder):
@@ -127,8 +135,17 @@ class HpsEncoder(ClipEncoder):
 
     kind = "hps"
 
-    def __init__(self, model: str = HPS_ARCH, checkpoint: str | None = HPS_CHECKPOINT, *, device=None):
+    def __init__(
+        self,
+        model: str = HPS_ARCH,
+        checkpoint: str | None = HPS_CHECKPOINT,
+        *,
+        device=None,
+        precision: str = "auto",
+    ):
         import open_clip
+
+        from lyco_bench.metrics import profiles
 
         self.device, self.profile = resolve_device(device), "lyco"  # not in the paper: one preprocessing
         local = Path(model)
@@ -154,7 +171,9 @@ class HpsEncoder(ClipEncoder):
         self.image_size = size if isinstance(size, int) else size[0]
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         self.context_length = getattr(self.model, "context_length", 77)
-        self.id, self.label = hps_id(model, checkpoint), hps_label(model, checkpoint)
+        # encoders.precision, as the other encoders (ClipEncoder.forward / encode_texts autocast)
+        self.precision = profiles.resolve_precision(precision, self.device)
+        self.id, self.label = hps_id(model, checkpoint, self.precision), hps_label(model, checkpoint)
 
     def prepare(self, image: Image.Image, mode: str = "resize") -> torch.Tensor:
         """One picture → its input tensor, whatever the mode (HPS's own preprocessing)."""
@@ -184,10 +203,11 @@ register_encoder(
         name="hps",
         settings=HpsSettings,
         weights_field="hps",
-        identity=lambda s: hps_id(s.hps, s.hps_checkpoint),
+        identity=lambda s: hps_id(s.hps, s.hps_checkpoint, s.resolved_precision()),
         label=lambda s: hps_label(s.hps, s.hps_checkpoint),
-        load=lambda s: HpsEncoder(s.hps, s.hps_checkpoint, device=s.device),
+        load=lambda s: HpsEncoder(s.hps, s.hps_checkpoint, device=s.device, precision=s.precision),
         check_source=lambda s: check_hps_source(s.hps, s.hps_checkpoint),
+        pin=lambda s: hps_pin(s.hps, s.hps_checkpoint),
         # HPS v2.1 is an OpenCLIP ViT-H-14: its width is the architecture's (1024).
         feature_dim=lambda fields, tiny: (
             TINY_CLIP_CONFIG["embed_dim"] if tiny else open_clip_embed_dim(fields.get("hps", HPS_ARCH))
