@@ -102,7 +102,7 @@ def test_plan_pins_hub_encoders_in_ids_and_params(hub_cache, tmp_path, tiny_mode
     from lyco_bench.sweep.planner import build_plan
     from lyco_bench.sweep.store import StudyStore
     from lyco_bench.sweep.study import load_study
-    from tests.test_sweep_run import micro_study
+    from tests.helpers import micro_study
 
     encoders = make_tiny_encoders(tmp_path / "encoders", seed=0)
 
