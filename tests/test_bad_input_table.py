@@ -37,6 +37,10 @@ CASES = [
     # overrides that mean what they say
     ("study-level lr over the blocks' own", PLAN + " training.lr=-5", "configuration lora2: lr: Input should be greater than 0"),
     ("override after the options", "run {study} --store {out} --no-analysis training.lr=-5", "configuration lora2: lr: "),
+    # sizes derived from the model's layers, refused before anything is allocated or estimated
+    ("rank 1e11", PLAN + " algorithms.lora.adapter.dim=100000000000", "adapter: dim 100000000000 for layer lora_unet_"),
+    ("rank 1e11 in run", "run {study} --store {out} algorithms.lora.adapter.dim=100000000000", "(32×32) would allocate 25.6 TB of factors; a rank above 32 adds nothing (at most out + in·k·k = 64)"),
+    ("conv rank 1e11", PLAN + " algorithms.lora.adapter.preset=full algorithms.lora.adapter.conv_dim=100000000000", "adapter: conv_dim 100000000000 for layer lora_unet_"),
     # pickles refused, never with advice to unpickle
     ("pickle as an adapter", MERGE + " --adapter {pickle}", "not a safetensors file"),
     ("OpenCLIP folder holding a pickle", SCORE + " --set clip={clip_dir}", "open_clip_pytorch_model.bin: refused: it holds pickled objects other than tensors"),
