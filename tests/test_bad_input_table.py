@@ -45,6 +45,7 @@ CASES = [
     ("pickle as an adapter", MERGE + " --adapter {pickle}", "not a safetensors file"),
     ("OpenCLIP folder holding a pickle", SCORE + " --set clip={clip_dir}", "open_clip_pytorch_model.bin: refused: it holds pickled objects other than tensors"),
     ("clip_pretrained a pickle", SCORE + " --set clip=ViT-B-32 --set clip_pretrained={clip_pickle}", "clip.bin: refused: it holds pickled objects"),
+    ("score: metrics with no rows", SCORE.replace("text_similarity", "composition_min"), "--metrics composition_min: no rows for "),
     # stores and results
     ("verify a folder that is no store", "verify {dataset}", "not a store (no <study>/jobs folder in it)"),
     ("results value inf", "leaderboard {results:inf} --out {out}", "row 3: value inf is not a finite number"),
