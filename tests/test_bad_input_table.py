@@ -4,7 +4,7 @@ fragment, and that nothing was written where the command writes. The next bad in
 one more row in CASES.
 
 Placeholders in a command: {model} {dataset} {study} {store} {adapter} {pickle} {images}
-{clip_dir} {clip_pickle} {results:<how>} {out} (a folder the command must not create)."""
+{clip_dir} {clip_pickle} {garbage} {results} {results:<how>} {out} (a folder the command must not create)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ CASES = [
     ("results epoch not a number", "leaderboard {results:epoch} --out {out}", "row 2: epoch ten is not a whole number"),
     ("results row twice", "analyze {results:duplicate} --out {out}", "row 40: a second row for checkpoint="),
     ("report of a table with inf", "report {results:inf} --out {out}", "row 3: value inf is not a finite number"),
+    ("report, garbage manifest", "report {results} --out {out} --manifest a={garbage}", "garbage.bin: not a readable manifest.parquet ("),
+    ("report, garbage sample size", "report {results} --out {out} --sample-size {garbage}", "garbage.bin: not a "),
+    ("report, a manifest as sample size", "report {results} --out {out} --sample-size {dataset}/dataset.yaml", "dataset.yaml: not a sample_size.csv (no label column)"),
+    ("report, missing figure folder", "report {results} --out {out} --figures {out}/figures", "figures: folder not found"),
+    ("report, zero images per grid", "report {results} --out {out} --images-per-grid 0", "--images-per-grid 0: must be ≥ 1"),
     # dataset makers
     ("demo dataset, negative seed", "make-demo-dataset {out} --seed -1", "--seed -1: must be ≥ 0"),
     ("world dataset, negative seed", "make-world-dataset {out} --seed -1", "--seed -1: must be ≥ 0"),
@@ -70,6 +75,8 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
     assert main(["run", str(study), "--store", str(store), "--no-analysis"]) == 0
     bad_pickle = folder / "weights.safetensors"
     bad_pickle.write_bytes(pickle.dumps({"lora_up.weight": [0.0] * 8}))
+    garbage = folder / "garbage.bin"  # bytes no reader accepts (not UTF-8, no parquet magic)
+    garbage.write_bytes(bytes(range(256)) * 4)
     results = store / "micro" / "results.parquet"
     import pathlib
 
@@ -87,7 +94,7 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
         "model": tiny_model_dir, "dataset": demo_dataset_dir, "study": study, "store": store,
         "adapter": store / "micro" / "runs" / "lora2" / "1" / "ckpt-e001.safetensors",
         "pickle": bad_pickle, "results": results, "folder": folder, "clip_pickle": clip_pickle,
-        "clip_dir": clip_dir, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
+        "clip_dir": clip_dir, "garbage": garbage, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
     }  # fmt: skip
 
 
@@ -118,6 +125,8 @@ def command(template: str, inputs: dict[str, Path], out: Path) -> list[str]:
             "images",
             "clip_dir",
             "clip_pickle",
+            "garbage",
+            "results",
         ):
             word = word.replace("{" + key + "}", str(inputs[key]))
         if word.startswith("{results:"):

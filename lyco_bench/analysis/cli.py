@@ -155,6 +155,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     index = out / "index.html"
     if args.results or args.screenshot:
         _check_out(out)
+    if args.images_per_grid < 1:
+        raise BadInput(f"--images-per-grid {args.images_per_grid}: must be ≥ 1")
+    if args.figures and not Path(args.figures).is_dir():
+        raise BadInput(f"--figures {args.figures}: folder not found")
     if args.results:
         figures = sorted(Path(args.figures).glob("*.png")) if args.figures else []
         study = args.study or out.name
