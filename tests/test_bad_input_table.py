@@ -146,3 +146,21 @@ def test_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path, capsys, case
     assert fragment in err[0], err[0]
     assert "weights_only=False" not in err[0]
     assert not out.exists(), f"{case}: wrote {out}"
+
+
+def test_run_into_a_store_whose_study_folder_is_read_only(inputs, tmp_path, capsys, monkeypatch):
+    """The store's root is writable but its study's jobs folder is not (a store copied read-only):
+    one line naming it, before study.json or any job is written."""
+    import os
+
+    jobs = tmp_path / "store" / "micro" / "jobs"
+    jobs.mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != jobs and real_access(p, mode, **kw))
+    capsys.readouterr()
+    assert main(["run", str(inputs["study"]), "--store", str(tmp_path / "store"), "--no-analysis"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --store {tmp_path / 'store'}: {jobs} is not writable"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "store", "store/micro", "store/micro/jobs"
+    ]  # fmt: skip

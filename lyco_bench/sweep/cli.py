@@ -11,6 +11,8 @@ from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
 from lyco_bench.utils import atomic_write_json, console
 
+STORE_NEED_BYTES = 64 * 2**20  # free before a run starts: job records, locks, a first checkpoint
+
 
 def _human(seconds: float) -> str:
     if seconds < 90:
@@ -129,10 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     gpus = parse_gpus(args.gpus)
     check_backend_options(args.backend, jobs=args.jobs, threads=args.threads, gpus=gpus)
-    check_output_dir(args.store, what="--store")
+    check_output_dir(args.store, what=f"--store {args.store}", need_bytes=STORE_NEED_BYTES)
     if not args.no_analysis:
         check_output_dir(args.reports, what="--reports")
     plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
+    check_output_dir(plan.store.jobs_dir, what=f"--store {args.store}")  # an existing study folder too
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
     plan.inputs.hasher.save()
     from lyco_bench.sweep.collect import check_result_files
