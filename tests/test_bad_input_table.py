@@ -57,6 +57,14 @@ CASES = [
     ("report, a manifest as sample size", "report {results} --out {out} --sample-size {dataset}/dataset.yaml", "dataset.yaml: not a sample_size.csv (no label column)"),
     ("report, missing figure folder", "report {results} --out {out} --figures {out}/figures", "figures: folder not found"),
     ("report, zero images per grid", "report {results} --out {out} --images-per-grid 0", "--images-per-grid 0: must be ≥ 1"),
+    # flag values accepted and ignored before
+    ("run, negative retries", "run {study} --store {out} --max-retries -1", "--max-retries -1: must be ≥ 0"),
+    ("analyze, unknown configuration to exclude", "analyze {results} --no-plots --out {out} --exclude lora9", "--exclude lora9: matches no configuration of the results (lora2)"),
+    ("analyze, unknown configuration to leave out of SHAP", "analyze {results} --no-plots --out {out} --shap-exclude 1007", "--shap-exclude 1007: matches no configuration"),
+    ("analyze, zero images per prompt", "analyze {results} --no-plots --out {out} --images-per-prompt 0", "--images-per-prompt 0: must be ≥ 1"),
+    ("inspect, width 0", "adapter inspect {adapter} --width 0", "--width 0: must be ≥ 1"),
+    ("extract, threshold NaN", "adapter extract --base {model} --tuned {model} --rank 2 --threshold nan --out {out}/e.safetensors", "--threshold nan: must be a finite number ≥ 0"),
+    ("extract, negative width", "adapter extract --base {model} --tuned {model} --rank 2 --width -3 --out {out}/e.safetensors", "--width -3: must be ≥ 1"),
     # dataset makers
     ("demo dataset, negative seed", "make-demo-dataset {out} --seed -1", "--seed -1: must be ≥ 0"),
     ("world dataset, negative seed", "make-world-dataset {out} --seed -1", "--seed -1: must be ≥ 0"),

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import KINDS, Plan, build_plan, estimate_left
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
@@ -131,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     gpus = parse_gpus(args.gpus)
     check_backend_options(args.backend, jobs=args.jobs, threads=args.threads, gpus=gpus)
+    if args.max_retries is not None and args.max_retries < 0:
+        raise BadInput(f"--max-retries {args.max_retries}: must be ≥ 0")
     check_output_dir(args.store, what=f"--store {args.store}", need_bytes=STORE_NEED_BYTES)
     if not args.no_analysis:
         check_output_dir(args.reports, what="--reports")
