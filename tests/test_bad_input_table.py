@@ -4,11 +4,12 @@ fragment, and that nothing was written where the command writes. The next bad in
 one more row in CASES.
 
 Placeholders in a command: {model} {dataset} {study} {store} {adapter} {pickle} {images}
-{clip_dir} {clip_pickle} {garbage} {results} {results:<how>} {out} (a folder the command must not create)."""
+{clip_dir} {clip_pickle} {garbage} {bad_model} {results} {results:<how>} {out} (a folder the command must not create)."""
 
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ CASES = [
     ("report, a manifest as sample size", "report {results} --out {out} --sample-size {dataset}/dataset.yaml", "dataset.yaml: not a sample_size.csv (no label column)"),
     ("report, missing figure folder", "report {results} --out {out} --figures {out}/figures", "figures: folder not found"),
     ("report, zero images per grid", "report {results} --out {out} --images-per-grid 0", "--images-per-grid 0: must be ≥ 1"),
+    ("run, damaged model weights", "run {study} --store {out} --no-analysis model={bad_model}", "diffusion_pytorch_model.safetensors: damaged safetensors file ({short} bytes, its header says {full})"),
     # flag values accepted and ignored before
     ("run, negative retries", "run {study} --store {out} --max-retries -1", "--max-retries -1: must be ≥ 0"),
     ("analyze, unknown configuration to exclude", "analyze {results} --no-plots --out {out} --exclude lora9", "--exclude lora9: matches no configuration of the results (lora2)"),
@@ -83,6 +85,10 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
     assert main(["run", str(study), "--store", str(store), "--no-analysis"]) == 0
     bad_pickle = folder / "weights.safetensors"
     bad_pickle.write_bytes(pickle.dumps({"lora_up.weight": [0.0] * 8}))
+    bad_model = folder / "bad-model"  # the tiny model with its UNet weights cut short (a partial copy)
+    shutil.copytree(tiny_model_dir, bad_model)
+    weights = bad_model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
     garbage = folder / "garbage.bin"  # bytes no reader accepts (not UTF-8, no parquet magic)
     garbage.write_bytes(bytes(range(256)) * 4)
     results = store / "micro" / "results.parquet"
@@ -102,7 +108,7 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
         "model": tiny_model_dir, "dataset": demo_dataset_dir, "study": study, "store": store,
         "adapter": store / "micro" / "runs" / "lora2" / "1" / "ckpt-e001.safetensors",
         "pickle": bad_pickle, "results": results, "folder": folder, "clip_pickle": clip_pickle,
-        "clip_dir": clip_dir, "garbage": garbage, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
+        "clip_dir": clip_dir, "garbage": garbage, "bad_model": bad_model, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
     }  # fmt: skip
 
 
@@ -134,6 +140,7 @@ def command(template: str, inputs: dict[str, Path], out: Path) -> list[str]:
             "clip_dir",
             "clip_pickle",
             "garbage",
+            "bad_model",
             "results",
         ):
             word = word.replace("{" + key + "}", str(inputs[key]))
@@ -151,6 +158,9 @@ def test_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path, capsys, case
     assert main(argv) == 2, case
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+    if "{short}" in fragment:  # the damaged model's sizes, derived from the good file's
+        full = (inputs["model"] / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+        fragment = fragment.replace("{short}", str(full - 100)).replace("{full}", str(full))
     assert fragment in err[0], err[0]
     assert "weights_only=False" not in err[0]
     assert not out.exists(), f"{case}: wrote {out}"

@@ -138,6 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_analysis:
         check_output_dir(args.reports, what="--reports")
     plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
+    from lyco_bench.models import check_model_weights
+
+    check_model_weights(plan.study.study.model)  # damaged weights: one line, not a failure per job
     check_output_dir(plan.store.jobs_dir, what=f"--store {args.store}")  # an existing study folder too
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
     plan.inputs.hasher.save()
