@@ -4,7 +4,7 @@ fragment, and that nothing was written where the command writes. The next bad in
 one more row in CASES.
 
 Placeholders in a command: {model} {dataset} {study} {store} {adapter} {pickle} {images}
-{clip_dir} {clip_pickle} {garbage} {bad_model} {results} {results:<how>} {out} (a folder the command must not create)."""
+{clip_dir} {clip_pickle} {garbage} {bad_model} {dangling} {results} {results:<how>} {out} (a folder the command must not create)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ CASES = [
     ("report, missing figure folder", "report {results} --out {out} --figures {out}/figures", "figures: folder not found"),
     ("report, zero images per grid", "report {results} --out {out} --images-per-grid 0", "--images-per-grid 0: must be ≥ 1"),
     ("run, damaged model weights", "run {study} --store {out} --no-analysis model={bad_model}", "diffusion_pytorch_model.safetensors: damaged safetensors file ({short} bytes, its header says {full})"),
+    ("dataset image a dangling symlink", "generate --model {model} --dataset {dangling} --prompts demo --out {out}", "zz-gone.png: unreadable image (a symbolic link to "),
     # flag values accepted and ignored before
     ("run, negative retries", "run {study} --store {out} --max-retries -1", "--max-retries -1: must be ≥ 0"),
     ("analyze, unknown configuration to exclude", "analyze {results} --no-plots --out {out} --exclude lora9", "--exclude lora9: matches no configuration of the results (lora2)"),
@@ -89,6 +90,10 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
     shutil.copytree(tiny_model_dir, bad_model)
     weights = bad_model / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
+    dangling = folder / "dangling-dataset"  # the demo dataset with one image a broken symlink
+    shutil.copytree(demo_dataset_dir, dangling)
+    leaf = next(p.parent for p in sorted(dangling.rglob("*.png")))
+    (leaf / "zz-gone.png").symlink_to(folder / "nowhere.png")
     garbage = folder / "garbage.bin"  # bytes no reader accepts (not UTF-8, no parquet magic)
     garbage.write_bytes(bytes(range(256)) * 4)
     results = store / "micro" / "results.parquet"
@@ -108,7 +113,7 @@ def inputs(tmp_path_factory, tiny_model_dir, demo_dataset_dir) -> dict[str, Path
         "model": tiny_model_dir, "dataset": demo_dataset_dir, "study": study, "store": store,
         "adapter": store / "micro" / "runs" / "lora2" / "1" / "ckpt-e001.safetensors",
         "pickle": bad_pickle, "results": results, "folder": folder, "clip_pickle": clip_pickle,
-        "clip_dir": clip_dir, "garbage": garbage, "bad_model": bad_model, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
+        "clip_dir": clip_dir, "garbage": garbage, "bad_model": bad_model, "dangling": dangling, "images": store / "micro" / "images" / "lora2" / "1" / "e001",
     }  # fmt: skip
 
 
@@ -141,6 +146,7 @@ def command(template: str, inputs: dict[str, Path], out: Path) -> list[str]:
             "clip_pickle",
             "garbage",
             "bad_model",
+            "dangling",
             "results",
         ):
             word = word.replace("{" + key + "}", str(inputs[key]))
