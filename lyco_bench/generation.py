@@ -137,7 +137,19 @@ def sample_batch(
             output_type="np",
         )
     images = np.asarray(out.images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
+    finite = np.isfinite(images).reshape(len(items), -1).all(axis=1)
+    if not finite.all():  # NaN would be cast to arbitrary bytes: a black or noise PNG, silently
+        item = items[int(np.argmin(finite))]
+        raise NonFiniteImage(
+            f"prompt {item.prompt!r} (seed {item.seed}): the sampled image holds NaN or inf "
+            f"({int((~finite).sum())} of {len(items)} in its batch); nothing of the batch is written"
+        )
     return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class NonFiniteImage(ValueError):
+    """A sampled image with NaN/inf pixels (an overflowing adapter or model); generate() turns it
+    into BadInput naming the checkpoint."""
 
 
 def initial_noise(pipe: Any, generators: Sequence[torch.Generator], sampler: SamplerSettings) -> torch.Tensor:
@@ -294,7 +306,10 @@ def generate(
         for batch in todo:
             # The whole batch is sampled even if some of it is on disk: its composition fixes
             # the float rounding, so a resumed run writes the same bytes as an uninterrupted one.
-            images = sample_batch(pipeline, batch, sampler, methods)
+            try:
+                images = sample_batch(pipeline, batch, sampler, methods)
+            except NonFiniteImage as exc:
+                raise BadInput(f"checkpoint {checkpoint_name}: {exc}") from None
             missing = [
                 (item.relpath, image, _row(item, settings, prompt_set))
                 for item, image in zip(batch, images, strict=True)

@@ -349,6 +349,35 @@ def local_model_bytes(model: str | Path) -> int:
     return 0
 
 
+def check_model_weights(model: str | Path) -> None:
+    """BadInput naming the file when a local model's .safetensors weights are damaged (a header
+    that does not parse, or a file shorter or longer than its header says: a partial copy).
+
+    Reads the headers only, so a run can refuse a broken model before any job writes anything
+    (a hub id is checked when it is loaded)."""
+    path = Path(model).expanduser()
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors")) if path.is_dir() else []
+    for file in files:
+        if file.suffix == ".safetensors":
+            _check_complete(file)
+
+
+def _check_complete(path: Path) -> None:
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if not 2 <= length <= size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(length).decode("utf-8"))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise BadInput(f"{path}: damaged safetensors file ({_first_sentence(exc)})") from None
+    need = 8 + length + max(ends, default=0)
+    if size != need:
+        raise BadInput(f"{path}: damaged safetensors file ({size} bytes, its header says {need})")
+
+
 def load_pipeline(
     model: str | Path,
     *,

@@ -47,6 +47,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler stopping the command) raises KeyboardInterrupt while
+    inside, so that ``atomic_folder`` / ``atomic_path`` remove their temporary files as on Ctrl-C
+    (Python's default SIGTERM ends the process with no cleanup). Main thread only; elsewhere a
+    no-op, as only the main thread may set handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path`` (which must be absent or an empty folder); on
     success rename it to ``path``: a reader never sees half a folder. On an exception the

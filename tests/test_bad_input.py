@@ -442,6 +442,8 @@ def commands(tiny_model_dir, demo_dataset_dir, adapter_files, results_file, tmp_
         "analyze": (["analyze", str(results_file), "--no-plots", "--out", "{T}"], "--out", False),
         "leaderboard": (["leaderboard", str(results_file), "--out", "{T}"], "--out", False),
         "report": (["report", str(results_file), "--out", "{T}"], "--out", False),
+        "run --store": (["run", str(run), "--store", "{T}", "--no-analysis"], "--store", False),
+        "make-world-dataset": (["make-world-dataset", "{T}"], "output folder", False),
     }  # fmt: skip
 
 
@@ -452,7 +454,7 @@ def run_refused(argv: list[str], target: Path, capsys, root: Path) -> str:
     return one_error_line(capsys)
 
 
-COMMANDS = ["train", "generate", "score --out", "score --cache", "encode --cache", "adapter merge", "adapter extract", "analyze", "leaderboard", "report"]  # fmt: skip
+COMMANDS = ["train", "generate", "score --out", "score --cache", "encode --cache", "adapter merge", "adapter extract", "analyze", "leaderboard", "report", "run --store", "make-world-dataset"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -66,3 +66,29 @@ def test_all_or_nothing_and_only_into_an_empty_folder(tmp_path):
 
 def test_both_makers_use_the_one_leaf_type():
     assert all(type(leaf) is DrawnLeaf for leaf in [*DEMO_LEAVES, *WORLD_LEAVES])
+
+
+def test_stopped_by_sigterm_leaves_no_hidden_folder(tmp_path):
+    """``kill`` (SIGTERM) mid-drawing: the temporary ``.ds.*`` folder is removed as on Ctrl-C, and
+    SIGTERM's handler is restored afterwards."""
+    import os
+    import signal
+
+    def killed(leaf_index, leaf):
+        yield from _draw(leaf_index, leaf)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at once to this, the main, thread
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        write_drawn_dataset(tmp_path / "ds", LEAVES, killed, _yaml())
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_world_dataset_images_per_leaf_is_bounded(tmp_path):
+    from lyco_bench.world.dataset import MAX_IMAGES_PER_LEAF, make_world_dataset
+
+    for bad in (0, MAX_IMAGES_PER_LEAF + 1, 10**12):
+        with pytest.raises(BadInput, match=rf"^--images-per-leaf {bad}: must be 1 to 1000 "):
+            make_world_dataset(tmp_path / "ds", images_per_leaf=bad)
+    assert list(tmp_path.iterdir()) == []

@@ -329,3 +329,22 @@ def test_writer_error_reaches_the_caller_and_damaged_journal_is_bad_input(pipe, 
     journal.write_bytes(b'{"file": "a.png"\n{"file": "b.png"}\n')
     with pytest.raises(BadInput, match=r"manifest.parquet.journal: line 1 is unreadable"):
         _run(pipe, items, tmp_path / "out")
+
+
+def test_a_batch_with_nan_pixels_is_refused_naming_checkpoint_and_prompt(tiny_model_dir, items, tmp_path):
+    """A model whose UNet outputs NaN (an overflowing merge): BadInput naming the checkpoint and
+    the first prompt, and no PNG, journal or manifest for the batch."""
+    from lyco_bench.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_model_dir))
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(float("nan"))
+    out = tmp_path / "out"
+    first = plan_batches(items, SAMPLER.batch_size)[0][0]
+    with pytest.raises(BadInput) as caught:
+        _run(pipe, items, out, checkpoint_name="lora2-s1-e001")
+    assert str(caught.value) == (
+        f"checkpoint lora2-s1-e001: prompt {first.prompt!r} (seed {first.seed}): the sampled image holds "
+        f"NaN or inf (4 of 4 in its batch); nothing of the batch is written"
+    )
+    assert not out.exists() or sorted(p.name for p in out.rglob("*") if p.is_file()) == []

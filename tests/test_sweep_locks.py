@@ -250,3 +250,47 @@ def test_lock_files_stay_bounded(store, monkeypatch, dead_pid, variant):
         lock.release()
     host = ["job.lock"] if variant == "host-lock" else []
     assert _lock_files(store, "job") == [*host, f"job.lock.{store.lock_generations('job')[-1]}"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_release_on_a_full_disk_leaves_no_temporary_file_and_frees_the_job(store, monkeypatch):
+    """The tombstone cannot be written (the disk filled during the job): release still drops the
+    host lock, leaves no ``*.tmp`` beside the generation, and the job can be taken again."""
+    lock = store.try_lock("job")
+    assert lock is not None
+    real_write = Path.write_text
+
+    def half_written(self, data, *args, **kwargs):  # the file is created, then the disk is full
+        real_write(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_written)
+    lock.release()
+    monkeypatch.undo()
+    assert sorted(p.name for p in store.jobs_dir.iterdir()) == ["job.lock", "job.lock.1"]
+    again = store.try_lock("job")
+    assert again is not None and again.path.name == "job.lock.2"
+    again.release()
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(store, monkeypatch):
+    """A full disk while creating a generation: the error reaches the caller and no empty
+    generation (which would read as held for STALE_AFTER_S) is left."""
+    real_fdopen = os.fdopen
+
+    def full_fdopen(fd, *args, **kwargs):
+        fh = real_fdopen(fd, *args, **kwargs)
+        fh.write = _disk_full
+        return fh
+
+    monkeypatch.setattr(store_mod.os, "fdopen", full_fdopen)
+    with pytest.raises(OSError, match="No space left"):
+        store.try_lock("job")
+    monkeypatch.undo()
+    assert sorted(p.name for p in store.jobs_dir.iterdir()) == ["job.lock"]
+    lock = store.try_lock("job")
+    assert lock is not None and lock.path.name == "job.lock.1"
+    lock.release()

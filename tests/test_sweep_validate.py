@@ -116,7 +116,7 @@ def test_executor_and_store_options_are_checked_first(tmp_path, capsys):
         ["run", str(PAPER), *LOCAL, "--store", str(blocker / "store"), "--reports", str(tmp_path / "r")]
     )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"error: --store: {blocker} is a file, not a folder"
+    assert code == 2 and err == f"error: --store {blocker / 'store'}: {blocker} is a file, not a folder"
 
 
 def test_override_values_work_as_typed(tmp_path):

@@ -102,6 +102,8 @@ class AdapterModule(Configurable, nn.Module):
     capacity: ClassVar[CapacityRule | None] = None
     lr_grid: ClassVar[tuple[float, ...] | None] = None
     aliases: ClassVar[tuple[str, ...]] = ()
+    rank_bounded: ClassVar[bool] = True
+    """A ``dim`` above the layer's sides is refused (False: LoKr, whose large dim means "full")."""
 
     def __init__(
         self,
@@ -162,6 +164,30 @@ class AdapterModule(Configurable, nn.Module):
         """The settings for the layer with file key ``key`` ((IA)³ scales the input of the
         feed-forward output layers, the output elsewhere). Default: the same for every layer."""
         return dict(settings)
+
+    @classmethod
+    def check_size(
+        cls, key: str, base: nn.Module, settings: Mapping[str, Any], *, field: str = "dim"
+    ) -> None:
+        """BadInput naming the layer when a rank ``dim`` is above out + in·k·k of ``base``.
+
+        A rank above min(out, in·k·k) adds nothing to ΔW but is common and harmless (one
+        study-wide dim over narrow layers such as SD's 4-channel conv_in/conv_out); above
+        out + in·k·k each factor alone holds more numbers than the full weight, so the value is
+        a mistake (a rank of 1e11 would otherwise fail as an allocation error in training).
+        """
+        dim = settings.get("dim")
+        weight = getattr(base, "weight", None)
+        if not cls.rank_bounded or not isinstance(dim, int) or weight is None or weight.dim() < 2:
+            return
+        out_f, fan_in = int(weight.shape[0]), int(weight[0].numel())
+        if dim > out_f + fan_in:
+            need = dim * (out_f + fan_in) * weight.element_size()
+            raise BadInput(
+                f"adapter: {field} {dim} for layer {key} ({out_f}×{fan_in}) would allocate "
+                f"{human_bytes(need)} of factors; a rank above {min(out_f, fan_in)} adds nothing "
+                f"(at most out + in·k·k = {out_f + fan_in})"
+            )
 
     # --- the maths: each algorithm defines these ---------------------------------------
     def delta_weight(self) -> torch.Tensor:
@@ -360,6 +386,15 @@ def tokens(x: torch.Tensor, module: AdapterModule) -> int:
         wo = (w + 2 * b.padding[1] - b.dilation[1] * (kw - 1) - 1) // b.stride[1] + 1
         return (x.numel() // (x.shape[-3] * h * w)) * ho * wo
     return x.numel() // x.shape[-1]
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in B/KB/MB/GB/TB (powers of 1000), for messages."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def check_shape(name: str, key: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:

@@ -57,12 +57,18 @@ def inspect_rows(file) -> list[dict]:
     return rows
 
 
+def _check_width(width: int | None) -> None:
+    if width is not None and width < 1:
+        raise BadInput(f"--width {width}: must be ≥ 1 (columns of the table)")
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from lyco_bench.adapters.fileformat import load_adapter
 
+    _check_width(args.width)
     file = load_adapter(args.file, allow_nonfinite=True)  # shown first, refused at the end
     if args.rank is not None:
         from lyco_bench.adapters.ops import truncate_adapter
@@ -211,6 +217,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
         raise BadInput("--rank and --conv-rank must be ≥ 1")
+    if not 0 <= args.threshold < float("inf"):  # NaN fails too: it would skip no layer, silently
+        raise BadInput(f"--threshold {args.threshold}: must be a finite number ≥ 0")
+    _check_width(args.width)
     if out.suffix != ".safetensors":
         raise BadInput(f"{out}: --out must end in .safetensors")
     if out.exists() and not args.force:

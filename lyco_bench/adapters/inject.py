@@ -228,6 +228,7 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
     targets = find_targets(unet, text_encoder, spec)
     if not targets:
         raise BadInput(f"adapter: preset {spec.preset!r} with include/exclude selects no module")
+    check_sizes(targets, spec)  # before any factor is allocated
     for model in (unet, text_encoder):
         if model is not None:
             model.requires_grad_(False)
@@ -240,3 +241,14 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
         cls = get_algorithm(algo)
         modules[target.key] = cls(target.layer, cls.layer_settings(target.key, settings))
     return AdapterNetwork(targets=targets, modules=modules, spec=spec)
+
+
+def check_sizes(targets: list[Target], spec: AdapterSpec) -> None:
+    """BadInput naming the first target layer whose settings ask for impossible sizes."""
+    for target in targets:
+        if isinstance(target.layer, NORM_TYPES):
+            continue
+        algo, settings = spec.settings_for(target.layer)
+        conv = isinstance(target.layer, nn.Conv2d) and max(target.layer.kernel_size) > 1
+        field = "conv_dim" if conv else "dim"
+        get_algorithm(algo).check_size(target.key, target.layer, settings, field=field)

@@ -22,6 +22,18 @@ def _split(values: list[str] | None) -> list[str]:
     return [part for value in values or [] for part in value.split(",") if part]
 
 
+def _check_configs(table, flag: str, tokens: list[str]) -> None:
+    """BadInput for a configuration name or number that matches no configuration of ``table``
+    (an exclusion that excludes nothing is a typo, not a choice)."""
+    from lyco_bench.analysis.ranks import config_matches
+
+    configs = sorted(table["config"].astype(str).unique())
+    for token in tokens:
+        if not any(config_matches(c, [token]) for c in configs):
+            shown = ", ".join(configs[:8]) + (", …" if len(configs) > 8 else "")
+            raise BadInput(f"{flag} {token}: matches no configuration of the results ({shown})")
+
+
 def _bootstrap(args: argparse.Namespace):
     from lyco_bench.analysis.uncertainty import BootstrapSettings
 
@@ -104,6 +116,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         exclude, shap_exclude = _split(args.exclude), _split(args.shap_exclude)
     else:
         raise BadInput("analyze: give RESULTS.parquet or --paper-csv FILE")
+    _check_configs(table, "--exclude", _split(args.exclude))
+    _check_configs(table, "--shap-exclude", _split(args.shap_exclude))
+    if args.images_per_prompt is not None and args.images_per_prompt < 1:
+        raise BadInput(f"--images-per-prompt {args.images_per_prompt}: must be ≥ 1")
     metrics = select_metrics(table, _split(args.metrics) or None)  # bad names fail before any write
     targets, bootstrap = parse_targets(args.target_half_width), _bootstrap(args)
     if args.shap_refits < 0:
@@ -155,6 +171,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     index = out / "index.html"
     if args.results or args.screenshot:
         _check_out(out)
+    if args.images_per_grid < 1:
+        raise BadInput(f"--images-per-grid {args.images_per_grid}: must be ≥ 1")
+    if args.figures and not Path(args.figures).is_dir():
+        raise BadInput(f"--figures {args.figures}: folder not found")
     if args.results:
         figures = sorted(Path(args.figures).glob("*.png")) if args.figures else []
         study = args.study or out.name

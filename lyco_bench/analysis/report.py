@@ -37,10 +37,19 @@ THUMB = 128  # grid cell size in pixels
 MATCH_KEYS = ["prompt_class", "category", "concept", "subclass", "prompt_index", "image_index"]
 
 
+def _why(e: Exception) -> str:
+    """The first line of an exception's message (a reader's errors span lines), else its type."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
 def _read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise BadInput(f"{path}: generation manifest not found")
-    manifest = pd.read_parquet(path)
+    try:
+        manifest = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadInput(f"{path}: not a readable manifest.parquet ({_why(e)})") from None
     missing = [c for c in ("file", "prompt_class") if c not in manifest]
     if missing:
         raise BadInput(f"{path}: manifest lacks columns {missing}")
@@ -48,6 +57,8 @@ def _read_manifest(path: Path) -> pd.DataFrame:
         if col not in manifest:
             manifest[col] = "" if col not in ("prompt_index", "image_index") else 0
     manifest[["category", "concept", "subclass"]] = manifest[["category", "concept", "subclass"]].fillna("")
+    if not all(isinstance(f, str) and f for f in manifest["file"]):
+        raise BadInput(f"{path}: manifest column file holds a value that is not a file name")
     manifest["path"] = [path.parent / f for f in manifest["file"]]
     return manifest.sort_values(MATCH_KEYS, kind="mergesort").reset_index(drop=True)
 
@@ -90,11 +101,24 @@ def _present(path: Path | None) -> Path | None:
     return path if path is not None and Path(path).is_file() else None
 
 
+def read_manifests(image_manifests: Mapping[str, Path | pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each KEY's manifest read and checked (BadInput naming the file), in key order."""
+    return {
+        key: p if isinstance(p, pd.DataFrame) else _read_manifest(Path(p))
+        for key, p in sorted(image_manifests.items())
+    }
+
+
 def write_grids(
-    image_manifests: Mapping[str, Path], out_dir: Path, *, base_key: str = "base", images_per_grid: int = 8
+    image_manifests: Mapping[str, Path | pd.DataFrame],
+    out_dir: Path,
+    *,
+    base_key: str = "base",
+    images_per_grid: int = 8,
 ) -> list[dict[str, str]]:
-    """One grid per (key, prompt class); returns [{"src", "caption"}] with paths relative to out_dir."""
-    manifests = {key: _read_manifest(Path(p)) for key, p in sorted(image_manifests.items())}
+    """One grid per (key, prompt class); returns [{"src", "caption"}] with paths relative to out_dir.
+    A value is a manifest.parquet path, or its table as :func:`read_manifests` returns it."""
+    manifests = read_manifests(image_manifests)
     base = manifests.pop(base_key, None)
     base_index = (
         {tuple(r[k] for k in MATCH_KEYS): r["path"] for _, r in base.iterrows()} if base is not None else {}
@@ -165,6 +189,7 @@ def write_report(
         choices=choices,
     )  # fmt: skip  bad input (e.g. an unknown reference) fails before anything is written
     precision = _precision_rows(sample_size)
+    image_manifests = read_manifests(image_manifests or {})  # checked before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     write_leaderboard(results, out_dir, board=board)
     labels = [lb for lb in main if lb in set(board.table["label"])]
@@ -213,7 +238,12 @@ def _precision_rows(sample_size: str | Path | pd.DataFrame | None) -> dict | Non
     """The sample-size table as header + string rows (None when not given)."""
     if sample_size is None:
         return None
-    table = sample_size if isinstance(sample_size, pd.DataFrame) else pd.read_csv(sample_size)
+    try:
+        table = sample_size if isinstance(sample_size, pd.DataFrame) else pd.read_csv(sample_size)
+    except (OSError, ValueError) as e:  # unreadable, not text, not CSV
+        raise BadInput(f"{sample_size}: not a readable sample_size.csv ({_why(e)})") from None
+    if "label" not in table:
+        raise BadInput(f"{sample_size}: not a sample_size.csv (no label column)")
     cols = [c for c in PRECISION_COLUMNS if c in table]
     rows = [[_precision_cell(c, r[c]) for c in cols] for _, r in table.iterrows()]
     return {"header": [PRECISION_COLUMNS[c] for c in cols], "rows": rows}

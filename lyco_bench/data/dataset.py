@@ -7,6 +7,7 @@ trigger, descriptive words, tags to strip and repeats (datasets/README.md). docs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +128,20 @@ def _subdirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(path: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+def image_files(path: Path) -> list[Path]:
+    """The leaf's images; a dangling symbolic link named like one is BadInput (it is an image the
+    user meant to include, as broken as a truncated file), never skipped silently."""
+    images = []
+    for p in path.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            raise BadInput(
+                f"{p}: unreadable image (a symbolic link to {os.readlink(p)}, which does not exist)"
+            )
+        if p.is_file():
+            images.append(p)
+    return sorted(images)
 
 
 def split_tags(text: str) -> list[str]:
@@ -201,7 +210,7 @@ def _leaf(folder: Path, *, spec: ConceptSpec, names: tuple, options: dict, skipp
         if not leaf.class_images.is_dir():
             raise BadInput(f"{options['root'] / 'dataset.yaml'}: concepts.{category}/{concept}.class_images: "
                            f"no folder {leaf.class_images}")  # fmt: skip
-    for path in _image_files(folder):
+    for path in image_files(folder):
         try:
             width, height = image_size(path, verify=options["verify"])
         except BadInput:
@@ -227,7 +236,7 @@ def _concept_leaves(
             f"{root / 'dataset.yaml'}: concepts.{key}.subclasses.{unknown[0]}: no folder {folder / unknown[0]}"
         )
     leaves = []
-    if _image_files(folder) or not subs:
+    if image_files(folder) or not subs:
         leaves.append(
             _leaf(folder, spec=spec, names=(category, concept, None), options=options, skipped=skipped)
         )

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from lyco_bench.data.dataset import load_dataset
 from lyco_bench.errors import BadInput
-from lyco_bench.utils import atomic_folder
+from lyco_bench.utils import atomic_folder, terminate_as_interrupt
 
 
 class DrawnLeaf(NamedTuple):
@@ -70,7 +70,7 @@ def write_drawn_dataset(root: Path, leaves: Sequence[DrawnLeaf], draw: LeafDrawe
     """Write every leaf's drawn images and captions and the dataset.yaml into ``root`` (absent or
     empty), all at once or nothing."""
     check_new_folder(root)
-    with atomic_folder(root) as tmp:
+    with terminate_as_interrupt(), atomic_folder(root) as tmp:  # stopped: no hidden half folder
         for leaf_index, leaf in enumerate(leaves):
             folder = tmp / leaf.folder
             folder.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from lyco_bench.metrics import METRICS
     from lyco_bench.metrics.scoring import score
     from lyco_bench.utils import check_output_dir
 
@@ -118,6 +119,15 @@ def run_score(args: argparse.Namespace) -> int:
         encoders=settings, cache_dir=args.cache, checkpoint=args.checkpoint,
         metrics=args.metrics.split(",") if args.metrics else None,
     )  # fmt: skip
+    if rows.empty:  # no 0-row table: nothing of these images is what the metrics score
+        classes = sorted(
+            {
+                c
+                for m in (args.metrics.split(",") if args.metrics else METRICS)
+                for c in METRICS[m].prompt_classes
+            }
+        )
+        raise BadInput(f"--metrics {args.metrics or '(default)'}: no rows for {args.images}: none of its images has a prompt class they score ({', '.join(classes)})")  # fmt: skip
     with atomic_path(out) as tmp:
         rows.to_parquet(tmp, index=False)
     nan = int(rows["value"].isna().sum())

@@ -6,10 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
+from lyco_bench.errors import BadInput
 from lyco_bench.sweep.planner import KINDS, Plan, build_plan, estimate_left
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import load_study
 from lyco_bench.utils import atomic_write_json, console
+
+STORE_NEED_BYTES = 64 * 2**20  # free before a run starts: job records, locks, a first checkpoint
 
 
 def _human(seconds: float) -> str:
@@ -129,10 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     gpus = parse_gpus(args.gpus)
     check_backend_options(args.backend, jobs=args.jobs, threads=args.threads, gpus=gpus)
-    check_output_dir(args.store, what="--store")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise BadInput(f"--max-retries {args.max_retries}: must be ≥ 0")
+    check_output_dir(args.store, what=f"--store {args.store}", need_bytes=STORE_NEED_BYTES)
     if not args.no_analysis:
         check_output_dir(args.reports, what="--reports")
     plan = load_plan(args.study, args.overrides, args.store, verify_images=True)
+    from lyco_bench.models import check_model_weights
+
+    check_model_weights(plan.study.study.model)  # damaged weights: one line, not a failure per job
+    check_output_dir(plan.store.jobs_dir, what=f"--store {args.store}")  # an existing study folder too
     atomic_write_json(plan.store.root / "study.json", plan.study.study.model_dump(mode="json"))
     plan.inputs.hasher.save()
     from lyco_bench.sweep.collect import check_result_files

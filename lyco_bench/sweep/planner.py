@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lyco_bench.errors import BadInput
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
@@ -383,7 +384,30 @@ def build_plan(
                     jobs += _checkpoint_jobs(
                         study, inputs, train, epoch, prepare=prepare, shared=shared, name=name, rank=rank
                     )
-    return Plan(study=study, store=store, jobs=jobs, inputs=inputs)
+    plan = Plan(study=study, store=store, jobs=jobs, inputs=inputs)
+    check_adapter_sizes(plan)
+    return plan
+
+
+def check_adapter_sizes(plan: Plan) -> None:
+    """BadInput before any job runs when a configuration's rank is impossible for a layer of the
+    study's model (built on the meta device: no weights read, nothing allocated)."""
+    from lyco_bench.adapters import AdapterModule, AdapterSpec, get_algorithm
+    from lyco_bench.adapters.inject import check_sizes, find_targets
+    from lyco_bench.sweep.sizing import _meta_models
+
+    models = None
+    for config in plan.study.configs:
+        spec = AdapterSpec(**plan.inputs.runs[config.name]["adapter"])
+        if not issubclass(get_algorithm(spec.algo), AdapterModule):
+            continue
+        models = models or _meta_models(plan)
+        if models is None:
+            return  # the model's config is unknown here: the train job checks it
+        try:
+            check_sizes(find_targets(*models, spec), spec)
+        except BadInput as e:
+            raise BadInput(f"configuration {config.name}: {e}") from None
 
 
 def estimate_left(

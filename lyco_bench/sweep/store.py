@@ -45,6 +45,7 @@ A laggard that wins after the job finished re-checks the done marker (``execute_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -421,8 +422,12 @@ class JobLock:
             "since": time.time(),
             "host_lock": host_lock is not None,
         }
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(owner))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(owner))
+        except OSError:  # a full disk: an empty generation would read as held for STALE_AFTER_S
+            path.unlink(missing_ok=True)
+            raise
         return cls(path, host_lock)
 
     def _beat(self) -> None:
@@ -443,13 +448,18 @@ class JobLock:
             return
         self._released = True
         self._stop.set()
+        tombstone = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            tombstone = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             released = {"released": True, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
             tombstone.write_text(json.dumps(released), encoding="utf-8")
             if self.path.exists():  # gone only if a newer generation took over and cleaned up
                 os.replace(tombstone, self.path)
             else:
+                tombstone.unlink(missing_ok=True)
+        except OSError:
+            # A full or read-only disk: no stray tombstone; the generation keeps its owner record,
+            # which reads as stale once the host lock is dropped below (or the pid is gone).
+            with contextlib.suppress(OSError):
                 tombstone.unlink(missing_ok=True)
         finally:
             if self._host_lock is not None:

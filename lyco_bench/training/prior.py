@@ -20,8 +20,6 @@ import torch
 
 from lyco_bench.errors import BadInput
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 
 class PriorData:
     """Class images per concept key, their latents per bucket (lazily, cached)."""
@@ -68,10 +66,10 @@ def _generated_images(folder: str | None) -> dict[str, list[Path]]:
 
 def _pool(concept: Any, generated: dict[str, list[Path]], config: Any) -> tuple[list[Any], str]:
     from lyco_bench.data import ImageItem
-    from lyco_bench.data.dataset import image_size
+    from lyco_bench.data.dataset import image_files, image_size
 
     if concept.class_images is not None:
-        paths = sorted(p for p in Path(concept.class_images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_files(Path(concept.class_images))  # a dangling link: one line, as in a dataset
     else:
         paths = generated.get(concept.class_prompt, [])[: config.num_class_images]
     if not paths:

@@ -16,8 +16,9 @@ import numpy as np
 from lyco_bench.data.drawn import DrawnLeaf, leaves_yaml, write_drawn_dataset
 from lyco_bench.data.generated import GeneratedDataset, register_generated_dataset
 from lyco_bench.errors import BadInput
+from lyco_bench.utils import check_output_dir
 from lyco_bench.world.captions import COMIC_TAGS, DOLL_TAGS, ROBOT_TAGS, caption_tags
-from lyco_bench.world.draw import HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
+from lyco_bench.world.draw import CANVAS, HELD_OUT_STYLE, Scene, draw_scene, sample_character, sample_object
 
 WORLD_LEAVES = [
     DrawnLeaf("characters", "robot", None, 8, "zqx robot", "robot", ROBOT_TAGS),
@@ -54,15 +55,24 @@ def _yaml() -> str:
     )  # fmt: skip
 
 
+MAX_IMAGES_PER_LEAF = 1000  # files 000.png … 999.png: a 1000th would sort between 100 and 101
+IMAGE_NEED_BYTES = CANVAS * CANVAS * 3 + 1024  # an uncompressed RGB picture + its caption: a PNG's worst
+
+
 def make_world_dataset(root: str | Path, *, seed: int = 0, images_per_leaf: int | None = None) -> Path:
     """Draw the held-out concepts into ``root`` (absent or empty); same seed → same bytes.
 
     Seeds differ from the evaluators' and the classifier's pictures (those use other streams).
     """
-    if images_per_leaf is not None and images_per_leaf < 1:
-        raise BadInput(f"--images-per-leaf {images_per_leaf}: must be at least 1")
+    if images_per_leaf is not None and not 1 <= images_per_leaf <= MAX_IMAGES_PER_LEAF:
+        raise BadInput(
+            f"--images-per-leaf {images_per_leaf}: must be 1 to {MAX_IMAGES_PER_LEAF} "
+            "(three-digit file names keep their order)"
+        )
     if seed < 0:  # numpy's generators take non-negative seeds only
         raise BadInput(f"--seed {seed}: must be ≥ 0")
+    n_images = sum(images_per_leaf or leaf.count for leaf in WORLD_LEAVES)
+    check_output_dir(root, what=f"output folder {root}", need_bytes=n_images * IMAGE_NEED_BYTES)
 
     def draw(leaf_index: int, leaf: DrawnLeaf):
         rng = np.random.default_rng([seed, 100 + leaf_index])

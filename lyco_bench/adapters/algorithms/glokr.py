@@ -117,6 +117,7 @@ class GLoKrModule(AdapterModule):
     # The merged forward's dL/dθ: dL/dW = gᵀx once, through ΔW(θ) (the bypass would need a
     # second pass through W0).
     grad_mode = "dense"
+    rank_bounded = False  # as LoKr: a dim at or above half a block's larger side makes it full
 
     def __init__(
         self,

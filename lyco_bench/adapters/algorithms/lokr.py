@@ -245,6 +245,7 @@ class LoKrModule(DoRAMixin, AdapterModule):
     )
     detect_keys = frozenset({"lokr_w1"})  # or lokr_w1_a: see detects()
     grad_mode = "bypass"
+    rank_bounded = False  # dim ≥ half a block's larger side makes that block full (no rank)
 
     def __init__(
         self,
