@@ -17,6 +17,7 @@ from collections.abc import Callable
 from lyco_bench import __version__
 from lyco_bench.errors import BadInput
 from lyco_bench.registry import Registry
+from lyco_bench.utils import pickle_refusal
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -64,19 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pickled_file(exc: BaseException) -> str:
-    """The file a refused ``torch.load`` was reading (its ``f`` argument), for the one-line error;
-    torch's own message advises ``weights_only=False``, which must never reach the user."""
-    tb, found = exc.__traceback__, "a file"
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "load" and "torch" in frame.f_code.co_filename:
-            f = frame.f_locals.get("f")
-            found = str(f) if isinstance(f, str | os.PathLike) else getattr(f, "name", found)
-        tb = tb.tb_next
-    return found
-
-
 def _is_override(text: str) -> bool:
     return "=" in text and not text.startswith("-")
 
@@ -103,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickled object
-        print(f"error: {_pickled_file(exc)}: refused: it holds pickled objects other than tensors; "
-              "convert it to .safetensors", file=sys.stderr)  # fmt: skip
+        print(f"error: {pickle_refusal(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

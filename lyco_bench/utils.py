@@ -232,3 +232,17 @@ def check_output_dir(path: str | os.PathLike, *, what: str, need_bytes: int = 0)
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def pickle_refusal(exc: BaseException) -> str:
+    """The one-line refusal of a file ``torch.load(weights_only=True)`` would not read (it pickles
+    objects other than tensors), naming the file from the refused call's frame. torch's own message
+    advises ``weights_only=False``, which must never reach the user."""
+    tb, found = exc.__traceback__, "a file"
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "load" and "torch" in frame.f_code.co_filename:
+            f = frame.f_locals.get("f")
+            found = str(f) if isinstance(f, str | os.PathLike) else getattr(f, "name", found)
+        tb = tb.tb_next
+    return f"{found}: refused: it holds pickled objects other than tensors; convert it to .safetensors"

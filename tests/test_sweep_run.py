@@ -106,7 +106,9 @@ def test_kill_then_two_runners_finish_with_the_same_results(micro):
     assert sorted(done) == sorted(job.id for job in plan.jobs)  # every job finished exactly once
     started = [e["job"] for e in resumed if e["event"] == "start"]
     assert len(started) == len(set(started))  # the two runners never started the same job
-    assert {e["pid"] for e in resumed} == {p.pid for p in procs}  # and both did some of the work
+    # Only these two runners worked (whether both got a job depends on the machine's speed: a
+    # micro study is one chain, and one runner may take all of it while the other waits).
+    assert {e["pid"] for e in resumed} <= {p.pid for p in procs}
     # The job the kill interrupted was taken over (its lock was stale: the owner had died).
     interrupted = {e["job"] for e in killed_log if e["event"] == "start"} - {
         e["job"] for e in killed_log if e["event"] == "done"

@@ -234,6 +234,6 @@ def test_make_world_dataset_command(tmp_path, capsys):
     assert main(["make-world-dataset", str(tmp_path / "taken")]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == f"error: {tmp_path / 'taken'}: already exists and is not an empty folder"
+        == f"error: output folder {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file, not a folder"
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import profiles
 from lyco_bench.registry import Registry
-from lyco_bench.utils import sha256_bytes, sha256_file
+from lyco_bench.utils import pickle_refusal, sha256_bytes, sha256_file
 
 MODES = ("resize", "crop", "padding")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,6 +89,13 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_error(kind: str, source: str, exc: Exception) -> BadInput:
+    import pickle
+
+    cause: BaseException | None = exc
+    while cause is not None:  # refused by torch.load(weights_only=True), maybe wrapped by a library
+        if isinstance(cause, pickle.UnpicklingError) or "Weights only load failed" in str(cause):
+            return BadInput(f"encoder {kind} {source!r}: {pickle_refusal(cause)}")
+        cause = cause.__cause__ or cause.__context__
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return BadInput(f"encoder {kind} {source!r}: cannot load ({first[:200]})")
 
