@@ -137,3 +137,15 @@ class Registry(Mapping[str, T], Generic[T]):
 
 def _is_module(obj: Any) -> bool:
     return type(obj).__name__ == "module" and hasattr(obj, "__name__")
+
+
+def accept_instances(cls: type, name: Callable[[Any], str]) -> Callable[[Any], tuple[str, Any]]:
+    """A registry's ``accept`` for plug-ins that are instances of ``cls`` (a ``Metric``, a
+    ``Preset``…), registered under ``name(obj)``."""
+
+    def accept(obj: Any) -> tuple[str, Any]:
+        if not isinstance(obj, cls):
+            raise TypeError(f"not a {cls.__name__} object nor a module")
+        return name(obj), obj
+
+    return accept

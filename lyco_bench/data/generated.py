@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lyco_bench.registry import Registry
+from lyco_bench.registry import Registry, accept_instances
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,11 @@ class GeneratedDataset:
     """(empty folder, seed) → the dataset's root; same seed → same bytes."""
 
 
-def _accept(obj: object) -> tuple[str, GeneratedDataset]:
-    if not isinstance(obj, GeneratedDataset):
-        raise TypeError("not a GeneratedDataset nor a module")
-    return obj.prefix, obj
-
-
 GENERATED_DATASETS: Registry[GeneratedDataset] = Registry(
     "generated dataset",
     entry_point="lyco_bench.datasets",
     packages=("lyco_bench.data", "lyco_bench.world"),
-    accept=_accept,
+    accept=accept_instances(GeneratedDataset, lambda obj: obj.prefix),
 )
 """Every generated-dataset kind by prefix, discovered on first use (:mod:`lyco_bench.registry`)."""
 

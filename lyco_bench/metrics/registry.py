@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lyco_bench.metrics.values import MetricValue
-from lyco_bench.registry import Registry
+from lyco_bench.registry import Registry, accept_instances
 
 CRITERIA = ("fidelity", "controllability", "diversity", "preservation", "quality")
 """The criteria of docs/protocol.md §5, in report order; a plug-in may add its own (listed last)."""
@@ -98,12 +98,6 @@ class Metric:
         return self.prompt_classes if self.row_classes is None else self.row_classes
 
 
-def _accept_metric(obj: object) -> tuple[str, Metric]:
-    if not isinstance(obj, Metric):
-        raise TypeError("not a Metric nor a module")
-    return obj.name, obj
-
-
 METRICS: Registry[Metric] = Registry(
     "metric",
     entry_point="lyco_bench.metrics",
@@ -112,7 +106,7 @@ METRICS: Registry[Metric] = Registry(
     skip=frozenset(
         {"cache", "cli", "encoders", "features", "manifest", "registry", "scoring", "tiny", "values"}
     ),
-    accept=_accept_metric,
+    accept=accept_instances(Metric, lambda obj: obj.name),
     order=lambda m: CRITERIA.index(m.criterion) if m.criterion in CRITERIA else len(CRITERIA),
 )
 """Every registered metric by name, in report order (criterion, then registration), discovered on

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lyco_bench.registry import Registry
+from lyco_bench.registry import Registry, accept_instances
 
 # Module names of the layers presets select (diffusers UNet, transformers CLIP text encoder).
 ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -65,18 +65,12 @@ class Preset:
     """``train_norm`` may add the UNet's GroupNorm/LayerNorm layers (the paper's ``full``)."""
 
 
-def _accept(obj: object) -> tuple[str, Preset]:
-    if not isinstance(obj, Preset):
-        raise TypeError("not a Preset nor a module")
-    return obj.name, obj
-
-
 PRESETS: Registry[Preset] = Registry(
     "preset",
     entry_point="lyco_bench.presets",
     packages=("lyco_bench.adapters.presets", "lyco_bench.adapters.algorithms"),
     skip=frozenset({"base"}),
-    accept=_accept,
+    accept=accept_instances(Preset, lambda obj: obj.name),
 )
 """Every preset by name, discovered on first use (:mod:`lyco_bench.registry`)."""
 

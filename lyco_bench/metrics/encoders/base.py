@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from lyco_bench.errors import BadInput
 from lyco_bench.metrics import profiles
-from lyco_bench.registry import Registry
+from lyco_bench.registry import Registry, accept_instances
 from lyco_bench.utils import pickle_refusal, sha256_bytes, sha256_file
 
 MODES = ("resize", "crop", "padding")
@@ -234,18 +234,12 @@ class EncoderKind:
         return (self.weights_field, *(f for f in self.path_fields if f != self.weights_field))
 
 
-def _accept(obj: object) -> tuple[str, EncoderKind]:
-    if not isinstance(obj, EncoderKind):
-        raise TypeError("not an EncoderKind nor a module")
-    return obj.name, obj
-
-
 ENCODERS: Registry[EncoderKind] = Registry(
     "encoder",
     entry_point="lyco_bench.encoders",
     packages=("lyco_bench.metrics.encoders",),
     skip=frozenset({"base"}),
-    accept=_accept,
+    accept=accept_instances(EncoderKind, lambda obj: obj.name),
     order=lambda e: e.order,
 )
 """Every encoder kind by name, discovered on first use: the package's encoder files, then the
