@@ -37,6 +37,17 @@ PAPER_RELU_LAYERS = (0, 5, 10, 19)
 """VGG19 conv indices whose captured output the paper's in-place ReLU rectifies (conv1_1–conv4_1)."""
 
 
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision's Resize(size) + CenterCrop(size) on a PIL image (open_clip's eval transform and
+    the paper's): the long side truncated, the crop offset rounded (half to even)."""
+    w, h = image.size
+    long = int(size * max(w, h) / min(w, h))
+    nw, nh = (size, long) if w <= h else (long, size)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
 def paper_square(image: Image.Image, *, mode: str, size: int) -> Image.Image:
     """The paper's transform of one image to ``size``×``size`` RGB (lycoris_eval image_transform).
 
@@ -48,11 +59,7 @@ def paper_square(image: Image.Image, *, mode: str, size: int) -> Image.Image:
     if mode == "resize":
         image = image.resize((size, size), Image.BICUBIC)
     elif mode == "crop":
-        long = int(size * max(w, h) / min(w, h))
-        nw, nh = (size, long) if w <= h else (long, size)
-        image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
+        image = resize_center_crop(image, size)
     else:
         scale = size / float(max(h, w))
         if scale != 1 or w != h:

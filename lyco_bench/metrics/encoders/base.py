@@ -56,13 +56,7 @@ def preprocess(image: Image.Image, *, mode: str, size: int, mean, std, profile: 
     if mode == "resize":
         image = image.resize((size, size), Image.BICUBIC)
     elif mode == "crop":
-        # torchvision's Resize(size) + CenterCrop(size), as in open_clip's eval transform: the long
-        # side is truncated, the crop offset rounded (half to even).
-        long = int(size * max(w, h) / min(w, h))
-        nw, nh = (size, long) if w <= h else (long, size)
-        image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
+        image = profiles.resize_center_crop(image, size)  # as open_clip's eval transform
     else:
         # open_clip's ResizeKeepRatio(longest=1) + CenterCropOrPad: sides rounded, pad split low-first.
         ratio = max(w / size, h / size)
