@@ -55,6 +55,7 @@ def test_layer_info_reads_attention_projections():
     assert not LayerInfo(path.replace("attn2", "ff"), linear, True).attention_projection(("to_out.0",))
 
 
+@pytest.mark.e2e
 def test_an_outside_preset_selects_its_layers(tmp_path):
     """A pip-style package (a module + dist-info entry point) adds a preset; injection uses it."""
     (tmp_path / "kv_preset.py").write_text(textwrap.dedent(PLUGIN))

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lyco_bench.analysis import collect_results, run_analysis, write_report
 from lyco_bench.analysis.report import check_report_files
@@ -40,6 +41,7 @@ def _score_rows(config: str, seed: int, epoch: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.e2e
 def test_sweep_results_to_report(tmp_path):
     files, runs = [], []
     for config, (algo, dim, factor, lr, preset) in CONFIGS.items():

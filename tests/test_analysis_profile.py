@@ -47,6 +47,7 @@ def test_figures_carry_the_caption(tmp_path, monkeypatch):
     assert texts == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("profile", ["paper", "lyco"])
 def test_run_analysis_captions_every_figure(tmp_path, monkeypatch, profile):
     from lyco_bench.analysis.pipeline import run_analysis

@@ -154,6 +154,7 @@ def analyzed(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.mark.e2e
 def test_analyze_shap_levels_signs(analyzed):
     levels = pd.read_csv(analyzed / "shap_levels.csv", dtype={"level": str})
     assert list(levels.columns) == [
@@ -181,6 +182,7 @@ def test_analyze_shap_levels_signs(analyzed):
     assert set(levels.loc[levels["feature"] == "Algo", "level"]) == {"lora", "loha", "lokr", "native"}
 
 
+@pytest.mark.e2e
 def test_analyze_outputs_and_determinism(analyzed, tmp_path):
     ranks = pd.read_csv(analyzed / "scaled_ranks.csv")
     assert not ranks["config"].str.contains("1007").any()

@@ -508,6 +508,7 @@ def test_output_folder_not_writable(commands, name, tmp_path, capsys, monkeypatc
     )
 
 
+@pytest.mark.e2e
 def test_read_only_folder_as_an_unprivileged_user(results_file, tmp_path):
     """The real permission check, not a patched one: root ignores chmod, so run as nobody."""
     import os
@@ -543,6 +544,7 @@ def test_read_only_folder_as_an_unprivileged_user(results_file, tmp_path):
 
 
 # --- 10. a full disk while a checkpoint is saved -------------------------------------------------
+@pytest.mark.e2e
 def test_full_disk_during_a_checkpoint_leaves_no_partial_checkpoint(
     tiny_model_dir, demo_dataset_dir, tmp_path, monkeypatch
 ):

@@ -115,6 +115,7 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.e2e
 def test_outside_encoder_is_planned_and_costed(tmp_path):
     env = _plugin(tmp_path)
     store = str(tmp_path / "store")
@@ -143,6 +144,7 @@ def test_outside_encoder_is_planned_and_costed(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_outside_encoder_is_scored(tmp_path, generated, demo_dataset_dir):  # noqa: F811
     env = _plugin(tmp_path)
     images, _ = generated

@@ -175,6 +175,7 @@ def test_file_layout_and_round_trip(pipe, concepts, tmp_path):
         other.load_weights(path)
 
 
+@pytest.mark.e2e
 def test_diffusers_loads_our_files_with_the_same_prompt_embeddings(tiny_model_dir, concepts, tmp_path):
     ours = _fresh_pipe(tiny_model_dir)
     method = TextualInversion(num_vectors=3).attach(ours, concepts=concepts)
@@ -360,6 +361,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     return {"full": full, "resumed": resumed, "files": files, "dataset": data, "root": root}
 
 
+@pytest.mark.e2e
 def test_training_writes_a_file_and_resumes_to_the_same_bytes(trained, tiny_model_dir):
     full, resumed = trained["full"], trained["resumed"]
     assert (
@@ -382,6 +384,7 @@ def test_training_writes_a_file_and_resumes_to_the_same_bytes(trained, tiny_mode
     assert not torch.equal(init.vectors.detach(), method.vectors)
 
 
+@pytest.mark.e2e
 def test_a_multi_concept_training_writes_one_file_per_concept_that_diffusers_loads(trained, tiny_model_dir):
     """diffusers' own load_textual_inversion refuses our multi-concept file (several tensors);
     training writes one kohya file per concept beside each checkpoint, which it loads: the

@@ -101,6 +101,7 @@ def _plugin(tmp_path: Path, value: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
 
 
+@pytest.mark.e2e
 def test_entry_point_plugin_is_planned(tmp_path):
     env = _plugin(tmp_path, "spread_metric")
     code = (
@@ -116,6 +117,7 @@ def test_entry_point_plugin_is_planned(tmp_path):
     assert "dinov2" not in table and "vgg19" not in table  # only what the plug-in reads
 
 
+@pytest.mark.e2e
 def test_broken_plugin_is_one_line_bad_input(tmp_path):
     env = _plugin(tmp_path, "spread_metric_missing")
     out = subprocess.run(

@@ -106,6 +106,7 @@ def _pick(study_root: Path, kind: str) -> Path:
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("kind", list(ARTIFACTS))
 def test_damaged_artifact_is_found_and_rebuilt(reference, kind, damage, capsys):
@@ -157,6 +158,7 @@ def _forget(store: Path, kind_name: str) -> None:
     marker.unlink()
 
 
+@pytest.mark.e2e
 def test_a_job_hashes_the_checkpoint_it_reads(reference, capsys):
     """A bit flip keeps the size (plan cannot see it). The generate job (rerun for a lost image)
     hashes the checkpoint it reads: the train job reruns first, and the images are as an
@@ -174,6 +176,7 @@ def test_a_job_hashes_the_checkpoint_it_reads(reference, capsys):
     assert _content(store / "micro") == reference["files"]
 
 
+@pytest.mark.e2e
 def test_a_score_job_hashes_the_images_it_reads(reference):
     store = _copy(reference, "store-read-image")
     flip_bit(_pick(store / "micro", "image"))
@@ -185,6 +188,7 @@ def test_a_score_job_hashes_the_images_it_reads(reference):
     assert _content(store / "micro") == reference["files"]
 
 
+@pytest.mark.e2e
 def test_run_hashes_the_score_tables_it_collects(reference):
     store = _copy(reference, "store-scores")
     flip_bit(_pick(store / "micro", "score table"))
@@ -218,6 +222,7 @@ def test_verify_refuses_a_folder_that_is_no_store(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_standalone_train_resumes_from_the_last_intact_checkpoint(
     tiny_model_dir, demo_dataset_dir, tmp_path, damage, capsys

@@ -78,6 +78,7 @@ def store(tmp_path):
     return st
 
 
+@pytest.mark.e2e
 def test_local_workers_each_see_their_own_gpu(store, monkeypatch):
     """`--gpus 0,1`: two trainings at once, one per GPU, while a CPU-bound job runs beside them in a
     worker that sees no GPU; a third training waits for a GPU; four light jobs share one GPU."""
@@ -104,6 +105,7 @@ def test_local_workers_each_see_their_own_gpu(store, monkeypatch):
         assert not path.is_file() or SECRET.encode() not in path.read_bytes()
 
 
+@pytest.mark.e2e
 def test_light_jobs_share_one_gpu(store, monkeypatch):
     """One GPU: four encode jobs (a quarter each) run on it together."""
     monkeypatch.setattr(worker, "execute_job", rendezvous_work)
@@ -113,6 +115,7 @@ def test_light_jobs_share_one_gpu(store, monkeypatch):
     assert {s["gpu"] for s in _seen(store).values()} == {"7"}
 
 
+@pytest.mark.e2e
 def test_ray_trains_run_at_once_on_different_gpus(store, monkeypatch, tmp_path):
     """A local Ray instance with 2 declared GPUs, no --jobs: both trainings run at once, each with
     its own CUDA_VISIBLE_DEVICES; HF_HOME and the token reach the workers, and no file holds the token."""
@@ -182,6 +185,7 @@ def dying_work(job_data, store_root, *, attempt, threads):  # noqa: ANN001
     return rendezvous_work(job_data, store_root, attempt=attempt, threads=threads)
 
 
+@pytest.mark.e2e
 def test_a_dead_worker_fails_its_job_and_the_retry_gets_a_fresh_worker(store, monkeypatch):
     monkeypatch.setattr(worker, "execute_job", dying_work)
     job = _job("train", "t", "alone", 1)

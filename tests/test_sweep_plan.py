@@ -241,6 +241,7 @@ def test_encoder_flop_formulas_match_the_flop_counter():
     assert vit_flops(2, 64, 8, 64) + patch_embedding == pytest.approx(counter.get_total_flops(), rel=1e-9)
 
 
+@pytest.mark.e2e
 def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(
     tmp_path, tiny_model_dir, uneven_dataset, capsys, monkeypatch
 ):

@@ -225,6 +225,7 @@ def test_text_encoder_left_alone_when_not_trained(tmp_path, tiny_model_dir, smal
     assert keys and all(k.startswith("lora_unet_") for k in keys)
 
 
+@pytest.mark.e2e
 def test_checkpoints_determinism_resume_and_cache(tmp_path, tiny_model_dir, small_dataset, cache_dir):
     cfg = run_config(tiny_model_dir, small_dataset, cache_dir, epochs=3, checkpoint_epochs=[1])
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"

@@ -56,6 +56,7 @@ def test_device_check_follows_what_bitsandbytes_runs(monkeypatch, tmp_path):
     assert resolve_device(cfg.model_copy(update={"optimizer": "adamw8bit"})) == torch.device("cpu")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(
     not EIGHT_BIT_ON_CPU, reason="bitsandbytes is missing or cannot run 8-bit AdamW on this CPU"
 )
