@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lyco_bench.sweep import joblock
 from lyco_bench.sweep import store as store_mod
 from lyco_bench.sweep.store import STALE_AFTER_S, StudyStore
 
@@ -95,7 +96,7 @@ def _racer(i, root, job_id, variant, start, tried, won) -> None:
     if variant == "naive":
         take = lambda: naive_try_lock(store, job_id, delay=delay)  # noqa: E731
     else:
-        store_mod.HOST_LOCKS = variant == "host-lock"
+        joblock.HOST_LOCKS = variant == "host-lock"
         judge = store_mod.lock_is_stale
         delays = [delay]
 
@@ -161,7 +162,7 @@ def test_naive_takeover_lets_two_runners_win(store, dead_pid, stale):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_live_lock_is_never_taken_over(store, monkeypatch, variant):
-    monkeypatch.setattr(store_mod, "HOST_LOCKS", variant == "host-lock")
+    monkeypatch.setattr(joblock, "HOST_LOCKS", variant == "host-lock")
     held = store.try_lock("mine")  # this process: alive
     assert held is not None
     theirs = store.lock_generation_path("theirs", 1)  # another host, heartbeat just now
@@ -185,7 +186,7 @@ def _hold(root: str, job_id: str, ready) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lock_of_killed_runner_is_taken_over_at_once(store, monkeypatch, variant):
-    monkeypatch.setattr(store_mod, "HOST_LOCKS", variant == "host-lock")
+    monkeypatch.setattr(joblock, "HOST_LOCKS", variant == "host-lock")
     ready = CTX.Event()
     proc = CTX.Process(target=_hold, args=(str(store.root), "job", ready))
     proc.start()
@@ -206,7 +207,7 @@ def test_lock_of_killed_runner_is_taken_over_at_once(store, monkeypatch, variant
 def test_laggard_with_an_old_listing_backs_off(store, monkeypatch, released):
     """A runner that listed the jobs folder before generation 1 existed creates generation 1 long
     after it was taken, released and removed; it sees generation 2 and backs off."""
-    monkeypatch.setattr(store_mod, "HOST_LOCKS", False)  # as for a runner on another host
+    monkeypatch.setattr(joblock, "HOST_LOCKS", False)  # as for a runner on another host
     store.try_lock("job").release()
     second = store.try_lock("job")
     assert second.path == store.lock_generation_path("job", 2) and store.lock_generations("job") == [2]
@@ -238,7 +239,7 @@ def test_laggard_with_an_old_listing_backs_off(store, monkeypatch, released):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lock_files_stay_bounded(store, monkeypatch, dead_pid, variant):
-    monkeypatch.setattr(store_mod, "HOST_LOCKS", variant == "host-lock")
+    monkeypatch.setattr(joblock, "HOST_LOCKS", variant == "host-lock")
     for cycle in range(60):
         if cycle % 10 == 5:  # a runner died holding the next generation; a straggler left an old one
             newest = store.lock_generations("job")[-1]
