@@ -40,7 +40,9 @@ def _plan(path: Path, tmp_path: Path, overrides=()):
 
 def _prepare(role: str, folder: str, value) -> str:
     """The id of the prepare job building ``folder`` from ``value``, by the identity function."""
-    return make_job("prepare", folder, spec={"asset": role, "value": value, "version": ASSET_VERSIONS[role]}).id
+    return make_job(
+        "prepare", folder, spec={"asset": role, "value": value, "version": ASSET_VERSIONS[role]}
+    ).id
 
 
 def test_built_ins_are_registered_by_their_own_files():
@@ -174,7 +176,9 @@ def test_atomic_folder_replaces_a_stale_build_or_keeps_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["asset"] and (out / "old.txt").is_file()
     with atomic_folder(out, replace=True) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert [p.name for p in tmp_path.iterdir()] == ["asset"] and [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["asset"] and [p.name for p in out.iterdir()] == [
+        "new.txt"
+    ]
     with pytest.raises(OSError), atomic_folder(out) as tmp:  # without replace: never over a full folder
         (tmp / "x").write_text("x")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
