@@ -46,7 +46,7 @@ def store(tmp_path):
 def dead_pid():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert not store_mod._pid_alive(proc.pid)
+    assert not joblock._pid_alive(proc.pid)
     return proc.pid
 
 
@@ -68,7 +68,7 @@ def _naive_is_stale(path: Path) -> bool:
     except ValueError:
         return time.time() - path.stat().st_mtime > STALE_AFTER_S
     if owner["host"] == socket.gethostname():
-        return not store_mod._pid_alive(owner["pid"])
+        return not joblock._pid_alive(owner["pid"])
     return time.time() - path.stat().st_mtime > STALE_AFTER_S
 
 

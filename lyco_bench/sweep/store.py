@@ -62,14 +62,13 @@ from lyco_bench.sweep.joblock import (
     STALE_AFTER_S,
     JobLock,
     _drop_host_lock,
-    _pid_alive,
     _take_host_lock,
     lock_is_stale,
 )
 from lyco_bench.utils import atomic_write_json
 
 __all__ = ["DONE_SUFFIX", "HEARTBEAT_S", "LOCK_SUFFIX", "STALE_AFTER_S", "JobLock", "StudyStore", "job_slot",
-           "lock_is_stale", "_pid_alive"]  # fmt: skip
+           "lock_is_stale"]  # fmt: skip
 
 DONE_SUFFIX = ".done.json"
 
