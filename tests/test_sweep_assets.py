@@ -122,6 +122,9 @@ def test_an_outside_prefix_is_planned_and_built_from_its_declaration(toy_prefix,
     assert jobs["toy-model"].id == _prepare("model", "toy-model", "toy:3")
     assert plan.inputs.model == f"prepare:{jobs['toy-model'].id}"
     assert rough_costs("toy:3") is kind.model.rough_costs
+    killed = plan.store.assets_dir / ".toy-model.k1ll3d"  # what a killed build of the job left
+    killed.mkdir(parents=True)
+    (killed / "half.bin").write_bytes(b"x")
     out = run_prepare(jobs["toy-model"], plan.store)
     assert out == [plan.store.assets_dir / "toy-model"] and (out[0] / "seed.txt").read_text() == "3"
     assert len(built) == 1 and built[0][1] == 3

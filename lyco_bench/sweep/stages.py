@@ -8,7 +8,9 @@ killed half-way leaves nothing that a rerun would mistake for a finished result.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +35,33 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
     asset, value = job.spec["asset"], job.spec["value"]
     if asset == "model" and (model := built_model(value)) is not None:
         out = store.assets_dir / model[1].folder
-        with atomic_folder(out, replace=True) as tmp:
+        with _fresh(out) as tmp:
             model[1].build(tmp, asset_seed(value, model[0].prefix))
         return [out]
     if asset == "dataset" and generated_dataset(value):
         out = store.assets_dir / generated_folder(value)
-        with atomic_folder(out, replace=True) as tmp:
+        with _fresh(out) as tmp:
             draw_generated_dataset(value, tmp)
         return [out]
     if asset == "encoders" and (encoders := built_encoders(value)) is not None:
         out = store.assets_dir / encoders[1].folder
-        with atomic_folder(out, replace=True) as tmp:
+        with _fresh(out) as tmp:
             fields = encoders[1].build(tmp)
             # Paths relative to the folder, so that the store can move.
             fields = {k: _relative_to(v, tmp) for k, v in fields.items()}
             atomic_write_json(tmp / "settings.json", fields)
         return [out]
     raise BadInput(f"job {job.id}: unknown asset {asset!r}")
+
+
+@contextlib.contextmanager
+def _fresh(out: Path) -> Iterator[Path]:
+    """``atomic_folder`` replacing a stale build, after removing what a killed build of this job
+    left beside it (its temporary folders: the job's lock makes this the only builder)."""
+    for left in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else ():
+        shutil.rmtree(left, ignore_errors=True)
+    with atomic_folder(out, replace=True) as tmp:
+        yield tmp
 
 
 def _relative_to(value: Any, folder: Path) -> Any:
