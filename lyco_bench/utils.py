@@ -70,24 +70,33 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path`` (which must be absent or an empty folder); on
-    success rename it to ``path``: a reader never sees half a folder. On an exception the
-    temporary folder is removed and ``path`` is left untouched."""
+def atomic_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success rename it to ``path``: a reader never
+    sees half a folder. ``path`` must be absent or an empty folder, unless ``replace``: then a
+    folder already there (a stale build) is moved aside and removed once the new one is in place.
+    On an exception the temporary folder is removed and ``path`` is left untouched."""
     import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    old = None
     try:
         yield tmp
-        if path.exists():
+        if replace and path.is_dir() and any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+        elif path.exists():
             path.rmdir()
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / path.name).exists() and not path.exists():
+            os.replace(old / path.name, path)  # the previous build stays in place
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

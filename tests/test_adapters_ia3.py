@@ -28,6 +28,7 @@ from lyco_bench.adapters.algorithms.ia3 import IA3Module
 from lyco_bench.adapters.fileformat import adapter_file_from_tensors
 from lyco_bench.adapters.inject import te_key, unet_key
 from lyco_bench.errors import BadInput
+from lyco_bench.training import RunConfig
 from tests.helpers import one_thread, perturb, run_models, tiny_models  # noqa: F401 - autouse fixture
 
 SPEC = AdapterSpec(algo="ia3", preset="ia3")
@@ -190,12 +191,12 @@ def test_automatic_on_input_follows_the_layer():
     assert on_input == {k for k in net.adapters if k.endswith(("_ff_net_2", "_mlp_fc2"))}
     assert len(on_input) == 4 + 2
     assert AdapterSpec(algo="ia3").options == {"on_input": None}
-    assert IA3Module.default_lr == 5e-3 and IA3Module.merges_exactly
+    # its own learning rate (not the LyCORIS algorithms') reaches a run that names none
+    assert RunConfig(model="m", dataset="d", adapter={"algo": "ia3"}).lr == IA3Module.default_lr
+    assert IA3Module.default_lr != AdapterModule.default_lr and IA3Module.merges_exactly
 
 
 def test_the_injector_resolves_on_input_per_layer():
-    if not hasattr(AdapterModule, "layer_settings"):
-        pytest.skip("the injector does not yet pass layer keys to algorithms (AdapterModule.layer_settings)")
     unet, te = tiny_models(0)
     from lyco_bench.adapters import inject
 

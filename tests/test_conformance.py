@@ -18,8 +18,9 @@ from lyco_bench.adapters.base import ALGORITHMS, AdapterModule
 from lyco_bench.adapters.presets import PRESETS, Preset
 from lyco_bench.methods.base import is_model_method
 from lyco_bench.metrics import METRICS
+from lyco_bench.metrics.encoders import ENCODERS
 from lyco_bench.metrics.values import MetricValue
-from lyco_bench.testing import check_algorithm, check_method, check_metric, check_preset
+from lyco_bench.testing import check_algorithm, check_encoder, check_method, check_metric, check_preset
 
 LAYER_ALGORITHMS = sorted(n for n, c in ALGORITHMS.items() if issubclass(c, AdapterModule))
 METHODS = sorted(n for n, c in ALGORITHMS.items() if is_model_method(c))
@@ -67,8 +68,13 @@ def test_every_preset_conforms(name):
     check_preset(PRESETS[name])
 
 
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_every_encoder_conforms(name):
+    check_encoder(ENCODERS[name])
+
+
 def test_every_kind_has_built_ins():
-    assert LAYER_ALGORITHMS and METHODS and list(METRICS) and list(PRESETS)
+    assert LAYER_ALGORITHMS and METHODS and list(METRICS) and list(PRESETS) and list(ENCODERS)
 
 
 # --- the kit catches what it names -----------------------------------------------------------------
@@ -276,3 +282,71 @@ def test_the_readme_walk_through_algorithm_passes_its_kit_step(monkeypatch):
     exec(compile(kit_block, "test_outscale.py", "exec"), tests)  # noqa: S102
     with registered(package.OutScaleModule):
         tests["test_outscale_conforms"]()
+
+
+def _vgg_loaded_as(settings_update: dict):
+    """VGG19's loader, handed settings changed by ``settings_update`` (what a loader that ignores
+    a field does)."""
+    load = ENCODERS["vgg19"].load
+    return lambda s: load(s.model_copy(update=settings_update))
+
+
+@pytest.mark.parametrize(
+    ("change", "prop"),
+    [
+        ({"feature_dim": lambda fields, tiny: 7}, "feature size"),
+        ({"check_source": lambda s: None}, "source check"),
+        ({"identity": lambda s: "vgg19:always-the-same"}, "identity"),
+        ({"load": _vgg_loaded_as({"precision": "float32"})}, "precision"),
+        ({"settings": ENCODERS["dinov2"].settings}, "settings"),
+    ],
+    ids=["feature-size", "source-check", "identity", "precision", "settings"],
+)
+def test_check_encoder_names_the_broken_property(change, prop):
+    broken = dataclasses.replace(ENCODERS["vgg19"], **change)
+    with pytest.raises(AssertionError, match=rf"^encoder vgg19: {prop}: "):
+        check_encoder(broken)
+
+
+def test_check_encoder_catches_nondeterministic_features():
+    import itertools
+
+    calls = itertools.count()
+    load = ENCODERS["vgg19"].load
+
+    class Drifting:  # each load scales its features differently
+        def __init__(self, settings):
+            self.inner, self.scale = load(settings), 1.0 + next(calls)
+
+        def prepare(self, image, mode):
+            return self.inner.prepare(image, mode)
+
+        def forward(self, inputs):
+            return self.inner.forward(inputs) * self.scale
+
+    with pytest.raises(AssertionError, match=r"^encoder vgg19: deterministic: image features differ"):
+        check_encoder(dataclasses.replace(ENCODERS["vgg19"], load=Drifting))
+    with pytest.raises(AssertionError, match=r"^encoder vgg19: exempt: unknown property 'speed'"):
+        check_encoder(ENCODERS["vgg19"], exempt={"speed": "fast"})
+
+
+@pytest.mark.e2e  # a fresh interpreter: the toy's fields join EncoderSettings as an installed plug-in's do
+def test_the_readme_walk_through_encoder_passes_its_kit_step(tmp_path):
+    """The README's toy encoder (its first python block of "Adding an encoder") registered as an
+    outside package's entry point would, and its kit block run as written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Adding an encoder", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("python\n")]
+    kit_block = next(b for b in blocks if "lyco_bench.testing" in b)
+    (tmp_path / "lyco_meanrgb.py").write_text(blocks[0], encoding="utf-8")
+    (tmp_path / "test_meanrgb.py").write_text(kit_block + "\n\ntest_meanrgb_conforms()\n", encoding="utf-8")
+    code = "import lyco_meanrgb, runpy; runpy.run_path('test_meanrgb.py'); print('CONFORMS')"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("CONFORMS"), out.stderr[-3000:]

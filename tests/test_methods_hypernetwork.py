@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lyco_bench.adapters import ALGORITHMS
+from lyco_bench.adapters import ALGORITHMS, AdapterModule
 from lyco_bench.errors import BadInput
 from lyco_bench.methods import method_of_file
 from lyco_bench.methods.hypernetwork import Hypernetwork, attention_layers
+from lyco_bench.training import RunConfig
 
 SELF_64 = "mid_block.attentions.0.transformer_blocks.0.attn1"  # self-attention, context width 64
 CROSS_32 = "mid_block.attentions.0.transformer_blocks.0.attn2"  # cross-attention, text width 32
@@ -171,7 +172,10 @@ def test_sizes_select_widths():
     assert Hypernetwork(
         use_dropout=True, last_layer_dropout=True, layer_structure=[1, 2, 2, 1]
     ).options.dropout_probs() == [0, 0.3, 0.3, 0]
-    assert ALGORITHMS["hypernetwork"] is Hypernetwork and Hypernetwork.default_lr == 1e-5
+    assert ALGORITHMS["hypernetwork"] is Hypernetwork
+    # its own learning rate (A1111's scale, not the LyCORIS algorithms') reaches a run that names none
+    assert RunConfig(model="m", dataset="d", adapter={"algo": "hypernetwork"}).lr == Hypernetwork.default_lr
+    assert Hypernetwork.default_lr != AdapterModule.default_lr
 
 
 def test_sizes_only_their_layers(pipe):

@@ -148,8 +148,8 @@ def test_stage_settings_are_validated_by_their_stages(tmp_path):
 
 
 def test_critical_path_priority_starts_long_chains_first(tmp_path):
+    from lyco_bench.sweep.assets.tiny import TINY_COST_S as c
     from lyco_bench.sweep.executors import critical_path_priority
-    from lyco_bench.sweep.planner import TINY_COST_S as c
 
     plan = _plan(TOUR, tmp_path)
     rank = critical_path_priority(plan)

@@ -209,7 +209,8 @@ def test_world_prefix_resolves_to_the_shipped_weights(tmp_path, monkeypatch):
     assert study.encoders["dino"] == str(weights_dir() / "dinov2") and study.encoders["dino_image_size"] == 64
     assert study.encoders["clip"] == str(weights_dir() / "open_clip") and study.encoders["vgg"] == "tiny:"
     assert study.dataset == "world:"  # drawn into the store by a prepare job
-    from lyco_bench.sweep.planner import ROUGH_COST_S, WORLD_COST_S, rough_costs
+    from lyco_bench.sweep.assets.world import WORLD_COST_S
+    from lyco_bench.sweep.planner import ROUGH_COST_S, rough_costs
 
     assert rough_costs(study.model) is WORLD_COST_S and rough_costs("org/sd15") is ROUGH_COST_S  # plan's ETA
     monkeypatch.setattr(build, "WEIGHTS_DIR", tmp_path / "none")

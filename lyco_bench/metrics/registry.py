@@ -104,7 +104,7 @@ METRICS: Registry[Metric] = Registry(
     packages=("lyco_bench.metrics",),
     # The package's modules that hold no metric (importing them would pull in heavy libraries).
     skip=frozenset(
-        {"cache", "cli", "encoders", "features", "manifest", "registry", "scoring", "tiny", "values"}
+        {"cache", "cli", "encoders", "features", "manifest", "registry", "scoring", "tiny", "units", "values"}
     ),
     accept=accept_instances(Metric, lambda obj: obj.name),
     order=lambda m: CRITERIA.index(m.criterion) if m.criterion in CRITERIA else len(CRITERIA),

@@ -307,14 +307,14 @@ def _encoder_flops(plan: Any) -> dict[str, float]:
     """FLOPs of one image's forward per encoder kind the study's metrics read (each kind's
     declaration; a kind that declares none is left out)."""
     from lyco_bench.metrics.encoders import ENCODERS
-    from lyco_bench.sweep.study import TINY_PREFIX
+    from lyco_bench.sweep.assets import tiny_weights
 
     fields = plan.study.study.encoders
     out = {}
     for kind in plan.inputs.encoders:
         spec = ENCODERS[kind]
         if spec.flops is not None:
-            out[kind] = spec.flops(fields, str(fields.get(spec.weights_field, "")).startswith(TINY_PREFIX))
+            out[kind] = spec.flops(fields, tiny_weights(fields.get(spec.weights_field)))
     return out
 
 
@@ -325,12 +325,12 @@ def _configs(plan: Any) -> tuple[dict, dict] | None:
     configs = _model_configs(plan.study.study.model)
     if configs is None:
         return None
-    from lyco_bench.models import TINY_VAE
-    from lyco_bench.sweep.study import TINY_PREFIX
+    from lyco_bench.sweep.assets import built_model
 
     value = plan.study.study.model
     folder = model_folder(value)
-    vae = dict(TINY_VAE) if value.startswith(TINY_PREFIX) else dict(SD_VAE)
+    built = built_model(value)
+    vae = built[1].configs()[2] if built is not None else dict(SD_VAE)
     if folder is not None and (folder / "vae" / "config.json").is_file():
         vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     return configs[0], vae

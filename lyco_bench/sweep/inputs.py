@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.assets import built_encoders, built_model
 from lyco_bench.sweep.hashing import FileHasher
-from lyco_bench.sweep.study import TINY_PREFIX, LoadedStudy, generated_dataset
+from lyco_bench.sweep.study import LoadedStudy, generated_dataset
 from lyco_bench.utils import default_device, stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
@@ -202,7 +203,7 @@ def run_identity(run: dict[str, Any]) -> dict[str, Any]:
 def _model_identity(value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str) -> str:
     from lyco_bench.sweep.sources import resolve_model
 
-    if value.startswith(TINY_PREFIX):
+    if built_model(value) is not None:  # built by its prepare job: the job's id names it
         return f"prepare:{prepare['model'].id}"
     try:
         return resolve_model(value, hasher=hasher).identity
@@ -218,10 +219,11 @@ def _encoder_identities(
     from lyco_bench.metrics.encoders import ENCODERS
     from lyco_bench.metrics.features import EncoderPool
 
-    tiny = {k: v for k, v in fields.items() if isinstance(v, str) and v.startswith(TINY_PREFIX)}
+    built = built_encoders(fields)
+    tiny = built[2] if built is not None else []
     if tiny:
-        # Tiny encoders do not exist until their prepare job builds them: their job id names them.
-        token = f"tiny@{prepare['encoders'].id}"
+        # Built encoders do not exist until their prepare job builds them: its id names them.
+        token = f"{built[0].name}@{prepare['encoders'].id}"
         settings = settings.model_copy(update={k: f"{token}/{k}" for k in tiny})
     pins: dict[str, Any] = {}
     for kind in kinds:

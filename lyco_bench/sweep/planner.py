@@ -23,16 +23,17 @@ to style losses on the spot and never stored).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.assets import built_encoders, built_model, model_rough_costs
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
-    TINY_PREFIX,
     LoadedStudy,
     ResolvedConfig,
     generated_dataset,
@@ -45,19 +46,13 @@ KINDS = ("prepare", "train", "generate", "encode", "score")
 # Rough seconds per job on one GPU for a paper-sized study, used for the estimate of the work left
 # until the store has recorded durations of its own.
 ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "generate": 1800.0, "encode": 120.0, "score": 120.0}
-# The same for a ``tiny:`` model on a laptop CPU (measured on the tour study, 2 cores), and for the
-# CPU world's model (the demo study, 2 workers of one thread: train 17.7 s, generate 3.8 s).
-TINY_COST_S = {"prepare": 5.0, "train": 10.0, "generate": 3.0, "encode": 1.0, "score": 2.0}
-WORLD_COST_S = {"prepare": 2.0, "train": 18.0, "generate": 4.0, "encode": 1.0, "score": 1.0}
 
 
-def rough_costs(model: str) -> dict[str, float]:
-    """Seconds per job kind before any is recorded, for the study's model."""
-    if str(model).startswith(TINY_PREFIX):
-        return TINY_COST_S
-    from lyco_bench.world import model_dir
-
-    return WORLD_COST_S if Path(str(model)) == model_dir() else ROUGH_COST_S
+def rough_costs(model: str) -> Mapping[str, float]:
+    """Seconds per job kind before any is recorded, for the study's model (an asset prefix's model,
+    built or shipped, declares its own: lyco_bench.sweep.assets)."""
+    declared = model_rough_costs(str(model))
+    return declared if declared is not None else ROUGH_COST_S
 
 
 # Bumped when what a prepare job builds changes (make_tiny_model, make_demo_dataset,
@@ -147,19 +142,22 @@ class Plan:
 
 
 def _prepare_jobs(study: LoadedStudy) -> dict[str, Job]:
-    """Asset jobs for ``tiny:`` models/encoders and ``demo:`` datasets, keyed by what they make."""
+    """Asset jobs for built models/encoders (``tiny:``) and generated datasets (``demo:``), keyed
+    by what they make (the prepare job is named by the store folder it builds)."""
     s = study.study
     jobs: dict[str, Job] = {}
 
     def asset(key: str, name: str, value: Any) -> Job:
         return make_job("prepare", name, spec={"asset": key, "value": value, "version": ASSET_VERSIONS[key]})
 
-    if s.model.startswith(TINY_PREFIX):
-        jobs["model"] = asset("model", "tiny-model", s.model)
+    model = built_model(s.model)
+    if model is not None:
+        jobs["model"] = asset("model", model[1].folder, s.model)
     if generated_dataset(s.dataset):
         jobs["dataset"] = asset("dataset", generated_folder(s.dataset), s.dataset)
-    if any(isinstance(v, str) and v.startswith(TINY_PREFIX) for v in s.encoders.values()):
-        jobs["encoders"] = asset("encoders", "tiny-encoders", s.encoders)
+    encoders = built_encoders(s.encoders)
+    if encoders is not None:
+        jobs["encoders"] = asset("encoders", encoders[1].folder, s.encoders)
     return jobs
 
 

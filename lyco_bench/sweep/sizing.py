@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyco_bench.sweep.study import TINY_PREFIX
+from lyco_bench.sweep.assets import built_model, tiny_weights
 
 # A 512² Stable Diffusion PNG is about half its raw RGB size (measured ~390 KB on SD1.5 samples);
 # used until the store holds images of its own.
@@ -241,7 +241,7 @@ def _meta_models(plan: Any) -> tuple[Any, Any] | None:
 
 def model_folder(value: str) -> Path | None:
     """The diffusers folder of a model: a local one, or the hub cache's copy; None if neither."""
-    if value.startswith(TINY_PREFIX):
+    if built_model(value) is not None:
         return None
     folder = Path(value).expanduser()
     if not folder.is_dir():
@@ -253,10 +253,10 @@ def model_folder(value: str) -> Path | None:
 
 
 def _model_configs(value: str) -> tuple[dict, dict] | None:
-    from lyco_bench.models import TINY_TEXT, TINY_UNET
-
-    if value.startswith(TINY_PREFIX):
-        return dict(TINY_UNET), dict(TINY_TEXT)
+    built = built_model(value)
+    if built is not None:  # not built yet: its declared configs
+        unet, text, _ = built[1].configs()
+        return unet, text
     folder = model_folder(value)
     if folder is None:
         return None
@@ -276,7 +276,7 @@ def encoder_dim(kind: str, plan: Any) -> int:
     spec = ENCODERS[kind]
     fields = plan.study.study.encoders
     value = fields.get(spec.weights_field)
-    return spec.feature_dim(fields, isinstance(value, str) and value.startswith(TINY_PREFIX))
+    return spec.feature_dim(fields, tiny_weights(value))
 
 
 def _measured_png_bytes(store: Any, sample: int = 200) -> float | None:

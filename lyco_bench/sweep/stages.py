@@ -8,65 +8,66 @@ killed half-way leaves nothing that a rerun would mistake for a finished result.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
-from lyco_bench.sweep.assets import dataset_path, encoder_settings, model_path
+from lyco_bench.sweep.assets import (
+    asset_seed,
+    built_encoders,
+    built_model,
+    dataset_path,
+    encoder_settings,
+    model_path,
+)
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
-from lyco_bench.sweep.study import (
-    TINY_PREFIX,
-    asset_seed,
-    draw_generated_dataset,
-    generated_dataset,
-    generated_folder,
-)
-from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
+from lyco_bench.sweep.study import draw_generated_dataset, generated_dataset, generated_folder
+from lyco_bench.utils import atomic_folder, atomic_path, atomic_write_json, stable_hash
 
 
 # --- the jobs ----------------------------------------------------------------------------------
 def run_prepare(job: Job, store: StudyStore) -> list[Path]:
+    """Build an asset into the store's assets folder (a stale build there is replaced whole)."""
     asset, value = job.spec["asset"], job.spec["value"]
-    if asset == "model":
-        from lyco_bench.models import make_tiny_model
-
-        out = store.assets_dir / "tiny-model"
-        return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=asset_seed(value, TINY_PREFIX)))]
-    if asset == "dataset":
+    if asset == "model" and (model := built_model(value)) is not None:
+        out = store.assets_dir / model[1].folder
+        with _fresh(out) as tmp:
+            model[1].build(tmp, asset_seed(value, model[0].prefix))
+        return [out]
+    if asset == "dataset" and generated_dataset(value):
         out = store.assets_dir / generated_folder(value)
-        return [_build_fresh(out, lambda tmp: draw_generated_dataset(value, tmp))]
-    if asset == "encoders":
-        from lyco_bench.metrics.tiny import make_tiny_encoders
-
-        out = store.assets_dir / "tiny-encoders"
-
-        def build(tmp: Path) -> None:
-            fields = make_tiny_encoders(tmp, seed=0)
+        with _fresh(out) as tmp:
+            draw_generated_dataset(value, tmp)
+        return [out]
+    if asset == "encoders" and (encoders := built_encoders(value)) is not None:
+        out = store.assets_dir / encoders[1].folder
+        with _fresh(out) as tmp:
+            fields = encoders[1].build(tmp)
             # Paths relative to the folder, so that the store can move.
             fields = {k: _relative_to(v, tmp) for k, v in fields.items()}
             atomic_write_json(tmp / "settings.json", fields)
-
-        return [_build_fresh(out, build)]
+        return [out]
     raise BadInput(f"job {job.id}: unknown asset {asset!r}")
+
+
+@contextlib.contextmanager
+def _fresh(out: Path) -> Iterator[Path]:
+    """``atomic_folder`` replacing a stale build, after removing what a killed build of this job
+    left beside it (its temporary folders: the job's lock makes this the only builder)."""
+    for left in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else ():
+        shutil.rmtree(left, ignore_errors=True)
+    with atomic_folder(out, replace=True) as tmp:
+        yield tmp
 
 
 def _relative_to(value: Any, folder: Path) -> Any:
     if isinstance(value, str) and value.startswith(str(folder)):
         return str(Path(value).relative_to(folder))
     return value
-
-
-def _build_fresh(out: Path, build: Any) -> Path:
-    """Build a folder in a temporary sibling and rename it into place (never half a folder)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    build(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
 
 
 def run_config_for(job: Job, store: StudyStore) -> Any:

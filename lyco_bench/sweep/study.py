@@ -26,15 +26,12 @@ from pydantic import Field, field_validator, model_validator
 
 from lyco_bench.config import StrictModel, load_config
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.assets.base import asset_seed
 
 if TYPE_CHECKING:
     from lyco_bench.analysis.choices import ReportChoices
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TINY_PREFIX = "tiny:"
-WORLD_PREFIX = "world:"
-"""The CPU world (lyco_bench.world): its shipped base model and evaluators (its drawn dataset is a
-generated dataset: lyco_bench.data.generated)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -313,7 +310,7 @@ class LoadedStudy:
 
 def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> LoadedStudy:
     """Read and validate a study YAML (plus ``key=value`` overrides); BadInput names file and key."""
-    study = _absolute_paths(_resolve_world(load_config(Study, path, overrides or []), source=str(path)))
+    study = _absolute_paths(_resolve_shipped(load_config(Study, path, overrides or []), source=str(path)))
     configs = resolve_configs(study, forced=forced_training(overrides or []))
     reference = study.analysis.reference
     names = [name for config in configs for name, _ in config.evaluations()]
@@ -364,32 +361,14 @@ def draw_generated_dataset(value: str, out: Path) -> Path:
     return GENERATED_DATASETS[prefix].draw(out, asset_seed(value, prefix))
 
 
-def _resolve_world(study: Study, *, source: str) -> Study:
-    """``world:`` as the model or an encoder → the world's shipped weights (a real local folder,
-    hashed like any other: a rebuilt world makes every job that read it stale)."""
-    fields = dict(study.encoders)
-    world_fields = [k for k, v in fields.items() if v == WORLD_PREFIX]
-    if study.model != WORLD_PREFIX and not world_fields:
+def _resolve_shipped(study: Study, *, source: str) -> Study:
+    """A model or encoder naming shipped weights (``world:``) → their folders (a real local
+    folder, hashed like any other: rebuilt weights make every job that read them stale)."""
+    from lyco_bench.sweep.assets.base import resolve_shipped
+
+    model, fields = resolve_shipped(study.model, study.encoders, source=source)
+    if model == study.model and fields == study.encoders:
         return study
-    from lyco_bench.metrics.encoders import ENCODERS
-    from lyco_bench.world import encoder_settings, model_dir, weights_dir
-
-    shipped_fields = encoder_settings()  # the world's encoders: their fields, paths under weights_dir()
-    shipped = [e for e in ENCODERS.values() if e.weights_field in shipped_fields]
-    for key in world_fields:
-        if key not in [e.weights_field for e in shipped]:
-            ships = " and ".join(f"{e.title or e.name} ({e.weights_field})" for e in shipped)
-            raise BadInput(f"{source}: encoders.{key}: the world ships {ships} only")
-
-    if not (weights_dir() / "BUILD.json").is_file():
-        raise BadInput(f"{source}: world: the world's weights are missing ({weights_dir()}); "
-                       "rebuild them with `lyco-bench make-world`")  # fmt: skip
-    for key in world_fields:
-        kind = next(e for e in shipped if e.weights_field == key)
-        fields[key] = shipped_fields[key]
-        for extra in (f for f in kind.settings.model_fields if f != key and f in shipped_fields):
-            fields.setdefault(extra, shipped_fields[extra])
-    model = str(model_dir()) if study.model == WORLD_PREFIX else study.model
     return study.model_copy(update={"model": model, "encoders": fields})
 
 
@@ -433,21 +412,3 @@ def _absolute_prompt_set(value: str) -> str:
     if Path(found).resolve().parent == PROMPTS_DIR.resolve():
         return value  # one of the package's sets: the same by name in every worker
     return os.path.abspath(found)
-
-
-def resolve_local_path(value: str, *, study_dir: Path, assets_name: str, prefix: str) -> str:
-    """``tiny:``/``demo:`` → the asset folder in the store; anything else is returned unchanged."""
-    if value.startswith(prefix):
-        return str(study_dir / "assets" / assets_name)
-    return value
-
-
-def asset_seed(value: str, prefix: str) -> int:
-    """The seed in ``tiny:3`` / ``demo:3`` (0 when omitted)."""
-    rest = value[len(prefix) :]
-    if rest == "":
-        return 0
-    try:
-        return int(rest)
-    except ValueError:
-        raise BadInput(f"{value!r}: expected {prefix} or {prefix}<seed>") from None

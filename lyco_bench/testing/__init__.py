@@ -5,6 +5,7 @@
     check_method(MyMethod)               # a model-level method, on a tiny pipeline
     check_metric(METRICS["my_metric"])   # a metric's declarations and a toy computation
     check_preset(PRESETS["my-preset"])   # a preset, on the tiny UNet and text encoder
+    check_encoder(ENCODERS["my-encoder"])  # an encoder kind, on its tiny build
 
 Each raises AssertionError naming the plug-in and the failed property; the test suite runs it over
 every registered plug-in (tests/test_conformance.py), and an outside package runs it in its own
@@ -15,8 +16,9 @@ class (``conformance_exempt = {"property": "reason"}``); the kit skips those onl
 from __future__ import annotations
 
 from lyco_bench.testing.algorithms import check_algorithm
+from lyco_bench.testing.encoders import check_encoder
 from lyco_bench.testing.methods import check_method
 from lyco_bench.testing.metrics import check_metric
 from lyco_bench.testing.presets import check_preset
 
-__all__ = ["check_algorithm", "check_method", "check_metric", "check_preset"]
+__all__ = ["check_algorithm", "check_encoder", "check_method", "check_metric", "check_preset"]

@@ -13,6 +13,9 @@ normalized hidden states, widths 320, 640 and 1280 — A1111's default "modules"
 Only the UNet has such layers (the VAE's attention is another module). One (MLP_k, MLP_v) pair per
 width is shared by every attention layer that reads that width.
 
+The code: the MLP and its options are ``mlp.py``, reading A1111's ``.pt`` files ``a1111.py``, the
+method (hooks, merge, files) this package's ``__init__``.
+
 The MLP for ``layer_structure`` [1, m1, …, 1] at width w is A1111's layer list: for each i,
 Linear(int(w·m_i) → int(w·m_{i+1})), then the activation (after the last Linear only with
 ``activate_output``), then LayerNorm (``add_layer_norm``), then Dropout(p_{i+1}) where the
@@ -65,220 +68,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from lyco_bench.adapters.base import AlgorithmOptions, register_algorithm
 from lyco_bench.errors import BadInput
 from lyco_bench.methods.base import ModelMethod, tensor_file_keys
+from lyco_bench.methods.hypernetwork.a1111 import is_a1111, read_a1111, torch_load
+from lyco_bench.methods.hypernetwork.mlp import (
+    A1111_DROPOUT,
+    ACTIVATIONS,
+    WEIGHT_INITS,
+    Dropout,
+    HypernetworkMLP,
+    HypernetworkOptions,
+)
 
-# A1111's activation table: its seven named entries ("swish" is its name for Hardswish) and the
-# torch.nn activation classes by lower-case name. Left out: those that are not elementwise or need
-# arguments (softmax, softmin, logsoftmax, glu, threshold, multiheadattention) and rrelu, whose
-# training-mode slopes come from torch's global RNG.
-ACTIVATIONS: dict[str, type[nn.Module] | None] = {
-    "linear": None,
-    "relu": nn.ReLU,
-    "leakyrelu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "swish": nn.Hardswish,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "celu": nn.CELU,
-    "gelu": nn.GELU,
-    "hardshrink": nn.Hardshrink,
-    "hardsigmoid": nn.Hardsigmoid,
-    "hardswish": nn.Hardswish,
-    "hardtanh": nn.Hardtanh,
-    "logsigmoid": nn.LogSigmoid,
-    "mish": nn.Mish,
-    "prelu": nn.PReLU,
-    "relu6": nn.ReLU6,
-    "selu": nn.SELU,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-    "softshrink": nn.Softshrink,
-    "softsign": nn.Softsign,
-    "tanhshrink": nn.Tanhshrink,
-}
-WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
+__all__ = [
+    "A1111_DROPOUT", "ACTIVATIONS", "KEY_PATTERN", "WEIGHT_INITS", "Dropout", "Hypernetwork",
+    "HypernetworkMLP", "HypernetworkOptions", "HypernetworkProcessor", "attention_layers",
+]  # fmt: skip
+
 KEY_PATTERN = re.compile(r"hypernet\.(\d+)\.([kv])\.(\d+\.(?:weight|bias))")
-A1111_DROPOUT = 0.3
-OLD_LAYER_NAMES = {"linear1": "linear.0", "linear2": "linear.1"}  # A1111's oldest files
-
-
-class HypernetworkOptions(AlgorithmOptions):
-    """Hypernetwork settings; defaults are A1111's "Create hypernetwork" defaults."""
-
-    layer_structure: list[float] = Field(default_factory=lambda: [1.0, 2.0, 1.0])
-    """Widths of the MLP's layers as multiples of the context width; first and last 1
-    ([1, 2, 1]: w → 2w → w)."""
-    activation_func: str = "linear"
-    """Activation after each Linear but the last: linear (none), relu, leakyrelu, elu, swish
-    (A1111's name for Hardswish), tanh, sigmoid, or another torch.nn activation by lower-case
-    name (gelu, silu, mish, softplus, …)."""
-    add_layer_norm: bool = False
-    """LayerNorm after every Linear (after its activation)."""
-    activate_output: bool = False
-    """Apply the activation after the last Linear too."""
-    use_dropout: bool = False
-    """Dropout in training: with no ``dropout_structure``, A1111's derived one (0.3 after every
-    hidden layer but the last; after the last hidden one as well with ``last_layer_dropout``)."""
-    last_layer_dropout: bool = False
-    """With ``use_dropout`` and no ``dropout_structure``: dropout after the last hidden layer too."""
-    dropout_structure: list[float] | None = None
-    """Dropout probability after each layer of ``layer_structure`` (same length, each in [0, 1);
-    the first is not used, A1111 writes 0 first and last); when given it is used as is
-    (``use_dropout`` is then not read)."""
-    weight_init: Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"] = (
-        "Normal"
-    )
-    """Init of the Linear weights (biases 0): Normal is N(0, 0.01²); Kaiming for relu (leaky_relu
-    for leakyrelu). LayerNorm weights are N(0, 0.01²) whatever this says, as in A1111."""
-    sizes: list[int] | None = None
-    """Context widths that get a pair of MLPs; None: every width a UNet attention layer reads
-    for its keys (SD1: 768, 320, 640, 1280 — A1111's default modules)."""
-
-    @field_validator("layer_structure")
-    @classmethod
-    def _structure(cls, value: list[float]) -> list[float]:
-        if len(value) < 2 or value[0] != 1 or value[-1] != 1:
-            raise ValueError("must start and end with 1, e.g. [1, 2, 1]")
-        if any(not v > 0 for v in value):
-            raise ValueError("multiples must be positive")
-        return value
-
-    @field_validator("activation_func")
-    @classmethod
-    def _activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {value!r} (known: {', '.join(ACTIVATIONS)})")
-        return value
-
-    @field_validator("sizes")
-    @classmethod
-    def _sizes(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return None
-        if any(v < 1 for v in value):
-            raise ValueError("widths must be positive")
-        return sorted(set(value))
-
-    @model_validator(mode="after")
-    def _dropouts(self) -> HypernetworkOptions:
-        ds = self.dropout_structure
-        if ds is not None:
-            if len(ds) != len(self.layer_structure):
-                raise ValueError("dropout_structure: needs one entry per layer_structure entry")
-            if any(not 0 <= p < 1 for p in ds):
-                raise ValueError("dropout_structure: every entry must be in [0, 1)")
-        return self
-
-    def dropout_probs(self) -> list[float]:
-        """The dropout probability after each layer (index 0 unused), as A1111 resolves it."""
-        n = len(self.layer_structure)
-        if self.dropout_structure is not None:
-            return [float(p) for p in self.dropout_structure]
-        if not self.use_dropout:
-            return [0.0] * n
-        probs = (
-            [0.0] + [A1111_DROPOUT] * (n - 3) + [A1111_DROPOUT if self.last_layer_dropout else 0.0] + [0.0]
-        )
-        return probs[:n] if n >= 3 else [0.0, probs[1]]
-
-
-class Dropout(nn.Module):
-    """Inverted dropout whose mask comes from a given CPU generator (torch's global RNG without one).
-
-    The mask is drawn on the CPU and moved to x's device, so a seed gives the same masks on any
-    device (a CUDA generator draws other numbers), as the adapters' init does (AdapterModule.init_).
-    """
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if generator is None:
-            return F.dropout(x, self.p, training=True)
-        keep = torch.rand(x.shape, generator=generator) >= self.p
-        return x * keep.to(x.device, x.dtype) * (1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class HypernetworkMLP(nn.Module):
-    """One MLP (k or v) for one width: A1111's layer list in ``self.linear``."""
-
-    def __init__(self, width: int, options: HypernetworkOptions) -> None:
-        super().__init__()
-        structure, probs = options.layer_structure, options.dropout_probs()
-        act = ACTIVATIONS[options.activation_func]
-        layers: list[nn.Module] = []
-        for i in range(len(structure) - 1):
-            out = int(width * structure[i + 1])
-            layers.append(nn.Linear(int(width * structure[i]), out))
-            if act is not None and (i < len(structure) - 2 or options.activate_output):
-                layers.append(act())
-            if options.add_layer_norm:
-                layers.append(nn.LayerNorm(out))
-            if probs[i + 1] > 0:
-                layers.append(Dropout(probs[i + 1]))
-        self.linear = nn.Sequential(*layers)
-        self.width = width
-
-    def reset_parameters(self, weight_init: str, activation: str) -> None:
-        """A1111's init: draws from torch's global RNG (the trainer seeds it inside a fork)."""
-        with torch.no_grad():
-            for layer in self.linear:
-                if not isinstance(layer, nn.Linear | nn.LayerNorm):
-                    continue
-                w, b = layer.weight, layer.bias
-                if weight_init == "Normal" or isinstance(layer, nn.LayerNorm):
-                    nn.init.normal_(w, mean=0.0, std=0.01)
-                elif weight_init == "XavierUniform":
-                    nn.init.xavier_uniform_(w)
-                elif weight_init == "XavierNormal":
-                    nn.init.xavier_normal_(w)
-                else:
-                    fn = (
-                        nn.init.kaiming_uniform_
-                        if weight_init == "KaimingUniform"
-                        else nn.init.kaiming_normal_
-                    )
-                    fn(w, nonlinearity="leaky_relu" if activation == "leakyrelu" else "relu")
-                nn.init.zeros_(b)
-
-    def forward(self, x: torch.Tensor, *, dropout: bool = False, generator: torch.Generator | None = None):
-        """MLP(x), without the residual; dropout layers act only with ``dropout``."""
-        for layer in self.linear:
-            if isinstance(layer, Dropout):
-                x = layer(x, generator) if dropout else x
-            else:
-                x = layer(x)
-        return x
-
-    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, a) in float64 on the CPU with MLP(c) = A·c + a (only Linear and Dropout layers)."""
-        a_mat = torch.eye(self.width, dtype=torch.float64)
-        a_vec = torch.zeros(self.width, dtype=torch.float64)
-        for layer in self.linear:
-            if isinstance(layer, Dropout):
-                continue
-            if not isinstance(layer, nn.Linear):
-                raise TypeError(f"{type(layer).__name__} is not affine")
-            w = layer.weight.detach().to("cpu", torch.float64)
-            a_mat, a_vec = w @ a_mat, w @ a_vec + layer.bias.detach().to("cpu", torch.float64)
-        return a_mat, a_vec
 
 
 def _in_width(layer: nn.Module) -> int | None:
@@ -559,7 +375,7 @@ class Hypernetwork(ModelMethod):
         if metadata or keys or Path(path).suffix.lower() != ".pt":
             return False
         try:
-            return _is_a1111(_torch_load(Path(path), mmap=True))
+            return is_a1111(torch_load(Path(path), mmap=True))
         except BadInput:
             return False  # not readable safely: not claimed (the caller reports it)
 
@@ -571,7 +387,7 @@ class Hypernetwork(ModelMethod):
         if not path.is_file():
             raise BadInput(f"{path}: no such file")
         if tensor_file_keys(path) is None:
-            return cls._from_a1111(path)
+            return cls._with_weights(path, *read_a1111(path))
         tensors, metadata = read_tensors(path)
         if metadata.get("lyco_bench.algo") != cls.algo:
             raise BadInput(
@@ -608,77 +424,3 @@ class Hypernetwork(ModelMethod):
         method._build(method.options.sizes, init=False)
         method._load_tensors(tensors, name=str(path))
         return method
-
-    @classmethod
-    def _from_a1111(cls, path: Path) -> Hypernetwork:
-        """An A1111 ``.pt`` hypernetwork, read with ``torch.load(weights_only=True)`` only."""
-        data = _torch_load(path, mmap=False)
-        if not _is_a1111(data):
-            raise BadInput(f"{path}: not a hypernetwork file (no width → (k, v) state dicts)")
-        widths = sorted(k for k in data if isinstance(k, int) and not isinstance(k, bool))
-        activation = data.get("activation_func") or "linear"
-        dropout = data.get("dropout_structure")
-        init = data.get("weight_initialization")
-        settings = {
-            "layer_structure": data.get("layer_structure") or [1.0, 2.0, 1.0],
-            "activation_func": activation.lower() if isinstance(activation, str) else activation,
-            "add_layer_norm": data.get("is_layer_norm", False) or False,
-            "activate_output": data.get("activate_output", True),
-            "use_dropout": data.get("use_dropout", False) or False,
-            "last_layer_dropout": data.get("last_layer_dropout", False) or False,
-            "dropout_structure": list(dropout) if isinstance(dropout, list | tuple) else None,
-            "weight_init": init if init in WEIGHT_INITS else "Normal",
-            "sizes": widths,
-        }
-        if isinstance(settings["layer_structure"], tuple):
-            settings["layer_structure"] = list(settings["layer_structure"])
-        tensors = {}
-        for width in widths:
-            for kv, state in zip(("k", "v"), data[width], strict=True):
-                for key, value in state.items():
-                    layer, _, param = key.rpartition(".")
-                    layer = OLD_LAYER_NAMES.get(layer, layer)
-                    if not re.fullmatch(r"linear\.\d+", layer):
-                        raise BadInput(
-                            f"{path}: {width} {kv}: unexpected key {key!r}: unknown layer structure"
-                        )
-                    tensors[f"hypernet.{width}.{kv}.{layer.removeprefix('linear.')}.{param}"] = value
-        return cls._with_weights(path, settings, tensors)
-
-
-def _torch_load(path: Path, *, mmap: bool) -> Any:
-    """``torch.load(weights_only=True)``: tensors, containers and plain values only."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None:
-            reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
-            raise BadInput(
-                f"{path}: unreadable .pt file ({reason[1] if reason else 'not a torch file'})"
-            ) from None
-        raise BadInput(
-            f"{path}: refused: it pickles {found[1]}, which torch.load(weights_only=True) does not allow "
-            "(only tensors, containers and plain values are read)"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, ImportError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"{path}: unreadable .pt file ({first})") from None
-
-
-def _is_a1111(data: Any) -> bool:
-    """Whether ``data`` is an A1111 hypernetwork dict: int widths → (k, v) state dicts."""
-    if not isinstance(data, dict):
-        return False
-    widths = [k for k in data if isinstance(k, int) and not isinstance(k, bool)]
-    return bool(widths) and all(
-        isinstance(data[w], list | tuple)
-        and len(data[w]) == 2
-        and all(isinstance(sd, Mapping) and all(isinstance(k, str) for k in sd) for sd in data[w])
-        for w in widths
-    )
