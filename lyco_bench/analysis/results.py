@@ -28,6 +28,10 @@ NUMERIC_SCORE_COLUMNS = ("value", "std", "n_images")
 RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_params", "file_bytes"]
 """Columns every run has; besides them a run carries its algorithm's declared settings (dim, α,
 factor, …: ``setting_columns``), NaN where another algorithm has none."""
+COST_COLUMNS = ["train_seconds", "peak_memory_bytes"]
+"""What training a checkpoint cost, from its run record (absent in tables written before them):
+wall-clock seconds of training up to it, and peak memory (CUDA max allocated on a GPU, the
+process's peak RSS on a CPU). Not settings: neither a SHAP feature nor part of a row's identity."""
 PATH_COLUMNS = ["category", "concept", "subclass"]
 PROFILE_COLUMN = "profile"
 """The evaluation profile that produced a row's value (docs/protocol.md §5.7): ``lyco``, ``paper``,
@@ -134,7 +138,7 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
 
 def setting_columns(table: pd.DataFrame) -> list[str]:
     """The algorithm settings a results table carries (every run column but the common ones)."""
-    common = {*SCORE_COLUMNS, *RUN_COLUMNS, "label", PROFILE_COLUMN}
+    common = {*SCORE_COLUMNS, *RUN_COLUMNS, *COST_COLUMNS, "label", PROFILE_COLUMN}
     return [c for c in table.columns if c not in common]
 
 

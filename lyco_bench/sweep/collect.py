@@ -14,12 +14,16 @@ from lyco_bench.sweep.stages import checkpoint_name
 
 
 def _adapter_columns(adapter: dict[str, Any]) -> dict[str, Any]:
-    """algo (the algorithm's label for its settings), preset, and every setting the algorithm
-    declares (its Options: dim, alpha, factor, …) as the trainer resolved them."""
-    from lyco_bench.adapters import AdapterSpec
+    """algo (the algorithm's label for its settings), every setting the algorithm declares (its
+    Options: dim, alpha, factor, …) as the trainer resolved them, and the preset for a layer
+    algorithm only: a model-level method (Textual Inversion, hypernetworks) selects no layers, so
+    its row leaves preset empty rather than showing a default it never read."""
+    from lyco_bench.adapters import ALGORITHMS, AdapterSpec
+    from lyco_bench.methods import is_model_method
 
     spec = AdapterSpec(**adapter)
-    return {"algo": spec.label(), "preset": spec.preset, **spec.options}
+    preset = None if is_model_method(ALGORITHMS[spec.algo]) else spec.preset
+    return {"algo": spec.label(), "preset": preset, **spec.options}
 
 
 def _run_columns(config: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +52,9 @@ def read_run_record(path: Path) -> dict[str, Any]:
 
 
 def runs_table(plan: Plan) -> Any:
-    """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size.
+    """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size, and
+    what training it cost (``results.COST_COLUMNS``: wall seconds up to the checkpoint, peak
+    memory; NaN in records written before them).
 
     Read from each checkpoint's run record, not re-derived from the study file: a setting left to
     a per-algorithm default is recorded as the value the trainer used.
@@ -77,6 +83,8 @@ def runs_table(plan: Plan) -> Any:
                 "file_bytes": int(
                     record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
                 ),
+                "train_seconds": float(record.get("wall_time_total_s", "nan")),
+                "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan")),
             }
         )
     return pd.DataFrame(rows)
