@@ -75,15 +75,16 @@ def test_first_view_costs_in_human_units(tmp_path):
     columns = view_columns(board.table, report_choices())
     header, rows = view_rows(board, columns)
     names = [h["text"] for h in header]
-    assert names == ["config", "algo", "epoch", "fidelity", "controllability", "params", "size", "train time",
+    assert names == ["config", "epoch", "fidelity", "controllability", "params", "size", "train time",
                      "peak memory", "Pareto", "mean rank"]  # fmt: skip
-    assert header[3]["sub"] == "Image Similarity (alter)" and "dinov2" in header[3]["title"]
-    assert "higher is better" in header[3]["title"]
-    by_config = {r[0]: r for r in rows}
+    assert header[2]["sub"] == "Image Similarity (alter)" and "dinov2" in header[2]["title"]
+    assert "higher is better" in header[2]["title"]
+    by_config = {r[0]["text"]: r for r in rows}
     a = by_config["A"]  # 1000 params, 4000 bytes, 90 s
-    assert [c["text"] for c in a[5:9]] == ["1.00 k", "4.0 kB", "1.5 min", "2.5 GB"]
-    assert a[5]["sort"] == 1000.0 and a[6]["sort"] == 4000.0  # the page sorts on raw values
-    assert by_config["base"][5]["text"] == "–"  # the base model has no adapter
+    assert a[0]["sub"] == "lora"  # the algorithm under the configuration's name
+    assert [c["text"] for c in a[4:8]] == ["1.00 k", "4.0 kB", "1.5 min", "2.5 GB"]
+    assert a[4]["sort"] == 1000.0 and a[5]["sort"] == 4000.0  # the page sorts on raw values
+    assert by_config["base"][4]["text"] == "–"  # the base model has no adapter
     # without recorded costs (an older results table) the columns are left out, not shown empty
     plain = compute_leaderboard(hand_results(tmp_path / "plain"), bootstrap=FAST)
     names = [h["text"] for h in view_rows(plain, columns)[0]]

@@ -79,7 +79,7 @@ def make_grid(
     left = LABEL_WIDTH if labels is not None else 0
     grid = Image.new("RGB", (left + n_cols * THUMB, len(rows) * THUMB), GREY)
     if labels is not None:
-        draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+        draw, font = ImageDraw.Draw(grid), ImageFont.load_default(size=13)
         draw.rectangle((0, 0, left - 1, len(rows) * THUMB - 1), fill="white")
         for i, text in enumerate(labels):
             draw.multiline_text((4, i * THUMB + 4), _wrap(text), fill="black", font=font, spacing=2)
@@ -140,15 +140,11 @@ def write_grids(
     return grids
 
 
-def _wrap(text: str, width: int = 20) -> str:
-    """A row name in lines of at most ``width`` characters, broken at ``, `` where it can be."""
-    lines: list[str] = []
-    for part in text.split(", "):
-        if lines and len(lines[-1]) + 2 + len(part) <= width:
-            lines[-1] += ", " + part
-        else:
-            lines += [part[i : i + width] for i in range(0, max(len(part), 1), width)]
-    return "\n".join(lines)
+def _wrap(text: str, width: int = 17) -> str:
+    """A row name in lines that fit the label strip (at word breaks where it can)."""
+    import textwrap
+
+    return textwrap.fill(text, width=width) or text
 
 
 def _value_text(value: object) -> str:

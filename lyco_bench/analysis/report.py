@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
-from lyco_bench.analysis.grids import (  # noqa: F401 - THUMB, MATCH_KEYS, make_grid: re-exported
+from lyco_bench.analysis.grids import (  # noqa: F401 - THUMB, MATCH_KEYS, make_grid, grid_rows_of: re-exported
     MATCH_KEYS,
     THUMB,
     GridSet,
     _why,
+    grid_rows_of,
     make_grid,
     read_manifests,
     variant_grids,

@@ -118,7 +118,9 @@ def view_rows(
     costs = _cost_columns(configs)
     cells = board.table.set_index(["config", "epoch", "label"])
     marks = pareto_view_marks(board)
-    header = [{"text": "config"}, {"text": "algo"}, *({"text": s} for s in settings), {"text": "epoch"}]
+    # the first view writes the algorithm under the configuration's name: one column less to fit
+    ids = [{"text": "config", "sub": "algo"}] if not full else [{"text": "config"}, {"text": "algo"}]
+    header = [*ids, *({"text": s} for s in settings), {"text": "epoch"}]
     header += [label_header(board, lb, column="" if full else col) for col, lb in columns]
     header += [{"text": name, "title": tip} for _, name, _, tip in costs]
     header += [
@@ -127,7 +129,8 @@ def view_rows(
     ]
     rows = []
     for i, r in configs.iterrows():
-        row: list = [str(r["config"]), str(r["algo"])]
+        name = str(r["config"])
+        row: list = [name, str(r["algo"])] if full else [{"text": name, "sub": str(r["algo"]), "sort": name}]
         row += [_setting_cell(r.get(s)) for s in settings]
         row.append({"text": _epoch(r["epoch"]), "sort": _num(r["epoch"])})
         row += [_metric_cell(cells, (r["config"], r["epoch"], lb)) for _, lb in columns]

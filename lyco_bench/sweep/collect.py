@@ -163,19 +163,14 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         choices=choices,
         **extra,
     )
-    # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
-    seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
-    manifests = {"base": plan.store.base_images_dir / "manifest.parquet"}
-    for config in plan.study.configs:
-        for name, _ in config.evaluations():
-            manifests[name] = plan.store.images_dir(name, seed, epoch) / "manifest.parquet"
     # write_report writes the leaderboard files (leaderboard.csv/.md/.html, comparison.csv) too
     return write_report(
         study_name=plan.study.name,
         results=results,
         out_dir=out_dir,
         figures=analysis.figures,
-        image_manifests=manifests,
+        image_manifests={"base": plan.store.base_images_dir / "manifest.parquet"},
+        grid_sets=[checkpoint_grids(plan)],
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
@@ -183,6 +178,26 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         sample_size=analysis.sample_size_table,
         choices=choices,
     )
+
+
+def checkpoint_grids(plan: Plan) -> Any:
+    """The report's side-by-side grids: per configuration and prompt class, one row per checkpoint
+    epoch × seed (only the first seed's last epoch where the study keeps just the grids' images),
+    the base model's images of the same prompts and seeds underneath."""
+    import pandas as pd
+
+    from lyco_bench.analysis.grids import GridSet
+
+    study = plan.study.study
+    kept = [(e, s) for e in study.checkpoint_epochs for s in study.seeds]
+    if study.images != "keep":
+        kept = [(max(study.checkpoint_epochs), study.seeds[0])]
+    rows = [
+        {"config": name, "epoch": epoch, "seed": seed,
+         "manifest": plan.store.images_dir(name, seed, epoch) / "manifest.parquet"}
+        for config in plan.study.configs for name, _ in config.evaluations() for epoch, seed in kept
+    ]  # fmt: skip
+    return GridSet(pd.DataFrame(rows), columns=("epoch", "seed"), group_by=("config",))
 
 
 def _images_per_prompt(prompt_set: str) -> dict[str, int]:
