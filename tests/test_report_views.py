@@ -94,6 +94,8 @@ def test_first_view_costs_in_human_units(tmp_path):
     assert (
         len(full_header) == 3 + 3 + len(set(results["label"])) + 4 + 2
     )  # ids, settings, labels, costs, marks
+    image = next(h for h in full_header if h["text"] == "Image Similarity (alter)")
+    assert image["sub"] == "dinov2-resize"  # variants of one metric told apart
 
 
 def test_pareto_marks_with_file_size(tmp_path):

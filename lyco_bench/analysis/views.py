@@ -72,8 +72,10 @@ def view_columns(table: pd.DataFrame, choices: ReportChoices) -> list[tuple[str,
 
 
 def label_header(board: Leaderboard, label: str, *, column: str = "") -> dict:
-    """A metric column's header: the short name (metric and prompt class), the criterion column
-    above it, the full label, encoder, mode and direction as the tooltip."""
+    """A metric column's header: the criterion ``column`` over the short name (metric and prompt
+    class) in the first view, the short name over encoder-mode in the full table (where two
+    variants of a metric sit side by side); the full label, encoder, mode and direction as the
+    tooltip."""
     meta = board.table.drop_duplicates("label").set_index("label").loc[label]
     higher = metric_direction(str(meta["metric"]))
     short = metric_label(str(meta["metric"]), prompt_class=str(meta["prompt_class"]))
@@ -83,7 +85,8 @@ def label_header(board: Leaderboard, label: str, *, column: str = "") -> dict:
     ]
     detail = ", ".join(p for p in parts if p)
     title = f"{label}{' — ' + detail if detail else ''}; {'higher' if higher else 'lower'} is better"
-    return {"text": column or short, "sub": short if column else "", "title": title}
+    variant = "-".join(str(v) for v in (meta["encoder"], meta["mode"]) if v)
+    return {"text": column or short, "sub": short if column else variant, "title": title}
 
 
 def _metric_cell(cells: pd.DataFrame, key: tuple) -> dict | str:
