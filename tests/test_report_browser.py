@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -61,8 +60,7 @@ def _driver():
 
 
 def study_results(tmp_path: Path) -> pd.DataFrame:
-    """The hand-made results with a study's usual metric labels, long configuration names and the
-    recorded costs."""
+    """The hand-made results with a study's usual metric labels and long configuration names."""
     results = hand_results(tmp_path)
     img = results[results["metric"] == IMG]
     extra = []
@@ -79,9 +77,14 @@ def study_results(tmp_path: Path) -> pd.DataFrame:
         extra.append(rows)
     results = pd.concat([results, *extra], ignore_index=True)
     results["config"] = results["config"].map(lambda c: LONG_NAMES.get(c, c))
-    results["train_seconds"] = results["trainable_params"] * 0.9
-    results["peak_memory_bytes"] = np.where(results["algo"] == "base", np.nan, 3.1e9)
     return results
+
+
+def study_costs(results: pd.DataFrame) -> pd.DataFrame:
+    """What training each checkpoint cost, as sweep.collect.run_costs reads it from run records."""
+    runs = results[results["algo"] != "base"].drop_duplicates("checkpoint")
+    return pd.DataFrame({"config": runs["config"], "seed": runs["seed"], "epoch": runs["epoch"],
+                         "train_seconds": runs["trainable_params"] * 0.9, "peak_memory_bytes": 3.1e9})  # fmt: skip
 
 
 def image_folder(root: Path, color: tuple[int, int, int]) -> Path:
@@ -107,9 +110,11 @@ def report(tmp_path_factory) -> Path:
                  "lora8a4-s23-e010": image_folder(tmp / "ck", (180, 20, 20))}  # fmt: skip
     figure = tmp / "tradeoff_anime_epoch.png"
     Image.new("RGB", (300, 200), (10, 120, 200)).save(figure)
+    results = study_results(tmp / "scores")
     return write_report(
-        study_name="browser", results=study_results(tmp / "scores"), out_dir=tmp / "report", figures=[figure],
+        study_name="browser", results=results, out_dir=tmp / "report", figures=[figure],
         image_manifests=manifests, bootstrap=BootstrapSettings(n_resamples=200, seed=0),
+        costs=study_costs(results),
     )  # fmt: skip
 
 

@@ -14,12 +14,14 @@ from lyco_bench.analysis.results import setting_columns
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.analysis.units import human_bytes, human_count, human_seconds
 from lyco_bench.analysis.views import (
+    cost_table,
     full_columns,
     pareto_points,
     pareto_view_marks,
     view_columns,
     view_rows,
 )
+from lyco_bench.errors import BadInput
 from tests.helpers import IMG, TXT, hand_results, synthetic_results
 
 matplotlib.use("Agg")
@@ -69,11 +71,18 @@ def test_view_columns_one_metric_per_criterion():
 
 def test_first_view_costs_in_human_units(tmp_path):
     results = hand_results(tmp_path)
-    results["train_seconds"] = results["trainable_params"] * 0.09  # A: 90 s … D: 360 s
-    results["peak_memory_bytes"] = 2.5e9
     board = compute_leaderboard(results, bootstrap=FAST)
+    # measured per checkpoint (two seeds each); A: 80 and 100 s → 90 s on average
+    runs = results.drop_duplicates("checkpoint")
+    runs = runs[runs["algo"] != "base"]
+    offset = np.where(runs["seed"] == 23, -10.0, 10.0)
+    costs = pd.DataFrame({"config": runs["config"], "seed": runs["seed"], "epoch": runs["epoch"],
+                          "train_seconds": runs["trainable_params"] * 0.09 + offset, "peak_memory_bytes": 2.5e9})  # fmt: skip
+    table = cost_table(costs)
+    assert table.set_index("config").loc["A", "train_seconds"] == pytest.approx(90.0)
+    assert table["n_checkpoints"].tolist() == [2, 2, 2, 2]
     columns = view_columns(board.table, report_choices())
-    header, rows = view_rows(board, columns)
+    header, rows = view_rows(board, columns, costs=table)
     names = [h["text"] for h in header]
     assert names == ["config", "epoch", "fidelity", "controllability", "params", "size", "train time",
                      "peak memory", "Pareto", "mean rank"]  # fmt: skip
@@ -85,12 +94,15 @@ def test_first_view_costs_in_human_units(tmp_path):
     assert [c["text"] for c in a[4:8]] == ["1.00 k", "4.0 kB", "1.5 min", "2.5 GB"]
     assert a[4]["sort"] == 1000.0 and a[5]["sort"] == 4000.0  # the page sorts on raw values
     assert by_config["base"][4]["text"] == "–"  # the base model has no adapter
-    # without recorded costs (an older results table) the columns are left out, not shown empty
-    plain = compute_leaderboard(hand_results(tmp_path / "plain"), bootstrap=FAST)
-    names = [h["text"] for h in view_rows(plain, columns)[0]]
+    # without measured costs the columns are left out, not shown empty
+    names = [h["text"] for h in view_rows(board, columns)[0]]
     assert "train time" not in names and "peak memory" not in names and "params" in names
+    with pytest.raises(BadInput, match="costs: no column epoch"):
+        cost_table(costs.drop(columns="epoch"))
     # the full table: every label, the settings the algorithms declare
-    full_header, _ = view_rows(board, full_columns(board), settings=["preset", "lr", "dim"], full=True)
+    full_header, _ = view_rows(
+        board, full_columns(board), settings=["preset", "lr", "dim"], full=True, costs=table
+    )
     assert (
         len(full_header) == 3 + 3 + len(set(results["label"])) + 4 + 2
     )  # ids, settings, labels, costs, marks

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lyco_bench.analysis.choices import ReportChoices, headline_labels, pick_label, report_choices
-from lyco_bench.analysis.results import COST_COLUMNS, metric_direction, setting_columns
+from lyco_bench.analysis.results import metric_direction, setting_columns
 from lyco_bench.analysis.uncertainty import (
     BootstrapSettings,
     holm,
@@ -40,8 +40,7 @@ LONG_COLUMNS = [
     "rank", "rank_low", "rank_high",
 ]  # fmt: skip
 """The first columns of leaderboard.csv; after them: epoch, label, separated, the run's settings
-(algo, preset, lr, the algorithm's settings), trainable_params, file_bytes, the costs
-(results.COST_COLUMNS: empty where the results lack them), mean_rank, pareto."""
+(algo, preset, lr, the algorithm's settings), trainable_params, file_bytes, mean_rank, pareto."""
 COMPARISON_COLUMNS = [
     "config", "epoch", "reference", "reference_epoch", "metric", "prompt_class", "encoder", "mode",
     "delta", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "n_seeds", "label",
@@ -94,7 +93,6 @@ def _groups(results: pd.DataFrame) -> pd.DataFrame:
     order — with its run attributes, ``group_key`` and ``base`` (the base model's group)."""
     ids = id_columns(results)
     per_ckpt = results.drop_duplicates("checkpoint")
-    per_ckpt = per_ckpt.assign(**{c: np.nan for c in COST_COLUMNS if c not in per_ckpt})
     key = _group_key(per_ckpt["config"], per_ckpt["epoch"])
     agg = {c: (c, "first") for c in ids if c not in ("config", "epoch")}
     groups = (
@@ -106,7 +104,6 @@ def _groups(results: pd.DataFrame) -> pd.DataFrame:
             **agg,
             trainable_params=("trainable_params", "mean"),
             file_bytes=("file_bytes", "mean"),
-            **{c: (c, "mean") for c in COST_COLUMNS},  # over the seeds, as parameters and size
         )  # fmt: skip
         .reset_index()
     )
@@ -355,14 +352,13 @@ def _order(groups: pd.DataFrame) -> pd.Series:
 def _long_table(cells: pd.DataFrame, groups: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     """leaderboard.csv's rows: the cells with their group's attributes, in leaderboard order."""
     extras = [c for c in ids if c not in ("config", "epoch")]
-    costs = ["trainable_params", "file_bytes", *COST_COLUMNS]
-    g_cols = ["config", "epoch", *extras, *costs, "mean_rank", "pareto", "order"]
+    g_cols = ["config", "epoch", *extras, "trainable_params", "file_bytes", "mean_rank", "pareto", "order"]
     long = cells.join(groups[g_cols], on="group")
     long = long.sort_values(["order", "label"], kind="mergesort").reset_index(drop=True)
     for c in ("rank", "rank_low", "rank_high"):
         long[c] = long[c].astype("Int64" if long[c].isna().any() else int)
-    return long[[*LONG_COLUMNS, "epoch", "label", "separated", "left_out", *extras, *costs, "mean_rank",
-                 "pareto"]]  # fmt: skip
+    return long[[*LONG_COLUMNS, "epoch", "label", "separated", "left_out", *extras, "trainable_params",
+                 "file_bytes", "mean_rank", "pareto"]]  # fmt: skip
 
 
 def _comparison_table(

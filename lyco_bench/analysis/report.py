@@ -47,6 +47,7 @@ from lyco_bench.analysis.results import check_not_empty
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.analysis.views import (
     PARETO_COST,
+    cost_table,
     full_columns,
     pareto_points,
     settings_shown,
@@ -90,6 +91,7 @@ def write_report(
     sample_size: str | Path | pd.DataFrame | None = None,
     choices: ReportChoices | None = None,
     grid_sets: Sequence[GridSet] = (),
+    costs: pd.DataFrame | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
@@ -97,7 +99,9 @@ def write_report(
     analysis' sample_size.csv (or its table), shown when given; `choices`: headline labels and
     Pareto axes (default: the metric registry's declarations); `image_manifests`: one grid per
     key and prompt class, the ``base_key`` one underneath; `grid_sets`: side-by-side grids
-    (grids.variant_grids), the ``base_key`` manifest as their last row."""
+    (grids.variant_grids), the ``base_key`` manifest as their last row; `costs`: what training
+    each checkpoint cost (config, epoch, results.COST_COLUMNS; sweep.collect.run_costs), shown in
+    the first view and written to costs.csv (measured: it differs between runs, the rest does not)."""
     check_not_empty(results)
     out_dir = Path(out_dir)
     choices = choices or report_choices()
@@ -114,8 +118,12 @@ def write_report(
     precision = _precision_rows(sample_size)
     image_manifests = read_manifests(image_manifests or {})  # checked before anything is written
     grid_sets = [g.loaded() for g in grid_sets]
+    costs = cost_table(costs) if costs is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     write_leaderboard(results, out_dir, board=board)
+    if costs is not None:
+        with atomic_path(out_dir / "costs.csv") as tmp:
+            costs.to_csv(tmp, index=False, float_format="%.10g")
     labels = [lb for lb in main if lb in set(board.table["label"])]
     c_header, c_rows = comparison_rows(board, labels)
     figure_entries = _copy_figures(figures, out_dir)
@@ -128,10 +136,10 @@ def write_report(
     ]  # fmt: skip
     html = render_template(
         "index.html.j2", study_name=study_name, summary=_summary(board, results, figure_entries, grids),
-        **_leaderboard_views(board, choices, out_dir), reference=board.reference,
+        **_leaderboard_views(board, choices, out_dir, costs), reference=board.reference,
         comparison_header=c_header, comparison_rows=c_rows, comparison_note=comparison_note(board),
         precision=precision, partial=partial_section(board), figures=figure_entries, grids=grids,
-        has_base=base is not None,
+        has_base=base is not None, has_costs=costs is not None,
     )  # fmt: skip
     index = out_dir / "index.html"
     atomic_write_text(index, html)
@@ -147,11 +155,15 @@ def _summary(board: Leaderboard, results: pd.DataFrame, figures: Sequence, grids
     )
 
 
-def _leaderboard_views(board: Leaderboard, choices: ReportChoices, out_dir: Path) -> dict:
+def _leaderboard_views(
+    board: Leaderboard, choices: ReportChoices, out_dir: Path, costs: pd.DataFrame | None
+) -> dict:
     """The template's first view, full table and Pareto view (its figure written here)."""
-    header, rows = view_rows(board, view_columns(board.table, choices))
+    header, rows = view_rows(board, view_columns(board.table, choices), costs=costs)
     everything = full_columns(board)
-    full_header, full_rows = view_rows(board, everything, settings=settings_shown(board), full=True)
+    full_header, full_rows = view_rows(
+        board, everything, settings=settings_shown(board), full=True, costs=costs
+    )
     pareto = pareto_note(board).replace("★ Pareto", "★ = Pareto")
     figure, note = None, ""
     points = pareto_points(board)

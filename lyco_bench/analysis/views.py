@@ -113,11 +113,18 @@ def view_rows(
     *,
     settings: Sequence[str] = (),
     full: bool = False,
+    costs: pd.DataFrame | None = None,
 ) -> tuple[list[dict], list[list]]:
     """Header and rows, one per (config, epoch) in leaderboard order: config, algo, ``settings``,
     epoch, the metric ``columns`` ((criterion column, label); the column is left out of the header
-    in the ``full`` table), the costs present, the Pareto mark and the mean rank."""
+    in the ``full`` table), the costs present (parameters and size from the leaderboard, the
+    measured ``costs``: :func:`cost_table`), the Pareto mark and the mean rank."""
     configs = board.configs()
+    if costs is not None and len(costs):
+        keys = list(zip(configs["config"].astype(str), configs["epoch"].astype(float), strict=True))
+        measured = costs.set_index(["config", "epoch"])
+        for column in COST_COLUMNS:
+            configs[column] = [measured[column].get(k, np.nan) for k in keys]
     costs = _cost_columns(configs)
     cells = board.table.set_index(["config", "epoch", "label"])
     marks = pareto_view_marks(board)
@@ -159,6 +166,26 @@ def _setting_cell(value: object) -> dict | str:
         return ""  # a setting the row's algorithm does not have
     number = _num(value)
     return {"text": fmt3(number), "sort": number} if number is not None else str(value)
+
+
+def cost_table(costs: pd.DataFrame, name: str = "costs") -> pd.DataFrame:
+    """The measured costs per (config, epoch): ``COST_COLUMNS`` averaged over seeds, with the
+    number of checkpoints averaged; BadInput naming ``name`` without config, epoch or a cost."""
+    from lyco_bench.errors import BadInput
+
+    missing = [c for c in ("config", "epoch") if c not in costs]
+    present = [c for c in COST_COLUMNS if c in costs]
+    if missing or not present:
+        need = missing or [" or ".join(COST_COLUMNS)]
+        raise BadInput(f"{name}: no column {', '.join(need)} (columns: {list(costs.columns)})")
+    table = costs.assign(
+        config=costs["config"].astype(str), epoch=pd.to_numeric(costs["epoch"]).astype(float)
+    )
+    table = table.assign(**{c: np.nan for c in COST_COLUMNS if c not in table})
+    grouped = table.groupby(["config", "epoch"], sort=True)
+    out = grouped[COST_COLUMNS].mean()
+    out["n_checkpoints"] = grouped.size()
+    return out.reset_index()
 
 
 def pareto_points(board: Leaderboard) -> pd.DataFrame:

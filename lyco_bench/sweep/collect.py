@@ -52,9 +52,7 @@ def read_run_record(path: Path) -> dict[str, Any]:
 
 
 def runs_table(plan: Plan) -> Any:
-    """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size, and
-    what training it cost (``results.COST_COLUMNS``: wall seconds up to the checkpoint, peak
-    memory; NaN in records written before them).
+    """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size.
 
     Read from each checkpoint's run record, not re-derived from the study file: a setting left to
     a per-algorithm default is recorded as the value the trainer used.
@@ -83,10 +81,30 @@ def runs_table(plan: Plan) -> Any:
                 "file_bytes": int(
                     record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
                 ),
-                "train_seconds": float(record.get("wall_time_total_s", "nan")),
-                "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan")),
             }
         )
+    return pd.DataFrame(rows)
+
+
+def run_costs(plan: Plan) -> Any:
+    """What training each scored checkpoint cost, from its run record: ``checkpoint, config, seed,
+    epoch`` and ``results.COST_COLUMNS`` (wall seconds up to the checkpoint, peak memory; NaN in
+    records written before them). Measured, so it differs between runs: it stays out of the
+    results table (whose values a rerun reproduces) and goes to the report's costs.csv."""
+    import pandas as pd
+
+    from lyco_bench.training import record_path
+
+    rows = []
+    for job in plan.of_kind("score"):
+        p = job.params
+        record = read_run_record(record_path(plan.store.run_dir(p["config"], p["seed"]), p["epoch"]))
+        rows.append(
+            {"checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]), "config": p["evaluated"],
+             "seed": int(record["seed"]), "epoch": int(record["epoch"]),
+             "train_seconds": float(record.get("wall_time_total_s", "nan")),
+             "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan"))}
+        )  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -171,6 +189,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         figures=analysis.figures,
         image_manifests={"base": plan.store.base_images_dir / "manifest.parquet"},
         grid_sets=[checkpoint_grids(plan)],
+        costs=run_costs(plan),
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
