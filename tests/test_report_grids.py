@@ -101,3 +101,21 @@ def test_grid_set_bad_manifest_fails_before_writing(tmp_path, multiplier_sets):
         write_report(study_name="x", results=hand_results(tmp_path / "scores"), out_dir=tmp_path / "r",
                      grid_sets=[GridSet(sets, ("multiplier",))])  # fmt: skip
     assert not (tmp_path / "r").exists()
+
+
+def test_base_row_says_when_the_class_has_no_base_images(tmp_path, multiplier_sets, monkeypatch):
+    import lyco_bench.analysis.grids as grids
+
+    sets, base = multiplier_sets
+    for png in (base.parent / "trigger").glob("*.png"):  # a study generates base images per class
+        png.unlink()
+    drawn = {}
+    real = grids.make_grid
+    monkeypatch.setattr(
+        grids,
+        "make_grid",
+        lambda rows, path, labels: drawn.setdefault(path.name, labels) and real(rows, path, labels=labels),
+    )
+    variant_grids(sets[sets["config"] == "b"], ["multiplier"], tmp_path / "out", base=base, images_per_row=2)
+    assert drawn["b__multiplier__alter.png"] == ["multiplier=1", BASE_ROW]
+    assert drawn["b__multiplier__trigger.png"] == ["multiplier=1", f"{BASE_ROW}: not generated for <trigger>"]

@@ -195,7 +195,10 @@ def variant_grids(
             labels = list(names)
             if base_index is not None:
                 rows.append([_present(base_index.get(k)) for k in keys])
-                labels.append(BASE_ROW)
+                # a study generates base images for its `base_classes` only: say so, not just grey
+                labels.append(
+                    BASE_ROW if any(rows[-1]) else f"{BASE_ROW}: not generated for <{prompt_class}>"
+                )
             stem = "__".join(
                 [*(slug(_value_text(g)) for g in group), slug("-".join(columns)), slug(prompt_class)]
             )

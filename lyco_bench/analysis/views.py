@@ -125,14 +125,14 @@ def view_rows(
         measured = costs.set_index(["config", "epoch"])
         for column in COST_COLUMNS:
             configs[column] = [measured[column].get(k, np.nan) for k in keys]
-    costs = _cost_columns(configs)
+    shown = _cost_columns(configs)
     cells = board.table.set_index(["config", "epoch", "label"])
     marks = pareto_view_marks(board)
     # the first view writes the algorithm under the configuration's name: one column less to fit
     ids = [{"text": "config", "sub": "algo"}] if not full else [{"text": "config"}, {"text": "algo"}]
     header = [*ids, *({"text": s} for s in settings), {"text": "epoch"}]
     header += [label_header(board, lb, column="" if full else col) for col, lb in columns]
-    header += [{"text": name, "title": tip} for _, name, _, tip in costs]
+    header += [{"text": name, "title": tip} for _, name, _, tip in shown]
     header += [
         {"text": "Pareto", "title": pareto_title(board)},
         {"text": "mean rank", "title": "mean rank over the headline metric labels (leaderboard.csv)"},
@@ -144,7 +144,7 @@ def view_rows(
         row += [_setting_cell(r.get(s)) for s in settings]
         row.append({"text": _epoch(r["epoch"]), "sort": _num(r["epoch"])})
         row += [_metric_cell(cells, (r["config"], r["epoch"], lb)) for _, lb in columns]
-        row += [{"text": unit(r[c]), "sort": _num(r[c])} for c, _, unit, _ in costs]
+        row += [{"text": unit(r[c]), "sort": _num(r[c])} for c, _, unit, _ in shown]
         row.append({"text": marks[i], "sort": {"★": 2, "☆": 1}.get(marks[i], 0)})
         row.append({"text": fmt3(r["mean_rank"]), "sort": _num(r["mean_rank"])})
         rows.append(row)
@@ -179,7 +179,7 @@ def cost_table(costs: pd.DataFrame, name: str = "costs") -> pd.DataFrame:
         need = missing or [" or ".join(COST_COLUMNS)]
         raise BadInput(f"{name}: no column {', '.join(need)} (columns: {list(costs.columns)})")
     table = costs.assign(
-        config=costs["config"].astype(str), epoch=pd.to_numeric(costs["epoch"]).astype(float)
+        config=costs["config"].astype(str), epoch=pd.to_numeric(costs["epoch"], errors="coerce")
     )
     table = table.assign(**{c: np.nan for c in COST_COLUMNS if c not in table})
     grouped = table.groupby(["config", "epoch"], sort=True)
