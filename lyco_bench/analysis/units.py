@@ -1,5 +1,6 @@
 """Numbers in the units a reader expects: counts ``11.6 k``, sizes ``71 kB`` / ``3.2 MB`` (SI,
-1 kB = 1000 bytes, as file browsers show them), durations ``42 s`` / ``3.5 min`` / ``1.2 h``.
+1 kB = 1000 bytes, as file browsers show them), durations ``42 s`` / ``3.5 min`` / ``1.2 h``,
+relative overheads ``+5.7 %``.
 
 Every function returns ``–`` for a missing value (None, NaN), as the leaderboard's cells do.
 """
@@ -65,6 +66,17 @@ def human_bytes(value: object) -> str:
         mantissa, k = mantissa / 1000.0, k + 1  # 999.7 kB → 1.0 MB
     text = f"{mantissa:.1f}" if abs(mantissa) < 9.95 else f"{mantissa:.0f}"
     return f"{text} {BYTE_UNITS[k]}"
+
+
+def human_percent(value: object) -> str:
+    """A fraction as a signed percentage at 2 significant digits: 0.0565 → ``+5.7 %``, 0.5 →
+    ``+50 %``, 0 → ``0 %``."""
+    if _missing(value):
+        return MISSING
+    percent = 100.0 * float(value)  # type: ignore[arg-type]
+    if percent == 0:
+        return "0 %"
+    return ("+" if percent > 0 else "") + _significant(percent, 2) + " %"
 
 
 def human_seconds(value: object) -> str:

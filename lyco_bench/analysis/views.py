@@ -21,7 +21,7 @@ from lyco_bench.analysis.board import Leaderboard, pareto_mask
 from lyco_bench.analysis.choices import Axis, ReportChoices, pick_label
 from lyco_bench.analysis.leaderboard import fmt3, rank_text
 from lyco_bench.analysis.results import COST_COLUMNS, metric_direction, metric_label
-from lyco_bench.analysis.units import human_bytes, human_count, human_seconds
+from lyco_bench.analysis.units import human_bytes, human_count, human_percent, human_seconds
 
 COSTS = [
     ("trainable_params", "params", human_count, "trainable parameters of the adapter"),
@@ -30,6 +30,10 @@ COSTS = [
      "wall-clock training time up to this checkpoint (run record; GPU-seconds on one GPU)"),
     ("peak_memory_bytes", "peak memory", human_bytes,
      "peak training memory (run record: CUDA max allocated on a GPU, process peak RSS on a CPU)"),
+    ("unmerged_overhead", "unmerged", human_percent,
+     "extra FLOPs of one UNet forward with the adapter applied unmerged (base(x) + λ·bypass(x) per "
+     "adapted layer), relative to the base model's; matrix products and convolutions at the "
+     "study's image size, counted without weights (0 for native: it replaces the weights)"),
 ]  # fmt: skip
 """(column, header, unit, tooltip) of each cost the first view shows where the results hold it."""
 PARETO_COST = "file_bytes"

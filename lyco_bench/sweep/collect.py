@@ -87,14 +87,17 @@ def runs_table(plan: Plan) -> Any:
 
 
 def run_costs(plan: Plan) -> Any:
-    """What training each scored checkpoint cost, from its run record: ``checkpoint, config, seed,
-    epoch`` and ``results.COST_COLUMNS`` (wall seconds up to the checkpoint, peak memory; NaN in
-    records written before them). Measured, so it differs between runs: it stays out of the
-    results table (whose values a rerun reproduces) and goes to the report's costs.csv."""
+    """What each scored checkpoint cost: ``checkpoint, config, seed, epoch`` and
+    ``results.COST_COLUMNS`` — from its run record the wall seconds of training up to it and the
+    peak memory (NaN in records written before them), and its configuration's unmerged inference
+    overhead (sweep.overhead). The times are measured, so they differ between runs: they stay out
+    of the results table (whose values a rerun reproduces) and go to the report's costs.csv."""
     import pandas as pd
 
+    from lyco_bench.sweep.overhead import config_overheads
     from lyco_bench.training import record_path
 
+    overheads = config_overheads(plan)
     rows = []
     for job in plan.of_kind("score"):
         p = job.params
@@ -103,7 +106,8 @@ def run_costs(plan: Plan) -> Any:
             {"checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]), "config": p["evaluated"],
              "seed": int(record["seed"]), "epoch": int(record["epoch"]),
              "train_seconds": float(record.get("wall_time_total_s", "nan")),
-             "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan"))}
+             "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan")),
+             "unmerged_overhead": overheads.get(p["evaluated"], float("nan"))}
         )  # fmt: skip
     return pd.DataFrame(rows)
 
