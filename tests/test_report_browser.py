@@ -84,7 +84,8 @@ def study_costs(results: pd.DataFrame) -> pd.DataFrame:
     """What training each checkpoint cost, as sweep.collect.run_costs reads it from run records."""
     runs = results[results["algo"] != "base"].drop_duplicates("checkpoint")
     return pd.DataFrame({"config": runs["config"], "seed": runs["seed"], "epoch": runs["epoch"],
-                         "train_seconds": runs["trainable_params"] * 0.9, "peak_memory_bytes": 3.1e9})  # fmt: skip
+                         "train_seconds": runs["trainable_params"] * 0.9, "peak_memory_bytes": 3.1e9,
+                         "unmerged_overhead": runs["trainable_params"] / 4e4})  # fmt: skip
 
 
 def image_folder(root: Path, color: tuple[int, int, int]) -> Path:
