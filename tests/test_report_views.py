@@ -185,3 +185,35 @@ def test_variant_grids_name_missing_columns(tmp_path, bad):
     spec = {"columns": ("multiplier",), "group_by": ("config",), **bad}
     with pytest.raises(BadInput, match="no column"):
         GridSet(sets, spec["columns"], spec["group_by"]).loaded()
+
+
+def test_report_cli_costs(tmp_path):
+    import argparse
+
+    from lyco_bench.analysis.cli import register_cli
+    from lyco_bench.analysis.results import write_results
+
+    results = hand_results(tmp_path / "scores")
+    write_results(results, tmp_path / "results.parquet")
+    pd.DataFrame(
+        {"config": ["A", "A"], "seed": [23, 24], "epoch": [10, 10], "train_seconds": [30.0, 50.0]}
+    ).to_csv(tmp_path / "costs.csv", index=False)
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    argv = ["report", str(tmp_path / "results.parquet"), "--out", str(tmp_path / "r"), "--resamples", "200"]
+    args = parser.parse_args([*argv, "--costs", str(tmp_path / "costs.csv")])
+    assert args.func(args) == 0
+    written = pd.read_csv(tmp_path / "r" / "costs.csv")
+    row = written.iloc[0]  # the two seeds averaged; costs a table lacks stay empty
+    assert len(written) == 1 and (row["config"], row["epoch"], row["train_seconds"]) == ("A", 10.0, 40.0)
+    assert row["n_checkpoints"] == 2 and pd.isna(row["peak_memory_bytes"])
+    assert "40 s" in (tmp_path / "r" / "index.html").read_text()
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage")
+    for bad, message in (
+        (tmp_path / "missing.csv", "not a readable costs.csv"),
+        (tmp_path / "bad.csv", "--costs"),
+    ):
+        args = parser.parse_args([*argv[:3], str(tmp_path / "r2"), "--costs", str(bad)])
+        with pytest.raises(BadInput, match=message):
+            args.func(args)
+        assert not (tmp_path / "r2" / "index.html").exists()
