@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-fast imports lint bench clean
+.PHONY: demo test test-fast imports lint bench clean browser browser-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/lyco-bench run experiments/demo.yaml --jobs 2
 
 ## test: set up with the dev extras, check the import layering, run the whole test suite offline
-test: imports
+test: imports browser-check
 	$(BIN)/python -m pytest
 
 ## test-fast: the unit tests only (no whole studies, wheels, Ray or world findings): under two minutes
@@ -35,6 +35,16 @@ test-fast: $(VENV)/.installed-dev
 ## imports: the layering contract of pyproject.toml (imports only go down, no cycles)
 imports: $(VENV)/.installed-dev
 	$(BIN)/lint-imports --no-cache
+
+## browser: Chromium and chromedriver for the report's browser test (Debian/Ubuntu apt; sudo unless root)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y chromium chromium-driver
+
+# A missing browser does not fail the tests: the browser test skips, and this says so up front.
+browser-check:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  echo "note: no chromium/chromedriver on PATH: the report's browser test will skip (make browser installs them)"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -76,4 +76,4 @@ def test_sweep_results_to_report(tmp_path):
     index = write_report(study_name="demo", results=results, out_dir=tmp_path / "reports" / "demo",
                          figures=outputs.figures)  # fmt: skip
     assert check_report_files(index) == []
-    assert index.read_text().count("<img") == len(outputs.figures)
+    assert index.read_text().count("<img") == len(outputs.figures) + 1  # and the Pareto view

@@ -114,7 +114,7 @@ def test_report_renders_in_headless_chromium(tmp_path, report_inputs):
                          image_manifests=manifests)  # fmt: skip
     check = check_render(index, screenshot=tmp_path / "shot.png")
     assert check.ok, check.problems
-    assert check.images_in_dom == index.read_text().count("<img") == 3
+    assert check.images_in_dom == index.read_text().count("<img") == 4  # a figure, 2 grids, the Pareto view
     shot = Image.open(check.screenshot).convert("L")
     assert shot.getextrema()[0] < shot.getextrema()[1]  # not a blank page
 

@@ -185,7 +185,9 @@ def test_report_renders_intervals_and_comparison(tmp_path):
     )
     html = index.read_text()
     row = pd.read_csv(tmp_path / "r" / "leaderboard.csv").set_index(["config", "label"]).loc[("up", IMG)]
-    assert f"{fmt3(row['mean'])} [{fmt3(row['ci_low'])}, {fmt3(row['ci_high'])}]" in html
+    # the mean, its rank, and its interval underneath
+    assert f">{fmt3(row['mean'])} <span" in html
+    assert f'<br><span class="sub">[{fmt3(row["ci_low"])}, {fmt3(row["ci_high"])}]</span>' in html
     assert 'class="rank tied"' in html and 'class="rank"' in html  # grey where not separated
     assert 'id="comparison-table"' in html and 'class="better"' in html and "Holm" in html
     assert 'id="precision-table"' in html and (tmp_path / "r" / "comparison.csv").is_file()

@@ -18,10 +18,19 @@ def record_autocast(ctx: Any, x: torch.Tensor) -> torch.dtype | None:
     """Store the forward's autocast state on ``ctx`` (for :func:`replay_autocast`) and return
     the autocast dtype, or None when autocast is off for ``x``'s device."""
     device_type = x.device.type
-    on = torch.is_autocast_enabled(device_type) and x.is_floating_point()
+    on = _autocast_enabled(device_type) and x.is_floating_point()
     ctx.autocast = (device_type, torch.get_autocast_dtype(device_type) if on else None)
     ctx.input_dtype = x.dtype
     return ctx.autocast[1]
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; off for a device that has none (``meta``,
+    where the cost model counts an adapter's FLOPs without weights)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
 
 
 def replay_autocast(ctx: Any) -> AbstractContextManager:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lyco_bench.errors import BadInput
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Free space asked of an --out folder before any work: tables, figures and grid PNGs of a study
 # take a few MB; the floor catches a full disk, not a precise size.
@@ -162,6 +166,17 @@ def _parse_manifests(items: list[str] | None) -> dict[str, Path]:
     return manifests
 
 
+def _read_costs(path: str) -> pd.DataFrame:
+    """--costs: a readable CSV (its columns are checked by the report: views.cost_table)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # missing, not text, not CSV
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise BadInput(f"--costs {path}: not a readable costs.csv ({reason})") from None
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from lyco_bench.analysis.render_check import check_render
     from lyco_bench.analysis.report import write_report
@@ -184,6 +199,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             study_name=study, results=read_results(args.results), out_dir=out, figures=figures,
             image_manifests=_parse_manifests(args.manifest), images_per_grid=args.images_per_grid,
             bootstrap=_bootstrap(args), reference=args.reference, sample_size=args.sample_size,
+            costs=_read_costs(args.costs) if args.costs else None,
         )  # fmt: skip
         print(f"report: {study} → {index}")
     elif not args.check_render:
@@ -292,6 +308,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images-per-grid", type=int, default=8, help="images per grid row (8)")
     p.add_argument("--sample-size", help="an analysis' sample_size.csv to show in the report")
+    p.add_argument(
+        "--costs",
+        help="a costs.csv (config, epoch, train_seconds / peak_memory_bytes / unmerged_overhead; "
+        "a study report's own) whose costs the first view shows",
+    )
     _reference_option(p)
     _bootstrap_options(p)
     p.add_argument(

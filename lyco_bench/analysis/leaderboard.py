@@ -38,6 +38,7 @@ from lyco_bench.analysis.coverage import LEFT_OUT_TEXT, partial_cells, partial_n
 from lyco_bench.analysis.html import render_template
 from lyco_bench.analysis.results import check_not_empty
 from lyco_bench.analysis.uncertainty import BootstrapSettings
+from lyco_bench.analysis.units import human_bytes, human_count
 from lyco_bench.utils import atomic_path, atomic_write_text
 
 
@@ -95,13 +96,13 @@ def display_rows(board: Leaderboard, labels: Sequence[str]) -> tuple[list[str], 
     """Header and cells of the compact table (Markdown/HTML), one row per (config, epoch): a
     label's cell is {"text": "mean [low, high]", "note": rank, "cls": "rank" or "rank tied"};
     `tied` where the rank is not separated from its neighbours."""
-    header = ["config", "algo", "epoch", "params", "MB", "pareto", "mean rank", *labels]
+    header = ["config", "algo", "epoch", "params", "size", "pareto", "mean rank", *labels]
     cells = board.table.set_index(["config", "epoch", "label"])
     rows = []
     for _, r in board.configs().iterrows():
         row: list = [
-            str(r["config"]), str(r["algo"]), _fmt(r["epoch"]), _fmt(r["trainable_params"]),
-            _fmt(r["file_bytes"] / 1e6), "★" if r["pareto"] else "", _fmt(r["mean_rank"]),
+            str(r["config"]), str(r["algo"]), _fmt(r["epoch"]), human_count(r["trainable_params"]),
+            human_bytes(r["file_bytes"]), "★" if r["pareto"] else "", _fmt(r["mean_rank"]),
         ]  # fmt: skip
         for label in labels:
             key = (r["config"], r["epoch"], label)

@@ -192,15 +192,41 @@ def _scatter(ax, points: pd.DataFrame, *, x: str, y: str, factor: str, cmap) -> 
     levels = sorted(points[factor].dropna().unique(), key=str)
     colors = {lv: cmap(i / max(len(levels) - 1, 1)) for i, lv in enumerate(levels)}
     algos = sorted(points["algo"].astype(str).unique())
-    for (algo, level), group in points.groupby(["algo", factor], sort=True):
+    for (algo, level), group in points.groupby(["algo", factor], sort=True, dropna=False):
         ax.scatter(
             group[x], group[y], s=18 + group["Epoch"].to_numpy() / 2, marker=algo_marker(algo, algos),
-            color=colors[level], label=f"{algo} {factor}={_fmt(level)}", alpha=0.85,
+            color=colors.get(level, "0.5"), label=legend_label(algo, factor, level), alpha=0.85,
         )  # fmt: skip
     ax.set_xlabel(x, fontsize=8)
     ax.set_ylabel(y, fontsize=8)
+    readable_ticks(ax)
     if len(points):
         ax.legend(fontsize=6, loc="best")
+
+
+def legend_label(algo: str, factor: str, level: object) -> str:
+    """``lora Preset=attn-mlp``; the algorithm alone where it has no such setting (a model-level
+    method records no preset: results hold only what each plug-in declares)."""
+    if level is None or (not isinstance(level, str) and pd.isna(level)) or level == "":
+        return str(algo)
+    return f"{algo} {factor}={_fmt(level)}"
+
+
+def readable_ticks(ax, nbins: int = 5) -> None:
+    """At most ``nbins`` ticks per axis, and values that differ only in the 4th digit or later
+    written as an offset (``+9.72e-1`` in the corner, short labels on the ticks) instead of long
+    labels that run into each other: matplotlib's default offset threshold (4 shared digits)
+    leaves 0.97215 … 0.97230 written out in full."""
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=nbins, min_n_ticks=2))
+        # the formatter reads the threshold when built: an offset once two leading digits are shared
+        with matplotlib.rc_context({"axes.formatter.offset_threshold": 2}):
+            formatter = ScalarFormatter(useOffset=True)
+        formatter.set_powerlimits((-3, 4))
+        axis.set_major_formatter(formatter)
 
 
 def _fmt(value: object) -> str:
@@ -224,6 +250,49 @@ def epoch_curves(values: pd.DataFrame, *, label: str, path: Path) -> Path:
             )  # fmt: skip
         ax.set_xlabel("epoch")
         ax.set_ylabel(label, fontsize=8)
+        readable_ticks(ax)
         ax.legend(fontsize=5, ncol=2, loc="best")
+        fig.tight_layout()
+    return path
+
+
+def pareto_figure(points: pd.DataFrame, *, x: str, y: str, cost: str, path: Path) -> Path:
+    """The Pareto view: ``y`` (fidelity) against ``x`` (controllability), one marker per
+    (configuration, epoch), its area ∝ ``cost`` (the file size), one marker per algorithm; filled
+    black edge and name: on the front of ``x`` and ``y`` (``front``); dashed edge and name: on it
+    only once the cost counts (``front_cost``)."""
+    values = pd.to_numeric(points[cost], errors="coerce")
+    scale = float(values.max()) if values.notna().any() and values.max() > 0 else 1.0
+    areas = 30 + 270 * (values.fillna(0) / scale).to_numpy()
+    algos = sorted(points["algo"].astype(str).unique())
+    with _figure(path, figsize=(7, 5)) as fig:
+        ax = fig.subplots()
+        for i, (_, p) in enumerate(points.iterrows()):
+            edge, style = (
+                ("black", "solid")
+                if p["front"]
+                else ("0.3", "dashed")
+                if p["front_cost"]
+                else ("none", "solid")
+            )
+            ax.scatter(
+                [p[x]], [p[y]], s=areas[i], marker=algo_marker(str(p["algo"]), algos), alpha=0.7,
+                color=f"C{algos.index(str(p['algo'])) % 10}", edgecolors=edge, linestyles=style,
+                label=str(p["algo"]),
+            )  # fmt: skip
+            if p["front"] or p["front_cost"]:
+                ax.annotate(f"{p['config']} e{_fmt(p['epoch'])}", (p[x], p[y]), fontsize=6,
+                            xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best", markerscale=0.6)
+        ax.margins(0.15)  # room for the names of the points at the edges
+        ax.set_xlabel(x, fontsize=8)
+        ax.set_ylabel(y, fontsize=8)
+        readable_ticks(ax)
+        ax.set_title(
+            f"marker area ∝ {cost}; named: Pareto-optimal (dashed: only once {cost} counts)", fontsize=7
+        )
         fig.tight_layout()
     return path

@@ -1,5 +1,9 @@
-"""The study report: `reports/<study>/index.html` with the leaderboard, the figures and image grids
-(one PNG per checkpoint × prompt class, the base model's images for the same prompts underneath).
+"""The study report: `reports/<study>/index.html`. Its first view is the leaderboard with one
+metric per criterion and the costs (:mod:`lyco_bench.analysis.views`), sortable, its columns
+choosable; every metric column one click away (All metrics), the Pareto view (fidelity vs
+controllability, marker area ∝ file size), the comparisons, the precision table, the figures and
+image grids (:mod:`lyco_bench.analysis.grids`: per checkpoint, or checkpoint × seed, multiplier …
+side by side with the base model's images of the same prompts and seeds).
 
 Self-contained: every file it links is copied inside the report directory and linked by a
 relative path, so the folder can be zipped, moved or served as is.
@@ -15,127 +19,43 @@ from pathlib import Path
 import pandas as pd
 
 from lyco_bench.analysis.choices import ReportChoices, headline_labels, report_choices
+from lyco_bench.analysis.grids import (  # noqa: F401 - THUMB, MATCH_KEYS, make_grid, grid_rows_of: re-exported
+    MATCH_KEYS,
+    THUMB,
+    GridSet,
+    _why,
+    grid_rows_of,
+    make_grid,
+    read_manifests,
+    variant_grids,
+    write_grids,
+)
 from lyco_bench.analysis.html import render_template
 from lyco_bench.analysis.leaderboard import (
+    Leaderboard,
     comparison_note,
     comparison_rows,
     compute_leaderboard,
-    display_rows,
     fmt3,
     legend,
     pareto_note,
     partial_section,
     write_leaderboard,
 )
-from lyco_bench.analysis.plots import slug
+from lyco_bench.analysis.plots import pareto_figure
 from lyco_bench.analysis.results import check_not_empty
 from lyco_bench.analysis.uncertainty import BootstrapSettings
+from lyco_bench.analysis.views import (
+    PARETO_COST,
+    cost_table,
+    full_columns,
+    pareto_points,
+    settings_shown,
+    view_columns,
+    view_rows,
+)
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
-
-THUMB = 128  # grid cell size in pixels
-MATCH_KEYS = ["prompt_class", "category", "concept", "subclass", "prompt_index", "image_index"]
-
-
-def _why(e: Exception) -> str:
-    """The first line of an exception's message (a reader's errors span lines), else its type."""
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
-
-
-def _read_manifest(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise BadInput(f"{path}: generation manifest not found")
-    try:
-        manifest = pd.read_parquet(path)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise BadInput(f"{path}: not a readable manifest.parquet ({_why(e)})") from None
-    missing = [c for c in ("file", "prompt_class") if c not in manifest]
-    if missing:
-        raise BadInput(f"{path}: manifest lacks columns {missing}")
-    for col in MATCH_KEYS:
-        if col not in manifest:
-            manifest[col] = "" if col not in ("prompt_index", "image_index") else 0
-    manifest[["category", "concept", "subclass"]] = manifest[["category", "concept", "subclass"]].fillna("")
-    if not all(isinstance(f, str) and f for f in manifest["file"]):
-        raise BadInput(f"{path}: manifest column file holds a value that is not a file name")
-    manifest["path"] = [path.parent / f for f in manifest["file"]]
-    return manifest.sort_values(MATCH_KEYS, kind="mergesort").reset_index(drop=True)
-
-
-def _thumb(path: Path):
-    from PIL import Image, ImageOps
-
-    from lyco_bench.data.images import open_image_checked
-
-    with open_image_checked(path) as img:
-        img = ImageOps.contain(img.convert("RGB"), (THUMB, THUMB))  # up- or down-scaled to fit
-        cell = Image.new("RGB", (THUMB, THUMB), "white")
-        cell.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
-    return cell
-
-
-def make_grid(rows: Sequence[Sequence[Path | None]], path: Path) -> Path:
-    """Paste thumbnails into a grid PNG (rows × columns; None leaves a grey cell)."""
-    from PIL import Image
-
-    n_cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (n_cols * THUMB, len(rows) * THUMB), (235, 235, 235))
-    for i, row in enumerate(rows):
-        for j, image_path in enumerate(row):
-            if image_path is not None:
-                grid.paste(_thumb(image_path), (j * THUMB, i * THUMB))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
-    return path
-
-
-def grid_rows_of(manifest: pd.DataFrame, images_per_grid: int) -> list[tuple[str, pd.DataFrame]]:
-    """(prompt class, the manifest rows drawn in its grid): the first images in MATCH_KEYS order."""
-    ordered = manifest.sort_values(MATCH_KEYS, kind="mergesort")
-    return [(str(pc), rows.head(images_per_grid)) for pc, rows in ordered.groupby("prompt_class", sort=True)]
-
-
-def _present(path: Path | None) -> Path | None:
-    """An image removed after scoring (a study's ``images: grids|none``) is drawn as a grey cell."""
-    return path if path is not None and Path(path).is_file() else None
-
-
-def read_manifests(image_manifests: Mapping[str, Path | pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Each KEY's manifest read and checked (BadInput naming the file), in key order."""
-    return {
-        key: p if isinstance(p, pd.DataFrame) else _read_manifest(Path(p))
-        for key, p in sorted(image_manifests.items())
-    }
-
-
-def write_grids(
-    image_manifests: Mapping[str, Path | pd.DataFrame],
-    out_dir: Path,
-    *,
-    base_key: str = "base",
-    images_per_grid: int = 8,
-) -> list[dict[str, str]]:
-    """One grid per (key, prompt class); returns [{"src", "caption"}] with paths relative to out_dir.
-    A value is a manifest.parquet path, or its table as :func:`read_manifests` returns it."""
-    manifests = read_manifests(image_manifests)
-    base = manifests.pop(base_key, None)
-    base_index = (
-        {tuple(r[k] for k in MATCH_KEYS): r["path"] for _, r in base.iterrows()} if base is not None else {}
-    )
-    grids = []
-    for key, manifest in manifests.items():
-        for prompt_class, chosen in grid_rows_of(manifest, images_per_grid):
-            top = [_present(p) for p in chosen["path"]]
-            grid_rows = [top]
-            if base is not None:
-                grid_rows.append(
-                    [_present(base_index.get(tuple(r[k] for k in MATCH_KEYS))) for _, r in chosen.iterrows()]
-                )
-            rel = Path("grids") / f"{slug(key)}__{slug(str(prompt_class))}.png"
-            make_grid(grid_rows, out_dir / rel)
-            grids.append({"src": rel.as_posix(), "caption": f"{key} · <{prompt_class}>"})
-    return grids
 
 
 def _copy_figures(figures: Sequence[Path], out_dir: Path) -> list[dict[str, str]]:
@@ -170,11 +90,18 @@ def write_report(
     contrasts: Sequence = (),
     sample_size: str | Path | pd.DataFrame | None = None,
     choices: ReportChoices | None = None,
+    grid_sets: Sequence[GridSet] = (),
+    costs: pd.DataFrame | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
-    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given;
-    `choices`: headline labels and Pareto axes (default: the metric registry's declarations)."""
+    first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the
+    analysis' sample_size.csv (or its table), shown when given; `choices`: headline labels and
+    Pareto axes (default: the metric registry's declarations); `image_manifests`: one grid per
+    key and prompt class, the ``base_key`` one underneath; `grid_sets`: side-by-side grids
+    (grids.variant_grids), the ``base_key`` manifest as their last row; `costs`: what training
+    each checkpoint cost (config, epoch, results.COST_COLUMNS; sweep.collect.run_costs), shown in
+    the first view and written to costs.csv (measured: it differs between runs, the rest does not)."""
     check_not_empty(results)
     out_dir = Path(out_dir)
     choices = choices or report_choices()
@@ -190,34 +117,70 @@ def write_report(
     )  # fmt: skip  bad input (e.g. an unknown reference) fails before anything is written
     precision = _precision_rows(sample_size)
     image_manifests = read_manifests(image_manifests or {})  # checked before anything is written
+    grid_sets = [g.loaded() for g in grid_sets]
+    costs = cost_table(costs) if costs is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     write_leaderboard(results, out_dir, board=board)
+    if costs is not None:
+        with atomic_path(out_dir / "costs.csv") as tmp:
+            costs.to_csv(tmp, index=False, float_format="%.10g")
     labels = [lb for lb in main if lb in set(board.table["label"])]
-    header, rows = display_rows(board, labels)
     c_header, c_rows = comparison_rows(board, labels)
     figure_entries = _copy_figures(figures, out_dir)
-    grids = (
-        write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
-        if image_manifests
-        else []
-    )
-    configs = board.configs()
-    n_configs = configs.loc[configs["algo"] != "base", "config"].nunique()
-    summary = (
-        f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
-        f"{results['label'].nunique()} metric columns, {len(figure_entries)} figures, {len(grids)} image grids."
-    )
-    pareto = pareto_note(board).replace("★ Pareto", "★ = Pareto")
+    base = image_manifests.get(base_key)
+    grids = [
+        *(write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
+          if image_manifests else []),
+        *(g for s in grid_sets for g in variant_grids(s.image_sets, s.columns, out_dir, base=base,
+                                                      group_by=s.group_by, images_per_row=images_per_grid)),
+    ]  # fmt: skip
     html = render_template(
-        "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
-        legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,
-        comparison_rows=c_rows, comparison_note=comparison_note(board), precision=precision,
-        partial=partial_section(board),
-        figures=figure_entries, grids=grids, has_base=bool(image_manifests and base_key in image_manifests),
+        "index.html.j2", study_name=study_name, summary=_summary(board, results, figure_entries, grids),
+        **_leaderboard_views(board, choices, out_dir, costs), reference=board.reference,
+        comparison_header=c_header, comparison_rows=c_rows, comparison_note=comparison_note(board),
+        precision=precision, partial=partial_section(board), figures=figure_entries, grids=grids,
+        has_base=base is not None, has_costs=costs is not None,
     )  # fmt: skip
     index = out_dir / "index.html"
     atomic_write_text(index, html)
     return index
+
+
+def _summary(board: Leaderboard, results: pd.DataFrame, figures: Sequence, grids: Sequence) -> str:
+    configs = board.configs()
+    n_configs = configs.loc[configs["algo"] != "base", "config"].nunique()
+    return (
+        f"{n_configs} configurations, {results['checkpoint'].nunique()} checkpoints, "
+        f"{results['label'].nunique()} metric columns, {len(figures)} figures, {len(grids)} image grids."
+    )
+
+
+def _leaderboard_views(
+    board: Leaderboard, choices: ReportChoices, out_dir: Path, costs: pd.DataFrame | None
+) -> dict:
+    """The template's first view, full table and Pareto view (its figure written here)."""
+    header, rows = view_rows(board, view_columns(board.table, choices), costs=costs)
+    everything = full_columns(board)
+    full_header, full_rows = view_rows(
+        board, everything, settings=settings_shown(board), full=True, costs=costs
+    )
+    pareto = pareto_note(board).replace("★ Pareto", "★ = Pareto")
+    figure, note = None, ""
+    points = pareto_points(board)
+    if len(board.pareto_axes) >= 2 and len(points):
+        y, x = board.pareto_axes[0], board.pareto_axes[1]
+        pareto_figure(points, x=x, y=y, cost=PARETO_COST, path=out_dir / "figures" / "pareto.png")
+        figure = "figures/pareto.png"
+        note = (
+            f"{y} against {x}, one marker per configuration and epoch (mean over seeds), its area ∝ "
+            f"file size. Named: Pareto-optimal — black edge (★) on these axes, dashed edge (☆) only "
+            f"once a smaller file counts too."
+        )
+    return {
+        "header": header, "rows": rows, "legend": legend(board) + pareto + " ☆: Pareto-optimal only once the file size counts too.",
+        "full_header": full_header, "full_rows": full_rows, "n_full_labels": len(everything),
+        "pareto_figure": figure, "pareto_note": note,
+    }  # fmt: skip
 
 
 PRECISION_COLUMNS = {

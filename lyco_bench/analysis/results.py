@@ -28,6 +28,13 @@ NUMERIC_SCORE_COLUMNS = ("value", "std", "n_images")
 RUN_COLUMNS = ["config", "algo", "preset", "lr", "seed", "epoch", "trainable_params", "file_bytes"]
 """Columns every run has; besides them a run carries its algorithm's declared settings (dim, α,
 factor, …: ``setting_columns``), NaN where another algorithm has none."""
+COST_COLUMNS = ["train_seconds", "peak_memory_bytes", "unmerged_overhead"]
+"""What a checkpoint cost beyond its parameters and file: from its run record, wall-clock seconds
+of training up to it and peak memory (CUDA max allocated on a GPU, the process's peak RSS on a
+CPU); and the extra FLOPs of one UNet forward with the adapter unmerged (sweep.overhead). Not in
+the results table `lyco-bench run` writes (a rerun reproduces its values, not measured times):
+the report takes them apart (`write_report(costs=…)`, costs.csv). Never settings where a table
+holds them: neither a SHAP feature nor a leaderboard identity column."""
 PATH_COLUMNS = ["category", "concept", "subclass"]
 PROFILE_COLUMN = "profile"
 """The evaluation profile that produced a row's value (docs/protocol.md §5.7): ``lyco``, ``paper``,
@@ -134,7 +141,7 @@ def collect_results(score_files: Sequence[str | Path], runs: pd.DataFrame) -> pd
 
 def setting_columns(table: pd.DataFrame) -> list[str]:
     """The algorithm settings a results table carries (every run column but the common ones)."""
-    common = {*SCORE_COLUMNS, *RUN_COLUMNS, "label", PROFILE_COLUMN}
+    common = {*SCORE_COLUMNS, *RUN_COLUMNS, *COST_COLUMNS, "label", PROFILE_COLUMN}
     return [c for c in table.columns if c not in common]
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lyco_bench.metrics.fidelity import image_similarity
-from lyco_bench.metrics.registry import Metric, register_metric
+from lyco_bench.metrics.registry import Metric, Report, register_metric
 from lyco_bench.metrics.values import NAN, NO_REFERENCE, MetricValue, paired_or_reason, sample_std
 
 
@@ -135,7 +135,7 @@ def kid_rows(view) -> Iterator[MetricValue]:
 # fmt: off
 register_metric(
     Metric("intrusion", "preservation", False, ("reference", "base", "generated"), ("image",), ("agnostic",),
-           compute=intrusion_rows, per_image=True,
+           compute=intrusion_rows, per_image=True, report=Report(column="leakage"),
            description="image similarity of <agnostic> images to a concept's dataset minus the base "
                        "model's on the same prompts and seeds (concept leakage)")
 )

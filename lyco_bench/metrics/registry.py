@@ -59,6 +59,10 @@ class Report:
     panels: tuple[PanelAxis, ...] = ()
     """The trade-off panels it is an axis of; where two metrics claim the same panel axis, the first
     in registry order keeps it (a plug-in adds a panel under a new number)."""
+    column: str = ""
+    """The report's first-view column it can stand for (one metric per column: the first headline
+    one present, else the first present); empty: its criterion (``leakage`` splits off the
+    preservation metrics that measure a concept's intrusion into trigger-free prompts)."""
 
 
 @dataclass(frozen=True)

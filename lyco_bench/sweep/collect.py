@@ -14,12 +14,16 @@ from lyco_bench.sweep.stages import checkpoint_name
 
 
 def _adapter_columns(adapter: dict[str, Any]) -> dict[str, Any]:
-    """algo (the algorithm's label for its settings), preset, and every setting the algorithm
-    declares (its Options: dim, alpha, factor, …) as the trainer resolved them."""
-    from lyco_bench.adapters import AdapterSpec
+    """algo (the algorithm's label for its settings), every setting the algorithm declares (its
+    Options: dim, alpha, factor, …) as the trainer resolved them, and the preset for a layer
+    algorithm only: a model-level method (Textual Inversion, hypernetworks) selects no layers, so
+    its row leaves preset empty rather than showing a default it never read."""
+    from lyco_bench.adapters import ALGORITHMS, AdapterSpec
+    from lyco_bench.methods import is_model_method
 
     spec = AdapterSpec(**adapter)
-    return {"algo": spec.label(), "preset": spec.preset, **spec.options}
+    preset = None if is_model_method(ALGORITHMS[spec.algo]) else spec.preset
+    return {"algo": spec.label(), "preset": preset, **spec.options}
 
 
 def _run_columns(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +83,32 @@ def runs_table(plan: Plan) -> Any:
                 ),
             }
         )
+    return pd.DataFrame(rows)
+
+
+def run_costs(plan: Plan) -> Any:
+    """What each scored checkpoint cost: ``checkpoint, config, seed, epoch`` and
+    ``results.COST_COLUMNS`` — from its run record the wall seconds of training up to it and the
+    peak memory (NaN in records written before them), and its configuration's unmerged inference
+    overhead (sweep.overhead). The times are measured, so they differ between runs: they stay out
+    of the results table (whose values a rerun reproduces) and go to the report's costs.csv."""
+    import pandas as pd
+
+    from lyco_bench.sweep.overhead import config_overheads
+    from lyco_bench.training import record_path
+
+    overheads = config_overheads(plan)
+    rows = []
+    for job in plan.of_kind("score"):
+        p = job.params
+        record = read_run_record(record_path(plan.store.run_dir(p["config"], p["seed"]), p["epoch"]))
+        rows.append(
+            {"checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]), "config": p["evaluated"],
+             "seed": int(record["seed"]), "epoch": int(record["epoch"]),
+             "train_seconds": float(record.get("wall_time_total_s", "nan")),
+             "peak_memory_bytes": float(record.get("peak_memory_bytes", "nan")),
+             "unmerged_overhead": overheads.get(p["evaluated"], float("nan"))}
+        )  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -155,19 +185,15 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         choices=choices,
         **extra,
     )
-    # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
-    seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
-    manifests = {"base": plan.store.base_images_dir / "manifest.parquet"}
-    for config in plan.study.configs:
-        for name, _ in config.evaluations():
-            manifests[name] = plan.store.images_dir(name, seed, epoch) / "manifest.parquet"
     # write_report writes the leaderboard files (leaderboard.csv/.md/.html, comparison.csv) too
     return write_report(
         study_name=plan.study.name,
         results=results,
         out_dir=out_dir,
         figures=analysis.figures,
-        image_manifests=manifests,
+        image_manifests={"base": plan.store.base_images_dir / "manifest.parquet"},
+        grid_sets=[checkpoint_grids(plan)],
+        costs=run_costs(plan),
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
@@ -175,6 +201,26 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         sample_size=analysis.sample_size_table,
         choices=choices,
     )
+
+
+def checkpoint_grids(plan: Plan) -> Any:
+    """The report's side-by-side grids: per configuration and prompt class, one row per checkpoint
+    epoch × seed (only the first seed's last epoch where the study keeps just the grids' images),
+    the base model's images of the same prompts and seeds underneath."""
+    import pandas as pd
+
+    from lyco_bench.analysis.grids import GridSet
+
+    study = plan.study.study
+    kept = [(e, s) for e in study.checkpoint_epochs for s in study.seeds]
+    if study.images != "keep":
+        kept = [(max(study.checkpoint_epochs), study.seeds[0])]
+    rows = [
+        {"config": name, "epoch": epoch, "seed": seed,
+         "manifest": plan.store.images_dir(name, seed, epoch) / "manifest.parquet"}
+        for config in plan.study.configs for name, _ in config.evaluations() for epoch, seed in kept
+    ]  # fmt: skip
+    return GridSet(pd.DataFrame(rows), columns=("epoch", "seed"), group_by=("config",))
 
 
 def _images_per_prompt(prompt_set: str) -> dict[str, int]:
