@@ -14,6 +14,13 @@ def model_path(value: str, store: StudyStore) -> str:
     return str(store.assets_dir / "tiny-model") if value.startswith(TINY_PREFIX) else value
 
 
+def job_model_path(params: dict[str, Any], store: StudyStore) -> str:
+    """The model a job loads: its ``model`` param, or the asset folder its ``tiny:`` model was built
+    into (``model_folder``: an eval model's, lyco_bench.sweep.axes)."""
+    folder = params.get("model_folder")
+    return str(store.assets_dir / folder) if folder else model_path(params["model"], store)
+
+
 def dataset_path(value: str, store: StudyStore) -> str:
     return str(store.assets_dir / generated_folder(value)) if generated_dataset(value) else value
 

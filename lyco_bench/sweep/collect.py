@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lyco_bench.sweep.axes import evaluations
 from lyco_bench.sweep.planner import Plan
 from lyco_bench.sweep.stages import checkpoint_name
 
@@ -63,23 +64,41 @@ def runs_table(plan: Plan) -> Any:
         run_dir = plan.store.run_dir(p["config"], p["seed"])
         record = read_run_record(record_path(run_dir, p["epoch"]))
         config = record["config"]
-        rows.append(
-            {
-                "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
-                "config": p["evaluated"],
-                **_run_columns(config),
-                **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
-                "lr": float(config["lr"]),
-                "seed": int(record["seed"]),
-                "epoch": int(record["epoch"]),
-                "trainable_params": int(record["trainable_params"]),
-                # As written (the store checked the file against it): not a later, damaged size.
-                "file_bytes": int(
-                    record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
-                ),
-            }
-        )
+        row = {
+            "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
+            "config": p["evaluated"],
+            **_run_columns(config),
+            **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
+            **_variant_columns(plan, p),
+            "lr": float(config["lr"]),
+            "seed": int(record["seed"]),
+            "epoch": int(record["epoch"]),
+            "trainable_params": int(record["trainable_params"]),
+            # As written (the store checked the file against it): not a later, damaged size.
+            "file_bytes": int(
+                record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
+            ),
+        }
+        if p.get("compress") is not None:  # the extracted file is what this row evaluates
+            from lyco_bench.sweep.compress import read_extraction
+
+            extraction = read_extraction(plan.store, p["config"], p["seed"], p["epoch"], p["compress"])
+            row |= {"trainable_params": int(extraction["params"]), "file_bytes": int(extraction["file_bytes"]),
+                    "compress_error": float(extraction["mean_error"])}  # fmt: skip
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _variant_columns(plan: Plan, params: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation-axis columns of a score job's row (lyco_bench.sweep.axes.variant_columns)."""
+    from lyco_bench.sweep.axes import Variant, model_label, variant_columns
+
+    variant = Variant(
+        rank=params["rank"], multiplier=params.get("multiplier", 1.0), model=params.get("eval_model"),
+        compress=params.get("compress"),
+    )  # fmt: skip
+    study = plan.study.study
+    return variant_columns(study, variant, own_label=model_label(study.model))
 
 
 # Outputs the results table is built from, per job kind: hashed by ``run`` before it starts.
@@ -138,8 +157,12 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         n_resamples=settings.bootstrap_resamples or defaults.n_resamples,
         seed=settings.bootstrap_seed if settings.bootstrap_seed is not None else defaults.seed,
     )
-    first = plan.study.configs[0].evaluations()[0][0]
+    evaluated = {c.name: evaluations(study, c) for c in plan.study.configs}
+    first = evaluated[plan.study.configs[0].name][0][0]
     reference = settings.reference or first
+    # A varied evaluation (another λ, model or a compressed file) has its configuration's SHAP
+    # features: it is ranked on the leaderboard and left out of the fits.
+    varied = [name for names in evaluated.values() for name, v in names if v.varies]
     choices = settings.choices()  # headline metrics, Pareto axes, panels: the registry's or the study's
     extra = {} if settings.shap_refits is None else {"shap_refits": settings.shap_refits}
     if settings.target_half_width is not None:
@@ -148,7 +171,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         results,
         out_dir / "analysis",
         exclude_configs=tuple(str(c) for c in settings.exclude_configs),
-        shap_exclude_configs=tuple(str(c) for c in settings.shap_exclude_configs),
+        shap_exclude_configs=(*(str(c) for c in settings.shap_exclude_configs), *varied),
         plots=plots,
         bootstrap=bootstrap,
         images_per_prompt=study.prompts.images_per_prompt or _images_per_prompt(study.prompts.set),
@@ -158,8 +181,8 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     # One grid row per configuration: its first seed at its last checkpoint, base model alongside.
     seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
     manifests = {"base": plan.store.base_images_dir / "manifest.parquet"}
-    for config in plan.study.configs:
-        for name, _ in config.evaluations():
+    for names in evaluated.values():
+        for name, _ in names:
             manifests[name] = plan.store.images_dir(name, seed, epoch) / "manifest.parquet"
     # write_report writes the leaderboard files (leaderboard.csv/.md/.html, comparison.csv) too
     return write_report(
