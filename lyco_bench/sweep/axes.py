@@ -105,17 +105,17 @@ def eval_models(study: Any, *, source: str = "study") -> dict[str, str]:
     own = model_label(study.model)
     for i, (label, value) in enumerate(pairs):
         key = label if isinstance(given, dict) else str(i)
-        if label in out or label == own:
-            raise BadInput(
-                f"{source}: eval_models.{key}: the label {label!r} names two models; give them "
-                "names (eval_models: {label: model, …})"
-            )
         if value == WORLD_PREFIX:
             from lyco_bench.world import model_dir
 
             value = str(model_dir())
         if value == study.model:
             raise BadInput(f"{source}: eval_models.{key}: {value} is the study's model (always evaluated)")
+        if label in out or label == own:
+            raise BadInput(
+                f"{source}: eval_models.{key}: the label {label!r} names two models; give them "
+                "names (eval_models: {label: model, …})"
+            )
         out[label] = value
     return out
 
@@ -135,18 +135,21 @@ def evaluations(study: Any, config: Any) -> list[tuple[str, Variant]]:
     """(name on the leaderboard, variant) of every evaluation of one configuration: its as-trained
     evaluations (each DyLoRA rank), each varied along every axis, then its compressed files."""
     bases = [Variant(rank=r) for r in config.eval_ranks] or [Variant()]
+    labels = list(eval_models(study)) if study.eval_models else []
     variants: list[Variant] = []
     for base in bases:
         variants.append(base)
         variants += [Variant(rank=base.rank, multiplier=m) for m in study.eval_multipliers if m != 1.0]
-        variants += [Variant(rank=base.rank, model=label) for label in eval_models(study)]
-    if compresses(config):
+        variants += [Variant(rank=base.rank, model=label) for label in labels]
+    if study.eval_compress and compresses(config):
         variants += [Variant(compress=k) for k in study.eval_compress]
     return [(config.name + v.suffix(), v) for v in variants]
 
 
 def evaluation_names(study: Any, configs: list[Any], *, source: str) -> list[str]:
     """Every evaluation's name, in study order; BadInput when a variant's name is another's."""
+    if study.eval_models:
+        eval_models(study, source=source)  # its errors, named after the study file
     seen: dict[str, str] = {}
     for config in configs:
         for name, _ in evaluations(study, config):

@@ -16,7 +16,6 @@ the user wrote, not on another stage's defaults.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -218,8 +217,8 @@ class Study(StrictModel):
     @field_validator("eval_multipliers")
     @classmethod
     def _multipliers(cls, value: list[float]) -> list[float]:
-        if any(not math.isfinite(v) for v in value) or len(set(value)) != len(value):
-            raise ValueError("multipliers must be unique finite numbers")
+        if len(set(value)) != len(value):  # NaN and ±inf are refused as every float field's
+            raise ValueError("multipliers must be unique")
         return sorted(value)
 
     @field_validator("eval_compress")
