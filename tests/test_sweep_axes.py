@@ -157,7 +157,7 @@ def test_the_results_columns_name_each_axis_value(plans):
 
 
 def test_the_plan_sizes_each_axis(plans):
-    from lyco_bench.sweep.axes_plan import axis_rows
+    from lyco_bench.sweep.axes_cost import axis_rows
 
     plan = plans[1]
     per_ckpt = sum(plan.inputs.images_per_class.values())

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.prefixes import TINY_PREFIX, WORLD_PREFIX
 
 AXES = ("eval_ranks", "eval_multipliers", "eval_models", "eval_compress")
 """The study fields of the axes, in the order the plan's axis table lists them."""
@@ -77,8 +78,6 @@ class Variant:
 def model_label(value: str) -> str:
     """A short name for a model value: ``tiny:3`` → ``tiny3``, ``world:`` → ``world``, a path →
     its file or folder name without suffix, a hub id → its repository name."""
-    from lyco_bench.sweep.study import TINY_PREFIX, WORLD_PREFIX
-
     if value.startswith(TINY_PREFIX):
         return "tiny" + value[len(TINY_PREFIX) :]
     if value == WORLD_PREFIX or _is_world_model(value):
@@ -97,8 +96,6 @@ def _is_world_model(value: str) -> bool:
 def eval_models(study: Any, *, source: str = "study") -> dict[str, str]:
     """Label → model value of each eval model (``world:`` resolved to the world's folder); BadInput
     for a label used twice or a model that is the study's own (always evaluated)."""
-    from lyco_bench.sweep.study import WORLD_PREFIX
-
     given = study.eval_models
     pairs = list(given.items()) if isinstance(given, dict) else [(model_label(v), v) for v in given]
     out: dict[str, str] = {}

@@ -1,5 +1,5 @@
-"""Planning the evaluation axes (lyco_bench.sweep.axes): each eval model's shared jobs, the jobs
-and identity of a varied checkpoint evaluation, and what each axis costs (``plan``'s axis table).
+"""Planning the evaluation axes (lyco_bench.sweep.axes): each eval model's shared jobs, and the
+jobs and identity of a varied checkpoint evaluation (what each axis costs: ``axes_cost``).
 
 Shared work is planned once: an eval model's base images and their features serve every
 checkpoint evaluated on it; multipliers and compressed files share the study model's. A varied
@@ -10,14 +10,15 @@ and its score job compares with the base images of the model it was generated on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
-from lyco_bench.sweep.axes import AXES, Variant, base_images_name, eval_models
+from lyco_bench.sweep.axes import Variant, base_images_name, eval_models
 from lyco_bench.sweep.compress import extract_spec
-from lyco_bench.sweep.planner import ASSET_VERSIONS, Job, Plan, base_jobs, make_job
+from lyco_bench.sweep.jobs import ASSET_VERSIONS, Job, make_job
 from lyco_bench.sweep.study import TINY_PREFIX, LoadedStudy
 
 # UNet / text-encoder settings that fix the shapes of the layers an adapter adapts: an eval model
@@ -50,9 +51,12 @@ class EvalModelJobs:
         return [j for j in self.jobs if j.kind != "prepare"]
 
 
-def eval_model_jobs(study: LoadedStudy, inputs: Any, prepare: dict[str, Job]) -> dict[str, EvalModelJobs]:
-    """Label → the jobs of each eval model; BadInput names the study field of a model that cannot
-    be resolved or is not of the study model's family."""
+def eval_model_jobs(
+    study: LoadedStudy, inputs: Any, prepare: dict[str, Job], *, base_jobs: Callable[..., list[Job]]
+) -> dict[str, EvalModelJobs]:
+    """Label → the jobs of each eval model (``base_jobs``: the planner's base images and encodes of a
+    model); BadInput names the study field of a model that cannot be resolved or is not of the
+    study model's family."""
     from lyco_bench.sweep.inputs import _model_identity
 
     out = {}
@@ -150,85 +154,3 @@ def variant_jobs(
         deps = [*deps, extract.id]
         extra.append(extract)
     return checkpoint, extra, where, deps, shared
-
-
-def axis_of(job: Job) -> str | None:
-    """The axis a job's work is for (None: the study without axes)."""
-    if job.kind == "extract":
-        return "eval_compress"
-    if job.params.get("eval_model") is not None:
-        return "eval_models"
-    return job.params.get("axis") or (
-        "eval_ranks" if job.kind in ("generate", "score") and job.params.get("rank") is not None else None
-    )
-
-
-def axis_rows(plan: Plan, jobs_cost: dict[str, tuple] | None) -> list[dict[str, Any]]:
-    """Per axis the study sweeps: its values, the checkpoint evaluations it adds, the images they
-    generate, the encoder passes, and its seconds (GPU-seconds from the cost model ``jobs_cost``;
-    without one, the planner's rough per-kind seconds); the as-trained evaluations first."""
-    from lyco_bench.sweep.costs import _generated_images
-    from lyco_bench.sweep.planner import rough_costs
-
-    study = plan.study.study
-    rough = rough_costs(study.model)
-    n_encoders = max(len(plan.inputs.encoders), 1) if plan.inputs else 1
-    rows: dict[str | None, dict[str, Any]] = {}
-    for job in plan.jobs:
-        if job.kind not in ("extract", "generate", "encode", "score") or job.params.get("target") == "class":
-            continue
-        axis = axis_of(job)
-        row = rows.setdefault(axis, {"evaluations": 0, "images": 0, "passes": 0, "seconds": 0.0})
-        cost = jobs_cost.get(job.id) if jobs_cost else None
-        row["evaluations"] += job.kind == "score"
-        if job.kind == "generate":
-            row["images"] += cost[1] if cost else _generated_images(plan, job)
-        elif job.kind in ("encode", "score"):
-            row["passes"] += cost[1] if cost else n_encoders * _passes(plan, job)
-        row["seconds"] += cost[4] if cost else rough[job.kind]
-    out = []
-    for axis in (None, *AXES):
-        if axis in rows:
-            values = "as trained" if axis is None else _values(plan, axis)
-            out.append({"axis": axis or "default", "values": values, **rows[axis]})
-    return out
-
-
-def _passes(plan: Plan, job: Job) -> int:
-    from lyco_bench.sweep.costs import _generated_images
-
-    if job.kind == "score":
-        return sum(plan.inputs.images_per_class.values())
-    return (
-        _generated_images(plan, job)
-        if job.params.get("target") == "base"
-        else len(plan.inputs.dataset_images)
-    )
-
-
-def _values(plan: Plan, axis: str) -> str:
-    study = plan.study.study
-    if axis == "eval_ranks":
-        ranks = sorted({r for c in plan.study.configs for r in c.eval_ranks})
-        return ", ".join(map(str, ranks))
-    if axis == "eval_models":
-        return ", ".join(eval_models(study))
-    values = study.eval_multipliers if axis == "eval_multipliers" else study.eval_compress
-    return ", ".join(f"{v:g}" for v in values if not (axis == "eval_multipliers" and v == 1.0))
-
-
-def axis_table(plan: Plan, jobs_cost: dict[str, tuple] | None, *, unit: str) -> Any:
-    """The plan's axis table (a rich Table), or None for a study without evaluation axes."""
-    from rich.table import Table
-
-    rows = axis_rows(plan, jobs_cost)
-    if len(rows) < 2 and not (rows and rows[0]["axis"] != "default"):
-        return None
-    table = Table(title="evaluation axes: what each adds (shared base images and encodes included)")
-    for col in ("axis", "values", "evaluations", "images", "encoder passes", unit):
-        table.add_column(col, justify="left" if col in ("axis", "values") else "right", no_wrap=col == "axis")
-    for r in rows:
-        seconds = f"{r['seconds']:,.0f}" if r["seconds"] >= 10 else f"{r['seconds']:.3g}"
-        table.add_row(r["axis"], r["values"], f"{r['evaluations']:,}", f"{r['images']:,}", f"{r['passes']:,}",
-                      seconds)  # fmt: skip
-    return table

@@ -89,7 +89,7 @@ def print_plan(
 
         table = cost_table(estimate_costs(plan, hardware, jobs_cost), hardware)
         console.print(table, highlight=False, soft_wrap=True)
-    from lyco_bench.sweep.axes_plan import axis_table
+    from lyco_bench.sweep.axes_cost import axis_table
 
     unit = f"GPU-s on {hardware.name}" if hardware is not None else "s (rough)"
     axes = axis_table(plan, jobs_cost, unit=unit)

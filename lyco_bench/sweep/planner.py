@@ -27,13 +27,14 @@ to style losses on the spot and never stored).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.axes import Variant, evaluations
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
+from lyco_bench.sweep.jobs import ASSET_VERSIONS, Job, make_job  # noqa: F401 - re-exported
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
@@ -43,7 +44,6 @@ from lyco_bench.sweep.study import (
     generated_dataset,
     generated_folder,
 )
-from lyco_bench.utils import stable_hash
 
 KINDS = ("prepare", "train", "extract", "generate", "encode", "score")
 
@@ -64,61 +64,6 @@ def rough_costs(model: str) -> dict[str, float]:
     from lyco_bench.world import model_dir
 
     return WORLD_COST_S if Path(str(model)) == model_dir() else ROUGH_COST_S
-
-
-# Bumped when what a prepare job builds changes (make_tiny_model, make_demo_dataset,
-# make_tiny_encoders): every job downstream of the asset becomes stale.
-ASSET_VERSIONS = {"model": 1, "dataset": 2, "encoders": 1}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work. ``spec`` is hashed into the id; ``params`` only tell a worker where things are."""
-
-    id: str
-    kind: str
-    name: str
-    spec: dict[str, Any]
-    deps: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "spec": self.spec,
-            "deps": list(self.deps),
-            "params": self.params,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(
-            id=data["id"],
-            kind=data["kind"],
-            name=data["name"],
-            spec=data["spec"],
-            deps=tuple(data["deps"]),
-            params=data["params"],
-        )
-
-
-def make_job(
-    kind: str, name: str, *, spec: dict[str, Any], deps: list[str] | None = None, **params: Any
-) -> Job:
-    """A job whose id hashes ``spec``; ``deps`` (ordering only) and ``params`` (where its files
-    are) are not hashed: a spec names the identity of whatever upstream output it reads."""
-    deps = sorted(set(deps or []))
-    full_spec = {"kind": kind, **spec}
-    return Job(
-        id=f"{kind}-{name}-{stable_hash(full_spec)}",
-        kind=kind,
-        name=name,
-        spec=full_spec,
-        deps=tuple(deps),
-        params=params,
-    )
 
 
 @dataclass
@@ -421,7 +366,7 @@ def build_plan(
     if study.study.eval_models:  # each eval model's base images and their features, shared
         from lyco_bench.sweep.axes_plan import eval_model_jobs
 
-        models = eval_model_jobs(study, inputs, prepare)
+        models = eval_model_jobs(study, inputs, prepare, base_jobs=base_jobs)
         jobs += [j for m in models.values() for j in m.jobs]
     for config in study.configs:
         for seed in study.study.seeds:

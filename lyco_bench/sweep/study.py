@@ -26,15 +26,13 @@ from pydantic import Field, field_validator, model_validator
 
 from lyco_bench.config import StrictModel, load_config
 from lyco_bench.errors import BadInput
+from lyco_bench.sweep.axes import evaluation_names
+from lyco_bench.sweep.prefixes import TINY_PREFIX, WORLD_PREFIX  # noqa: F401 - TINY_PREFIX re-exported
 
 if TYPE_CHECKING:
     from lyco_bench.analysis.choices import ReportChoices
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TINY_PREFIX = "tiny:"
-WORLD_PREFIX = "world:"
-"""The CPU world (lyco_bench.world): its shipped base model and evaluators (its drawn dataset is a
-generated dataset: lyco_bench.data.generated)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -344,8 +342,6 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
     study = _absolute_paths(_resolve_world(load_config(Study, path, overrides or []), source=str(path)))
     configs = resolve_configs(study, forced=forced_training(overrides or []))
     reference = study.analysis.reference
-    from lyco_bench.sweep.axes import evaluation_names
-
     names = evaluation_names(study, configs, source=str(path))
     if reference is not None and reference not in names:
         raise BadInput(
