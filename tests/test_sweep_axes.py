@@ -262,3 +262,49 @@ def test_extracting_a_lora_at_its_own_rank_keeps_it(tmp_path):
         torch.testing.assert_close(
             (up.flatten(1) @ down.flatten(1)).reshape(dw.shape), dw, rtol=1e-4, atol=1e-6
         )
+
+
+@pytest.mark.e2e
+def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dataset_dir, capsys):
+    """λ ∈ {0.5, 1}, a second tiny base (``tiny:1``: another seed) and a rank-2 extraction of a
+    rank-4 LoRA: trained once, evaluated four ways, analysed, on the leaderboard."""
+    import pandas as pd
+
+    from lyco_bench.cli import main
+    from lyco_bench.metrics.manifest import read_manifest
+    from lyco_bench.metrics.tiny import make_tiny_encoders
+    from tests.helpers import micro_study
+
+    encoders = make_tiny_encoders(tmp_path / "enc", seed=0)
+    path = micro_study(tmp_path, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)
+    spec = yaml.safe_load(path.read_text())
+    spec["algorithms"]["lora"]["adapter"] = {"dim": 4, "alpha": 2}
+    spec |= {"eval_multipliers": [0.5, 1.0], "eval_models": ["tiny:1"], "eval_compress": [2]}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    store, reports = tmp_path / "store", tmp_path / "reports"
+    assert main(["run", str(path), "--store", str(store), "--reports", str(reports)]) == 0
+    root = store / "micro"
+    results = pd.read_parquet(root / "results.parquet").drop_duplicates("config").set_index("config")
+    assert sorted(results.index) == ["lora2", "lora2-c2", "lora2-x0.5", "lora2@tiny1"]
+    assert results["multiplier"].to_dict() == {"lora2": 1.0, "lora2-c2": 1.0, "lora2-x0.5": 0.5, "lora2@tiny1": 1.0}
+    assert results["eval_model"].to_dict() == {"lora2": "tiny-sd", "lora2-c2": "tiny-sd", "lora2-x0.5": "tiny-sd",
+                                               "lora2@tiny1": "tiny1"}  # fmt: skip
+    assert results["compress_rank"].isna().sum() == 3 and results.loc["lora2-c2", "compress_rank"] == 2
+    # the compressed row costs what its file does: half the rank-4 factors, a smaller file
+    extracted = root / "extracted" / "lora2" / "1" / "e001-c2.safetensors"
+    assert results.loc["lora2-c2", "file_bytes"] == extracted.stat().st_size < results.loc["lora2", "file_bytes"]
+    assert results.loc["lora2-c2", "trainable_params"] * 2 == results.loc["lora2", "trainable_params"]
+    assert 0 < results.loc["lora2-c2", "compress_error"] < 1
+    # one training; each variant generated what it varies; the other base's own base images
+    assert [p.name for p in (root / "runs").iterdir()] == ["lora2"]
+    labels = {n: read_manifest(root / "images" / n / "1" / "e001")["adapters"].iloc[0] for n in results.index}
+    assert labels["lora2-x0.5"].endswith(":0.5") and labels["lora2"].endswith(":1")
+    assert labels["lora2-c2"].startswith("e001-c2.safetensors@")
+    assert read_manifest(root / "images" / "base@tiny1")["path"].map(lambda p: Path(p).is_file()).all()
+    board = pd.read_csv(reports / "micro" / "leaderboard.csv")
+    assert {"multiplier", "eval_model", "compress_rank"} <= set(board.columns)
+    assert set(board["config"]) == set(results.index)
+    capsys.readouterr()
+    assert main(["plan", str(path), "--store", str(store)]) == 0  # every job stays done, extraction too
+    said = capsys.readouterr()
+    assert "16 jobs, 16 done (0 stale), 0 left" in said.out and "eval_compress" in said.err  # the axis table

@@ -104,12 +104,17 @@ def _check_family(model: str, value: str, where: str) -> None:
     if ours is None or theirs is None:
         return  # not known before loading: generation checks every adapted layer's shape
     for part, a, b in (("unet", ours[0], theirs[0]), ("text", ours[1], theirs[1])):
-        for key in FAMILY_KEYS[part]:
-            if a.get(key) != b.get(key):
+        for key in FAMILY_KEYS[part]:  # a key one config leaves to its default is not compared
+            if key in a and key in b and _plain(a[key]) != _plain(b[key]):
                 raise BadInput(
                     f"{where}: {value} is not of the study model's family ({part} {key}: "
                     f"{b.get(key)} vs {a.get(key)})"
                 )
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def variant_jobs(
