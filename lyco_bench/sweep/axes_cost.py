@@ -88,7 +88,10 @@ def axis_table(plan: Plan, jobs_cost: dict[str, tuple] | None, *, unit: str) -> 
         return None
     table = Table(title="evaluation axes: what each adds (shared base images and encodes included)")
     for col in ("axis", "values", "evaluations", "images", "encoder passes", unit):
-        table.add_column(col, justify="left" if col in ("axis", "values") else "right", no_wrap=col == "axis")
+        numeric = col not in ("axis", "values")
+        table.add_column(
+            col, justify="right" if numeric else "left", no_wrap=col != "values", min_width=len(col)
+        )
     for r in rows:
         seconds = f"{r['seconds']:,.0f}" if r["seconds"] >= 10 else f"{r['seconds']:.3g}"
         table.add_row(r["axis"], r["values"], f"{r['evaluations']:,}", f"{r['images']:,}", f"{r['passes']:,}",
