@@ -104,6 +104,21 @@ def test_each_axis_varies_one_thing_from_each_as_trained_evaluation(plans):
     assert not Variant(rank=2).varies and Variant(compress=2).varies
 
 
+def test_each_varied_evaluation_is_compared_with_its_as_trained_one(plans):
+    from lyco_bench.sweep.axes import variant_pairs
+
+    study = plans[1].study
+    assert variant_pairs(study.study, study.configs) == [
+        ("lora4-x0.5", "lora4"),
+        ("lora4@tiny1", "lora4"),
+        ("lora4-c2", "lora4"),
+        ("dyl-r2-x0.5", "dyl-r2"),
+        ("dyl-r2@tiny1", "dyl-r2"),
+        ("dyl-r4-x0.5", "dyl-r4"),
+        ("dyl-r4@tiny1", "dyl-r4"),
+    ]  # fmt: skip  (DyLoRA's compressed file has no as-trained row: it has ranks)
+
+
 def test_the_default_variants_keep_their_ids_and_params(plans):
     plain, axes, _ = plans
     by_id = axes.by_id()
@@ -286,13 +301,20 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     root = store / "micro"
     results = pd.read_parquet(root / "results.parquet").drop_duplicates("config").set_index("config")
     assert sorted(results.index) == ["lora2", "lora2-c2", "lora2-x0.5", "lora2@tiny1"]
-    assert results["multiplier"].to_dict() == {"lora2": 1.0, "lora2-c2": 1.0, "lora2-x0.5": 0.5, "lora2@tiny1": 1.0}
+    assert results["multiplier"].to_dict() == {
+        "lora2": 1.0,
+        "lora2-c2": 1.0,
+        "lora2-x0.5": 0.5,
+        "lora2@tiny1": 1.0,
+    }
     assert results["eval_model"].to_dict() == {"lora2": "tiny-sd", "lora2-c2": "tiny-sd", "lora2-x0.5": "tiny-sd",
                                                "lora2@tiny1": "tiny1"}  # fmt: skip
     assert results["compress_rank"].isna().sum() == 3 and results.loc["lora2-c2", "compress_rank"] == 2
     # the compressed row costs what its file does: half the rank-4 factors, a smaller file
     extracted = root / "extracted" / "lora2" / "1" / "e001-c2.safetensors"
-    assert results.loc["lora2-c2", "file_bytes"] == extracted.stat().st_size < results.loc["lora2", "file_bytes"]
+    assert (
+        results.loc["lora2-c2", "file_bytes"] == extracted.stat().st_size < results.loc["lora2", "file_bytes"]
+    )
     assert results.loc["lora2-c2", "trainable_params"] * 2 == results.loc["lora2", "trainable_params"]
     assert 0 < results.loc["lora2-c2", "compress_error"] < 1
     # one training; each variant generated what it varies; the other base's own base images
@@ -304,6 +326,9 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     board = pd.read_csv(reports / "micro" / "leaderboard.csv")
     assert {"multiplier", "eval_model", "compress_rank"} <= set(board.columns)
     assert set(board["config"]) == set(results.index)
+    comparison = pd.read_csv(reports / "micro" / "comparison.csv")
+    pairs = set(zip(comparison["config"], comparison["reference"], strict=True))
+    assert {("lora2-x0.5", "lora2"), ("lora2@tiny1", "lora2"), ("lora2-c2", "lora2")} <= pairs
     capsys.readouterr()
     assert main(["plan", str(path), "--store", str(store)]) == 0  # every job stays done, extraction too
     said = capsys.readouterr()

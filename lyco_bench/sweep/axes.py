@@ -159,6 +159,21 @@ def evaluation_names(study: Any, configs: list[Any], *, source: str) -> list[str
     return list(seen)
 
 
+def variant_pairs(study: Any, configs: list[Any]) -> list[tuple[str, str]]:
+    """(varied evaluation, the as-trained evaluation it varies) of every configuration: the paired
+    comparisons comparison.csv holds besides the study's own (DyLoRA's compressed file, whose
+    as-trained row is a rank, has none)."""
+    pairs = []
+    for config in configs:
+        named = dict(evaluations(study, config))
+        trained = {v: n for n, v in named.items() if not v.varies}
+        for name, variant in named.items():
+            base = trained.get(Variant(rank=variant.rank))
+            if variant.varies and base is not None:
+                pairs.append((name, base))
+    return pairs
+
+
 def variant_columns(study: Any, variant: Variant, *, own_label: str) -> dict[str, Any]:
     """The axis columns of one results row: each axis the study sweeps, with this row's value
     (``compress_rank`` None for a file as trained); none for an axis the study does not sweep."""

@@ -146,7 +146,6 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     leaderboard (with intervals and the comparison with the reference) and
     ``reports/<study>/index.html``."""
     from lyco_bench.analysis import run_analysis, write_report
-    from lyco_bench.analysis.leaderboard import Contrast
     from lyco_bench.analysis.uncertainty import BootstrapSettings
 
     settings = plan.study.study.analysis
@@ -194,10 +193,30 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
-        contrasts=[Contrast(**c.model_dump()) for c in settings.contrasts],
+        contrasts=_contrasts(plan),
         sample_size=analysis.sample_size_table,
         choices=choices,
     )
+
+
+def _contrasts(plan: Plan) -> list[Any]:
+    """The study's contrasts, then each varied evaluation against its as-trained one at every
+    epoch (what the axis value changes, paired by seed, concept and prompt), unless the study
+    names that pair or leaves either out."""
+    from lyco_bench.analysis.leaderboard import Contrast
+    from lyco_bench.analysis.ranks import config_matches
+    from lyco_bench.sweep.axes import variant_pairs
+
+    settings = plan.study.study.analysis
+    own = [Contrast(**c.model_dump()) for c in settings.contrasts]
+    named = {(c.config, c.vs) for c in own}
+    excluded = [str(c) for c in settings.exclude_configs]
+    pairs = variant_pairs(plan.study.study, plan.study.configs)
+    return own + [
+        Contrast(config=a, vs=b)
+        for a, b in pairs
+        if (a, b) not in named and not config_matches(a, excluded) and not config_matches(b, excluded)
+    ]
 
 
 def _images_per_prompt(prompt_set: str) -> dict[str, int]:
