@@ -108,7 +108,7 @@ def _check_family(model: str, value: str, where: str) -> None:
             if key in a and key in b and _plain(a[key]) != _plain(b[key]):
                 raise BadInput(
                     f"{where}: {value} is not of the study model's family ({part} {key}: "
-                    f"{b.get(key)} vs {a.get(key)})"
+                    f"{_plain(b[key])} vs {_plain(a[key])})"
                 )
 
 
