@@ -333,3 +333,28 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     assert main(["plan", str(path), "--store", str(store)]) == 0  # every job stays done, extraction too
     said = capsys.readouterr()
     assert "16 jobs, 16 done (0 stale), 0 left" in said.out and "eval_compress" in said.err  # the axis table
+
+
+@pytest.mark.e2e
+def test_on_the_cpu_world_half_strength_learns_the_concept_less(tmp_path):
+    """The multiplier axis measures what it says: on the CPU world, LoRA at λ = 0.5 is further from
+    its concept's images than the same checkpoints at λ = 1 (paired by seed, concept and prompt),
+    on the training prompts and with the trigger alone. A λ that did nothing, or scaled the wrong
+    way, fails here. Runs the real `lyco-bench run` on the shipped world weights."""
+    import pandas as pd
+
+    from lyco_bench.cli import main
+
+    demo = ROOT / "experiments" / "demo.yaml"
+    overrides = [
+        "algorithms={lora: {adapter: {algo: lora, dim: 8, alpha: 4, preset: attn-mlp}, training: {lr: 5.0e-3}, "
+        "default: lora8a4}}",
+        "analysis.contrasts=[]", "analysis.shap_refits=0", "checkpoint_epochs=[30]", "eval_multipliers=[0.5]",
+    ]  # fmt: skip
+    args = ["run", str(demo), "--store", str(tmp_path / "s"), "--reports", str(tmp_path / "r"), "--no-plots"]
+    assert main([*args, *overrides]) == 0
+    comparison = pd.read_csv(tmp_path / "r" / "demo" / "comparison.csv")
+    half = comparison[(comparison["config"] == "lora8a4-x0.5") & (comparison["reference"] == "lora8a4")]
+    fidelity = half[half["metric"] == "image_similarity"].set_index("prompt_class")
+    for prompt_class in ("train", "trigger"):
+        assert fidelity.loc[prompt_class, "ci_high"] < 0, fidelity.loc[prompt_class].to_dict()
