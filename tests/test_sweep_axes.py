@@ -187,6 +187,16 @@ def test_the_plan_sizes_each_axis(plans):
     assert rows["eval_models"]["images"] == 6 * per_ckpt + base  # tiny1's base images, once
     assert rows["default"]["images"] == 2 * per_ckpt + base
     assert rows["eval_compress"]["values"] == "2" and rows["eval_multipliers"]["values"] == "0.5"
+    # with the cost model: the same images; GPU-seconds are its generate/score/encode jobs' (an
+    # extract job runs on the CPU)
+    from lyco_bench.sweep.axes_cost import axis_of
+    from lyco_bench.sweep.costs import job_costs, load_hardware
+
+    costs = job_costs(plan, load_hardware("h100"))
+    gpu = {r["axis"]: r for r in axis_rows(plan, costs)}
+    assert {a: r["images"] for a, r in gpu.items()} == {a: r["images"] for a, r in rows.items()}
+    compress = [j.id for j in plan.jobs if axis_of(j) == "eval_compress" and j.kind != "extract"]
+    assert gpu["eval_compress"]["seconds"] == pytest.approx(sum(costs[i][4] for i in compress))
 
 
 @pytest.mark.parametrize(

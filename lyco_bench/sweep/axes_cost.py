@@ -47,7 +47,10 @@ def axis_rows(plan: Plan, jobs_cost: dict[str, tuple] | None) -> list[dict[str, 
             row["images"] += cost[1] if cost else _generated_images(plan, job)
         elif job.kind in ("encode", "score"):
             row["passes"] += cost[1] if cost else n_encoders * _passes(plan, job)
-        row["seconds"] += cost[4] if cost else rough[job.kind]
+        if jobs_cost is None:
+            row["seconds"] += rough[job.kind]
+        elif cost is not None:  # an extract job runs on the CPU (no GPU share): no GPU-seconds
+            row["seconds"] += cost[4]
     out = []
     for axis in (None, *AXES):
         if axis in rows:
