@@ -208,6 +208,10 @@ def test_the_plan_sizes_each_axis(plans):
         ({"eval_multipliers": [float("nan")]}, "eval_multipliers.0: Input should be a finite number"),
         ({"eval_compress": [0]}, "eval_compress: ranks must be unique and ≥ 1"),
         ({"eval_models": {"a/b": "tiny:2"}}, "eval_models label 'a/b' must be letters"),
+        (
+            {"eval_models": [{"world": None}]},
+            "eval_models: a list of models, or {label: model}; each a string",
+        ),
     ],
 )
 def test_bad_axes_are_one_line_naming_the_field(tmp_path, changes, said):

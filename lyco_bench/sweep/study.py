@@ -226,6 +226,17 @@ class Study(StrictModel):
             raise ValueError("ranks must be unique and ≥ 1")
         return sorted(value)
 
+    @field_validator("eval_models", mode="before")
+    @classmethod
+    def _model_values(cls, value: Any) -> Any:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if items is None or not all(isinstance(v, str) for v in items):
+            # YAML reads `[world:]` as a mapping: say so rather than pydantic's two union errors
+            raise ValueError(
+                "a list of models, or {label: model}; each a string (quote 'tiny:' and 'world:')"
+            )
+        return value
+
     @field_validator("eval_models")
     @classmethod
     def _model_labels(cls, value: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
