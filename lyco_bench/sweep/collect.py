@@ -102,7 +102,7 @@ def _variant_columns(plan: Plan, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # Outputs the results table is built from, per job kind: hashed by ``run`` before it starts.
-RESULT_FILES = {"score": ".parquet", "train": ".json"}
+RESULT_FILES = {"score": ".parquet", "train": ".json", "extract": ".json"}  # extract: a compressed row's size
 
 
 def check_result_files(plan: Plan) -> list[str]:
