@@ -42,6 +42,12 @@ CASES = [
     ("rank 1e11", PLAN + " algorithms.lora.adapter.dim=100000000000", "adapter: dim 100000000000 for layer lora_unet_"),
     ("rank 1e11 in run", "run {study} --store {out} algorithms.lora.adapter.dim=100000000000", "(32×32) would allocate 25.6 TB of factors; a rank above 32 adds nothing (at most out + in·k·k = 64)"),
     ("conv rank 1e11", PLAN + " algorithms.lora.adapter.preset=full algorithms.lora.adapter.conv_dim=100000000000", "adapter: conv_dim 100000000000 for layer lora_unet_"),
+    # evaluation axes (lyco_bench.sweep.axes)
+    ("eval multiplier beyond float32", PLAN + " eval_multipliers=[1e39]", "eval_multipliers: 0: must be a finite number within float32"),
+    ("eval model of another family", PLAN + ' eval_models=["world:"]', "is not of the study model's family (unet block_out_channels: [64, 128, 128] vs [32, 64])"),
+    ("eval model missing", PLAN + " eval_models=[{out}/other]", "eval_models.other: model "),
+    ("eval model is the study's", PLAN + " eval_models=[{model}]", "is the study's model (always evaluated)"),
+    ("eval compress rank 0", PLAN + " eval_compress=[0]", "eval_compress: ranks must be unique and ≥ 1"),
     # pickles refused, never with advice to unpickle
     ("pickle as an adapter", MERGE + " --adapter {pickle}", "not a safetensors file"),
     ("OpenCLIP folder holding a pickle", SCORE + " --set clip={clip_dir}", "open_clip_pytorch_model.bin: refused: it holds pickled objects other than tensors"),

@@ -168,7 +168,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 # --- extract --------------------------------------------------------------------------------
 def _extraction_metadata(args: argparse.Namespace) -> dict[str, str]:
-    from lyco_bench import __version__
+    from lyco_bench.adapters.ops import extraction_metadata
 
     settings = {
         "base": str(args.base),
@@ -176,16 +176,7 @@ def _extraction_metadata(args: argparse.Namespace) -> dict[str, str]:
         "rank": args.rank,
         "conv_rank": args.conv_rank,
     }
-    return {
-        "lyco_bench.algo": "lora",
-        "lyco_bench.extracted": json.dumps(settings, sort_keys=True),
-        "lyco_bench.base_model": str(args.base),
-        "lyco_bench.version": __version__,
-        "ss_network_module": "lycoris.kohya",
-        "ss_network_dim": str(args.rank),
-        "ss_network_alpha": str(args.rank),
-        "ss_network_args": json.dumps({"algo": "locon", "conv_dim": str(args.conv_rank or args.rank)}),
-    }
+    return extraction_metadata(settings, rank=args.rank, conv_rank=args.conv_rank, base=str(args.base))
 
 
 def _print_extraction(rows: list, *, out: Path, rank: int, width: int | None) -> None:

@@ -253,15 +253,8 @@ def extract_lora(
         norm = float(diff.norm())
         if norm == 0.0 or norm <= threshold * float(base.weight.detach().float().norm()):
             continue
-        is_kxk = isinstance(base, nn.Conv2d) and max(base.kernel_size) > 1
-        up, down, r, error = _low_rank(diff, (conv_rank or rank) if is_kxk else rank)
-        dtype = base.weight.dtype
-        if isinstance(base, nn.Conv2d):
-            down = down.reshape(r, *base.weight.shape[1:])  # (r, in, k, k): the k×k down-conv
-            up = up.reshape(up.shape[0], r, 1, 1)  # (out, r, 1, 1): the 1×1 up-conv
-        tensors[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
-        tensors[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
-        tensors[f"{key}.alpha"] = torch.tensor(float(r))
+        factors, r, error = lora_factors(key, diff, rank=rank, conv_rank=conv_rank, dtype=base.weight.dtype)
+        tensors.update(factors)
         bias_changed = base.bias is not None and not torch.equal(
             base.bias.detach().cpu(), tuned.bias.detach().cpu()
         )
@@ -269,3 +262,77 @@ def extract_lora(
     if not rows:
         raise BadInput("extract: the tuned model does not differ from the base in any Linear/Conv2d layer")
     return tensors, rows
+
+
+def lora_factors(
+    key: str, diff: torch.Tensor, *, rank: int, conv_rank: int | None, dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], int, float]:
+    """The LoRA/LoCon tensors (file layout) of the best rank-r approximation of one layer's
+    difference ``diff`` ([out, in] or [out, in, k, k]; ``conv_rank`` for k×k convs), the rank kept
+    and the relative error."""
+    is_kxk = diff.ndim == 4 and max(diff.shape[2:]) > 1
+    up, down, r, error = _low_rank(diff, (conv_rank or rank) if is_kxk else rank)
+    if diff.ndim == 4:
+        down = down.reshape(r, *diff.shape[1:])  # (r, in, k, k): the k×k down-conv
+        up = up.reshape(up.shape[0], r, 1, 1)  # (out, r, 1, 1): the 1×1 up-conv
+    tensors = {
+        f"{key}.lora_down.weight": down.to(dtype).contiguous(),
+        f"{key}.lora_up.weight": up.to(dtype).contiguous(),
+        f"{key}.alpha": torch.tensor(float(r)),
+    }
+    return tensors, r, error
+
+
+def extract_adapter(
+    source: Source,
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    *,
+    rank: int,
+    conv_rank: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[dict[str, torch.Tensor], list[ExtractionRow]]:
+    """An adapter file compressed to a LoRA/LoCon of rank ``rank``: for every Linear/Conv2d module
+    of the file, the truncated SVD of its dense ΔW on this model (:func:`delta_weights`; the same
+    factorization as :func:`extract_lora`, without building the tuned model). Modules of other
+    layers (norms) and bias changes are left out (``bias_changed`` says where). ``dtype``: of the
+    factors (None: the file's own floating dtype)."""
+    if rank < 1 or (conv_rank is not None and conv_rank < 1):
+        raise BadInput("extract: rank must be ≥ 1")
+    file = as_adapter_file(source)
+    if dtype is None:
+        floats = (
+            t.dtype for k in file.modules for t in file.module_tensors(k).values() if t.is_floating_point()
+        )
+        dtype = next(floats, torch.float32)
+    tensors: dict[str, torch.Tensor] = {}
+    rows: list[ExtractionRow] = []
+    for key, (dw, db) in delta_weights(file, unet, text_encoder).items():
+        if dw.ndim not in (2, 4) or float(dw.norm()) == 0.0:
+            continue
+        factors, r, error = lora_factors(key, dw, rank=rank, conv_rank=conv_rank, dtype=dtype)
+        tensors.update(factors)
+        changed = db is not None and bool(db.abs().max() > 0)
+        rows.append(ExtractionRow(key, tuple(dw.shape), r, error, changed))
+    if not rows:
+        raise BadInput(f"extract: {file.name}: no Linear/Conv2d layer changes")
+    return tensors, rows
+
+
+def extraction_metadata(settings: dict, *, rank: int, conv_rank: int | None, base: str) -> dict[str, str]:
+    """File metadata of an extracted LoRA/LoCon: lyco-bench's (``settings``: what it was extracted
+    from and how) and kohya's ``ss_*`` keys, so that sd-scripts and A1111 load it as LoCon."""
+    import json
+
+    from lyco_bench import __version__
+
+    return {
+        "lyco_bench.algo": "lora",
+        "lyco_bench.extracted": json.dumps(settings, sort_keys=True),
+        "lyco_bench.base_model": base,
+        "lyco_bench.version": __version__,
+        "ss_network_module": "lycoris.kohya",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(rank),
+        "ss_network_args": json.dumps({"algo": "locon", "conv_dim": str(conv_rank or rank)}),
+    }

@@ -89,6 +89,12 @@ def print_plan(
 
         table = cost_table(estimate_costs(plan, hardware, jobs_cost), hardware)
         console.print(table, highlight=False, soft_wrap=True)
+    from lyco_bench.sweep.axes_cost import axis_table
+
+    unit = f"GPU-s on {hardware.name}" if hardware is not None else "s (rough)"
+    axes = axis_table(plan, jobs_cost, unit=unit)
+    if axes is not None:
+        console.print(axes, highlight=False)
     n_left = len(plan.jobs) - len(done)
     source = "recorded durations" if measured else "rough per-kind costs"
     if hardware is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lyco_bench.sweep.axes import evaluations
 from lyco_bench.sweep.planner import Plan
 from lyco_bench.sweep.stages import checkpoint_name
 
@@ -67,22 +68,28 @@ def runs_table(plan: Plan) -> Any:
         run_dir = plan.store.run_dir(p["config"], p["seed"])
         record = read_run_record(record_path(run_dir, p["epoch"]))
         config = record["config"]
-        rows.append(
-            {
-                "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
-                "config": p["evaluated"],
-                **_run_columns(config),
-                **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
-                "lr": float(config["lr"]),
-                "seed": int(record["seed"]),
-                "epoch": int(record["epoch"]),
-                "trainable_params": int(record["trainable_params"]),
-                # As written (the store checked the file against it): not a later, damaged size.
-                "file_bytes": int(
-                    record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
-                ),
-            }
-        )
+        row = {
+            "checkpoint": checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
+            "config": p["evaluated"],
+            **_run_columns(config),
+            **({"eval_rank": p["rank"]} if p["rank"] is not None else {}),
+            **_variant_columns(plan, p),
+            "lr": float(config["lr"]),
+            "seed": int(record["seed"]),
+            "epoch": int(record["epoch"]),
+            "trainable_params": int(record["trainable_params"]),
+            # As written (the store checked the file against it): not a later, damaged size.
+            "file_bytes": int(
+                record.get("file_bytes") or checkpoint_path(run_dir, p["epoch"]).stat().st_size
+            ),
+        }
+        if p.get("compress") is not None:  # the extracted file is what this row evaluates
+            from lyco_bench.sweep.compress import read_extraction
+
+            extraction = read_extraction(plan.store, p["config"], p["seed"], p["epoch"], p["compress"])
+            row |= {"trainable_params": int(extraction["params"]), "file_bytes": int(extraction["file_bytes"]),
+                    "compress_error": float(extraction["mean_error"])}  # fmt: skip
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -112,8 +119,20 @@ def run_costs(plan: Plan) -> Any:
     return pd.DataFrame(rows)
 
 
+def _variant_columns(plan: Plan, params: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation-axis columns of a score job's row (lyco_bench.sweep.axes.variant_columns)."""
+    from lyco_bench.sweep.axes import Variant, model_label, variant_columns
+
+    variant = Variant(
+        rank=params["rank"], multiplier=params.get("multiplier", 1.0), model=params.get("eval_model"),
+        compress=params.get("compress"),
+    )  # fmt: skip
+    study = plan.study.study
+    return variant_columns(study, variant, own_label=model_label(study.model))
+
+
 # Outputs the results table is built from, per job kind: hashed by ``run`` before it starts.
-RESULT_FILES = {"score": ".parquet", "train": ".json"}
+RESULT_FILES = {"score": ".parquet", "train": ".json", "extract": ".json"}  # extract: a compressed row's size
 
 
 def check_result_files(plan: Plan) -> list[str]:
@@ -157,7 +176,6 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
     leaderboard (with intervals and the comparison with the reference) and
     ``reports/<study>/index.html``."""
     from lyco_bench.analysis import run_analysis, write_report
-    from lyco_bench.analysis.leaderboard import Contrast
     from lyco_bench.analysis.uncertainty import BootstrapSettings
 
     settings = plan.study.study.analysis
@@ -168,8 +186,12 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         n_resamples=settings.bootstrap_resamples or defaults.n_resamples,
         seed=settings.bootstrap_seed if settings.bootstrap_seed is not None else defaults.seed,
     )
-    first = plan.study.configs[0].evaluations()[0][0]
+    evaluated = {c.name: evaluations(study, c) for c in plan.study.configs}
+    first = evaluated[plan.study.configs[0].name][0][0]
     reference = settings.reference or first
+    # A varied evaluation (another λ, model or a compressed file) has its configuration's SHAP
+    # features: it is ranked on the leaderboard and left out of the fits.
+    varied = [name for names in evaluated.values() for name, v in names if v.varies]
     choices = settings.choices()  # headline metrics, Pareto axes, panels: the registry's or the study's
     extra = {} if settings.shap_refits is None else {"shap_refits": settings.shap_refits}
     if settings.target_half_width is not None:
@@ -178,7 +200,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         results,
         out_dir / "analysis",
         exclude_configs=tuple(str(c) for c in settings.exclude_configs),
-        shap_exclude_configs=tuple(str(c) for c in settings.shap_exclude_configs),
+        shap_exclude_configs=(*(str(c) for c in settings.shap_exclude_configs), *varied),
         plots=plots,
         bootstrap=bootstrap,
         images_per_prompt=study.prompts.images_per_prompt or _images_per_prompt(study.prompts.set),
@@ -197,7 +219,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         base_key="base",
         bootstrap=bootstrap,
         reference=reference,
-        contrasts=[Contrast(**c.model_dump()) for c in settings.contrasts],
+        contrasts=_contrasts(plan),
         sample_size=analysis.sample_size_table,
         choices=choices,
     )
@@ -218,9 +240,29 @@ def checkpoint_grids(plan: Plan) -> Any:
     rows = [
         {"config": name, "epoch": epoch, "seed": seed,
          "manifest": plan.store.images_dir(name, seed, epoch) / "manifest.parquet"}
-        for config in plan.study.configs for name, _ in config.evaluations() for epoch, seed in kept
+        for config in plan.study.configs for name, _ in evaluations(study, config) for epoch, seed in kept
     ]  # fmt: skip
     return GridSet(pd.DataFrame(rows), columns=("epoch", "seed"), group_by=("config",))
+
+
+def _contrasts(plan: Plan) -> list[Any]:
+    """The study's contrasts, then each varied evaluation against its as-trained one at every
+    epoch (what the axis value changes, paired by seed, concept and prompt), unless the study
+    names that pair or leaves either out."""
+    from lyco_bench.analysis.leaderboard import Contrast
+    from lyco_bench.analysis.ranks import config_matches
+    from lyco_bench.sweep.axes import variant_pairs
+
+    settings = plan.study.study.analysis
+    own = [Contrast(**c.model_dump()) for c in settings.contrasts]
+    named = {(c.config, c.vs) for c in own}
+    excluded = [str(c) for c in settings.exclude_configs]
+    pairs = variant_pairs(plan.study.study, plan.study.configs)
+    return own + [
+        Contrast(config=a, vs=b)
+        for a, b in pairs
+        if (a, b) not in named and not config_matches(a, excluded) and not config_matches(b, excluded)
+    ]
 
 
 def _images_per_prompt(prompt_set: str) -> dict[str, int]:

@@ -236,12 +236,22 @@ def _job_flops(plan: Any, unet_cfg: dict, vae_cfg: dict) -> dict[str, tuple[str,
     generated = sum(plan.inputs.images_per_class.values())
     for job in plan.of_kind("score"):
         out[job.id] = ("score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
-    encode_jobs = plan.of_kind("encode")
+    # an eval model's base images (lyco_bench.sweep.axes) are encoded by its own encode jobs
+    encode_jobs = [j for j in plan.of_kind("encode") if j.params.get("eval_model") is None]
     refs = len(plan.inputs.dataset_images) * len(plan.study.study.encoders.get("modes", ["resize"]))
-    shared = refs + sum(plan.inputs.base_images_per_class.values())
+    base = sum(plan.inputs.base_images_per_class.values())
+    shared = refs + base
     for job in encode_jobs:  # the shared images' passes, split evenly over the encode jobs
         n = shared * len(per_pass) // len(encode_jobs)
         out[job.id] = ("encode", n, shared * sum(per_pass.values()) / len(encode_jobs), "float32")
+    per_model: dict[str, list[Any]] = {}
+    for job in plan.of_kind("encode"):
+        if job.params.get("eval_model") is not None:
+            per_model.setdefault(job.params["eval_model"], []).append(job)
+    for jobs in per_model.values():
+        for job in jobs:
+            out[job.id] = ("encode", base * len(per_pass) // len(jobs), base * sum(per_pass.values()) / len(jobs),
+                           "float32")  # fmt: skip
     return out
 
 

@@ -70,7 +70,10 @@ def config_overheads(plan: Any) -> dict[str, float]:
         return {}
     width, height = plan.inputs.sampler["width"], plan.inputs.sampler["height"]
     out = {}
+    from lyco_bench.sweep.axes import evaluations
+
     for config in plan.study.configs:
-        for name, _ in config.evaluations():
-            out[name] = unmerged_overhead(configs[0], config.adapter, width, height)
+        for name, variant in evaluations(plan.study.study, config):
+            if variant.compress is None:  # a compressed file is another adapter: left unknown (NaN)
+                out[name] = unmerged_overhead(configs[0], config.adapter, width, height)
     return out

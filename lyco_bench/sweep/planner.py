@@ -8,6 +8,10 @@ Kinds (docs/internals.md):
     generate  (checkpoint | base model) → images + manifest for the study's prompt classes
     encode    shared image sets (dataset, base-model images) → features in the shared cache
     score     checkpoint → its images' features (one shard per encoder and mode) + metric rows
+    extract   checkpoint → its adapter SVD-extracted to a rank (a study's ``eval_compress``)
+
+A checkpoint is generated and scored once per evaluation variant (lyco_bench.sweep.axes): the
+default variant's ids are those of a study without evaluation axes.
 
 A job id is ``<kind>-<readable>-<hash>``; the hash covers the job's ``spec``: every input that
 changes its output (``lyco_bench.sweep.inputs``): settings as resolved after all defaults, the
@@ -24,13 +28,15 @@ to style losses on the spot and never stored).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.assets import built_encoders, built_model, model_rough_costs
+from lyco_bench.sweep.axes import Variant, evaluations
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
+from lyco_bench.sweep.jobs import ASSET_VERSIONS, Job, make_job  # noqa: F401 - re-exported
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
@@ -39,13 +45,13 @@ from lyco_bench.sweep.study import (
     generated_dataset,
     generated_folder,
 )
-from lyco_bench.utils import stable_hash
 
-KINDS = ("prepare", "train", "generate", "encode", "score")
+KINDS = ("prepare", "train", "extract", "generate", "encode", "score")
 
 # Rough seconds per job on one GPU for a paper-sized study, used for the estimate of the work left
 # until the store has recorded durations of its own.
-ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "generate": 1800.0, "encode": 120.0, "score": 120.0}
+ROUGH_COST_S = {"prepare": 30.0, "train": 3 * 3600.0, "extract": 60.0, "generate": 1800.0, "encode": 120.0,
+                "score": 120.0}  # fmt: skip
 
 
 def rough_costs(model: str) -> Mapping[str, float]:
@@ -53,61 +59,6 @@ def rough_costs(model: str) -> Mapping[str, float]:
     built or shipped, declares its own: lyco_bench.sweep.assets)."""
     declared = model_rough_costs(str(model))
     return declared if declared is not None else ROUGH_COST_S
-
-
-# Bumped when what a prepare job builds changes (make_tiny_model, make_demo_dataset,
-# make_tiny_encoders): every job downstream of the asset becomes stale.
-ASSET_VERSIONS = {"model": 1, "dataset": 2, "encoders": 1}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work. ``spec`` is hashed into the id; ``params`` only tell a worker where things are."""
-
-    id: str
-    kind: str
-    name: str
-    spec: dict[str, Any]
-    deps: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "spec": self.spec,
-            "deps": list(self.deps),
-            "params": self.params,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(
-            id=data["id"],
-            kind=data["kind"],
-            name=data["name"],
-            spec=data["spec"],
-            deps=tuple(data["deps"]),
-            params=data["params"],
-        )
-
-
-def make_job(
-    kind: str, name: str, *, spec: dict[str, Any], deps: list[str] | None = None, **params: Any
-) -> Job:
-    """A job whose id hashes ``spec``; ``deps`` (ordering only) and ``params`` (where its files
-    are) are not hashed: a spec names the identity of whatever upstream output it reads."""
-    deps = sorted(set(deps or []))
-    full_spec = {"kind": kind, **spec}
-    return Job(
-        id=f"{kind}-{name}-{stable_hash(full_spec)}",
-        kind=kind,
-        name=name,
-        spec=full_spec,
-        deps=tuple(deps),
-        params=params,
-    )
 
 
 @dataclass
@@ -263,7 +214,6 @@ def _encode_job(
 
 def _shared_jobs(study: LoadedStudy, inputs: StudyInputs, prepare: dict[str, Job]) -> list[Job]:
     """Work every checkpoint shares: dataset features, base-model images and their features."""
-    s = study.study
     enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     ds_dep = [prepare["dataset"].id] if "dataset" in prepare else []
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
@@ -273,10 +223,31 @@ def _shared_jobs(study: LoadedStudy, inputs: StudyInputs, prepare: dict[str, Job
         jobs.append(
             _encode_job(study, f"dataset-{enc}", spec=spec, enc=enc, deps=ds_dep + enc_dep, target="dataset")
         )
+    return jobs + base_jobs(study, inputs, prepare, identity=inputs.model, deps=base_deps)
+
+
+def base_jobs(
+    study: LoadedStudy,
+    inputs: StudyInputs,
+    prepare: dict[str, Job],
+    *,
+    identity: str,
+    deps: list[str],
+    label: str | None = None,
+    **params: Any,
+) -> list[Job]:
+    """A base model's images (the study's model, or eval model ``label``; ``identity``: the
+    model's) and their features for the paired metrics: one generate job, then its encodes."""
+    from lyco_bench.sweep.axes import base_images_name
+
+    s = study.study
+    enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
+    folder = base_images_name(label)
     base_classes = s.prompts.base_classes if s.prompts.base_classes is not None else s.prompts.classes
-    base_spec = {"checkpoint": {"model": inputs.model}, **_sampling_spec(study, inputs, base_classes)}
-    base_gen = make_job("generate", "base", spec=base_spec, deps=base_deps, target="base", **_where(study))
-    jobs.append(base_gen)
+    base_spec = {"checkpoint": {"model": identity}, **_sampling_spec(study, inputs, base_classes)}
+    where = {**_where(study), **params, **({"base_images": folder} if label is not None else {})}
+    base_gen = make_job("generate", folder, spec=base_spec, deps=deps, target="base", **where)
+    jobs = [base_gen]
     for enc in needed_kinds(inputs.metrics, inputs.scoring["image_encoders"], reads="base"):
         spec = {
             "images": base_gen.id,
@@ -285,8 +256,9 @@ def _shared_jobs(study: LoadedStudy, inputs: StudyInputs, prepare: dict[str, Job
             "modes": base_modes(inputs.metrics, enc, inputs.scoring),  # what it encodes in: its identity
         }
         jobs.append(
-            _encode_job(study, f"base-{enc}", spec=spec, enc=enc, deps=[base_gen.id, *enc_dep], target="base")
-        )
+            make_job("encode", f"{folder}-{enc}", spec=spec, deps=[base_gen.id, *enc_dep], encoder=enc,
+                     target="base", **where)
+        )  # fmt: skip
     return jobs
 
 
@@ -315,23 +287,38 @@ def _checkpoint_jobs(
     prepare: dict[str, Job],
     shared: list[Job],
     name: str,
-    rank: int | None,
+    variant: Variant,
+    models: dict[str, Any],
 ) -> list[Job]:
-    """generate → score (which encodes the checkpoint's images) for one checkpoint of ``train``,
-    evaluated as configuration ``name`` (at ``rank`` components when given)."""
+    """[extract →] generate → score (which encodes the checkpoint's images) for one checkpoint of
+    ``train``, evaluated as ``name``: its ``variant`` (lyco_bench.sweep.axes); ``models``: each
+    eval model's jobs (``axes_plan.EvalModelJobs``)."""
     from lyco_bench.metrics import METRICS
     from lyco_bench.metrics.scoring import OUTPUT_VERSION
 
     s = study.study
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
-    where = {"config": train.params["config"], "evaluated": name, "rank": rank, "seed": train.params["seed"],
+    where = {"config": train.params["config"], "evaluated": name, "rank": variant.rank, "seed": train.params["seed"],
              "epoch": epoch, **_where(study)}  # fmt: skip
     readable = f"{name}-s{train.params['seed']}-e{epoch:03d}"
-    checkpoint = checkpoint_identity(train, epoch) | ({"rank": rank} if rank is not None else {})
-    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, s.prompts.classes)}
-    gen = make_job(
-        "generate", readable, spec=gen_spec, deps=[train.id, *base_deps], target="checkpoint", **where
+    checkpoint = checkpoint_identity(train, epoch) | (
+        {"rank": variant.rank} if variant.rank is not None else {}
     )
+    jobs, gen_deps = [], [train.id, *base_deps]
+    if variant.varies:  # the default variant (and DyLoRA's ranks) keep the params and ids they had
+        from lyco_bench.sweep.axes_plan import variant_jobs
+
+        checkpoint, extra, where, gen_deps, shared = variant_jobs(
+            study, train, epoch, variant, checkpoint=checkpoint, where=where, deps=gen_deps, shared=shared,
+            models=models,
+        )  # fmt: skip
+        jobs += extra
+    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, s.prompts.classes)}
+    if variant.multiplier != 1.0:
+        gen_spec["multiplier"] = variant.multiplier
+    if variant.model is not None:
+        gen_spec["eval_model"] = models[variant.model].identity
+    gen = make_job("generate", readable, spec=gen_spec, deps=gen_deps, target="checkpoint", **where)
     base = next(j for j in shared if j.kind == "generate")
     reads_base = any("base" in METRICS[m].needs for m in inputs.metrics)
     score_spec = {
@@ -347,7 +334,7 @@ def _checkpoint_jobs(
     score_deps = [gen.id, *(j.id for j in shared), *enc_dep, *base_deps]
     grid = train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)  # drawn in the report
     score = make_job("score", readable, spec=score_spec, deps=score_deps, images=s.images, grid=grid, **where)
-    return [gen, score]
+    return [*jobs, gen, score]
 
 
 def build_plan(
@@ -373,15 +360,22 @@ def build_plan(
     shared = _shared_jobs(study, inputs, prepare)
     class_jobs = _class_jobs(study, inputs, base_deps)
     jobs = [*prepare.values(), *shared, *class_jobs.values()]
+    models: dict[str, Any] = {}
+    if study.study.eval_models:  # each eval model's base images and their features, shared
+        from lyco_bench.sweep.axes_plan import eval_model_jobs
+
+        models = eval_model_jobs(study, inputs, prepare, base_jobs=base_jobs)
+        jobs += [j for m in models.values() for j in m.jobs]
     for config in study.configs:
         for seed in study.study.seeds:
             train = _train_job(study, inputs, config, seed, base_deps, class_jobs)
             jobs.append(train)
             for epoch in sorted(study.study.checkpoint_epochs):
-                for name, rank in config.evaluations():
+                for name, variant in evaluations(study.study, config):
                     jobs += _checkpoint_jobs(
-                        study, inputs, train, epoch, prepare=prepare, shared=shared, name=name, rank=rank
-                    )
+                        study, inputs, train, epoch, prepare=prepare, shared=shared, name=name,
+                        variant=variant, models=models,
+                    )  # fmt: skip
     plan = Plan(study=study, store=store, jobs=jobs, inputs=inputs)
     check_adapter_sizes(plan)
     return plan

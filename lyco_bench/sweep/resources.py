@@ -20,7 +20,9 @@ from collections.abc import Iterable
 
 from lyco_bench.errors import BadInput
 
-GPU_SHARE: dict[str, float] = {"train": 1.0, "generate": 0.5, "encode": 0.25, "score": 0.25, "prepare": 0.0}
+GPU_SHARE: dict[str, float] = {
+    "train": 1.0, "generate": 0.5, "encode": 0.25, "score": 0.25, "prepare": 0.0, "extract": 0.0,
+}  # fmt: skip
 """Fraction of one GPU a job of each kind holds (0: CPU-bound). Kinds not listed take a whole GPU."""
 
 FORWARDED_ENV = (

@@ -92,8 +92,11 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
         "grids": (grids * per_grid, grids * per_grid * png),
         "none": (0, 0),
     }
-    est.add("base-model images (shared)", n_base, n_base * png)
-    est.add("manifests (one per image folder)", n_ckpt + 1, (n_ckpt + 1) * (2000 + 120 * per_ckpt))
+    # one set per base model: the study's, and each eval model's (lyco_bench.sweep.axes)
+    n_sets = sum(j.params.get("target") == "base" for j in plan.of_kind("generate")) or 1
+    est.add("base-model images (shared)", n_base * n_sets, n_base * n_sets * png)
+    n_folders = n_ckpt + n_sets
+    est.add("manifests (one per image folder)", n_folders, n_folders * (2000 + 120 * per_ckpt))
 
     dims = {kind: encoder_dim(kind, plan) for kind in inputs.encoders}
     image_encoders = tuple(inputs.scoring["image_encoders"])

@@ -21,8 +21,10 @@ from lyco_bench.sweep.assets import (
     built_model,
     dataset_path,
     encoder_settings,
+    job_model_path,
     model_path,
 )
+from lyco_bench.sweep.axes import base_images_dir, extracted_path
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import draw_generated_dataset, generated_dataset, generated_folder
@@ -34,7 +36,7 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
     """Build an asset into the store's assets folder (a stale build there is replaced whole)."""
     asset, value = job.spec["asset"], job.spec["value"]
     if asset == "model" and (model := built_model(value)) is not None:
-        out = store.assets_dir / model[1].folder
+        out = store.assets_dir / job.params.get("folder", model[1].folder)  # an eval model's: its own
         with _fresh(out) as tmp:
             model[1].build(tmp, asset_seed(value, model[0].prefix))
         return [out]
@@ -191,18 +193,21 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
     _check_unchanged(job, store, dataset_key="prompts")
     prompt_set, items = prompt_items(job, store)
     if params["target"] == "base":
-        out_dir, adapters, name = store.base_images_dir, [], "base"
+        out_dir, adapters, name = base_images_dir(store, params), [], "base"
     else:
         config, seed, epoch = params["config"], params["seed"], params["epoch"]
         out_dir = store.images_dir(params["evaluated"], seed, epoch)
-        adapters = [(checkpoint_path(store.run_dir(config, seed), epoch), 1.0, params["rank"])]
+        file = checkpoint_path(store.run_dir(config, seed), epoch)
+        if params.get("compress") is not None:  # its extract job's file
+            file = extracted_path(store, config, seed, epoch, params["compress"])
+        adapters = [(file, params.get("multiplier", 1.0), params["rank"])]
         name = checkpoint_name(params["evaluated"], seed, epoch)
     # Images depend on the weights and the sampler, not on which other prompts are generated: a
     # folder made under the same weights and sampler keeps every image whose prompt is unchanged.
     look = {k: v for k, v in spec.items() if k not in SAMPLING_CONTENT_KEYS}
     _claim_dir(out_dir, owner=stable_hash(look), job=job)
     manifest = generate(
-        model=model_path(params["model"], store),
+        model=job_model_path(params, store),
         adapters=adapters,
         items=items,
         out_dir=out_dir,
@@ -239,7 +244,7 @@ def _generate_class_images(job: Job, store: StudyStore, sampler: Any) -> list[Pa
 def images_dir_of(job: Job, store: StudyStore) -> Path:
     p = job.params
     if p["target"] == "base":
-        return store.base_images_dir
+        return base_images_dir(store, p)
     return store.images_dir(p["evaluated"], p["seed"], p["epoch"])
 
 
@@ -292,7 +297,7 @@ def _base_paths(job: Job, store: StudyStore, kind: str) -> list[Path]:
     from lyco_bench.metrics import METRICS, metric_encoders
     from lyco_bench.metrics.manifest import read_manifest
 
-    df = read_manifest(store.base_images_dir)
+    df = read_manifest(base_images_dir(store, job.params))
     from lyco_bench.metrics.features import CommonEncoderSettings
 
     default = CommonEncoderSettings.model_fields["image_encoders"].default
@@ -315,7 +320,7 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
     frame = score(
         images_dir=store.images_dir(p["evaluated"], p["seed"], p["epoch"]),
         dataset=load_dataset(dataset_path(p["dataset"], store), verify_images=False),
-        base_images_dir=store.base_images_dir if job.spec["base"] else None,
+        base_images_dir=base_images_dir(store, p) if job.spec["base"] else None,
         encoders=encoder_settings(p["encoders"] | job.spec["scoring"], store),
         cache_dir=store.cache_dir / "features",
         features_dir=features_dir,
@@ -365,12 +370,19 @@ def prune_images(images_dir: Path, *, grids: bool, images_per_grid: int = 8) -> 
     return removed
 
 
+def _run_extract(job: Job, store: StudyStore) -> list[Path]:
+    from lyco_bench.sweep.compress import run_extract  # it imports the adapters: only when asked
+
+    return run_extract(job, store)
+
+
 STAGES = {
     "prepare": run_prepare,
     "train": run_train,
     "generate": run_generate,
     "encode": run_encode,
     "score": run_score,
+    "extract": _run_extract,
 }
 
 

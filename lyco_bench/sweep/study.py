@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from lyco_bench.config import StrictModel, load_config
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.assets.base import asset_seed
+from lyco_bench.sweep.axes import evaluation_names
 
 if TYPE_CHECKING:
     from lyco_bench.analysis.choices import ReportChoices
@@ -182,6 +183,16 @@ class Study(StrictModel):
     """Settings passed to the analysis stage (exclusions, reference, bootstrap)."""
     max_retries: int = Field(default=1, ge=0)
     """How often a failed job is tried again before the run gives up on it."""
+    eval_multipliers: list[float] = Field(default_factory=list)
+    """Evaluation axis: strengths λ each trained checkpoint is also applied at (W₀ + λ·ΔW), each a
+    row of its own (``<config>-x<λ>``); λ = 1 is always evaluated (lyco_bench.sweep.axes)."""
+    eval_models: list[str] | dict[str, str] = Field(default_factory=list)
+    """Evaluation axis: other base models of the same family each checkpoint is also applied to
+    (hub id, folder, ``.safetensors``, ``tiny:<seed>``, ``world:``); a mapping names them
+    (``label: model``), a list names each after its value. Rows ``<config>@<label>``."""
+    eval_compress: list[int] = Field(default_factory=list)
+    """Evaluation axis: ranks each trained adapter is SVD-extracted to (``adapter extract``), each
+    a row of its own (``<config>-c<rank>``) with the extracted file's size."""
     images: Literal["keep", "grids", "none"] = "keep"
     """Generated images kept once a checkpoint is scored: ``keep`` all (as the paper did), only the
     report's ``grids`` (first seed, last epoch, 8 per prompt class), or ``none``. Features and
@@ -199,6 +210,41 @@ class Study(StrictModel):
             raise ValueError("values must be unique")
         if any(v < 0 for v in value):
             raise ValueError("values must be ≥ 0")
+        return value
+
+    @field_validator("eval_multipliers")
+    @classmethod
+    def _multipliers(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):  # NaN and ±inf are refused as every float field's
+            raise ValueError("multipliers must be unique")
+        return sorted(value)
+
+    @field_validator("eval_compress")
+    @classmethod
+    def _compress_ranks(cls, value: list[int]) -> list[int]:
+        if any(r < 1 for r in value) or len(set(value)) != len(value):
+            raise ValueError("ranks must be unique and ≥ 1")
+        return sorted(value)
+
+    @field_validator("eval_models", mode="before")
+    @classmethod
+    def _model_values(cls, value: Any) -> Any:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if items is None or not all(isinstance(v, str) for v in items):
+            # YAML reads `[world:]` as a mapping: say so rather than pydantic's two union errors
+            raise ValueError(
+                "a list of models, or {label: model}; each a string (quote 'tiny:' and 'world:')"
+            )
+        return value
+
+    @field_validator("eval_models")
+    @classmethod
+    def _model_labels(cls, value: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        if isinstance(value, dict):
+            for label in value:
+                _check_name(label, "eval_models label")
+        elif len(set(value)) != len(value):
+            raise ValueError("models must be unique")
         return value
 
     @model_validator(mode="after")
@@ -230,13 +276,7 @@ class ResolvedConfig:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     eval_ranks: tuple[int, ...] = ()
-    """Ranks it is evaluated at (empty: as trained)."""
-
-    def evaluations(self) -> list[tuple[str, int | None]]:
-        """(name on the leaderboard, rank or None) of each evaluation of this configuration."""
-        if not self.eval_ranks:
-            return [(self.name, None)]
-        return [(f"{self.name}-r{r}", r) for r in self.eval_ranks]
+    """Ranks it is evaluated at (empty: as trained); its evaluations: lyco_bench.sweep.axes."""
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +353,7 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
     study = _absolute_paths(_resolve_shipped(load_config(Study, path, overrides or []), source=str(path)))
     configs = resolve_configs(study, forced=forced_training(overrides or []))
     reference = study.analysis.reference
-    names = [name for config in configs for name, _ in config.evaluations()]
+    names = evaluation_names(study, configs, source=str(path))
     if reference is not None and reference not in names:
         raise BadInput(
             f"{path}: analysis.reference: {reference!r} is not a configuration ({', '.join(names[:6])}, …)"
@@ -391,6 +431,12 @@ def _absolute_paths(study: Study) -> Study:
     update["encoders"] = {
         k: _absolute(v) if k in path_fields and isinstance(v, str) else v for k, v in study.encoders.items()
     }
+    models = study.eval_models
+    update["eval_models"] = (
+        {k: _absolute(v) for k, v in models.items()}
+        if isinstance(models, dict)
+        else [_absolute(v) for v in models]
+    )
     prompt_set = _absolute_prompt_set(study.prompts.set)
     if prompt_set != study.prompts.set:
         update["prompts"] = study.prompts.model_copy(update={"set": prompt_set})

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSET_PREFIXES", "AssetPrefix", "BuiltEncoders", "BuiltModel", "ShippedEncoders", "ShippedModel",
-    "asset_seed", "built_encoders", "built_model", "dataset_path", "encoder_settings", "model_path",
+    "asset_seed", "built_encoders", "built_model", "dataset_path", "encoder_settings", "job_model_path", "model_path",
     "model_rough_costs", "prefix_of", "register_asset_prefix", "resolve_shipped", "run_config_for_settings",
     "tiny_weights",
 ]  # fmt: skip
@@ -40,6 +40,13 @@ __all__ = [
 def model_path(value: str, store: StudyStore) -> str:
     built = built_model(value)
     return str(store.assets_dir / built[1].folder) if built is not None else value
+
+
+def job_model_path(params: dict[str, Any], store: StudyStore) -> str:
+    """The model a job loads: its ``model`` param, or the asset folder its built model went into
+    (``model_folder``: an eval model's, lyco_bench.sweep.axes)."""
+    folder = params.get("model_folder")
+    return str(store.assets_dir / folder) if folder else model_path(params["model"], store)
 
 
 def dataset_path(value: str, store: StudyStore) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from lyco_bench.sweep.assets.base import AssetPrefix, BuiltEncoders, BuiltModel, register_asset_prefix
 
 # Rough seconds per job on a laptop CPU (measured on the tour study, 2 cores).
-TINY_COST_S = {"prepare": 5.0, "train": 10.0, "generate": 3.0, "encode": 1.0, "score": 2.0}
+TINY_COST_S = {"prepare": 5.0, "train": 10.0, "extract": 1.0, "generate": 3.0, "encode": 1.0, "score": 2.0}
 
 
 def _build_model(out: Path, seed: int) -> None:

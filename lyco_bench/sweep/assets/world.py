@@ -11,7 +11,7 @@ from lyco_bench.sweep.assets.base import AssetPrefix, ShippedEncoders, ShippedMo
 
 # Rough seconds per job for the world's model (the demo study, 2 workers of one thread: train
 # 17.7 s, generate 3.8 s).
-WORLD_COST_S = {"prepare": 2.0, "train": 18.0, "generate": 4.0, "encode": 1.0, "score": 1.0}
+WORLD_COST_S = {"prepare": 2.0, "train": 18.0, "extract": 2.0, "generate": 4.0, "encode": 1.0, "score": 1.0}
 
 
 def _model_folder() -> Path:
