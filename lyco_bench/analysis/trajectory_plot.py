@@ -1,0 +1,72 @@
+"""The trajectory figure: each criterion against the epoch, one line per configuration with its
+interval as a band, the picked checkpoint starred and an overfitting configuration dashed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lyco_bench.analysis.plots import _figure
+from lyco_bench.analysis.trajectory import CURVE_CRITERIA
+
+MAX_LINES = 12  # more configurations than this: one figure per block of them
+
+
+def readable_axis(ax) -> None:
+    """Few ticks, integer epochs, and an offset or scientific notation on y so that values which
+    differ only in the 4th digit do not print as one long string per tick."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    formatter = ScalarFormatter(useOffset=True, useMathText=True)
+    formatter.set_powerlimits((-3, 4))
+    ax.yaxis.set_major_formatter(formatter)
+    ax.tick_params(labelsize=7)
+
+
+def trajectory_figures(table: pd.DataFrame, picks: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """figures/trajectory[-N].png: a panel per criterion present in ``table`` (trajectory.csv)."""
+    configs = sorted(table["config"].unique())
+    blocks = [configs[i : i + MAX_LINES] for i in range(0, len(configs), MAX_LINES)]
+    paths = []
+    for n, block in enumerate(blocks):
+        name = "trajectory.png" if len(blocks) == 1 else f"trajectory-{n + 1}.png"
+        paths.append(_figure_of(table[table["config"].isin(block)], picks, out_dir / name))
+    return paths
+
+
+def _figure_of(table: pd.DataFrame, picks: pd.DataFrame, path: Path) -> Path:
+    criteria = [c for c in CURVE_CRITERIA if c in set(table["criterion"])]
+    best = dict(zip(picks["config"], picks["best_epoch"], strict=True)) if len(picks) else {}
+    over = set(picks.loc[picks["overfitting"].astype(str) == "True", "config"]) if len(picks) else set()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = 2 if len(criteria) > 1 else 1
+    rows = (len(criteria) + cols - 1) // cols
+    with _figure(path, figsize=(5.2 * cols, 3.4 * rows + 0.6)) as fig:
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, criterion in zip(axes, criteria, strict=False):
+            part = table[table["criterion"] == criterion]
+            for i, (config, curve) in enumerate(part.groupby("config", sort=True)):
+                curve = curve.sort_values("epoch")
+                color = f"C{i % 10}"
+                style = "--" if config in over else "-"
+                ax.plot(curve["epoch"], curve["mean"], style, color=color, marker="o", markersize=3,
+                        linewidth=1, label=str(config) + (" (overfitting)" if config in over else ""))  # fmt: skip
+                ax.fill_between(curve["epoch"], curve["ci_low"], curve["ci_high"], color=color, alpha=0.15,
+                                linewidth=0)  # fmt: skip
+                pick = curve[curve["epoch"] == best.get(config)]
+                ax.plot(pick["epoch"], pick["mean"], "*", color=color, markersize=11, markeredgecolor="k")
+            arrow = "↑" if bool(part["higher_is_better"].iloc[0]) else "↓"
+            ax.set_title(f"{criterion} {arrow}: {part['label'].iloc[0]}", fontsize=8)
+            ax.set_xlabel("epoch", fontsize=8)
+            readable_axis(ax)
+        for ax in axes[len(criteria) :]:
+            ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7,
+                   frameon=False)  # fmt: skip
+        fig.suptitle("Checkpoint trajectories (band: 95% interval; ★ picked checkpoint)", fontsize=9)
+        fig.tight_layout(rect=(0, 0.06 + 0.02 * ((len(labels) - 1) // 4), 1, 0.96))
+    return path
