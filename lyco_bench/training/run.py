@@ -88,6 +88,13 @@ def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] 
     return epoch, record
 
 
+def saved_checkpoints(out_dir: Path) -> list[tuple[int, dict[str, Any], str | None]]:
+    """(epoch, run record, what is damaged or None) of every checkpoint in ``out_dir``, ascending:
+    a checkpoint is intact when its record is readable and its adapter file has the recorded size
+    and sha256 (``lyco-bench pick`` scores these)."""
+    return [(epoch, *_intact_record(out_dir, epoch)) for epoch in _epochs_on_disk(out_dir)]
+
+
 def _epochs_on_disk(out_dir: Path) -> list[int]:
     """Epochs with an adapter file or a run record in ``out_dir``, ascending."""
     found = set()
