@@ -29,7 +29,8 @@ from lyco_bench.utils import default_device, stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
 _RUN_LOCAL_FIELDS = {
-    "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "class_images",
+    "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "checkpoint_every",
+    "class_images",
 }  # fmt: skip
 # Schedules whose lr at a step does not depend on the run's length: a checkpoint at epoch e is the
 # same whatever the last epoch is.
