@@ -29,6 +29,7 @@ from lyco_bench.analysis.leaderboard import (
 )
 from lyco_bench.analysis.plots import slug
 from lyco_bench.analysis.results import check_not_empty
+from lyco_bench.analysis.trajectory_plot import TrajectoryOutputs, add_pick_columns
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.errors import BadInput
 from lyco_bench.utils import atomic_path, atomic_write_text
@@ -170,11 +171,14 @@ def write_report(
     contrasts: Sequence = (),
     sample_size: str | Path | pd.DataFrame | None = None,
     choices: ReportChoices | None = None,
+    trajectory: TrajectoryOutputs | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
     first); `contrasts`: more named comparisons (leaderboard.Contrast); `sample_size`: the analysis' sample_size.csv (or its table), shown when given;
-    `choices`: headline labels and Pareto axes (default: the metric registry's declarations)."""
+    `choices`: headline labels and Pareto axes (default: the metric registry's declarations);
+    `trajectory`: the checkpoint trajectories (trajectory_plot.write_trajectory): the leaderboard's
+    best_epoch/overfitting columns, a best-checkpoint section with its evidence, the curves."""
     check_not_empty(results)
     out_dir = Path(out_dir)
     choices = choices or report_choices()
@@ -191,11 +195,13 @@ def write_report(
     precision = _precision_rows(sample_size)
     image_manifests = read_manifests(image_manifests or {})  # checked before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
+    if trajectory is not None:
+        board.table = add_pick_columns(board.table, trajectory.picks)
     write_leaderboard(results, out_dir, board=board)
     labels = [lb for lb in main if lb in set(board.table["label"])]
     header, rows = display_rows(board, labels)
     c_header, c_rows = comparison_rows(board, labels)
-    figure_entries = _copy_figures(figures, out_dir)
+    figure_entries = _copy_figures([*figures, *(trajectory.figures if trajectory else [])], out_dir)
     grids = (
         write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
         if image_manifests
@@ -212,12 +218,33 @@ def write_report(
         "index.html.j2", study_name=study_name, summary=summary, header=header, rows=rows,
         legend=legend(board) + pareto, reference=board.reference, comparison_header=c_header,
         comparison_rows=c_rows, comparison_note=comparison_note(board), precision=precision,
-        partial=partial_section(board),
+        partial=partial_section(board), best=best_section(trajectory, out_dir),
         figures=figure_entries, grids=grids, has_base=bool(image_manifests and base_key in image_manifests),
     )  # fmt: skip
     index = out_dir / "index.html"
     atomic_write_text(index, html)
     return index
+
+
+def best_section(trajectory: TrajectoryOutputs | None, out_dir: Path) -> dict | None:
+    """The best-checkpoint table: per configuration the picked epoch, its ties, the overfitting
+    flag and the evidence of each (the compared values with their intervals)."""
+    if trajectory is None or trajectory.picks.empty:
+        return None
+    rows = []
+    for r in trajectory.picks.itertuples(index=False):
+        over = {"True": "yes", "False": "no"}.get(str(r.overfitting), "n/a")
+        best = f"e{r.best_epoch}" + (" (fallback)" if r.fallback else "")
+        rows.append([r.config, best, str(r.tied_epochs).replace(";", ", ") or "—", r.best_evidence, over,
+                     r.overfitting_evidence])  # fmt: skip
+    links = []
+    for path in trajectory.files:
+        try:
+            links.append(Path(path).resolve().relative_to(out_dir.resolve()).as_posix())
+        except ValueError:
+            continue
+    header = ["config", "best epoch", "tied with", "evidence", "overfitting", "evidence"]
+    return {"header": header, "rows": rows, "links": links}
 
 
 PRECISION_COLUMNS = {

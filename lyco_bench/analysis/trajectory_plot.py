@@ -1,14 +1,24 @@
-"""The trajectory figure: each criterion against the epoch, one line per configuration with its
-interval as a band, the picked checkpoint starred and an overfitting configuration dashed."""
+"""The trajectory outputs: trajectory.csv, best_checkpoint.csv, the leaderboard's ``best_epoch`` /
+``overfitting`` columns, and the figure — each criterion against the epoch, one line per
+configuration with its interval as a band, the picked checkpoint starred, an overfitting
+configuration dashed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from lyco_bench.analysis.plots import _figure
-from lyco_bench.analysis.trajectory import CURVE_CRITERIA
+from lyco_bench.analysis.trajectory import (
+    CURVE_CRITERIA,
+    BestCheckpointRule,
+    picks_table,
+    trajectory_table,
+    write_csv,
+)
+from lyco_bench.analysis.uncertainty import BootstrapSettings
 
 MAX_LINES = 12  # more configurations than this: one figure per block of them
 
@@ -70,3 +80,53 @@ def _figure_of(table: pd.DataFrame, picks: pd.DataFrame, path: Path) -> Path:
         fig.suptitle("Checkpoint trajectories (band: 95% interval; ★ picked checkpoint)", fontsize=9)
         fig.tight_layout(rect=(0, 0.06 + 0.02 * ((len(labels) - 1) // 4), 1, 0.96))
     return path
+
+
+@dataclass
+class TrajectoryOutputs:
+    """What the analysis wrote about checkpoint trajectories (the report shows it)."""
+
+    table: pd.DataFrame  # trajectory.csv
+    picks: pd.DataFrame  # best_checkpoint.csv (trajectory.PICK_COLUMNS)
+    files: list[Path]
+    figures: list[Path]
+
+
+def write_trajectory(
+    results: pd.DataFrame,
+    out_dir: Path,
+    *,
+    rule: BestCheckpointRule | None = None,
+    bootstrap: BootstrapSettings | None = None,
+    plots: bool = True,
+) -> TrajectoryOutputs | None:
+    """out_dir/trajectory.csv, out_dir/best_checkpoint.csv and figures/trajectory.png from a results
+    table (a study's trajectory points, or its checkpoint epochs); None when no configuration has
+    two epochs."""
+    tuned = results[results["algo"].astype(str) != "base"]
+    epochs = tuned.groupby("config")["epoch"].nunique()
+    if not len(epochs) or epochs.max() < 2:
+        return None
+    rule = rule or BestCheckpointRule()
+    table = trajectory_table(
+        tuned[tuned["config"].isin(epochs[epochs >= 2].index)], rule=rule, bootstrap=bootstrap
+    )
+    if table.empty:
+        return None
+    picks = picks_table(table, rule)
+    files = [write_csv(table, out_dir / "trajectory.csv"), write_csv(picks, out_dir / "best_checkpoint.csv")]
+    figures = trajectory_figures(table, picks, out_dir / "figures") if plots else []
+    return TrajectoryOutputs(table=table, picks=picks, files=files, figures=figures)
+
+
+def add_pick_columns(board_table: pd.DataFrame, picks: pd.DataFrame) -> pd.DataFrame:
+    """leaderboard.csv with ``best_epoch`` and ``overfitting`` per configuration (empty where the
+    rule was not applied: the base model, a single epoch)."""
+    by_config = (
+        picks.set_index("config") if len(picks) else pd.DataFrame(columns=["best_epoch", "overfitting"])
+    )
+    out = board_table.copy()
+    best = out["config"].map(by_config["best_epoch"]) if len(picks) else pd.Series(pd.NA, index=out.index)
+    out["best_epoch"] = best.astype("Int64")
+    out["overfitting"] = out["config"].map(by_config["overfitting"]).fillna("") if len(picks) else ""
+    return out

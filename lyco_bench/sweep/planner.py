@@ -38,6 +38,7 @@ from lyco_bench.sweep.study import (
     generated_dataset,
     generated_folder,
 )
+from lyco_bench.sweep.trajectory import budget_spec, trajectory_epochs
 from lyco_bench.utils import stable_hash
 
 KINDS = ("prepare", "train", "generate", "encode", "score")
@@ -204,6 +205,8 @@ def _train_job(
         "version": OUTPUT_VERSION,
         "checkpoint_epochs": sorted(study.study.checkpoint_epochs),
     }
+    if study.study.checkpoint_every is not None:  # dense checkpoints (a trajectory); absent: ids as before
+        spec["checkpoint_every"] = study.study.checkpoint_every
     class_job = class_jobs.get(resolved["num_class_images"]) if resolved["prior_loss_weight"] > 0 else None
     if class_job is not None:  # prior preservation reads the base model's class images
         spec["class_images"] = class_job.id
@@ -249,7 +252,7 @@ def _where(study: LoadedStudy) -> dict[str, Any]:
 
 def train_run_identity(train: Job) -> dict[str, Any]:
     """What every checkpoint of ``train`` depends on (not which epochs are saved)."""
-    return {k: v for k, v in train.spec.items() if k not in ("kind", "checkpoint_epochs")}
+    return {k: v for k, v in train.spec.items() if k not in ("kind", "checkpoint_epochs", "checkpoint_every")}
 
 
 def checkpoint_identity(train: Job, epoch: int) -> dict[str, Any]:
@@ -318,36 +321,44 @@ def _checkpoint_jobs(
     shared: list[Job],
     name: str,
     rank: int | None,
+    budget: dict[str, Any] | None = None,
 ) -> list[Job]:
     """generate → score (which encodes the checkpoint's images) for one checkpoint of ``train``,
-    evaluated as configuration ``name`` (at ``rank`` components when given)."""
+    evaluated as configuration ``name`` (at ``rank`` components when given); with ``budget``
+    (lyco_bench.sweep.trajectory.budget_spec), its trajectory point: the budget's images only."""
     from lyco_bench.metrics import METRICS
     from lyco_bench.metrics.scoring import OUTPUT_VERSION
 
     s = study.study
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     where = {"config": train.params["config"], "evaluated": name, "rank": rank, "seed": train.params["seed"],
-             "epoch": epoch, **_where(study)}  # fmt: skip
-    readable = f"{name}-s{train.params['seed']}-e{epoch:03d}"
+             "epoch": epoch, **_where(study)} | ({"trajectory": True} if budget else {})  # fmt: skip
+    readable = ("traj-" if budget else "") + f"{name}-s{train.params['seed']}-e{epoch:03d}"
     checkpoint = checkpoint_identity(train, epoch) | ({"rank": rank} if rank is not None else {})
-    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, s.prompts.classes)}
+    classes = budget["classes"] if budget else s.prompts.classes
+    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, classes)}
+    if budget:
+        gen_spec["trajectory"] = {k: budget[k] for k in ("prompts_per_class", "images_per_prompt", "version")}
+    metrics = budget["metrics"] if budget else inputs.metrics
     gen = make_job(
         "generate", readable, spec=gen_spec, deps=[train.id, *base_deps], target="checkpoint", **where
     )
     base = next(j for j in shared if j.kind == "generate")
-    reads_base = any("base" in METRICS[m].needs for m in inputs.metrics)
+    reads_base = any("base" in METRICS[m].needs for m in metrics)
     score_spec = {
         "images": gen.id,
         "references": inputs.dataset.images,
         "base": base.id if reads_base else None,
         "encoders": inputs.encoders,
         "scoring": inputs.scoring,
-        "metrics": inputs.metrics,
+        "metrics": metrics,
         "version": OUTPUT_VERSION,
     }
     enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     score_deps = [gen.id, *(j.id for j in shared), *enc_dep, *base_deps]
-    grid = train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)  # drawn in the report
+    grid = (
+        not budget and train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)
+    )  # in the report
     score = make_job("score", readable, spec=score_spec, deps=score_deps, images=s.images, grid=grid, **where)
     return [gen, score]
 
@@ -375,6 +386,7 @@ def build_plan(
     shared = _shared_jobs(study, inputs, prepare)
     class_jobs = _class_jobs(study, inputs, base_deps)
     jobs = [*prepare.values(), *shared, *class_jobs.values()]
+    budget = budget_spec(study, inputs.metrics)  # None: no trajectory
     for config in study.configs:
         for seed in study.study.seeds:
             train = _train_job(study, inputs, config, seed, base_deps, class_jobs)
@@ -384,6 +396,10 @@ def build_plan(
                     jobs += _checkpoint_jobs(
                         study, inputs, train, epoch, prepare=prepare, shared=shared, name=name, rank=rank
                     )
+            for epoch in trajectory_epochs(study):
+                for name, rank in config.evaluations():
+                    jobs += _checkpoint_jobs(study, inputs, train, epoch, prepare=prepare, shared=shared,
+                                             name=name, rank=rank, budget=budget)  # fmt: skip
     plan = Plan(study=study, store=store, jobs=jobs, inputs=inputs)
     check_adapter_sizes(plan)
     return plan
