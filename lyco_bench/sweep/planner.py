@@ -446,9 +446,17 @@ def estimate_left(
             measured = True
             cost = sum(durations) / len(durations)
         else:
-            cost = job_seconds.get(job.id, rough[job.kind])
+            cost = job_seconds.get(job.id, rough[job.kind] * _image_share(plan, job))
         left[job.kind] = left.get(job.kind, 0.0) + cost
     return left, measured
+
+
+def _image_share(plan: Plan, job: Job) -> float:
+    """A trajectory point's images as a share of a full evaluation's (its rough cost scales so)."""
+    if not job.params.get("trajectory") or plan.inputs is None:
+        return 1.0
+    full = sum(plan.inputs.images_per_class.values())
+    return sum(plan.inputs.trajectory_images_per_class.values()) / full if full else 1.0
 
 
 def study_relpath(store: StudyStore, path: Path) -> str:
