@@ -1,4 +1,4 @@
-"""``lyco-bench pick RUN_DIR``: which checkpoint of one training run to keep (docs/protocol.md §8).
+"""``lyco-bench pick RUN_DIR``: which checkpoint of one training run to keep (docs/protocol.md §7.6).
 
 The run folder is what ``lyco-bench train`` writes (``ckpt-eNNN.safetensors`` + its run record);
 no study is needed. Every intact checkpoint generates a small fixed subset of the prompts (the

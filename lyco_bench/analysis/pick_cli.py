@@ -151,7 +151,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Score every checkpoint of one training run (a folder written by `lyco-bench train`) on a "
             "small fixed subset of the prompts, with the run's base model and dataset, and apply the "
-            "best-checkpoint rule (docs/protocol.md §8): the earliest epoch whose fidelity lies within "
+            "best-checkpoint rule (docs/protocol.md §7.6): the earliest epoch whose fidelity lies within "
             "the interval of the best epoch's while controllability and leakage stay within a tolerance "
             "of the first checkpoint's; flags overfitting. Writes pick.json and pick.csv to --out; "
             "rerunning reuses what is already generated and scored."

@@ -1,4 +1,4 @@
-"""Checkpoint trajectories and the best checkpoint (docs/protocol.md §8).
+"""Checkpoint trajectories and the best checkpoint (docs/protocol.md §7.6).
 
 For every configuration, one curve per criterion — fidelity, controllability, diversity, leakage —
 over its saved epochs: the mean with its hierarchical-bootstrap interval and, for each epoch, the
