@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -36,34 +35,51 @@ def _error(capsys, argv) -> str:
     return err
 
 
-def test_bad_input_one_line(tmp_path, capsys, tiny_run):
+@pytest.fixture()
+def fake_run(tmp_path, tiny_model_dir, demo_dataset_dir):
+    """A run folder as `train` leaves it, without training: an adapter file and its run record."""
+    from lyco_bench.utils import sha256_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in (1, 2):
+        ckpt = run / f"ckpt-e00{epoch}.safetensors"
+        ckpt.write_bytes(b"not read before the flags are checked %d" % epoch)
+        config = {"model": str(tiny_model_dir), "dataset": str(demo_dataset_dir), "resolution": 64}
+        record = {"config": config, "epoch": epoch, "file_bytes": ckpt.stat().st_size,
+                  "file_sha256": sha256_file(ckpt)}  # fmt: skip
+        (run / f"ckpt-e00{epoch}.json").write_text(json.dumps(record))
+    return run
+
+
+def test_bad_input_one_line(tmp_path, capsys, fake_run):
     assert "not a folder" in _error(capsys, ["pick", str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
     assert "no checkpoints (ckpt-eNNN.safetensors" in _error(capsys, ["pick", str(tmp_path / "empty")])
-    assert "must be a number ≥ 0" in _error(capsys, ["pick", str(tiny_run), "--tolerance", "-1"])
-    assert "is not one of" in _error(capsys, ["pick", str(tiny_run), "--tolerance", "speed=1"])
-    assert "--sampler steps: " in _error(capsys, ["pick", str(tiny_run), "--sampler", "steps=zero"])
-    assert "--encoder batch_size: " in _error(capsys, ["pick", str(tiny_run), "--encoder", "batch_size=x"])
-    assert "--prompts-per-class" in _error(capsys, ["pick", str(tiny_run), "--prompts-per-class", "0"])
+    assert "must be a number ≥ 0" in _error(capsys, ["pick", str(fake_run), "--tolerance", "-1"])
+    assert "is not one of" in _error(capsys, ["pick", str(fake_run), "--tolerance", "speed=1"])
+    assert "--sampler steps: " in _error(capsys, ["pick", str(fake_run), "--sampler", "steps=zero"])
+    assert "--encoder batch_size: " in _error(capsys, ["pick", str(fake_run), "--encoder", "batch_size=x"])
+    assert "--prompts-per-class" in _error(capsys, ["pick", str(fake_run), "--prompts-per-class", "0"])
     assert "--fidelity 'nope': not a registered metric" in _error(
-        capsys, ["pick", str(tiny_run), "--fidelity", "nope", "--out", str(tmp_path / "o")]
+        capsys, ["pick", str(fake_run), "--fidelity", "nope", "--out", str(tmp_path / "o")]
     )
     assert not (tmp_path / "o").exists()  # nothing written before the input is checked
-    # a damaged checkpoint is named
-    damaged = tmp_path / "damaged"
-    shutil.copytree(tiny_run, damaged, ignore=shutil.ignore_patterns("pick*"))
-    with open(damaged / "ckpt-e002.safetensors", "r+b") as f:
-        f.seek(-4, 2)
-        f.write(b"\0\0\0\1")
-    assert "ckpt-e002.safetensors damaged (content differs" in _error(capsys, ["pick", str(damaged)])
+    assert "--dataset " in _error(capsys, ["pick", str(fake_run), "--dataset", str(tmp_path / "nope")])
     # a run whose model moved: named, with the flag that fixes it
-    moved = tmp_path / "moved"
-    shutil.copytree(tiny_run, moved, ignore=shutil.ignore_patterns("pick*"))
-    for record in moved.glob("ckpt-e*.json"):
-        data = json.loads(record.read_text())
-        data["config"]["model"] = str(tmp_path / "gone")
-        record.write_text(json.dumps(data))  # the record's size is not checked, only the adapter's
-    assert "pass --model" in _error(capsys, ["pick", str(moved)])
+    for epoch in (1, 2):
+        record = json.loads((fake_run / f"ckpt-e00{epoch}.json").read_text())
+        record["config"]["model"] = str(tmp_path / "gone")
+        (fake_run / f"ckpt-e00{epoch}.json").write_text(json.dumps(record))  # a record's bytes are not hashed
+    assert "pass --model" in _error(capsys, ["pick", str(fake_run)])
+    # checkpoints of two different runs in one folder
+    record["config"]["model"] = str(tmp_path)
+    (fake_run / "ckpt-e002.json").write_text(json.dumps(record))
+    assert "checkpoints of different runs" in _error(capsys, ["pick", str(fake_run)])
+    # a damaged checkpoint is named
+    with open(fake_run / "ckpt-e002.safetensors", "r+b") as f:
+        f.write(b"N")
+    assert "ckpt-e002.safetensors damaged (content differs" in _error(capsys, ["pick", str(fake_run)])
 
 
 @pytest.mark.e2e
