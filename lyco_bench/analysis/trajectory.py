@@ -163,8 +163,8 @@ def pick_checkpoint(curves: Mapping[str, Curve], rule: BestCheckpointRule) -> Pi
     ]
     for criterion in GUARDS:
         curve = curves.get(criterion)
-        if curve is not None:
-            p = next(q for q in curve.points if q.epoch == best)
+        p = next((q for q in curve.points if q.epoch == best), None) if curve is not None else None
+        if p is not None:  # a criterion without a value at that epoch shows no evidence
             parts.append(
                 f"{curve.label}: Δ vs e{curve.points[0].epoch} {_fmt(p.delta)} "
                 f"{_interval(p.delta_low, p.delta_high)} (tolerance {rule.tolerance[criterion]:g})"
