@@ -124,3 +124,43 @@ def test_micro_study_with_a_trajectory(tmp_path, tiny_model_dir, demo_dataset_di
     assert set(curves["epoch"]) == {1, 2, 3} and "fidelity" in set(curves["criterion"])
     html = (reports / "micro" / "index.html").read_text()
     assert 'id="best-checkpoint"' in html and "analysis/best_checkpoint.csv" in html
+
+
+def test_checkpoint_every_added_after_training_retrains_the_run(tmp_path):
+    """Epochs 10 and 30 on disk, every 5 asked: the run cannot resume from epoch 10 (its resume
+    state is gone), so the checkpoints from the first missing epoch (5: all) are removed and the
+    run trains again from the start (training rebuilds the same bytes)."""
+    from lyco_bench.sweep.stages import _retrain_for_missing
+    from lyco_bench.training import RunConfig
+    from lyco_bench.utils import sha256_file
+
+    def write(run, epoch, state=False):
+        ckpt = run / f"ckpt-e{epoch:03d}.safetensors"
+        ckpt.write_bytes(b"weights %d" % epoch)
+        record = {"config": {}, "file_bytes": ckpt.stat().st_size, "file_sha256": sha256_file(ckpt)}
+        (run / f"ckpt-e{epoch:03d}.json").write_text(json.dumps(record))
+        if state:
+            (run / f"ckpt-e{epoch:03d}.state.safetensors").write_bytes(b"state")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run, 10)
+    write(run, 30, state=True)
+    config = RunConfig(model="m", dataset="d", epochs=30, checkpoint_epochs=[10, 30], checkpoint_every=5)
+    _retrain_for_missing(config, run)
+    assert sorted(p.name for p in run.iterdir()) == []
+    # every save epoch there, or only later ones missing (an unfinished run resumes): nothing removed
+    for epoch in (5, 10):
+        write(run, epoch)
+    _retrain_for_missing(config, run)
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [
+        "ckpt-e005.safetensors",
+        "ckpt-e010.safetensors",
+    ]
+    # epoch 15 missing before 20: from 15 on
+    write(run, 20, state=True)
+    _retrain_for_missing(config, run)
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [
+        "ckpt-e005.safetensors",
+        "ckpt-e010.safetensors",
+    ]
