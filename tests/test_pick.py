@@ -60,6 +60,7 @@ def test_bad_input_one_line(tmp_path, capsys, fake_run):
     assert "is not one of" in _error(capsys, ["pick", str(fake_run), "--tolerance", "speed=1"])
     assert "--sampler steps: " in _error(capsys, ["pick", str(fake_run), "--sampler", "steps=zero"])
     assert "--encoder batch_size: " in _error(capsys, ["pick", str(fake_run), "--encoder", "batch_size=x"])
+    assert "--classes 'trigger,nope'" in _error(capsys, ["pick", str(fake_run), "--classes", "trigger,nope"])
     assert "--prompts-per-class" in _error(capsys, ["pick", str(fake_run), "--prompts-per-class", "0"])
     assert "--fidelity 'nope': not a registered metric" in _error(
         capsys, ["pick", str(fake_run), "--fidelity", "nope", "--out", str(tmp_path / "o")]

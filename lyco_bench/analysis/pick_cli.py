@@ -83,7 +83,14 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 
     if args.prompts_per_class < 1 or args.images_per_prompt < 1:
         raise BadInput("--prompts-per-class and --images-per-prompt must be at least 1")
+    from lyco_bench.prompts import PROMPT_CLASSES
+
     classes = tuple(c for c in args.classes.split(",") if c)
+    unknown = [c for c in classes if c not in PROMPT_CLASSES]
+    if unknown or not classes:
+        raise BadInput(
+            f"--classes {args.classes!r}: expected prompt classes among {', '.join(PROMPT_CLASSES)}"
+        )
     options = PickOptions(
         prompt_set=args.prompts, classes=classes, prompts_per_class=args.prompts_per_class,
         images_per_prompt=args.images_per_prompt, sampler=_pairs(args.sampler, "--sampler"),
