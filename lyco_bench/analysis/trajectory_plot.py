@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lyco_bench.analysis.plots import _figure
+from lyco_bench.analysis.plots import _figure, slug
 from lyco_bench.analysis.trajectory import (
     CURVE_CRITERIA,
     BestCheckpointRule,
@@ -20,7 +20,7 @@ from lyco_bench.analysis.trajectory import (
 )
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 
-MAX_LINES = 12  # more configurations than this: one figure per block of them
+MAX_LINES = 6  # more configurations of one algorithm than this: one figure per block of them
 
 
 def readable_axis(ax) -> None:
@@ -36,14 +36,24 @@ def readable_axis(ax) -> None:
     ax.tick_params(labelsize=7)
 
 
-def trajectory_figures(table: pd.DataFrame, picks: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """figures/trajectory[-N].png: a panel per criterion present in ``table`` (trajectory.csv)."""
+def trajectory_figures(
+    table: pd.DataFrame, picks: pd.DataFrame, out_dir: Path, *, algos: dict[str, str] | None = None
+) -> list[Path]:
+    """figures/trajectory[-<algo>][-N].png: a panel per criterion present in ``table``
+    (trajectory.csv); with ``algos`` (config → algorithm), one figure per algorithm, each with at
+    most MAX_LINES configurations, so that bands stay readable."""
     configs = sorted(table["config"].unique())
-    blocks = [configs[i : i + MAX_LINES] for i in range(0, len(configs), MAX_LINES)]
+    algos = algos or {}
+    groups: dict[str, list[str]] = {}
+    for config in configs:
+        groups.setdefault(algos.get(config, ""), []).append(config)
     paths = []
-    for n, block in enumerate(blocks):
-        name = "trajectory.png" if len(blocks) == 1 else f"trajectory-{n + 1}.png"
-        paths.append(_figure_of(table[table["config"].isin(block)], picks, out_dir / name))
+    for algo, members in sorted(groups.items()):
+        blocks = [members[i : i + MAX_LINES] for i in range(0, len(members), MAX_LINES)]
+        for n, block in enumerate(blocks):
+            name = "-".join(["trajectory", *([slug(algo)] if algo and len(groups) > 1 else []),
+                             *([str(n + 1)] if len(blocks) > 1 else [])])  # fmt: skip
+            paths.append(_figure_of(table[table["config"].isin(block)], picks, out_dir / f"{name}.png"))
     return paths
 
 
@@ -115,7 +125,8 @@ def write_trajectory(
         return None
     picks = picks_table(table, rule)
     files = [write_csv(table, out_dir / "trajectory.csv"), write_csv(picks, out_dir / "best_checkpoint.csv")]
-    figures = trajectory_figures(table, picks, out_dir / "figures") if plots else []
+    algos = dict(zip(tuned["config"].astype(str), tuned["algo"].astype(str), strict=True))
+    figures = trajectory_figures(table, picks, out_dir / "figures", algos=algos) if plots else []
     return TrajectoryOutputs(table=table, picks=picks, files=files, figures=figures)
 
 
