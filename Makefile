@@ -30,7 +30,7 @@ test: imports browser-check
 
 ## test-fast: the unit tests only (no whole studies, wheels, Ray or world findings): under two minutes
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not e2e" -n auto
+	$(BIN)/python -m pytest -m "not e2e" -n auto --dist loadfile
 
 ## imports: the layering contract of pyproject.toml (imports only go down, no cycles)
 imports: $(VENV)/.installed-dev

@@ -476,3 +476,23 @@ def expand_prompts(
                 else:
                     items += _concept_items(ps, name, concept, dataset, seed_base=seed_base)
     return items
+
+
+def budget_items(
+    items: list[PromptItem], *, prompts_per_class: int, images_per_prompt: int
+) -> list[PromptItem]:
+    """A small fixed subset of ``items`` (a checkpoint trajectory's prompt budget): in each unit
+    (prompt class, category, concept, subclass) the first ``prompts_per_class`` prompts, each with
+    its first ``images_per_prompt`` images (seeds ``seed_base + i``, so the subset's images are the
+    same as the full set's); ``train`` (image j uses caption j mod n): its first
+    ``prompts_per_class × images_per_prompt`` images. Agnostic tiers share their category's prompt
+    numbering. The subset keeps the items' order."""
+    if prompts_per_class < 1 or images_per_prompt < 1:
+        raise BadInput("trajectory: prompts_per_class and images_per_prompt must be at least 1")
+    train_images = prompts_per_class * images_per_prompt
+    return [
+        item
+        for item in items
+        if (item.image_index < train_images if item.prompt_class == "train"
+            else item.prompt_index < prompts_per_class and item.image_index < images_per_prompt)
+    ]  # fmt: skip

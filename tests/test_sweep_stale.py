@@ -122,6 +122,9 @@ def test_encoder_preprocessing_version_makes_features_and_scores_stale(study, mo
     mark = _log_len(study["store"])
     assert _run(study["study"], study["store"]) == 0
     assert _done_since(study["store"], mark) == sorted(stale)
+    monkeypatch.undo()  # the store back to the real version: the tests after this one start valid
+    assert _run(study["study"], study["store"]) == 0
+    assert _stale(study["study"], study["store"]) == {}
 
 
 def test_store_holds_images_plus_few_files_per_job(study):
@@ -151,9 +154,11 @@ def test_images_removed_after_scoring_come_back_when_needed(setting, study, tmp_
 
 
 def test_reference_modes_make_exactly_their_readers_stale(study):
-    """Dropping reference modes changes what the dataset's features and the scores hold; base images
-    that no metric compares with the dataset (VGG Grams, paired only with the checkpoint's) are kept."""
-    stale = _stale(study["study"], study["store"], "encoders.modes=[resize]")
+    """Another set of reference modes changes what the dataset's features and the scores hold; base
+    images that no metric compares with the dataset (VGG Grams, paired only with the checkpoint's)
+    are kept. (The micro study encodes with ``[resize]``.)"""
+    assert _stale(study["study"], study["store"], "encoders.modes=[resize]") == {}
+    stale = _stale(study["study"], study["store"], "encoders.modes=[resize, crop]")
     assert sorted(stale) == ["encode-dataset-dinov2", "score-lora-defaults-s1-e001"]
 
 

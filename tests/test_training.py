@@ -274,6 +274,40 @@ def test_checkpoints_determinism_resume_and_cache(tmp_path, tiny_model_dir, smal
         train(changed, full_dir)
 
 
+def test_checkpoint_every_saves_more_epochs_and_changes_nothing_trained(
+    tmp_path, tiny_model_dir, small_dataset, cache_dir
+):
+    plain = run_config(tiny_model_dir, small_dataset, cache_dir, epochs=3, checkpoint_epochs=[1])
+    dense = run_config(
+        tiny_model_dir, small_dataset, cache_dir, epochs=3, checkpoint_epochs=[1], checkpoint_every=2
+    )
+    assert (plain.save_epochs(), dense.save_epochs()) == ([1, 3], [1, 2, 3])
+    assert run_config(tiny_model_dir, small_dataset, cache_dir, epochs=7, checkpoint_epochs=[1],
+                      checkpoint_every=3).save_epochs() == [1, 3, 6, 7]  # fmt: skip
+    train(plain, tmp_path / "plain")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(epoch: int) -> None:
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(dense, tmp_path / "dense", on_epoch_end=kill_after_epoch_2)
+    assert state_path(tmp_path / "dense", 2).is_file()  # the dense checkpoint is a resume point
+    assert [p.name for p in train(dense, tmp_path / "dense")] == [
+        f"ckpt-e00{e}.safetensors" for e in (1, 2, 3)
+    ]
+    for epoch in (1, 3):  # saving more epochs, and resuming from one, leaves every file the same
+        assert (
+            checkpoint_path(tmp_path / "dense", epoch).read_bytes()
+            == checkpoint_path(tmp_path / "plain", epoch).read_bytes()
+        )
+    # a run resumes under another checkpoint_every (it changes nothing trained)
+    assert train(plain, tmp_path / "dense") == [checkpoint_path(tmp_path / "dense", e) for e in (1, 3)]
+
+
 def _perturb_global_rngs() -> None:
     """Leave torch's, NumPy's and Python's global RNGs somewhere a fresh process would not be."""
     import random

@@ -31,6 +31,8 @@ LORA_ONLY = [
     "lora8a4-lr5e-4: {training: {lr: 5.0e-4}}}}}",
     "analysis.contrasts=[]",
     "analysis.shap_refits=0",
+    "checkpoint_every=null",  # the findings read the full evaluation only: no trajectory jobs
+    "trajectory=null",
 ]
 
 

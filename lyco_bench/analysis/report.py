@@ -44,6 +44,7 @@ from lyco_bench.analysis.leaderboard import (
 )
 from lyco_bench.analysis.plots import pareto_figure
 from lyco_bench.analysis.results import check_not_empty
+from lyco_bench.analysis.trajectory_plot import TrajectoryOutputs, add_pick_columns
 from lyco_bench.analysis.uncertainty import BootstrapSettings
 from lyco_bench.analysis.views import (
     PARETO_COST,
@@ -92,6 +93,7 @@ def write_report(
     choices: ReportChoices | None = None,
     grid_sets: Sequence[GridSet] = (),
     costs: pd.DataFrame | None = None,
+    trajectory: TrajectoryOutputs | None = None,
 ) -> Path:
     """Write out_dir/index.html (+ leaderboard files, comparison.csv, figures/, grids/); returns
     the index path. `reference`: the configuration every other is compared with (None: the
@@ -101,7 +103,9 @@ def write_report(
     key and prompt class, the ``base_key`` one underneath; `grid_sets`: side-by-side grids
     (grids.variant_grids), the ``base_key`` manifest as their last row; `costs`: what training
     each checkpoint cost (config, epoch, results.COST_COLUMNS; sweep.collect.run_costs), shown in
-    the first view and written to costs.csv (measured: it differs between runs, the rest does not)."""
+    the first view and written to costs.csv (measured: it differs between runs, the rest does not);
+    `trajectory`: the checkpoint trajectories (trajectory_plot.write_trajectory): the leaderboard's
+    best_epoch/overfitting columns, a best-checkpoint section with its evidence, the curves."""
     check_not_empty(results)
     out_dir = Path(out_dir)
     choices = choices or report_choices()
@@ -120,13 +124,15 @@ def write_report(
     grid_sets = [g.loaded() for g in grid_sets]
     costs = cost_table(costs) if costs is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if trajectory is not None:
+        board.table = add_pick_columns(board.table, trajectory.picks)
     write_leaderboard(results, out_dir, board=board)
     if costs is not None:
         with atomic_path(out_dir / "costs.csv") as tmp:
             costs.to_csv(tmp, index=False, float_format="%.10g")
     labels = [lb for lb in main if lb in set(board.table["label"])]
     c_header, c_rows = comparison_rows(board, labels)
-    figure_entries = _copy_figures(figures, out_dir)
+    figure_entries = _copy_figures([*figures, *(trajectory.figures if trajectory else [])], out_dir)
     base = image_manifests.get(base_key)
     grids = [
         *(write_grids(image_manifests, out_dir, base_key=base_key, images_per_grid=images_per_grid)
@@ -138,7 +144,7 @@ def write_report(
         "index.html.j2", study_name=study_name, summary=_summary(board, results, figure_entries, grids),
         **_leaderboard_views(board, choices, out_dir, costs), reference=board.reference,
         comparison_header=c_header, comparison_rows=c_rows, comparison_note=comparison_note(board),
-        precision=precision, partial=partial_section(board), figures=figure_entries, grids=grids,
+        precision=precision, partial=partial_section(board), best=best_section(trajectory, out_dir), figures=figure_entries, grids=grids,
         has_base=base is not None, has_costs=costs is not None,
     )  # fmt: skip
     index = out_dir / "index.html"
@@ -181,6 +187,27 @@ def _leaderboard_views(
         "full_header": full_header, "full_rows": full_rows, "n_full_labels": len(everything),
         "pareto_figure": figure, "pareto_note": note,
     }  # fmt: skip
+
+
+def best_section(trajectory: TrajectoryOutputs | None, out_dir: Path) -> dict | None:
+    """The best-checkpoint table: per configuration the picked epoch, its ties, the overfitting
+    flag and the evidence of each (the compared values with their intervals)."""
+    if trajectory is None or trajectory.picks.empty:
+        return None
+    rows = []
+    for r in trajectory.picks.itertuples(index=False):
+        over = {"True": "yes", "False": "no"}.get(str(r.overfitting), "n/a")
+        best = f"e{r.best_epoch}" + (" (fallback)" if r.fallback else "")
+        rows.append([r.config, best, str(r.tied_epochs).replace(";", ", ") or "—", r.best_evidence, over,
+                     r.overfitting_evidence])  # fmt: skip
+    links = []
+    for path in trajectory.files:
+        try:
+            links.append(Path(path).resolve().relative_to(out_dir.resolve()).as_posix())
+        except ValueError:
+            continue
+    header = ["config", "best epoch", "tied with", "evidence", "overfitting", "evidence"]
+    return {"header": header, "rows": rows, "links": links}
 
 
 PRECISION_COLUMNS = {

@@ -52,7 +52,12 @@ def read_run_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def runs_table(plan: Plan) -> Any:
+def score_jobs(plan: Plan, *, trajectory: bool = False) -> list[Any]:
+    """The score jobs of the full evaluation, or (``trajectory``) of the trajectory points."""
+    return [j for j in plan.of_kind("score") if bool(j.params.get("trajectory")) == trajectory]
+
+
+def runs_table(plan: Plan, *, trajectory: bool = False) -> Any:
     """One row per scored checkpoint: the settings its trainer recorded, seed, epoch, size.
 
     Read from each checkpoint's run record, not re-derived from the study file: a setting left to
@@ -63,7 +68,7 @@ def runs_table(plan: Plan) -> Any:
     from lyco_bench.training import checkpoint_path, record_path
 
     rows = []
-    for job in plan.of_kind("score"):
+    for job in score_jobs(plan, trajectory=trajectory):
         p = job.params
         run_dir = plan.store.run_dir(p["config"], p["seed"])
         record = read_run_record(record_path(run_dir, p["epoch"]))
@@ -162,12 +167,28 @@ def collect(plan: Plan) -> Any:
 
     score_files = [
         plan.store.scores_path(j.params["evaluated"], j.params["seed"], j.params["epoch"])
-        for j in plan.of_kind("score")
+        for j in score_jobs(plan)
     ]
     results = collect_results(score_files, runs_table(plan))
     # which evaluation profile produced the values (figures and reports say so)
     results["profile"] = (plan.study.study.encoders or {}).get("profile", "lyco")
     write_results(results, plan.store.results_path)
+    return results
+
+
+def collect_trajectory(plan: Plan) -> Any:
+    """The trajectory points' results table (``<store>/<study>/trajectory.parquet``), or None for
+    a study without a trajectory."""
+    from lyco_bench.analysis import collect_results, write_results
+    from lyco_bench.sweep.trajectory import checkpoint_dirs
+
+    jobs = score_jobs(plan, trajectory=True)
+    if not jobs:
+        return None
+    results = collect_results(
+        [checkpoint_dirs(j.params, plan.store)[2] for j in jobs], runs_table(plan, trajectory=True)
+    )
+    write_results(results, plan.store.root / "trajectory.parquet")
     return results
 
 
@@ -207,6 +228,14 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         choices=choices,
         **extra,
     )
+    # Curves from the trajectory points (else the checkpoint epochs), the best checkpoint, overfitting
+    from lyco_bench.analysis.trajectory_plot import write_trajectory
+
+    points = collect_trajectory(plan)
+    trajectory = write_trajectory(
+        points if points is not None else results, out_dir / "analysis", rule=settings.rule(),
+        bootstrap=bootstrap, plots=plots,
+    )  # fmt: skip
     # write_report writes the leaderboard files (leaderboard.csv/.md/.html, comparison.csv) too
     return write_report(
         study_name=plan.study.name,
@@ -222,6 +251,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         contrasts=_contrasts(plan),
         sample_size=analysis.sample_size_table,
         choices=choices,
+        trajectory=trajectory,
     )
 
 

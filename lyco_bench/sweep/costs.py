@@ -233,8 +233,8 @@ def _job_flops(plan: Any, unet_cfg: dict, vae_cfg: dict) -> dict[str, tuple[str,
         n = _generated_images(plan, job)
         out[job.id] = ("generate", n, n * per_image, sampler.get("dtype", "float32"))
     per_pass = _encoder_flops(plan)
-    generated = sum(plan.inputs.images_per_class.values())
     for job in plan.of_kind("score"):
+        generated = sum(_per_class(plan, job).values())
         out[job.id] = ("score", generated * len(per_pass), generated * sum(per_pass.values()), "float32")
     # an eval model's base images (lyco_bench.sweep.axes) are encoded by its own encode jobs
     encode_jobs = [j for j in plan.of_kind("encode") if j.params.get("eval_model") is None]
@@ -310,7 +310,16 @@ def _generated_images(plan: Any, job: Any) -> int:
         return sum(plan.inputs.base_images_per_class.values())
     if target == "class":
         return len(job.spec.get("class_prompts", [])) * int(job.spec.get("images_per_prompt", 0))
-    return sum(plan.inputs.images_per_class.values())
+    return sum(_per_class(plan, job).values())
+
+
+def _per_class(plan: Any, job: Any) -> dict[str, int]:
+    """Images per prompt class of a checkpoint's job: its trajectory budget's or the full set's."""
+    return (
+        plan.inputs.trajectory_images_per_class
+        if job.params.get("trajectory")
+        else plan.inputs.images_per_class
+    )
 
 
 def _encoder_flops(plan: Any) -> dict[str, float]:

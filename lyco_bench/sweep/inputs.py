@@ -30,7 +30,8 @@ from lyco_bench.utils import default_device, stable_hash
 
 # Settings of a run that do not change its checkpoints: where things are and how fast they go.
 _RUN_LOCAL_FIELDS = {
-    "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "class_images",
+    "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "checkpoint_every",
+    "class_images",
 }  # fmt: skip
 # Schedules whose lr at a step does not depend on the run's length: a checkpoint at epoch e is the
 # same whatever the last epoch is.
@@ -65,6 +66,8 @@ class StudyInputs:
     images_per_class: dict[str, int] = field(default_factory=dict)
     """Images each checkpoint generates, per prompt class."""
     base_images_per_class: dict[str, int] = field(default_factory=dict)
+    trajectory_images_per_class: dict[str, int] = field(default_factory=dict)
+    """Images each trajectory point generates, per prompt class (empty: no trajectory)."""
     class_prompts: list[str] = field(default_factory=list)
     """The dataset's class prompts (prior preservation), sorted; concepts with a class_images
     folder bring their own images instead."""
@@ -112,6 +115,7 @@ def resolve_inputs(
         else:
             dataset_id = dataset_identity(dataset, hasher)
         prompt_id, counts, base_counts, styles = _prompt_identity(study, dataset)
+        trajectory_counts = _trajectory_counts(study, dataset)
         class_prompts = _class_prompts(study, dataset, runs)
     return StudyInputs(
         model=model,
@@ -135,6 +139,7 @@ def resolve_inputs(
         runs=runs,
         images_per_class=counts,
         base_images_per_class=base_counts,
+        trajectory_images_per_class=trajectory_counts,
         dataset_images=[(c.category, i.width, i.height) for c, i in dataset.items()],
         class_prompts=class_prompts,
         hasher=hasher,
@@ -313,6 +318,22 @@ def _class_prompts(study: LoadedStudy, dataset: Any, runs: dict[str, dict[str, A
 def prompt_set_identity(prompt_set: Any) -> str:
     """A prompt set's content (template files read in), without where it was read from."""
     return stable_hash(prompt_set.model_dump(mode="json", exclude={"source", "description"}), length=16)
+
+
+def _trajectory_counts(study: LoadedStudy, dataset: Any) -> dict[str, int]:
+    """Images per prompt class of a trajectory point (lyco_bench.sweep.trajectory), for the costs."""
+    from lyco_bench.prompts import budget_items, expand_prompts, load_prompt_set
+    from lyco_bench.sweep.trajectory import budget_spec
+
+    budget = budget_spec(study, [])
+    if budget is None:
+        return {}
+    s = study.study
+    items = expand_prompts(load_prompt_set(s.prompts.set), dataset, classes=budget["classes"],
+                           images_per_prompt=s.prompts.images_per_prompt, caption_strategy=s.captions)  # fmt: skip
+    items = budget_items(items, prompts_per_class=budget["prompts_per_class"],
+                         images_per_prompt=budget["images_per_prompt"])  # fmt: skip
+    return dict(Counter(item.prompt_class for item in items))
 
 
 def _prompt_identity(

@@ -45,6 +45,7 @@ from lyco_bench.sweep.study import (
     generated_dataset,
     generated_folder,
 )
+from lyco_bench.sweep.trajectory import budget_spec, trajectory_epochs
 
 KINDS = ("prepare", "train", "extract", "generate", "encode", "score")
 
@@ -153,6 +154,8 @@ def _train_job(
         "version": OUTPUT_VERSION,
         "checkpoint_epochs": sorted(study.study.checkpoint_epochs),
     }
+    if study.study.checkpoint_every is not None:  # dense checkpoints (a trajectory); absent: ids as before
+        spec["checkpoint_every"] = study.study.checkpoint_every
     class_job = class_jobs.get(resolved["num_class_images"]) if resolved["prior_loss_weight"] > 0 else None
     if class_job is not None:  # prior preservation reads the base model's class images
         spec["class_images"] = class_job.id
@@ -198,7 +201,7 @@ def _where(study: LoadedStudy) -> dict[str, Any]:
 
 def train_run_identity(train: Job) -> dict[str, Any]:
     """What every checkpoint of ``train`` depends on (not which epochs are saved)."""
-    return {k: v for k, v in train.spec.items() if k not in ("kind", "checkpoint_epochs")}
+    return {k: v for k, v in train.spec.items() if k not in ("kind", "checkpoint_epochs", "checkpoint_every")}
 
 
 def checkpoint_identity(train: Job, epoch: int) -> dict[str, Any]:
@@ -289,18 +292,20 @@ def _checkpoint_jobs(
     name: str,
     variant: Variant,
     models: dict[str, Any],
+    budget: dict[str, Any] | None = None,
 ) -> list[Job]:
     """[extract →] generate → score (which encodes the checkpoint's images) for one checkpoint of
     ``train``, evaluated as ``name``: its ``variant`` (lyco_bench.sweep.axes); ``models``: each
-    eval model's jobs (``axes_plan.EvalModelJobs``)."""
+    eval model's jobs (``axes_plan.EvalModelJobs``); with ``budget``
+    (lyco_bench.sweep.trajectory.budget_spec), its trajectory point: the budget's images only."""
     from lyco_bench.metrics import METRICS
     from lyco_bench.metrics.scoring import OUTPUT_VERSION
 
     s = study.study
     base_deps = [j.id for key, j in prepare.items() if key in ("model", "dataset")]
     where = {"config": train.params["config"], "evaluated": name, "rank": variant.rank, "seed": train.params["seed"],
-             "epoch": epoch, **_where(study)}  # fmt: skip
-    readable = f"{name}-s{train.params['seed']}-e{epoch:03d}"
+             "epoch": epoch, **_where(study)} | ({"trajectory": True} if budget else {})  # fmt: skip
+    readable = ("traj-" if budget else "") + f"{name}-s{train.params['seed']}-e{epoch:03d}"
     checkpoint = checkpoint_identity(train, epoch) | (
         {"rank": variant.rank} if variant.rank is not None else {}
     )
@@ -313,26 +318,32 @@ def _checkpoint_jobs(
             models=models,
         )  # fmt: skip
         jobs += extra
-    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, s.prompts.classes)}
+    classes = budget["classes"] if budget else s.prompts.classes
+    gen_spec = {"checkpoint": checkpoint, **_sampling_spec(study, inputs, classes)}
+    if budget:
+        gen_spec["trajectory"] = {k: budget[k] for k in ("prompts_per_class", "images_per_prompt", "version")}
     if variant.multiplier != 1.0:
         gen_spec["multiplier"] = variant.multiplier
     if variant.model is not None:
         gen_spec["eval_model"] = models[variant.model].identity
+    metrics = budget["metrics"] if budget else inputs.metrics
     gen = make_job("generate", readable, spec=gen_spec, deps=gen_deps, target="checkpoint", **where)
     base = next(j for j in shared if j.kind == "generate")
-    reads_base = any("base" in METRICS[m].needs for m in inputs.metrics)
+    reads_base = any("base" in METRICS[m].needs for m in metrics)
     score_spec = {
         "images": gen.id,
         "references": inputs.dataset.images,
         "base": base.id if reads_base else None,
         "encoders": inputs.encoders,
         "scoring": inputs.scoring,
-        "metrics": inputs.metrics,
+        "metrics": metrics,
         "version": OUTPUT_VERSION,
     }
     enc_dep = [prepare["encoders"].id] if "encoders" in prepare else []
     score_deps = [gen.id, *(j.id for j in shared), *enc_dep, *base_deps]
-    grid = train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)  # drawn in the report
+    grid = (
+        not budget and train.params["seed"] == s.seeds[0] and epoch == max(s.checkpoint_epochs)
+    )  # in the report
     score = make_job("score", readable, spec=score_spec, deps=score_deps, images=s.images, grid=grid, **where)
     return [*jobs, gen, score]
 
@@ -366,6 +377,7 @@ def build_plan(
 
         models = eval_model_jobs(study, inputs, prepare, base_jobs=base_jobs)
         jobs += [j for m in models.values() for j in m.jobs]
+    budget = budget_spec(study, inputs.metrics)  # None: no trajectory
     for config in study.configs:
         for seed in study.study.seeds:
             train = _train_job(study, inputs, config, seed, base_deps, class_jobs)
@@ -376,6 +388,13 @@ def build_plan(
                         study, inputs, train, epoch, prepare=prepare, shared=shared, name=name,
                         variant=variant, models=models,
                     )  # fmt: skip
+            for epoch in trajectory_epochs(study):  # the as-trained evaluations only
+                for name, variant in evaluations(study.study, config):
+                    if not variant.varies:
+                        jobs += _checkpoint_jobs(
+                            study, inputs, train, epoch, prepare=prepare, shared=shared, name=name,
+                            variant=variant, models=models, budget=budget,
+                        )  # fmt: skip
     plan = Plan(study=study, store=store, jobs=jobs, inputs=inputs)
     check_adapter_sizes(plan)
     return plan
@@ -422,9 +441,17 @@ def estimate_left(
             measured = True
             cost = sum(durations) / len(durations)
         else:
-            cost = job_seconds.get(job.id, rough[job.kind])
+            cost = job_seconds.get(job.id, rough[job.kind] * _image_share(plan, job))
         left[job.kind] = left.get(job.kind, 0.0) + cost
     return left, measured
+
+
+def _image_share(plan: Plan, job: Job) -> float:
+    """A trajectory point's images as a share of a full evaluation's (its rough cost scales so)."""
+    if not job.params.get("trajectory") or plan.inputs is None:
+        return 1.0
+    full = sum(plan.inputs.images_per_class.values())
+    return sum(plan.inputs.trajectory_images_per_class.values()) / full if full else 1.0
 
 
 def study_relpath(store: StudyStore, path: Path) -> str:

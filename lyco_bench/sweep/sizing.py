@@ -80,15 +80,17 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
     sampler = inputs.sampler
     square = sampler["width"] == sampler["height"]
     png = png_bytes or _measured_png_bytes(plan.store) or sampler["width"] * sampler["height"] * 3 * PNG_RATIO
-    n_ckpt = len(plan.of_kind("score"))
+    n_traj = sum(1 for job in plan.of_kind("score") if job.params.get("trajectory"))
+    n_ckpt = len(plan.of_kind("score")) - n_traj  # trajectory points: their budget's images only
     per_ckpt = sum(inputs.images_per_class.values())
+    traj_images = n_traj * sum(inputs.trajectory_images_per_class.values())
     n_base = sum(inputs.base_images_per_class.values())
 
     # Images: kept all, the report's grids only (first seed, last epoch, 8 per prompt class), or none.
     grids = len(plan.study.configs)
     per_grid = sum(min(8, n) for n in inputs.images_per_class.values())
     est.images = {
-        "keep": (n_ckpt * per_ckpt, n_ckpt * per_ckpt * png),
+        "keep": (n_ckpt * per_ckpt + traj_images, (n_ckpt * per_ckpt + traj_images) * png),
         "grids": (grids * per_grid, grids * per_grid * png),
         "none": (0, 0),
     }
@@ -129,7 +131,7 @@ def estimate_store(plan: Any, *, png_bytes: float | None = None) -> StoreEstimat
             est.add(f"features: prompt texts, {kind} (shared)", 1, texts * dims[kind] * 4)
 
     _add_checkpoints(est, plan)
-    n_scores = n_ckpt
+    n_scores = n_ckpt + n_traj
     est.add("score rows (one parquet per checkpoint)", n_scores, n_scores * 40_000)
     owners = len(plan.of_kind("train")) + len(plan.of_kind("generate"))  # job.json in their folders
     est.add(
@@ -158,8 +160,10 @@ def _add_latents(est: StoreEstimate, plan: Any) -> None:
 
 def _add_checkpoints(est: StoreEstimate, plan: Any) -> None:
     """Adapter files per saved epoch, their run records, and the latest resume state per run."""
+    from lyco_bench.sweep.trajectory import trajectory_epochs
+
     s = plan.study.study
-    epochs = len(s.checkpoint_epochs)
+    epochs = len({*s.checkpoint_epochs, *trajectory_epochs(plan.study)})
     total_files = total_bytes = 0
     for config in plan.study.configs:
         params = trainable_parameters(plan, config.name)

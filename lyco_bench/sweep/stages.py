@@ -28,6 +28,7 @@ from lyco_bench.sweep.axes import base_images_dir, extracted_path
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import draw_generated_dataset, generated_dataset, generated_folder
+from lyco_bench.sweep.trajectory import checkpoint_dirs
 from lyco_bench.utils import atomic_folder, atomic_path, atomic_write_json, stable_hash
 
 
@@ -83,6 +84,7 @@ def run_config_for(job: Job, store: StudyStore) -> Any:
         **spec["run"],
         "epochs": epochs,
         "checkpoint_epochs": spec["checkpoint_epochs"],
+        "checkpoint_every": spec.get("checkpoint_every"),
         "model": model_path(job.params["model"], store),
         "dataset": dataset_path(job.params["dataset"], store),
         "cache_dir": str(store.cache_dir / "latents"),
@@ -101,9 +103,10 @@ def run_train(job: Job, store: StudyStore) -> list[Path]:
     # The folder holds one run: training resumes in it, or extends it to more epochs, only while
     # every setting that changes a checkpoint is the same.
     _claim_dir(out_dir, owner=stable_hash(train_run_identity(job)), job=job)
+    _retrain_for_missing(config, out_dir)
     train(config, out_dir)
     outputs = []
-    for epoch in job.spec["checkpoint_epochs"]:
+    for epoch in config.save_epochs():
         ckpt = checkpoint_path(out_dir, epoch)
         if not ckpt.is_file():
             raise RuntimeError(f"training finished without {ckpt.name}")
@@ -111,6 +114,21 @@ def run_train(job: Job, store: StudyStore) -> list[Path]:
         if ckpt.with_suffix(".json").is_file():
             outputs.append(ckpt.with_suffix(".json"))
     return outputs
+
+
+def _retrain_for_missing(config: Any, out_dir: Path) -> None:
+    """A run that lacks a save epoch before its last checkpoint (``checkpoint_every`` added after
+    it trained) is retrained from the start: its checkpoints from that epoch on are removed (the
+    earlier ones keep no resume state; training rebuilds the same bytes)."""
+    from lyco_bench.training import checkpoint_path
+    from lyco_bench.training.run import saved_checkpoints
+
+    found = [epoch for epoch, _, why in saved_checkpoints(out_dir) if why is None]
+    missing = [e for e in config.save_epochs() if e not in found and found and e < max(found)]
+    for epoch in found if missing else ():
+        if epoch >= missing[0]:
+            for path in out_dir.glob(f"{checkpoint_path(out_dir, epoch).stem}.*"):
+                path.unlink()
 
 
 def _claim_dir(out_dir: Path, *, owner: str, job: Job) -> None:
@@ -173,6 +191,12 @@ def prompt_items(job: Job, store: StudyStore) -> tuple[Any, list[Any]]:
         images_per_prompt=job.spec.get("images_per_prompt"),
         caption_strategy=job.spec.get("captions"),
     )
+    budget = job.spec.get("trajectory")  # a trajectory point: the budget's subset of the same items
+    if budget:
+        from lyco_bench.prompts import budget_items
+
+        items = budget_items(items, prompts_per_class=budget["prompts_per_class"],
+                             images_per_prompt=budget["images_per_prompt"])  # fmt: skip
     return prompt_set, items
 
 
@@ -196,7 +220,7 @@ def run_generate(job: Job, store: StudyStore) -> list[Path]:
         out_dir, adapters, name = base_images_dir(store, params), [], "base"
     else:
         config, seed, epoch = params["config"], params["seed"], params["epoch"]
-        out_dir = store.images_dir(params["evaluated"], seed, epoch)
+        out_dir = checkpoint_dirs(params, store)[0]
         file = checkpoint_path(store.run_dir(config, seed), epoch)
         if params.get("compress") is not None:  # its extract job's file
             file = extracted_path(store, config, seed, epoch, params["compress"])
@@ -245,7 +269,7 @@ def images_dir_of(job: Job, store: StudyStore) -> Path:
     p = job.params
     if p["target"] == "base":
         return base_images_dir(store, p)
-    return store.images_dir(p["evaluated"], p["seed"], p["epoch"])
+    return checkpoint_dirs(p, store)[0]
 
 
 def run_encode(job: Job, store: StudyStore) -> list[Path]:
@@ -316,9 +340,9 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
     from lyco_bench.metrics import score
 
     p = job.params
-    features_dir = store.features_dir(p["evaluated"], p["seed"], p["epoch"])
+    images_dir, features_dir, out = checkpoint_dirs(p, store)
     frame = score(
-        images_dir=store.images_dir(p["evaluated"], p["seed"], p["epoch"]),
+        images_dir=images_dir,
         dataset=load_dataset(dataset_path(p["dataset"], store), verify_images=False),
         base_images_dir=base_images_dir(store, p) if job.spec["base"] else None,
         encoders=encoder_settings(p["encoders"] | job.spec["scoring"], store),
@@ -327,13 +351,12 @@ def run_score(job: Job, store: StudyStore) -> list[Path]:
         checkpoint=checkpoint_name(p["evaluated"], p["seed"], p["epoch"]),
         metrics=job.spec["metrics"],
     )
-    out = store.scores_path(p["evaluated"], p["seed"], p["epoch"])
     _check_finite_scores(frame, job)
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     if p["images"] != "keep":
         prune_images(
-            store.images_dir(p["evaluated"], p["seed"], p["epoch"]),
+            images_dir,
             grids=p["images"] == "grids" and p["grid"],
         )
         store.mark_pruned(job.spec["images"])

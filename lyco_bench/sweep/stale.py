@@ -29,6 +29,8 @@ REASONS = {
     "version": "stage output version changed (lyco-bench update)",
     "checkpoint": "checkpoint changed",
     "checkpoint_epochs": "checkpoint epochs changed",
+    "checkpoint_every": "checkpoint_every changed (dense checkpoints for the trajectory)",
+    "trajectory": "trajectory budget changed",
     "epoch": "epoch changed",
     "images": "images changed",
     "base": "base-model images changed",

@@ -145,6 +145,23 @@ class AnalysisSettings(StrictModel):
     """The leaderboard's Pareto axes (metric names); None: those the metrics declare."""
     panels: list[PanelSpec] | None = None
     """The trade-off figures' panels, left to right; None: those the metrics declare."""
+    best_checkpoint: dict[str, Any] = Field(default_factory=dict)
+    """The best-checkpoint rule's parameters (lyco_bench.analysis.trajectory.BestCheckpointRule:
+    ``fidelity``/``controllability``/``diversity``/``leakage`` metric names, ``tolerance``); the
+    metrics it names are also what trajectory checkpoints are scored with."""
+
+    def rule(self) -> Any:
+        """The best-checkpoint rule; BadInput naming ``analysis.best_checkpoint.<field>``."""
+        from pydantic import ValidationError
+
+        from lyco_bench.analysis.trajectory import BestCheckpointRule
+
+        try:
+            return BestCheckpointRule(**self.best_checkpoint)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise BadInput(f"analysis.best_checkpoint.{where}: {first['msg']}") from None
 
     def choices(self) -> ReportChoices:
         """The reporting choices: the metric registry's declarations with these overrides
@@ -153,6 +170,28 @@ class AnalysisSettings(StrictModel):
 
         panels = None if self.panels is None else [(p.y, p.x) for p in self.panels]
         return report_choices(headline=self.headline, pareto=self.pareto, panels=panels)
+
+
+class TrajectorySpec(StrictModel):
+    """A checkpoint trajectory's prompt budget: the fixed subset of the study's prompts scored at
+    every trajectory epoch (lyco_bench.prompts.budget_items)."""
+
+    prompts_per_class: int = Field(2, ge=1)
+    """Prompts per prompt class and concept (the first ones of the set)."""
+    images_per_prompt: int = Field(2, ge=1)
+    """Images (seeds) per prompt (the first ones: the same images as the full evaluation's)."""
+    classes: list[str] = Field(default_factory=lambda: ["trigger", "alter", "agnostic"], min_length=1)
+    """Prompt classes generated (those of the study's ``prompts.classes`` among them)."""
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[str]) -> list[str]:
+        from lyco_bench.prompts import PROMPT_CLASSES
+
+        unknown = [c for c in value if c not in PROMPT_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown prompt class {unknown[0]!r} (known: {', '.join(PROMPT_CLASSES)})")
+        return value
 
 
 class Study(StrictModel):
@@ -176,6 +215,12 @@ class Study(StrictModel):
     """Metric names to compute (None: every non-experimental metric)."""
     seeds: list[int] = Field(min_length=1)
     checkpoint_epochs: list[int] = Field(min_length=1)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    """Also save a checkpoint every N epochs up to the last checkpoint epoch, each scored on the
+    ``trajectory`` budget (full evaluation stays at ``checkpoint_epochs``); None: no dense ones."""
+    trajectory: TrajectorySpec | None = None
+    """The trajectory's prompt budget; with ``checkpoint_every`` left out, the trajectory has the
+    checkpoint epochs only. None (with ``checkpoint_every`` set: the default budget)."""
     training: dict[str, Any] = Field(default_factory=dict)
     """RunConfig fields shared by every configuration (batch size, resolution, lr schedule, …)."""
     algorithms: dict[str, AlgorithmBlock] = Field(min_length=1)
@@ -364,6 +409,10 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> L
             analysis.choices()
         except BadInput as exc:
             raise BadInput(f"{path}: {exc}") from None
+    try:  # the analysis is imported only when a study sets the rule
+        analysis.rule() if analysis.best_checkpoint else None
+    except BadInput as exc:
+        raise BadInput(f"{path}: {exc}") from None
     for i, contrast in enumerate(study.analysis.contrasts):
         for key in ("config", "vs"):
             if getattr(contrast, key) not in names:

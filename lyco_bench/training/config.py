@@ -79,6 +79,9 @@ class RunConfig(StrictModel):
     epochs: int = Field(50, ge=1)
     checkpoint_epochs: list[int] = [10, 30, 50]
     """Epochs saved; the last epoch is always saved too."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Also save every N epochs (cheap checkpoints for a trajectory; None: only ``checkpoint_epochs``).
+    Saving changes nothing that is trained: the same run with or without it has the same files."""
     seed: int = 23
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """The paper trained in bf16 on a GPU; fp16 needs a GPU (loss scaling)."""
@@ -165,7 +168,12 @@ class RunConfig(StrictModel):
         return self
 
     def save_epochs(self) -> list[int]:
-        return sorted({*self.checkpoint_epochs, self.epochs})
+        every = (
+            range(self.checkpoint_every, self.epochs + 1, self.checkpoint_every)
+            if self.checkpoint_every
+            else ()
+        )
+        return sorted({*self.checkpoint_epochs, *every, self.epochs})
 
 
 def checkpoint_path(out_dir: str | os.PathLike, epoch: int) -> Path:

@@ -47,7 +47,7 @@ def _resolved(config: RunConfig) -> dict[str, Any]:
 
 
 # Keys that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"checkpoint_epochs", "cache_dir", "device", "skip_bad_images"}
+_RESUMABLE_CHANGES = {"checkpoint_epochs", "checkpoint_every", "cache_dir", "device", "skip_bad_images"}
 
 
 def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] | None:
@@ -86,6 +86,13 @@ def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] 
                 "use another --out"
             )
     return epoch, record
+
+
+def saved_checkpoints(out_dir: Path) -> list[tuple[int, dict[str, Any], str | None]]:
+    """(epoch, run record, what is damaged or None) of every checkpoint in ``out_dir``, ascending:
+    a checkpoint is intact when its record is readable and its adapter file has the recorded size
+    and sha256 (``lyco-bench pick`` scores these)."""
+    return [(epoch, *_intact_record(out_dir, epoch)) for epoch in _epochs_on_disk(out_dir)]
 
 
 def _epochs_on_disk(out_dir: Path) -> list[int]:
