@@ -125,7 +125,7 @@ def sample_batch(
     latents = initial_noise(pipe, generators, sampler)
     with torch.inference_mode():
         out = pipe(
-            latents=latents.to(pipe.device, _denoiser(pipe).dtype),
+            latents=_family(pipe).pipeline_latents(pipe, latents).to(pipe.device, _denoiser(pipe).dtype),
             prompt=[_method_prompt(item.prompt, methods) for item in items],
             negative_prompt=[sampler.negative_prompt] * len(items),
             num_inference_steps=sampler.steps,
@@ -160,19 +160,20 @@ def initial_noise(pipe: Any, generators: Sequence[torch.Generator], sampler: Sam
     draws are diffusers' own for CPU generators (``randn_tensor``: one (1, C, h, w) draw per
     generator, which then goes on to the scheduler's own draws), so CPU images are unchanged.
     """
-    shape = (
-        1,
-        _denoiser(pipe).config.in_channels,
-        sampler.height // pipe.vae_scale_factor,
-        sampler.width // pipe.vae_scale_factor,
-    )
+    from lyco_bench.families import family_of
+
+    shape = family_of(pipe).noise_shape(pipe, sampler.height, sampler.width)
     return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
 
 
-def _denoiser(pipe: Any) -> Any:
+def _family(pipe: Any) -> Any:
     from lyco_bench.families import family_of
 
-    return family_of(pipe).denoiser(pipe)
+    return family_of(pipe)
+
+
+def _denoiser(pipe: Any) -> Any:
+    return _family(pipe).denoiser(pipe)
 
 
 def _method_prompt(text: str, methods: Sequence[Any]) -> str:

@@ -42,8 +42,13 @@ Training objective
 
 The evaluation sampler
     ``eval_sampler``: the sampler a study's ``sampler:`` block defaults to for this family (UNet
-    families: the paper's DDIM); ``samplers``: the names it accepts; :meth:`make_scheduler` builds
-    one from the pipeline's noise schedule. Results record the family with the sampler.
+    families: the paper's DDIM; the sweep fills it in when the study names none, so it is part of
+    every generate job's identity); ``samplers``: the names it accepts (planning refuses another);
+    :meth:`make_scheduler` builds one from the pipeline's noise schedule. :meth:`noise_shape` is the
+    per-image initial noise generation draws (CPU generators, one per image: the same seed gives the
+    same picture on any device), :meth:`pipeline_latents` turns it into the pipeline's ``latents=``
+    argument (a family with packed latents packs it here). The training record names the family
+    and its objective.
 
 Module maps (``lyco_bench.adapters.inject``)
     Presets (``attn-only``, ``attn-mlp``, ``full``, ``full-lin``…) select layers of the denoiser
@@ -229,6 +234,19 @@ class ModelFamily:
     def make_scheduler(self, pipe: Any, sampler: str) -> Any:
         """A fresh evaluation scheduler named ``sampler`` (one of ``samplers``)."""
         raise NotImplementedError
+
+    def noise_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one image's initial noise (default: the denoiser's latent channels × H/f × W/f)."""
+        return (
+            1,
+            self.denoiser(pipe).config.in_channels,
+            height // pipe.vae_scale_factor,
+            width // pipe.vae_scale_factor,
+        )
+
+    def pipeline_latents(self, pipe: Any, noise: torch.Tensor) -> torch.Tensor:
+        """The pipeline's ``latents=`` argument for a batch of initial noise (default: itself)."""
+        return noise
 
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:

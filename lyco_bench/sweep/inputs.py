@@ -105,6 +105,7 @@ def resolve_inputs(
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
     model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    sampler = _family_sampler(sampler, s.sampler, family, source=src)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -218,6 +219,23 @@ def _model_identity(
     except BadInput as exc:
         raise BadInput(f"{source}: {exc}") from None
     return resolved.identity, resolved.family
+
+
+def _family_sampler(sampler: Any, written: dict[str, Any], family: str, *, source: str) -> Any:
+    """The sampler settings with the model family's evaluation sampler where the study names none
+    (lyco_bench.families: ``eval_sampler``; DDIM, the default, for SD1.x and SDXL), checked
+    against the samplers the family has."""
+    from lyco_bench.families import get_family
+
+    fam = get_family(family)
+    if "sampler" not in written and sampler.sampler != fam.eval_sampler:
+        sampler = sampler.model_copy(update={"sampler": fam.eval_sampler})
+    if sampler.sampler not in fam.samplers:
+        raise BadInput(
+            f"{source}: sampler.sampler: {sampler.sampler!r} is not a sampler of the {family} family "
+            f"({', '.join(fam.samplers)})"
+        )
+    return sampler
 
 
 def _encoder_identities(
