@@ -26,7 +26,7 @@ COMMAND_MODULES = [
     "lyco_bench.generation",  # generate
     "lyco_bench.metrics.cli",  # encode, score
     "lyco_bench.analysis.cli",  # analyze, leaderboard, report
-    "lyco_bench.analysis.pick_cli",  # pick
+    "lyco_bench.sweep.pick_cli",  # pick
     "lyco_bench.adapters.cli",  # adapter inspect|merge|extract
     "lyco_bench.models",  # make-tiny-model
     "lyco_bench.data",  # make-demo-dataset

@@ -1,17 +1,17 @@
-"""Stable Diffusion pipelines: load one from a hub id, a local folder or a single file; build a tiny one.
+"""Diffusion pipelines: load one from a hub id, a local folder or a single file; build a tiny one.
 
 ``load_pipeline`` is the one way every stage gets a model, so a tiny random-weight pipeline made by
-``make_tiny_model`` (offline, from config) goes through the same code as SD1.5 does. The tiny
-model keeps SD1.x's structure — cross-attention UNet, a VAE that downsamples 8×, a CLIP text
-encoder and the real CLIP BPE tokenizer — at a size that trains on a CPU in seconds.
+``make_tiny_model`` (offline, from config) goes through the same code as SD1.5 does. What differs
+between model families (pipeline class, how a single file or a folder is recognised, dtype rules,
+the tiny build) is asked of the family (lyco_bench.families). The SD1 tiny model keeps SD1.x's
+structure — cross-attention UNet, a VAE that downsamples 8×, a CLIP text encoder and the real CLIP
+BPE tokenizer — at a size that trains on a CPU in seconds; the SDXL one adds SDXL's parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import gzip
 import json
 import os
 from pathlib import Path
@@ -20,106 +20,23 @@ from typing import Any
 import torch
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    ModelFamily,
+    family_for_class,
+    family_of,
+    family_of_checkpoint,
+    get_family,
+)
 from lyco_bench.utils import atomic_folder, console
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
-# The tiny model (built from config: what the tests and the CPU demo run on). Sizes are the smallest
-# that keep every structural feature the adapters and trainer touch.
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    # 4 levels → 3 downsamplers → 8× like SD's VAE.
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(8, 16, 16, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    sample_size=64,
-)
-TINY_TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    vocab_size=49408,
-    projection_dim=32,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
-# SD1.x's noise schedule (v1-inference.yaml: linear_start 0.00085, linear_end 0.012, 1000 steps,
-# "scaled_linear" = linear in sqrt(beta)).
-SD_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
-
-
-@functools.lru_cache(maxsize=1)
-def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's vocabulary and merges, rebuilt from the BPE file open_clip ships (as CLIP's
-    ``SimpleTokenizer`` does): 256 byte characters, their ``</w>`` forms, one token per merge,
-    then the two special tokens — 49,408 entries."""
-    import open_clip
-
-    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
-    # Line 0 is a version header; CLIP keeps the first 49152 - 256 - 2 merges.
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_chars = list(_bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def clip_tokenizer(*, model_max_length: int = 77):
-    """The real CLIP BPE tokenizer (SD1.x's), built offline from open_clip's vocabulary.
-
-    Built with ``vocab=``/``merges=``: on transformers 5.x ``vocab_file=``/``merges_file=`` are
-    silently ignored and give a three-token tokenizer (docs/protocol.md §10).
-    """
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _clip_bpe()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+# The SD1 tiny model's configs and schedule live with their family; re-exported for their users.
+from lyco_bench.families._clip import clip_tokenizer  # noqa: E402,F401 - re-exported
+from lyco_bench.families.sd1 import SD_SCHEDULE, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402,F401
 
 
 @contextlib.contextmanager
@@ -140,35 +57,18 @@ def _quiet_hf():
             tlog.enable_progress_bar()
 
 
-def make_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Build a tiny random-weight SD1.x pipeline offline and save it as a diffusers folder.
+def make_tiny_model(out_dir: str | Path, *, seed: int = 0, family: str = DEFAULT_FAMILY) -> Path:
+    """Build a tiny random-weight pipeline of ``family`` offline and save it as a diffusers folder.
 
     ``out_dir`` must be absent or empty. Same seed → byte-identical files. The global torch RNG
     is left as it was.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+    maker = get_family(family)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise BadInput(f"{out_dir}: already exists and is not an empty folder")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET)
-        vae = AutoencoderKL(**TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDPMScheduler(**SD_SCHEDULE),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
     with atomic_folder(out_dir) as tmp, _quiet_hf():  # written beside, renamed: never half a model
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        maker.make_tiny(Path(tmp), seed=seed)
     return out_dir
 
 
@@ -189,13 +89,7 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _pipeline_class(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
-
-
-def _single_file_kind(path: Path) -> str:
+def _single_file_family(path: Path) -> ModelFamily:
     from safetensors import safe_open
 
     try:
@@ -203,24 +97,26 @@ def _single_file_kind(path: Path) -> str:
             keys = list(fh.keys())
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise BadInput(f"{path}: not a readable safetensors file ({exc})") from None
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise BadInput(f"{path}: not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
-    return "sd1"
+    family = family_of_checkpoint(keys)
+    if family is None:
+        raise BadInput(f"{path}: not a checkpoint of a known model family ({', '.join(sorted(FAMILIES))})")
+    return family
+
+
+def _single_file_kind(path: Path) -> str:
+    """The family name of a single-file checkpoint (kept for callers that name the architecture)."""
+    return _single_file_family(path).name
 
 
 def _load_single_file(path: Path, *, config: str | None, dtype: torch.dtype):
-    kind = _single_file_kind(path)
-    kwargs: dict[str, Any] = dict(dtype=dtype, safety_checker=None)
+    family = _single_file_family(path)
+    kwargs: dict[str, Any] = dict(dtype=dtype, **family.load_kwargs())
     if config is not None:
         if not (Path(config) / "model_index.json").is_file():
             raise BadInput(f"{config}: --config must be a diffusers model folder (no model_index.json)")
         kwargs.update(config=str(config), local_files_only=True)
-    if kind == "sd1":
-        kwargs["requires_safety_checker"] = False
     try:
-        return _pipeline_class(kind).from_single_file(str(path), **kwargs)
+        return family.after_load(family.pipeline_class().from_single_file(str(path), **kwargs), dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInput(
@@ -244,8 +140,9 @@ def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
     local = Path(model).expanduser()
     # A sweep's jobs name a hub model as ``repo@commit``: the weights its job id was made of.
     repo, revision = split_revision(model) if not local.is_dir() else (model, None)
-    if local.is_dir():
-        cls = _folder_pipeline_class(model, local)
+    family = _folder_family(model, local) if local.is_dir() else None
+    if family is not None:
+        cls = family.pipeline_class()
     else:
         _check_hub_id(repo, revision)
         cls = DiffusionPipeline
@@ -254,11 +151,13 @@ def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
     if revision is not None:
         kwargs["revision"] = revision
-    if cls.__name__ != "StableDiffusionXLPipeline":  # SDXL has no safety checker
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    # A hub repo's family is known once its model_index.json is read: diffusers picks the class,
+    # and the SD1 family's arguments (no safety checker) are passed unless another family's class
+    # is in the folder.
+    kwargs.update((family or FAMILIES[DEFAULT_FAMILY]).load_kwargs())
     try:
         with contextlib.nullcontext() if local.is_dir() else _hf_warnings_off():
-            return cls.from_pretrained(str(local) if local.is_dir() else repo, **kwargs)
+            pipe = cls.from_pretrained(str(local) if local.is_dir() else repo, **kwargs)
     except (OSError, ValueError) as exc:
         if local.is_dir() and _pickle_only(local):
             raise BadInput(
@@ -267,16 +166,19 @@ def _load_folder_or_hub(model: str, *, dtype: torch.dtype):
             ) from None
         where = "could not load the model" if local.is_dir() else "no such folder, nor loadable from the hub"
         raise BadInput(f"{model}: {where} ({_first_sentence(exc)})") from None
+    return family_of(pipe).after_load(pipe, dtype)
 
 
-def _folder_pipeline_class(model: str, local: Path):
+def _folder_family(model: str, local: Path) -> ModelFamily:
     index = local / "model_index.json"
     if not index.is_file():
         raise BadInput(f"{model}: not a diffusers pipeline folder (no model_index.json)")
     class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    if class_name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise BadInput(f"{model}: unsupported pipeline class {class_name!r} (Stable Diffusion only)")
-    return _pipeline_class("sdxl" if "XL" in class_name else "sd1")
+    family = family_for_class(class_name)
+    if family is None:
+        known = ", ".join(c for f in FAMILIES.values() for c in f.pipeline_classes)
+        raise BadInput(f"{model}: unsupported pipeline class {class_name!r} (known: {known})")
+    return family
 
 
 def _pickle_only(folder: Path) -> bool:
@@ -399,8 +301,9 @@ def load_pipeline(
         raise BadInput(f"{name}: pickled checkpoints are not loaded (convert it to .safetensors)")
     with _quiet_hf():
         pipe = _load_any(name, path, config=config, dtype=dtype)
-    if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
-        raise BadInput(f"{name}: not a Stable Diffusion pipeline (no unet/vae)")
+    family = family_of(pipe)
+    if getattr(pipe, family.denoiser_attr, None) is None or getattr(pipe, "vae", None) is None:
+        raise BadInput(f"{name}: not a {family.name} pipeline (no {family.denoiser_attr}/vae)")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -416,21 +319,28 @@ def _load_any(name: str, path: Path, *, config: str | Path | None, dtype: torch.
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    out = make_tiny_model(Path(args.dir), seed=args.seed)
+    out = make_tiny_model(Path(args.dir), seed=args.seed, family=args.family)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    console.print(f"tiny SD pipeline (seed {args.seed}) written to {out} ({size / 1e6:.1f} MB)")
+    console.print(f"tiny {args.family} pipeline (seed {args.seed}) written to {out} ({size / 1e6:.1f} MB)")
     return 0
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "make-tiny-model",
-        help="build a tiny random-weight SD1.x pipeline offline (for tests and the CPU demo)",
+        help="build a tiny random-weight pipeline of a model family offline (for tests and the CPU demo)",
         description=(
-            "Build a tiny Stable Diffusion 1.x pipeline from config (cross-attention UNet, 8x VAE, "
-            "2-layer CLIP text encoder, the real CLIP BPE tokenizer) and save it as a diffusers folder."
+            "Build a tiny pipeline of a model family from config (sd1: cross-attention UNet, 8x VAE, "
+            "2-layer CLIP text encoder, the real CLIP BPE tokenizer; sdxl: the same with SDXL's "
+            "text-time embedding and two CLIP encoders) and save it as a diffusers folder."
         ),
     )
     p.add_argument("dir", help="output folder (a diffusers pipeline folder)")
     p.add_argument("--seed", type=int, default=0, help="weight initialization seed (default 0)")
+    p.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        choices=sorted(FAMILIES),
+        help=f"model family (default {DEFAULT_FAMILY})",
+    )
     p.set_defaults(func=_cmd_make_tiny_model)

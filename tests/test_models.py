@@ -202,7 +202,7 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
     (tmp_path / "notes.txt").write_text("hello")
     cases[str(tmp_path / "notes.txt")] = "not a model"
     save_file({"w": torch.zeros(2)}, str(tmp_path / "random.safetensors"))
-    cases[str(tmp_path / "random.safetensors")] = "not a Stable Diffusion checkpoint"
+    cases[str(tmp_path / "random.safetensors")] = "not a checkpoint of a known model family"
     (tmp_path / "broken.safetensors").write_bytes(b"\x00\x01garbage")
     cases[str(tmp_path / "broken.safetensors")] = "not a readable safetensors file"
     other = tmp_path / "other-pipeline"

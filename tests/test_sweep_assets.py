@@ -96,9 +96,9 @@ def toy_prefix(tmp_path):
     tiny = ASSET_PREFIXES["tiny:"]
     built: list[tuple[str, int]] = []
 
-    def build(out: Path, seed: int) -> None:
-        (out / "seed.txt").write_text(str(seed))
-        built.append((out.name, seed))
+    def build(out: Path, rest: str) -> None:  # the text after the prefix: the seed here
+        (out / "seed.txt").write_text(rest)
+        built.append((out.name, int(rest)))
 
     kind = AssetPrefix(
         "toy:",

@@ -70,7 +70,7 @@ def eval_model_jobs(
             folder = f"{built[1].folder}@{label}"
             spec = {"asset": "model", "value": value, "version": ASSET_VERSIONS["model"]}
             own["model"] = make_job("prepare", folder, spec=spec, folder=folder)
-        identity = _model_identity(value, own, hasher=inputs.hasher, source=where)
+        identity, _ = _model_identity(value, own, hasher=inputs.hasher, source=where)
         _check_family(study.study.model, value, where)
         params = {"model": _pinned(value, identity), "eval_model": label}
         if folder is not None:

@@ -349,7 +349,7 @@ def _configs(plan: Any) -> tuple[dict, dict] | None:
     value = plan.study.study.model
     folder = model_folder(value)
     built = built_model(value)
-    vae = built[1].configs()[2] if built is not None else dict(SD_VAE)
+    vae = built[1].configs(value[len(built[0].prefix) :])[2] if built is not None else dict(SD_VAE)
     if folder is not None and (folder / "vae" / "config.json").is_file():
         vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     return configs[0], vae

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import DEFAULT_FAMILY
 from lyco_bench.sweep.assets import built_encoders, built_model
 from lyco_bench.sweep.hashing import FileHasher
 from lyco_bench.sweep.study import LoadedStudy, generated_dataset
@@ -76,6 +77,9 @@ class StudyInputs:
     hasher: FileHasher = field(default_factory=FileHasher)
     encoder_pins: dict[str, Any] = field(default_factory=dict)
     """``encoders:`` fields naming hub weights, rewritten to the commit their ids hold (``repo@sha``)."""
+    family: str = DEFAULT_FAMILY
+    """The model's family (lyco_bench.families); a non-default one enters the train and generate
+    job ids (``family_identity``), the default adds nothing so that SD1.x ids stay as they were."""
 
 
 def resolve_inputs(
@@ -104,7 +108,8 @@ def resolve_inputs(
     settings = validate(EncoderSettings, s.encoders, source=f"{src}: encoders")
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
-    model = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    sampler = _family_sampler(sampler, s.sampler, family, source=src)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -119,6 +124,7 @@ def resolve_inputs(
         class_prompts = _class_prompts(study, dataset, runs)
     return StudyInputs(
         model=model,
+        family=family,
         dataset=dataset_id,
         prompts=prompt_id,
         sampler=sampler.model_dump(mode="json"),
@@ -205,15 +211,36 @@ def run_identity(run: dict[str, Any]) -> dict[str, Any]:
 # --- pieces --------------------------------------------------------------------------------
 
 
-def _model_identity(value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str) -> str:
+def _model_identity(
+    value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str
+) -> tuple[str, str]:
+    """(identity, model family) of the study's model."""
     from lyco_bench.sweep.sources import resolve_model
 
-    if built_model(value) is not None:  # built by its prepare job: the job's id names it
-        return f"prepare:{prepare['model'].id}"
+    if (built := built_model(value)) is not None:  # built by its prepare job: the job's id names it
+        return f"prepare:{prepare['model'].id}", built[1].family_of(value[len(built[0].prefix) :])
     try:
-        return resolve_model(value, hasher=hasher).identity
+        resolved = resolve_model(value, hasher=hasher)
     except BadInput as exc:
         raise BadInput(f"{source}: {exc}") from None
+    return resolved.identity, resolved.family
+
+
+def _family_sampler(sampler: Any, written: dict[str, Any], family: str, *, source: str) -> Any:
+    """The sampler settings with the model family's evaluation sampler where the study names none
+    (lyco_bench.families: ``eval_sampler``; DDIM, the default, for SD1.x and SDXL), checked
+    against the samplers the family has."""
+    from lyco_bench.families import get_family
+
+    fam = get_family(family)
+    if "sampler" not in written and sampler.sampler != fam.eval_sampler:
+        sampler = sampler.model_copy(update={"sampler": fam.eval_sampler})
+    if sampler.sampler not in fam.samplers:
+        raise BadInput(
+            f"{source}: sampler.sampler: {sampler.sampler!r} is not a sampler of the {family} family "
+            f"({', '.join(fam.samplers)})"
+        )
+    return sampler
 
 
 def _encoder_identities(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import family_identity
 from lyco_bench.sweep.assets import built_encoders, built_model, model_rough_costs
 from lyco_bench.sweep.axes import Variant, evaluations
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
@@ -119,6 +120,7 @@ def _sampling_spec(study: LoadedStudy, inputs: StudyInputs, classes: list[str] |
 
     s = study.study
     return {
+        **family_identity(inputs.family),
         "prompts": inputs.prompts,
         "dataset": inputs.dataset.prompts,  # <train> prompts are the dataset's captions
         "captions": s.captions,
@@ -147,6 +149,7 @@ def _train_job(
     resolved = inputs.runs[config.name]
     run = {**run_identity(resolved), "seed": seed}
     spec = {
+        **family_identity(inputs.family),
         "config": config.name,
         "run": run,
         "model": inputs.model,
@@ -181,6 +184,7 @@ def _class_jobs(study: LoadedStudy, inputs: StudyInputs, deps: list[str]) -> dic
     jobs = {}
     for count in counts if inputs.class_prompts else ():
         spec = {
+            **family_identity(inputs.family),
             "checkpoint": {"model": inputs.model},
             "class_prompts": inputs.class_prompts,
             "images_per_prompt": count,

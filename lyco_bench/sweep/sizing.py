@@ -262,7 +262,7 @@ def model_folder(value: str) -> Path | None:
 def _model_configs(value: str) -> tuple[dict, dict] | None:
     built = built_model(value)
     if built is not None:  # not built yet: its declared configs
-        unet, text, _ = built[1].configs()
+        unet, text, _ = built[1].configs(value[len(built[0].prefix) :])
         return unet, text
     folder = model_folder(value)
     if folder is None:

@@ -16,7 +16,6 @@ from typing import Any
 
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.assets import (
-    asset_seed,
     built_encoders,
     built_model,
     dataset_path,
@@ -39,7 +38,7 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
     if asset == "model" and (model := built_model(value)) is not None:
         out = store.assets_dir / job.params.get("folder", model[1].folder)  # an eval model's: its own
         with _fresh(out) as tmp:
-            model[1].build(tmp, asset_seed(value, model[0].prefix))
+            model[1].build(tmp, value[len(model[0].prefix) :])
         return [out]
     if asset == "dataset" and generated_dataset(value):
         out = store.assets_dir / generated_folder(value)

@@ -29,16 +29,25 @@ from lyco_bench.registry import Registry, accept_instances
 
 @dataclass(frozen=True)
 class BuiltModel:
-    """A model a prepare job builds into the store (the seed after the prefix: ``tiny:3``)."""
+    """A model a prepare job builds into the store; the text after the prefix says which (``tiny:3``:
+    seed 3; ``tiny:sdxl:3``: a model family's tiny build with seed 3 — the prefix's own grammar)."""
 
     folder: str
     """The store's assets folder it is built into (it names the prepare job)."""
-    build: Callable[[Path, int], Any]
-    """(empty folder, seed) → writes a diffusers folder there; same seed → same bytes."""
-    configs: Callable[[], tuple[dict, dict, dict]]
-    """Its (UNet, text encoder, VAE) configs: sizing and costs before it is built."""
+    build: Callable[[Path, str], Any]
+    """(empty folder, text after the prefix) → writes a diffusers folder there; same text → same bytes."""
+    configs: Callable[[str], tuple[dict, dict, dict]]
+    """(text after the prefix) → its (denoiser, text encoder, VAE) configs: sizing and costs before
+    it is built."""
     rough_costs: Mapping[str, float] | None = None
     """Seconds per job kind before the store has recorded any (None: a GPU model's)."""
+    family: Callable[[str], str] | None = None
+    """(text after the prefix) → the model family it builds (lyco_bench.families; None: the default)."""
+
+    def family_of(self, rest: str) -> str:
+        from lyco_bench.families import DEFAULT_FAMILY
+
+        return self.family(rest) if self.family is not None else DEFAULT_FAMILY
 
 
 @dataclass(frozen=True)

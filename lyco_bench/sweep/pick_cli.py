@@ -24,18 +24,12 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _encoders(values: list[str] | None) -> dict[str, Any]:
-    """--encoder fields; ``world:`` as a weights value stands for the CPU world's evaluators."""
-    fields = _pairs(values, "--encoder")
-    if any(v == "world:" for v in fields.values()):
-        from lyco_bench.world import encoder_settings
+    """--encoder fields; a shipped asset prefix as a weights value (``world:``) stands for the
+    evaluators it ships (lyco_bench.sweep.assets)."""
+    from lyco_bench.sweep.assets import resolve_shipped
 
-        world = encoder_settings()
-        for key in [k for k, v in fields.items() if v == "world:"]:
-            if key not in world:
-                raise BadInput(f"--encoder {key}=world:: the world has no {key} weights ({', '.join(world)})")
-            fields.pop(key)
-            related = {k: v for k, v in world.items() if k.startswith(key)}
-            fields = {**related, **fields}
+    fields = _pairs(values, "--encoder")
+    _, fields = resolve_shipped("", fields, source="--encoder")
     return fields
 
 
