@@ -102,17 +102,16 @@ def base_images_key(model: str | os.PathLike, prompt_set: PromptSet, sampler: Sa
 
 
 def make_scheduler(pipe: Any, sampler: str) -> Any:
-    """A fresh scheduler of the requested kind built from the pipeline's own noise schedule."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    """A fresh scheduler of the requested kind built from the pipeline's own noise schedule (the
+    pipeline's model family knows which samplers it has: lyco_bench.families)."""
+    from lyco_bench.families import family_of
 
-    config = pipe.scheduler.config
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(config)
-    if sampler == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    raise BadInput(f"sampler: unknown sampler {sampler!r} (ddim, euler, dpm++)")
+    family = family_of(pipe)
+    if sampler not in family.samplers:
+        raise BadInput(
+            f"sampler: unknown sampler {sampler!r} for {family.name} ({', '.join(family.samplers)})"
+        )
+    return family.make_scheduler(pipe, sampler)
 
 
 def sample_batch(
@@ -126,7 +125,7 @@ def sample_batch(
     latents = initial_noise(pipe, generators, sampler)
     with torch.inference_mode():
         out = pipe(
-            latents=latents.to(pipe.device, pipe.unet.dtype),
+            latents=latents.to(pipe.device, _denoiser(pipe).dtype),
             prompt=[_method_prompt(item.prompt, methods) for item in items],
             negative_prompt=[sampler.negative_prompt] * len(items),
             num_inference_steps=sampler.steps,
@@ -163,11 +162,17 @@ def initial_noise(pipe: Any, generators: Sequence[torch.Generator], sampler: Sam
     """
     shape = (
         1,
-        pipe.unet.config.in_channels,
+        _denoiser(pipe).config.in_channels,
         sampler.height // pipe.vae_scale_factor,
         sampler.width // pipe.vae_scale_factor,
     )
     return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+
+
+def _denoiser(pipe: Any) -> Any:
+    from lyco_bench.families import family_of
+
+    return family_of(pipe).denoiser(pipe)
 
 
 def _method_prompt(text: str, methods: Sequence[Any]) -> str:
@@ -212,6 +217,7 @@ def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[list[Any]]:
     """
     from lyco_bench.adapters import merge_adapters, unmerge_adapters
     from lyco_bench.adapters.reference import load_adapter_arg
+    from lyco_bench.families import family_of
     from lyco_bench.methods import method_of_file
 
     layers, methods = [], []
@@ -223,7 +229,9 @@ def _merged(pipe: Any, adapters: Sequence[AdapterArg]) -> Iterator[list[Any]]:
             method = cls.from_file(path)
             method.set_multiplier(float(lam))
             methods.append(method)
-    handle = merge_adapters(pipe.unet, pipe.text_encoder, layers) if layers else None
+    family = family_of(pipe)
+    encoders = family.encoders(pipe)
+    handle = merge_adapters(family.denoiser(pipe), encoders, layers) if layers else None
     undo = []
     try:
         for method in methods:

@@ -47,7 +47,7 @@ def test_loss_is_instance_plus_weighted_class_term(tiny_model_dir, dataset_with_
         loss = session.loss(batch)
         for key, state in states.items():  # the same draws again, by hand
             session.generators[key].set_state(state)
-        captions, x_t, t, target = session._inputs(batch)
+        captions, x_t, t, target, _geometry = session._inputs(batch)
         n = len(batch)
         assert len(captions) == 2 * n and x_t.shape[0] == 2 * n
         keys = [session.pairs[i][0].key for i in batch]

@@ -3,15 +3,19 @@
 Presets (docs/protocol.md §1.1) are plug-ins (lyco_bench.adapters.presets): ``attn-only``,
 ``attn-mlp`` (default), ``full``, and an algorithm's own (``ia3`` in algorithms/ia3.py).
 
-Module keys follow kohya/LyCORIS: ``lora_unet_<module path, dots → _>`` and
-``lora_te_<path>``, where the text-encoder path starts at ``text_model.`` (the layout of
-transformers 4.x, which every existing file uses, also when the loaded model is flat).
+Module keys follow kohya/LyCORIS, per model family (lyco_bench.families: the family is read off
+the denoiser's config, so callers pass modules only): SD1.x ``lora_unet_<module path, dots → _>``,
+SDXL ``lora_unet_<SGM path>`` (``input_blocks_4_1_…``), and ``<prefix>_<path>`` for each text
+encoder (``lora_te``; SDXL ``lora_te1``/``lora_te2``), where the text-encoder path starts at
+``text_model.`` (the layout of transformers 4.x, which every existing file uses, also when the
+loaded model is flat). ``text_encoder`` arguments take one module (SD1's ``lora_te``) or a
+mapping prefix → module (``family.trainable_encoders(pipe)``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +26,13 @@ from lyco_bench.adapters.base import ALGORITHMS, get_algorithm
 from lyco_bench.adapters.presets import PRESETS, LayerInfo
 from lyco_bench.config import StrictModel
 from lyco_bench.errors import BadInput
+from lyco_bench.families import key_map_of
 
 UNET_PREFIX = "lora_unet"
 TE_PREFIX = "lora_te"
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
+TextEncoders = nn.Module | Mapping[str, nn.Module] | None
+"""One text encoder (keys ``lora_te_…``) or several by key prefix (``{"lora_te1": …, "lora_te2": …}``)."""
 
 
 DEFAULT_ALGO = "lora"
@@ -146,11 +153,20 @@ def unet_key(path: str) -> str:
     return f"{UNET_PREFIX}_{path.replace('.', '_')}"
 
 
-def te_key(text_encoder: nn.Module, path: str) -> str:
+def te_key(text_encoder: nn.Module, path: str, prefix: str = TE_PREFIX) -> str:
     # transformers ≥ 5 dropped the ``text_model`` wrapper; files keep the 4.x names.
     if not hasattr(text_encoder, "text_model"):
         path = f"text_model.{path}"
-    return f"{TE_PREFIX}_{path.replace('.', '_')}"
+    return f"{prefix}_{path.replace('.', '_')}"
+
+
+def text_encoders(text_encoder: TextEncoders) -> dict[str, nn.Module]:
+    """Text encoders by key prefix (a single module is SD1's ``lora_te``)."""
+    if text_encoder is None:
+        return {}
+    if isinstance(text_encoder, nn.Module):
+        return {TE_PREFIX: text_encoder}
+    return {prefix: module for prefix, module in text_encoder.items() if module is not None}
 
 
 def _children_paths(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
@@ -161,24 +177,26 @@ def _children_paths(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.M
             yield path, root.get_submodule(parent_path), attr, module
 
 
-def find_targets(unet: nn.Module | None, text_encoder: nn.Module | None, spec: AdapterSpec) -> list[Target]:
-    """The layers ``spec`` adapts, UNet first, each in module-definition order."""
+def find_targets(unet: nn.Module | None, text_encoder: TextEncoders, spec: AdapterSpec) -> list[Target]:
+    """The layers ``spec`` adapts, denoiser first, each in module-definition order."""
     preset = PRESETS[spec.preset]
     targets: list[Target] = []
     if unet is not None:
-        blocks = [p + "." for p, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+        keys = key_map_of(unet)
+        blocks = [p + "." for p, m in unet.named_modules() if type(m).__name__ in keys.transformer_blocks]
         for path, parent, attr, layer in _children_paths(unet):
             wanted = False
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
-                wanted = preset.unet(LayerInfo(path, layer, any(path.startswith(b) for b in blocks)))
+                info = LayerInfo(path, layer, any(path.startswith(b) for b in blocks))
+                wanted = keys.select(preset, info)
             elif spec.train_norm and preset.norm and isinstance(layer, NORM_TYPES):
                 wanted = layer.weight is not None
             if wanted:
-                targets.append(Target(unet_key(path), parent, attr, layer, text_encoder=False))
-    if text_encoder is not None and spec.train_text_encoder:
-        for path, parent, attr, layer in _children_paths(text_encoder):
+                targets.append(Target(keys.denoiser_key(path), parent, attr, layer, text_encoder=False))
+    for prefix, encoder in text_encoders(text_encoder).items() if spec.train_text_encoder else ():
+        for path, parent, attr, layer in _children_paths(encoder):
             if isinstance(layer, nn.Linear) and preset.text_encoder(path):
-                targets.append(Target(te_key(text_encoder, path), parent, attr, layer, text_encoder=True))
+                targets.append(Target(te_key(encoder, path, prefix), parent, attr, layer, text_encoder=True))
     return [t for t in targets if _passes_filters(t.key, spec)]
 
 
@@ -189,29 +207,33 @@ def _passes_filters(key: str, spec: AdapterSpec) -> bool:
 
 
 def layer_index(
-    unet: nn.Module | None, text_encoder: nn.Module | None, *, aliases: bool = True
+    unet: nn.Module | None, text_encoder: TextEncoders, *, aliases: bool = True
 ) -> dict[str, nn.Module]:
     """Every adaptable layer (Linear, Conv2d, GroupNorm, LayerNorm) by file key.
 
     With ``aliases``, text-encoder layers are also listed under the flat transformers-5 name
-    (``lora_te_encoder_…``) so that files written against such a model by other tools load too.
+    (``lora_te_encoder_…``) and denoiser layers under the other names their family reads (SDXL:
+    the diffusers path), so that files written by other tools load too.
     """
     kinds = (nn.Linear, nn.Conv2d, *NORM_TYPES)
     index: dict[str, nn.Module] = {}
     if unet is not None:
+        keys = key_map_of(unet)
         for path, layer in unet.named_modules():
             if path and isinstance(layer, kinds):
-                index[unet_key(path)] = layer
-    if text_encoder is not None:
-        for path, layer in text_encoder.named_modules():
+                index[keys.denoiser_key(path)] = layer
+                for alias in keys.denoiser_aliases(path) if aliases else ():
+                    index.setdefault(alias, layer)
+    for prefix, encoder in text_encoders(text_encoder).items():
+        for path, layer in encoder.named_modules():
             if path and isinstance(layer, kinds):
-                index[te_key(text_encoder, path)] = layer
+                index[te_key(encoder, path, prefix)] = layer
                 if aliases:
-                    index.setdefault(f"{TE_PREFIX}_{path.replace('.', '_')}", layer)
+                    index.setdefault(f"{prefix}_{path.replace('.', '_')}", layer)
     return index
 
 
-def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: AdapterSpec):
+def inject(unet: nn.Module | None, text_encoder: TextEncoders, spec: AdapterSpec):
     """Replace each target layer with its adapter module; returns the :class:`AdapterNetwork`.
 
     Every parameter of both models is frozen; only the adapter parameters train. The caller
@@ -229,7 +251,7 @@ def inject(unet: nn.Module | None, text_encoder: nn.Module | None, spec: Adapter
     if not targets:
         raise BadInput(f"adapter: preset {spec.preset!r} with include/exclude selects no module")
     check_sizes(targets, spec)  # before any factor is allocated
-    for model in (unet, text_encoder):
+    for model in (unet, *text_encoders(text_encoder).values()):
         if model is not None:
             model.requires_grad_(False)
     modules: dict[str, nn.Module] = {}

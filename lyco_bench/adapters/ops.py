@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lyco_bench.adapters.fileformat import AdapterFile, as_adapter_file
-from lyco_bench.adapters.inject import layer_index
+from lyco_bench.adapters.inject import TextEncoders, layer_index
 from lyco_bench.errors import BadInput
 
 Source = str | os.PathLike | AdapterFile
@@ -85,7 +85,7 @@ def truncate_adapter(source: Source, rank: int) -> AdapterFile:
 
 
 def delta_weights(
-    file: Source, unet: nn.Module | None, text_encoder: nn.Module | None
+    file: Source, unet: nn.Module | None, text_encoder: TextEncoders
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Dense (ΔW, Δb) per module key of an adapter file, in float32 on the CPU (Δb None unless
     the algorithm changes the bias). The models only supply shapes and W0 (native: ΔW = W − W0)."""
@@ -104,7 +104,7 @@ def delta_weights(
 
 
 def combined_delta(
-    sources: list[tuple[Source, float]], unet: nn.Module | None, text_encoder: nn.Module | None
+    sources: list[tuple[Source, float]], unet: nn.Module | None, text_encoder: TextEncoders
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Σᵢ λᵢ·(ΔWᵢ, Δbᵢ) per module key over several files (each file validated in full first)."""
     total: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -118,7 +118,7 @@ def combined_delta(
 
 
 def merge_adapters(
-    unet: nn.Module | None, text_encoder: nn.Module | None, adapters: list[tuple[Source, float]]
+    unet: nn.Module | None, text_encoder: TextEncoders, adapters: list[tuple[Source, float]]
 ) -> MergeHandle:
     """W0 ← W0 + Σᵢ λᵢ·ΔWᵢ in place for every module of every file; returns the handle for
     :func:`unmerge_adapters`. Everything is validated before the first weight changes.
@@ -216,9 +216,9 @@ def _low_rank(diff: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 
 def extract_lora(
     base_unet: nn.Module | None,
-    base_te: nn.Module | None,
+    base_te: TextEncoders,
     tuned_unet: nn.Module | None,
-    tuned_te: nn.Module | None,
+    tuned_te: TextEncoders,
     *,
     rank: int,
     conv_rank: int | None = None,

@@ -58,17 +58,24 @@ def assign_bucket(width: int, height: int, buckets: Sequence[Bucket]) -> Bucket:
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
 
+def cover_crop(width: int, height: int, bucket: Bucket) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((new width, new height), (top, left)): the size an image is scaled to so that it covers
+    ``bucket`` (keeping its aspect ratio), and where the centre crop to ``bucket`` starts. The
+    crop's top-left is what SDXL's size conditioning records (kohya's ``crop_top_left``)."""
+    bw, bh = bucket
+    scale = max(bw / width, bh / height)
+    new_size = (max(bw, round(width * scale)), max(bh, round(height * scale)))
+    return new_size, ((new_size[1] - bh) // 2, (new_size[0] - bw) // 2)
+
+
 def resize_to_bucket(image, bucket: Bucket):
     """Scale a PIL image to cover ``bucket`` (keeping its aspect ratio), then center-crop to it."""
     from PIL import Image
 
     bw, bh = bucket
-    w, h = image.size
-    scale = max(bw / w, bh / h)
-    new_size = (max(bw, round(w * scale)), max(bh, round(h * scale)))
-    if new_size != (w, h):
+    new_size, (top, left) = cover_crop(*image.size, bucket)
+    if new_size != image.size:
         image = image.resize(new_size, Image.Resampling.LANCZOS)
-    left, top = (new_size[0] - bw) // 2, (new_size[1] - bh) // 2
     return image.crop((left, top, left + bw, top + bh))
 
 

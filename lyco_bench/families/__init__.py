@@ -14,7 +14,9 @@ from lyco_bench.families.base import (
     family_identity,
     family_of,
     family_of_checkpoint,
+    family_of_denoiser,
     get_family,
+    key_map_of,
     register_family,
 )
 
@@ -30,6 +32,8 @@ __all__ = [
     "family_identity",
     "family_of",
     "family_of_checkpoint",
+    "family_of_denoiser",
     "get_family",
+    "key_map_of",
     "register_family",
 ]

@@ -128,11 +128,13 @@ class Objective:
 
 @dataclass(frozen=True)
 class KeyMap:
-    """File keys of a family's layers, for the adapter code (module docstring, "File keys")."""
+    """A family's module map and file keys, for the adapter code (module docstring, "Module maps",
+    "File keys"), which gets it from the denoiser alone (:func:`key_map_of`)."""
 
     denoiser_key: Callable[[str], str]
     denoiser_aliases: Callable[[str], tuple[str, ...]]
     transformer_blocks: tuple[str, ...]
+    select: Callable[[Any, Any], bool]
     family: str
 
 
@@ -233,14 +235,24 @@ class ModelFamily:
         """Whether ``preset`` trains this denoiser layer (a ``LayerInfo``)."""
         return bool(preset.unet(info))
 
-    def denoiser_key(self, path: str) -> str:
+    def denoiser_key(self, path: str, config: Mapping[str, Any]) -> str:
+        """The file key of the denoiser layer at module path ``path`` (``config``: the denoiser's)."""
         return "lora_unet_" + path.replace(".", "_")
 
-    def denoiser_aliases(self, path: str) -> tuple[str, ...]:
+    def denoiser_aliases(self, path: str, config: Mapping[str, Any]) -> tuple[str, ...]:
+        """Other keys files may name this layer by (read only)."""
         return ()
 
-    def key_map(self) -> KeyMap:
-        return KeyMap(self.denoiser_key, self.denoiser_aliases, self.transformer_blocks, self.name)
+    def key_map(self, denoiser: nn.Module | None = None) -> KeyMap:
+        """The module map and file keys bound to one denoiser's config."""
+        config = dict(getattr(denoiser, "config", None) or {})
+        return KeyMap(
+            lambda path: self.denoiser_key(path, config),
+            lambda path: self.denoiser_aliases(path, config),
+            self.transformer_blocks,
+            self.select,
+            self.name,
+        )
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -285,6 +297,22 @@ def family_for_class(class_name: str, denoiser_config: Mapping[str, Any] | None 
             if family.claims_denoiser_config(denoiser_config):
                 return family
     return None
+
+
+def family_of_denoiser(denoiser: nn.Module | None) -> ModelFamily:
+    """The family of a denoiser module by its config (the default family when none claims it, or
+    for a module without a diffusers config)."""
+    config = getattr(denoiser, "config", None)
+    if config is not None:
+        for family in FAMILIES.values():
+            if family.claims_denoiser_config(dict(config)):
+                return family
+    return FAMILIES[DEFAULT_FAMILY]
+
+
+def key_map_of(denoiser: nn.Module | None) -> KeyMap:
+    """The module map and file keys for a denoiser's layers (:func:`family_of_denoiser`)."""
+    return family_of_denoiser(denoiser).key_map(denoiser)
 
 
 def family_of_checkpoint(keys: Collection[str]) -> ModelFamily | None:

@@ -41,14 +41,18 @@ class PriorData:
 
     def sample(
         self, concept_key: str, bucket: tuple[int, int], generator: torch.Generator
-    ) -> tuple[str, Any]:
-        """(caption, latent) of one class image of the concept's class, in ``bucket``."""
+    ) -> tuple[str, Any, tuple[int, int]]:
+        """(caption, latent, (width, height) of the image file) of one class image of the concept's
+        class, in ``bucket``."""
         pool = self.pools[concept_key]
         item = pool[int(torch.randint(len(pool), (), generator=generator))]
         key = (str(item.path), bucket)
         if key not in self._latents:
             (self._latents[key],) = self.cache.get_or_encode([item], self.vae, buckets=[bucket])
-        return self.prompts[concept_key], self._latents[key]
+        from lyco_bench.data.dataset import image_size
+
+        size = (item.width, item.height) if item.width and item.height else image_size(item.path)
+        return self.prompts[concept_key], self._latents[key], size
 
 
 def _generated_images(folder: str | None) -> dict[str, list[Path]]:

@@ -1,4 +1,8 @@
-"""One training session: data, model, adapter, optimizer, RNGs, and the ε-prediction step.
+"""One training session: data, model, adapter, optimizer, RNGs, and the denoising step.
+
+What differs between base models — the text encoders and how captions become conditioning, size
+conditioning, the training objective (ε/v-prediction, flow matching), the denoiser call — is the
+model family's (lyco_bench.families), read off the loaded pipeline.
 
 Every random draw of training comes from an explicit ``torch.Generator`` (batch order, caption
 dropout, latent sampling + noise + timesteps) or, for adapter initialization, from a forked global
@@ -32,6 +36,7 @@ class Session:
     """Holds everything one run trains with; :meth:`step` is one optimizer step on one batch."""
 
     def __init__(self, config: RunConfig, *, device: torch.device, pipeline: Any | None = None) -> None:
+        from lyco_bench.families import family_of
         from lyco_bench.models import load_pipeline
         from lyco_bench.utils import cuda_fast_math
 
@@ -42,7 +47,11 @@ class Session:
         self._load_data()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
         self.pipe.to(device)
-        self._modules = [m for m in (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae) if m is not None]
+        self.family = family_of(self.pipe)
+        self.denoiser = self.family.denoiser(self.pipe)
+        self.encoders = self.family.encoders(self.pipe)
+        modules = (self.denoiser, *self.encoders.values(), self.pipe.vae)
+        self._modules = [m for m in modules if m is not None]
         self._was_training = [m.training for m in self._modules]
         self._grad_flags = [[p.requires_grad for p in m.parameters()] for m in self._modules]
         self.net = None
@@ -81,14 +90,12 @@ class Session:
         )
 
     def _check_buckets(self) -> None:
-        # The UNet halves the latent once per down block but the last; SD1.x: 8·2³ = 64 px.
-        vae_factor = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-        unet_factor = 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
-        multiple = vae_factor * unet_factor
+        # A UNet halves the latent once per down block but the last; SD1.x: 8·2³ = 64 px.
+        multiple = self.family.latent_multiple(self.pipe)
         if self.config.buckets.step % multiple or self.config.resolution % multiple:
             raise BadInput(
                 f"buckets.step: {self.config.buckets.step} (and resolution) must be a multiple of "
-                f"{multiple} px for this model (VAE ×{vae_factor}, UNet ×{unet_factor})"
+                f"{multiple} px for this model ({self.family.name}: VAE × denoiser downsampling)"
             )
 
     def _encode_latents(self) -> None:
@@ -99,7 +106,7 @@ class Session:
         self.latents = self.cache.get_or_encode(
             [item for _, item in self.pairs], self.pipe.vae, buckets=self.buckets
         )
-        self.scaling = float(self.pipe.vae.config.scaling_factor)
+        self.shift, self.scaling = self.family.latent_scale(self.pipe)
 
     def _prior_data(self) -> Any:
         """Class images for prior preservation (lyco_bench.training.prior), or None when off."""
@@ -111,13 +118,11 @@ class Session:
         return PriorData(self.config, concepts, self.cache, self.pipe.vae)
 
     def _build_network(self) -> None:
-        from diffusers import DDPMScheduler
-
         from lyco_bench.adapters import get_algorithm, inject
         from lyco_bench.methods import is_model_method
 
         cfg = self.config
-        text_encoder = self.pipe.text_encoder if cfg.train_text_encoder else None
+        trained = self.family.trainable_encoders(self.pipe) if cfg.train_text_encoder else {}
         cls = get_algorithm(cfg.adapter.algo)
         # Adapter initialization draws from the global CPU RNG (AdapterModule.init_, whatever the
         # device: the same job id gives the same factors on CPU and GPU): seed it from the run
@@ -131,27 +136,24 @@ class Session:
                 concepts = list({c.key: c for c, _ in self.pairs}.values())
                 self.net = cls(cfg.adapter.options).attach(self.pipe, concepts=concepts)
             else:
-                self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
+                self.net = inject(self.denoiser, trained, cfg.adapter)
         self.net.to(self.device)
         # Gradients through the text encoder: for its adapters, or a method's parameters before it (TI).
         method = is_model_method(cls)
         self.text_encoder_gradients = cls.text_encoder_gradients if method else cfg.train_text_encoder
-        self.pipe.unet.train()
-        if self.pipe.text_encoder is not None:
+        self.denoiser.train()
+        for prefix, encoder in self.encoders.items():
             # A model-level method leaves the text encoder's weights alone (TI trains new rows only).
-            self.pipe.text_encoder.train(cfg.train_text_encoder and not is_model_method(cls))
+            encoder.train(prefix in trained and not is_model_method(cls))
         if cfg.gradient_checkpointing:
-            self.pipe.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
+            self.denoiser.enable_gradient_checkpointing()
+            for encoder in trained.values():
                 # Reentrant checkpointing drops gradients when the block inputs need none (frozen
                 # embeddings); the adapters inside still need theirs.
-                self.pipe.text_encoder.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise BadInput(f"model: prediction type {self.prediction_type!r} is not supported")
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._checkpointed = list(trained.values()) if cfg.gradient_checkpointing else []
+        self.objective = self.family.objective(self.pipe)
+        self.prediction_type = self.objective.name
 
     def _build_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
@@ -190,9 +192,11 @@ class Session:
     def epoch_mean_loss(self) -> float:
         return sum(self._epoch_losses) / max(len(self._epoch_losses), 1)
 
-    def _inputs(self, batch: list[int]) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(captions, x_t, t, target) on the CPU; the draw order here is part of the RNG contract."""
+    def _inputs(self, batch: list[int]) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """(captions, x_t, t, target, geometry) on the CPU; the draw order here is part of the RNG
+        contract."""
         from lyco_bench.data import caption_for
+        from lyco_bench.families import ImageGeometry
 
         cfg, noise_gen = self.config, self.generators["noise"]
         captions = [
@@ -209,45 +213,49 @@ class Session:
             for i in batch
         ]
         latents = [self.latents[i] for i in batch]
+        sizes = [self._image_size(i) for i in batch]
         if self.prior is not None:  # one class sample per instance, in the batch's bucket
             bucket = latents[0].bucket
             for i in batch:
-                prompt, latent = self.prior.sample(self.pairs[i][0].key, bucket, self.generators["prior"])
+                prompt, latent, size = self.prior.sample(
+                    self.pairs[i][0].key, bucket, self.generators["prior"]
+                )
                 captions.append(prompt)
                 latents.append(latent)
-        x0 = torch.stack([latent.sample(noise_gen) for latent in latents]) * self.scaling  # (B[+B], 4, h, w)
+                sizes.append(size)
+        geometry = [
+            ImageGeometry(size, _crop(size, lat.bucket), lat.bucket)
+            for size, lat in zip(sizes, latents, strict=True)
+        ]
+        x0 = torch.stack([latent.sample(noise_gen) for latent in latents])  # (B[+B], C, h, w)
+        x0 = (x0 - self.shift) * self.scaling if self.shift else x0 * self.scaling
         noise = torch.randn(x0.shape, generator=noise_gen)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(
                 (x0.shape[0], x0.shape[1], 1, 1), generator=noise_gen
             )
-        t = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=noise_gen
-        )
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)  # √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
-        target = (
-            noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
-        )
-        return captions, x_t, t, target
+        x_t, t, target = self.objective.sample(x0, noise, noise_gen)
+        return captions, x_t, t, target, geometry
+
+    def _image_size(self, index: int) -> tuple[int, int]:
+        item = self.pairs[index][1]
+        if item.width and item.height:
+            return item.width, item.height
+        from lyco_bench.data.dataset import image_size
+
+        return image_size(item.path)
 
     def loss(self, batch: list[int]) -> torch.Tensor:
-        """The ε-prediction MSE of one batch (graph attached)."""
-        captions, x_t, t, target = self._inputs(batch)
-        tokenizer = self.pipe.tokenizer
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids  # (B, 77)
+        """The family's denoising MSE of one batch (graph attached)."""
+        captions, x_t, t, target, geometry = self._inputs(batch)
         dev = self.device
         with torch.autocast(
             dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
         ):
             with torch.set_grad_enabled(self.text_encoder_gradients):
-                cond = self.pipe.text_encoder(ids.to(dev))[0]  # (B, 77, D) last hidden state
-            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B[+B], 4, h, w)
+                cond = self.family.encode_prompts(self.pipe, captions, dev)
+            cond.update(self.family.extra_conditioning(self.pipe, geometry, dev))
+            pred = self.family.predict(self.pipe, x_t.to(dev), t.to(dev), cond)  # (B[+B], C, h, w)
         pred, target = pred.float(), target.to(dev).float()
         if self.prior is None:
             return F.mse_loss(pred, target)
@@ -277,10 +285,17 @@ class Session:
         if self.net is not None:
             self.net.remove()
         if self.config.gradient_checkpointing and self.net is not None:
-            self.pipe.unet.disable_gradient_checkpointing()
-            if self.config.train_text_encoder:
-                self.pipe.text_encoder.gradient_checkpointing_disable()
+            self.denoiser.disable_gradient_checkpointing()
+            for encoder in getattr(self, "_checkpointed", []):
+                encoder.gradient_checkpointing_disable()
         for module, training, flags in zip(self._modules, self._was_training, self._grad_flags, strict=True):
             module.train(training)
             for param, flag in zip(module.parameters(), flags, strict=True):
                 param.requires_grad_(flag)
+
+
+def _crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of an image's centre crop to its bucket (lyco_bench.data.cover_crop)."""
+    from lyco_bench.data import cover_crop
+
+    return cover_crop(*size, bucket)[1]
