@@ -33,8 +33,7 @@ UNET_PREFIX = "lora_unet"  # lyco-bench's internal keys: lora_unet_<diffusers pa
 TE_PREFIX = "lora_te"
 FILE_PREFIX = "lora_unet"
 SPLIT_PREFIX = "lora_transformer"  # OneTrainer's diffusers-named FLUX keys (ComfyUI loads them)
-CLIP_PREFIX = "lora_te1"  # kohya's FLUX prefix for CLIP-L (lora_te3: T5, never written)
-T5_PREFIXES = ("lora_te2_", "lora_te3_")
+CLIP_PREFIX = "lora_te1"  # kohya's FLUX prefix for CLIP-L (lora_te3: T5, which lyco-bench never trains)
 
 # (BFL name, diffusers member paths) inside one double block / one single block.
 DOUBLE = (
@@ -102,11 +101,18 @@ def flux_groups(transformer: nn.Module) -> list[Group]:
     table += [(name, (path,)) for name, path in TOP]
     groups = []
     for name, paths in table:
-        if all(isinstance(modules.get(p), nn.Linear) for p in paths):
-            sizes = tuple(int(modules[p].out_features) for p in paths)
+        layers = [_linear(modules.get(p)) for p in paths]
+        if all(layer is not None for layer in layers):
+            sizes = tuple(int(layer.out_features) for layer in layers)
             members = tuple(unet_key(p) for p in paths)
             groups.append(Group(f"{FILE_PREFIX}_{name}", members, sizes, swap_halves=name == SWAPPED))
     return groups
+
+
+def _linear(module: nn.Module | None) -> nn.Linear | None:
+    """The Linear at a module path, also while an adapter module wraps it (its ``base``)."""
+    base = getattr(module, "base", module)
+    return base if isinstance(base, nn.Linear) else None
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -224,10 +230,11 @@ def to_file(
         module, _, suffix = key.partition(".")
         if module in done:
             continue
-        if module.startswith(TE_PREFIX + "_"):
-            out[f"{CLIP_PREFIX}_{module[len(TE_PREFIX) + 1 :]}.{suffix}"] = value
-        else:
-            out[f"{_split_key(module)}.{suffix}"] = value
+        if module.startswith(TE_PREFIX + "_"):  # SD1's CLIP prefix → kohya's FLUX CLIP-L prefix
+            module = CLIP_PREFIX + module[len(TE_PREFIX) :]
+        elif module.startswith(UNET_PREFIX + "_"):  # a layer outside the BFL table
+            module = _split_key(module)
+        out[f"{module}.{suffix}"] = value
     return out
 
 
@@ -240,28 +247,22 @@ def from_file(
 ) -> dict[str, torch.Tensor]:
     """kohya's (or OneTrainer's) FLUX file keys → lyco-bench's internal keys. ``modules``: each
     file module key's algorithm class (``detect_modules``). BadInput naming the file and the module
-    for a module this model does not have, a T5 adapter, or a fused module that cannot be split."""
+    for a fused module that cannot be split."""
     groups = {g.file_key: g for g in flux_groups(transformer)}
     out: dict[str, torch.Tensor] = {}
     for module, cls in modules.items():
         parts = _module_tensors(tensors, module)
-        if module.startswith(T5_PREFIXES):
-            raise BadInput(
-                f"{name}: {module}: adapters of FLUX's T5 encoder are not loaded (CLIP-L and the transformer only)"
-            )
-        if module.startswith(CLIP_PREFIX + "_") or module.startswith(TE_PREFIX + "_"):
-            internal = (
-                TE_PREFIX + module[len(CLIP_PREFIX if module.startswith(CLIP_PREFIX + "_") else TE_PREFIX) :]
-            )
-            out.update({f"{internal}.{k}": v for k, v in parts.items()})
+        if module.startswith(TE_PREFIX + "_"):  # CLIP-L as SD1 tools name it (diffusers reads both)
+            module = CLIP_PREFIX + module[len(TE_PREFIX) :]
         elif module.startswith(SPLIT_PREFIX + "_"):
-            internal = UNET_PREFIX + module[len(SPLIT_PREFIX) :]
-            out.update({f"{internal}.{k}": v for k, v in parts.items()})
+            module = UNET_PREFIX + module[len(SPLIT_PREFIX) :]
         elif module in groups:
             for member, member_parts in _split(cls, groups[module], parts, name=f"{name}: {module}").items():
                 out.update({f"{member}.{k}": v for k, v in member_parts.items()})
-        else:
-            raise BadInput(f"{name}: {module}: not a layer of this FLUX transformer")
+            continue
+        # Anything else as it is: lyco-bench's (and LyCORIS's) diffusers-named keys, CLIP-L's
+        # lora_te1_, T5's lora_te3_ (kohya --train_t5xxl); a key of no layer is refused by the loader.
+        out.update({f"{module}.{k}": v for k, v in parts.items()})
     return out
 
 

@@ -110,6 +110,7 @@ class FluxFamily(ModelFamily):
     eval_sampler = SAMPLER
     samplers = (SAMPLER,)
     cross_attention = False
+    file_layout = True
 
     # --- loading ---------------------------------------------------------------------------------
     def claims_denoiser_config(self, config: Mapping[str, Any]) -> bool:
