@@ -15,7 +15,7 @@ import string
 SPACE = "\u2581"  # SentencePiece's word-start mark
 SPECIALS = (("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0))
 CHARACTERS = string.ascii_letters + string.digits + string.punctuation
-MAX_LENGTH = 32
+MAX_LENGTH = 128
 """The tiny tokenizer's ``model_max_length`` (FLUX.1-dev's T5 reads 512 tokens, schnell 256)."""
 
 

@@ -235,6 +235,20 @@ class ModelFamily:
         """A fresh evaluation scheduler named ``sampler`` (one of ``samplers``)."""
         raise NotImplementedError
 
+    def noise_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
+        """(C, h, w) of one image's initial latent noise, as the pipeline would draw it itself."""
+        factor = pipe.vae_scale_factor
+        return (self.denoiser(pipe).config.in_channels, height // factor, width // factor)
+
+    def pipeline_inputs(self, pipe: Any, latents: torch.Tensor, sampler: Any) -> dict[str, Any]:
+        """The pipeline call's arguments for these initial latents and ``SamplerSettings`` besides
+        the prompts, steps, size and generators (UNet families: latents, CFG scale, negative prompt)."""
+        return {
+            "latents": latents,
+            "guidance_scale": sampler.cfg,
+            "negative_prompt": [sampler.negative_prompt] * latents.shape[0],
+        }
+
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:
         """Whether ``preset`` trains this denoiser layer (a ``LayerInfo``)."""
