@@ -52,6 +52,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    from lyco_bench.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl", seed=0, family="sdxl")
+
+
+@pytest.fixture(scope="session")
 def demo_dataset_dir(tmp_path_factory) -> Path:
     from lyco_bench.data import make_demo_dataset
 

@@ -183,11 +183,14 @@ def find_targets(unet: nn.Module | None, text_encoder: TextEncoders, spec: Adapt
     targets: list[Target] = []
     if unet is not None:
         keys = key_map_of(unet)
-        blocks = [p + "." for p, m in unet.named_modules() if type(m).__name__ in keys.transformer_blocks]
+        classes = {p: type(m).__name__ for p, m in unet.named_modules() if p}
+        blocks = [p + "." for p, name in classes.items() if name in keys.transformer_blocks]
         for path, parent, attr, layer in _children_paths(unet):
             wanted = False
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
-                info = LayerInfo(path, layer, any(path.startswith(b) for b in blocks))
+                parts = path.split(".")
+                enclosing = tuple(classes[".".join(parts[:i])] for i in range(1, len(parts)))
+                info = LayerInfo(path, layer, any(path.startswith(b) for b in blocks), enclosing)
                 wanted = keys.select(preset, info)
             elif spec.train_norm and preset.norm and isinstance(layer, NORM_TYPES):
                 wanted = layer.weight is not None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import DEFAULT_FAMILY
 from lyco_bench.sweep.hashing import FileHasher
 from lyco_bench.sweep.study import TINY_PREFIX, LoadedStudy, generated_dataset
 from lyco_bench.utils import default_device, stable_hash
@@ -72,6 +73,9 @@ class StudyInputs:
     hasher: FileHasher = field(default_factory=FileHasher)
     encoder_pins: dict[str, Any] = field(default_factory=dict)
     """``encoders:`` fields naming hub weights, rewritten to the commit their ids hold (``repo@sha``)."""
+    family: str = DEFAULT_FAMILY
+    """The model's family (lyco_bench.families); a non-default one enters the train and generate
+    job ids (``family_identity``), the default adds nothing so that SD1.x ids stay as they were."""
 
 
 def resolve_inputs(
@@ -100,7 +104,7 @@ def resolve_inputs(
     settings = validate(EncoderSettings, s.encoders, source=f"{src}: encoders")
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
-    model = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -114,6 +118,7 @@ def resolve_inputs(
         class_prompts = _class_prompts(study, dataset, runs)
     return StudyInputs(
         model=model,
+        family=family,
         dataset=dataset_id,
         prompts=prompt_id,
         sampler=sampler.model_dump(mode="json"),
@@ -199,15 +204,20 @@ def run_identity(run: dict[str, Any]) -> dict[str, Any]:
 # --- pieces --------------------------------------------------------------------------------
 
 
-def _model_identity(value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str) -> str:
+def _model_identity(
+    value: str, prepare: dict[str, Any], *, hasher: FileHasher, source: str
+) -> tuple[str, str]:
+    """(identity, model family) of the study's model."""
     from lyco_bench.sweep.sources import resolve_model
+    from lyco_bench.sweep.study import tiny_model
 
-    if value.startswith(TINY_PREFIX):
-        return f"prepare:{prepare['model'].id}"
     try:
-        return resolve_model(value, hasher=hasher).identity
+        if value.startswith(TINY_PREFIX):
+            return f"prepare:{prepare['model'].id}", tiny_model(value)[0]
+        resolved = resolve_model(value, hasher=hasher)
     except BadInput as exc:
         raise BadInput(f"{source}: {exc}") from None
+    return resolved.identity, resolved.family
 
 
 def _encoder_identities(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import family_identity
 from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
@@ -169,6 +170,7 @@ def _sampling_spec(study: LoadedStudy, inputs: StudyInputs, classes: list[str] |
 
     s = study.study
     return {
+        **family_identity(inputs.family),
         "prompts": inputs.prompts,
         "dataset": inputs.dataset.prompts,  # <train> prompts are the dataset's captions
         "captions": s.captions,
@@ -197,6 +199,7 @@ def _train_job(
     resolved = inputs.runs[config.name]
     run = {**run_identity(resolved), "seed": seed}
     spec = {
+        **family_identity(inputs.family),
         "config": config.name,
         "run": run,
         "model": inputs.model,
@@ -229,6 +232,7 @@ def _class_jobs(study: LoadedStudy, inputs: StudyInputs, deps: list[str]) -> dic
     jobs = {}
     for count in counts if inputs.class_prompts else ():
         spec = {
+            **family_identity(inputs.family),
             "checkpoint": {"model": inputs.model},
             "class_prompts": inputs.class_prompts,
             "images_per_prompt": count,

@@ -3,7 +3,8 @@
 A model or encoder is given as a local path (a diffusers / transformers / open_clip folder, a
 single ``.safetensors`` file) or a hub id. Before a sweep starts, each one must be resolvable —
 a local path that exists, a hub id in the local Hugging Face cache or, when online, on the hub —
-and a model must be one the trainer supports (SD1.x/SD2.x; SDXL is refused). Each also gets an
+and a model must be of a model family the trainer knows (lyco_bench.families: SD1.x/SD2.x, SDXL,
+…), which it is resolved to. Each also gets an
 **identity**, the part of a job id that changes when its weights do: a local path is named by a
 content hash of its weight and config files, a hub id by the commit it resolves to.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
+from lyco_bench.families import DEFAULT_FAMILY, family_for_class
 from lyco_bench.hub import cached_hub_file, hub_identity  # noqa: F401 - re-exported
 from lyco_bench.models import hub_offline  # noqa: F401 - re-exported
 from lyco_bench.sweep.hashing import FileHasher
@@ -32,8 +34,10 @@ class ModelSource:
     where: str
     """``folder`` | ``file`` | ``hub``"""
     arch: str
-    """``sd1`` | ``sd2`` | ``sdxl`` (lyco_bench.models.model_kind)"""
+    """``sd1`` | ``sd2`` | ``sdxl`` | … (lyco_bench.models.model_kind; a family's name otherwise)"""
     identity: str
+    family: str = "sd1"
+    """The model family (lyco_bench.families) its jobs train and sample with."""
 
 
 def local_identity(path: Path, hasher: FileHasher) -> str:
@@ -46,12 +50,12 @@ def local_identity(path: Path, hasher: FileHasher) -> str:
 
 
 def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
-    """Check that ``value`` names a Stable Diffusion model the trainer supports; its identity."""
+    """Check that ``value`` names a model of a known family; its identity and family."""
     from lyco_bench.models import (
         PICKLE_SUFFIXES,
+        _folder_family,
         _looks_like_path,
-        _single_file_kind,
-        model_kind,
+        _single_file_family,
         split_revision,
     )
 
@@ -59,22 +63,37 @@ def resolve_model(value: str, *, hasher: FileHasher) -> ModelSource:
     if path.suffix in PICKLE_SUFFIXES:
         raise BadInput(f"model {value}: pickled checkpoints are not loaded (convert it to .safetensors)")
     if path.is_file():
-        arch = _single_file_kind(path)
-        return _supported(ModelSource(value, "file", arch, local_identity(path, hasher)))
+        family = _single_file_family(path).name
+        return ModelSource(value, "file", family, local_identity(path, hasher), family)
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise BadInput(f"model {value}: not a diffusers pipeline folder (no model_index.json)")
-        arch = model_kind(_read_json(path / "unet" / "config.json", what=f"model {value}"))
-        return _supported(ModelSource(value, "folder", arch, local_identity(path, hasher)))
+        family = _folder_family(f"model {value}", path)
+        config = path / family.denoiser_attr / "config.json"
+        arch = _arch(family.name, _read_json(config, what=f"model {value}") if config.is_file() else {})
+        return ModelSource(value, "folder", arch, local_identity(path, hasher), family.name)
     if _looks_like_path(value):
         raise BadInput(f"model {value}: no such file or folder")
     repo, revision = split_revision(value)
     identity, snapshot = hub_identity(repo, "model_index.json", what="model", revision=revision)
-    unet_config = snapshot / "unet" / "config.json" if snapshot is not None else None
-    if unet_config is None or not unet_config.is_file():
-        unet_config = _download_small(repo, "unet/config.json", identity.rpartition("@")[2])
-    arch = model_kind(_read_json(unet_config, what=f"model {value}")) if unet_config else "sd1"
-    return _supported(ModelSource(value, "hub", arch, identity))
+    commit = identity.rpartition("@")[2]
+    index = snapshot / "model_index.json" if snapshot is not None else None
+    if index is None or not index.is_file():
+        index = _download_small(repo, "model_index.json", commit)
+    class_name = _read_json(index, what=f"model {value}").get("_class_name", "") if index else ""
+    family = family_for_class(class_name)
+    name = family.name if family is not None else DEFAULT_FAMILY  # unknown offline: loading checks it
+    folder = family.denoiser_attr if family is not None else "unet"
+    config = snapshot / folder / "config.json" if snapshot is not None else None
+    if config is None or not config.is_file():
+        config = _download_small(repo, f"{folder}/config.json", commit)
+    arch = _arch(name, _read_json(config, what=f"model {value}")) if config else name
+    return ModelSource(value, "hub", arch, identity, name)
+
+
+def _arch(family: str, denoiser_config: dict[str, Any]) -> str:
+    """``sd1``/``sd2`` within the SD1 family (by cross-attention width), else the family's name."""
+    from lyco_bench.models import model_kind
+
+    return model_kind(denoiser_config) if family == DEFAULT_FAMILY and denoiser_config else family
 
 
 def pin_model(study: Any, model_identity: str) -> Any:
@@ -100,15 +119,6 @@ def pin_encoders(study: Any, pins: dict[str, Any]) -> Any:
         return study
     pinned = study.study.model_copy(update={"encoders": {**study.study.encoders, **pins}})
     return dataclasses.replace(study, study=pinned)
-
-
-def _supported(source: ModelSource) -> ModelSource:
-    if source.arch == "sdxl":
-        raise BadInput(
-            f"model {source.value}: an SDXL model; training supports SD1.x/SD2.x only for now "
-            "(use an SD1.5 model such as stable-diffusion-v1-5/stable-diffusion-v1-5)"
-        )
-    return source
 
 
 def _download_small(repo_id: str, filename: str, revision: str | None = None) -> Path | None:

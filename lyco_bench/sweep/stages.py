@@ -17,11 +17,10 @@ from lyco_bench.sweep.assets import dataset_path, encoder_settings, model_path
 from lyco_bench.sweep.planner import Job, train_run_identity
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
-    TINY_PREFIX,
-    asset_seed,
     draw_generated_dataset,
     generated_dataset,
     generated_folder,
+    tiny_model,
 )
 from lyco_bench.utils import atomic_path, atomic_write_json, stable_hash
 
@@ -33,7 +32,8 @@ def run_prepare(job: Job, store: StudyStore) -> list[Path]:
         from lyco_bench.models import make_tiny_model
 
         out = store.assets_dir / "tiny-model"
-        return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=asset_seed(value, TINY_PREFIX)))]
+        family, seed = tiny_model(value)
+        return [_build_fresh(out, lambda tmp: make_tiny_model(tmp, seed=seed, family=family))]
     if asset == "dataset":
         out = store.assets_dir / generated_folder(value)
         return [_build_fresh(out, lambda tmp: draw_generated_dataset(value, tmp))]

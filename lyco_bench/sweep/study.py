@@ -451,3 +451,19 @@ def asset_seed(value: str, prefix: str) -> int:
         return int(rest)
     except ValueError:
         raise BadInput(f"{value!r}: expected {prefix} or {prefix}<seed>") from None
+
+
+def tiny_model(value: str) -> tuple[str, int]:
+    """(family, seed) of a built model: ``tiny:`` / ``tiny:3`` (the default family, SD1.x) or
+    ``tiny:sdxl`` / ``tiny:sdxl:3`` (a model family's tiny build, lyco_bench.families)."""
+    from lyco_bench.families import DEFAULT_FAMILY, get_family
+
+    rest = value[len(TINY_PREFIX) :]
+    head, _, seed = rest.partition(":")
+    if head and not head.lstrip("-").isdigit():
+        try:
+            get_family(head)
+        except BadInput as exc:
+            raise BadInput(f"model {value!r}: {exc}") from None
+        return head, asset_seed(f"{TINY_PREFIX}{seed}", TINY_PREFIX)
+    return DEFAULT_FAMILY, asset_seed(value, TINY_PREFIX)

@@ -31,7 +31,11 @@ class LayerInfo:
     """Module path in the UNet (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``)."""
     layer: nn.Module
     in_transformer_block: bool
-    """Inside one of the UNet's Transformer2DModel blocks (attention, feed-forward, proj_in/out)."""
+    """Inside one of the denoiser's transformer blocks (the model family's block classes; SD/SDXL:
+    Transformer2DModel: attention, feed-forward, proj_in/out)."""
+    enclosing: tuple[str, ...] = ()
+    """Class names of the modules that contain the layer, outermost first (LyCORIS selects layers
+    by these: ``ResnetBlock2D``, ``TimestepEmbedding``…)."""
 
     @property
     def parts(self) -> list[str]:
