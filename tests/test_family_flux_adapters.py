@@ -234,6 +234,7 @@ def test_single_block_linear1_splits_as_diffusers_does_at_flux_dims():
 LYCORIS_TARGETS = {
     "attn-only": '["FluxAttention"]',
     "attn-mlp": '["FluxTransformerBlock", "FluxSingleTransformerBlock"]',
+    "full-lin": '["FluxTransformerBlock", "FluxSingleTransformerBlock", "TimestepEmbedding"]',
     "full": '["FluxTransformer2DModel"]',
 }
 
@@ -248,7 +249,10 @@ def test_presets_select_what_lycoris_selects(tmp_path, preset):
     with lycoris_preset(tmp_path, text, preset) as path:
         network = create_lycoris(transformer, 1.0, preset=path, algo="lora", linear_dim=4, linear_alpha=2)
     assert {lora.lora_name for lora in network.loras} == ours
-    assert len(ours) == {"attn-only": 8 + 3, "attn-mlp": 14 + 6, "full": 14 + 6 + 10}[preset]
+    assert (
+        len(ours)
+        == {"attn-only": 8 + 3, "attn-mlp": 14 + 6, "full-lin": 14 + 6 + 4, "full": 14 + 6 + 10}[preset]
+    )
 
 
 # our spec, LyCORIS's create_lycoris arguments for the same adapter

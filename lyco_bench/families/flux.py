@@ -236,25 +236,14 @@ class FluxFamily(ModelFamily):
 
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:
-        """FLUX's layers per preset (docs/internals.md, "Model families"): ``attn-only`` the Linear
-        layers of the blocks' attention modules, ``attn-mlp`` every Linear of the double and single
-        blocks (LyCORIS's DoubleStreamBlock/SingleStreamBlock), ``full``/``full-lin`` every Linear
-        of the transformer (the embedders and the final layer too); any other preset decides itself."""
-        if not isinstance(info.layer, nn.Linear):
-            return False
-        name = getattr(preset, "name", "")
-        if name == "attn-only":
-            return info.in_transformer_block and self._in_attention(info)
-        if name == "attn-mlp":
-            return info.in_transformer_block
-        if name in ("full", "full-lin"):
-            return True
+        """``attn-only`` on FLUX: the Linear layers of the blocks' attention modules (diffusers'
+        ``FluxAttention``: q/k/v, out, the text stream's add_q/k/v and to_add_out), as LyCORIS's
+        attn-only takes BFL's ``SelfAttention``; every other preset decides by itself (attn-mlp:
+        the double and single blocks whole; full-lin: those and the timestep/guidance embedders, as
+        LyCORIS; full: every Linear of the transformer)."""
+        if getattr(preset, "name", "") == "attn-only":
+            return isinstance(info.layer, nn.Linear) and any(c in ATTENTION for c in info.enclosing)
         return bool(preset.unet(info))
-
-    @staticmethod
-    def _in_attention(info: Any) -> bool:
-        parts = info.path.split(".")
-        return "attn" in parts[:-1]
 
     def to_file(self, tensors: dict[str, torch.Tensor], modules: dict[str, type], denoiser: nn.Module):
         from lyco_bench.families._flux_keys import to_file
