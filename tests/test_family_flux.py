@@ -140,7 +140,7 @@ def test_predict_is_the_transformer_call_of_flux_pipeline(pipe):
     from diffusers import FluxPipeline
 
     from lyco_bench.families import family_of
-    from lyco_bench.families.flux import GUIDANCE
+    from lyco_bench.families.flux import TRAIN_GUIDANCE
 
     family = family_of(pipe)
     g = torch.Generator().manual_seed(3)
@@ -149,11 +149,11 @@ def test_predict_is_the_transformer_call_of_flux_pipeline(pipe):
     cond = family.encode_prompts(pipe, ["a dog", "a cat"], torch.device("cpu"))
     with torch.no_grad():
         got = family.predict(pipe, x_t, sigma, cond)
-        # FluxPipeline.__call__'s denoising step: timestep t/1000 = σ, guidance 3.5 for FLUX.1-dev.
+        # FluxPipeline.__call__'s denoising step: timestep t/1000 = σ; training guidance 1.0.
         out = pipe.transformer(
             hidden_states=FluxPipeline._pack_latents(x_t, 2, 16, 4, 6),
             timestep=sigma,
-            guidance=torch.full([2], GUIDANCE),
+            guidance=torch.full([2], TRAIN_GUIDANCE),
             pooled_projections=cond["pooled_projections"],
             encoder_hidden_states=cond["encoder_hidden_states"],
             txt_ids=torch.zeros(cond["encoder_hidden_states"].shape[1], 3),

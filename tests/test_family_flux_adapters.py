@@ -236,6 +236,8 @@ LYCORIS_TARGETS = {
     "attn-mlp": '["FluxTransformerBlock", "FluxSingleTransformerBlock"]',
     "full-lin": '["FluxTransformerBlock", "FluxSingleTransformerBlock", "TimestepEmbedding"]',
     "full": '["FluxTransformer2DModel"]',
+    # LyCORIS's ia3 names (to_k, to_v, ff.net.2), as regexes over module paths (its match_fn)
+    "ia3": "[]\ntarget_name = ['.*[.]attn[.]to_[kv]$', '.*[.]ff[.]net[.]2$']",
 }
 
 
@@ -251,7 +253,13 @@ def test_presets_select_what_lycoris_selects(tmp_path, preset):
     assert {lora.lora_name for lora in network.loras} == ours
     assert (
         len(ours)
-        == {"attn-only": 8 + 3, "attn-mlp": 14 + 6, "full-lin": 14 + 6 + 4, "full": 14 + 6 + 10}[preset]
+        == {
+            "attn-only": 8 + 3,
+            "attn-mlp": 14 + 6,
+            "full-lin": 14 + 6 + 4,
+            "full": 14 + 6 + 10,
+            "ia3": 3 + 2,
+        }[preset]
     )
 
 

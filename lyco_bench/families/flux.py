@@ -2,13 +2,14 @@
 encoders, trained by flow matching and sampled by FLUX's flow-matching Euler sampler.
 
 - Conditioning: CLIP-L's pooled embedding (``pooled_projections``) and T5's token sequence
-  (``encoder_hidden_states``), text ids all zero, as ``FluxPipeline.encode_prompt``; FLUX.1-dev's
-  guidance embedding reads :data:`GUIDANCE` (3.5: diffusers' FLUX DreamBooth-LoRA example and
-  kohya's ``--guidance_scale`` default, and ``FluxPipeline``'s sampling default); the latents are
-  packed into 2×2 patches with their image ids (:mod:`lyco_bench.families._flux_flow`).
+  (``encoder_hidden_states``), text ids all zero, as ``FluxPipeline.encode_prompt``; in training
+  FLUX.1-dev's guidance embedding reads :data:`TRAIN_GUIDANCE` (1.0: kohya's FLUX LoRA guide,
+  ``--guidance_scale 1.0``, and diffusers' FLUX DreamBooth README); the latents are packed into
+  2×2 patches with their image ids (:mod:`lyco_bench.families._flux_flow`).
 - Objective: flow matching with kohya's ``flux_shift`` timestep density (``_flux_flow``).
 - Evaluation sampler: ``flow-euler`` — diffusers' ``FlowMatchEulerDiscreteScheduler`` with the
-  pipeline's resolution-dependent shift, the distilled guidance :data:`GUIDANCE`, no negative prompt.
+  pipeline's resolution-dependent shift; the sampler's ``cfg`` is the distilled guidance
+  (:data:`GUIDANCE`, FluxPipeline's default, in experiments/flux.yaml); no negative prompt.
 - Adapters: the transformer's Linear layers by module class (``FluxTransformerBlock`` /
   ``FluxSingleTransformerBlock``, BFL's ``DoubleStreamBlock`` / ``SingleStreamBlock`` in LyCORIS's
   presets) and CLIP-L (``lora_te1``); T5 is never adapted. Files use kohya's names on BFL's fused
@@ -34,7 +35,9 @@ from lyco_bench.families.base import ModelFamily, Objective, TextEncoderSlot, re
 from lyco_bench.families.sd1 import TINY_TEXT
 
 GUIDANCE = 3.5
-"""FLUX.1-dev's distilled guidance, in training (guidance embedding) and evaluation alike."""
+"""FLUX.1-dev's distilled guidance for sampling (``FluxPipeline``'s default)."""
+TRAIN_GUIDANCE = 1.0
+"""The guidance embedding's input in training (kohya's and diffusers' FLUX LoRA recipes)."""
 
 # The tiny FLUX (built from config): one double and one single block of 2 heads × 16, FLUX's
 # 16-channel VAE latents packed 2×2 (64 input channels), RoPE axes summing to the head size.
@@ -91,6 +94,24 @@ FLUX_SCHEDULE = dict(
 BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 ATTENTION = ("FluxAttention", "Attention")
 SAMPLER = "flow-euler"
+
+
+def _attention(info: Any) -> bool:
+    """attn-only: the Linear layers of the blocks' attention modules (``FluxAttention``: q/k/v, out,
+    the text stream's add_q/k/v and to_add_out), as LyCORIS's attn-only takes BFL's SelfAttention."""
+    return isinstance(info.layer, nn.Linear) and any(c in ATTENTION for c in info.enclosing)
+
+
+def _ia3(info: Any) -> bool:
+    """ia3: to_k, to_v and ff.net.2 inside the blocks (LyCORIS's ia3 target names)."""
+    tail = info.path.split(".")[-3:]
+    return info.in_transformer_block and (
+        tail[-2:] in (["attn", "to_k"], ["attn", "to_v"]) or tail == ["ff", "net", "2"]
+    )
+
+
+PRESET_MAPS = {"attn-only": _attention, "ia3": _ia3}
+"""FLUX's layers for the presets written against SD's module names (docs/internals.md)."""
 
 
 class FluxFamily(ModelFamily):
@@ -195,7 +216,7 @@ class FluxFamily(ModelFamily):
         text = cond["encoder_hidden_states"]
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), GUIDANCE, device=x_t.device, dtype=torch.float32)
+            guidance = torch.full((b,), TRAIN_GUIDANCE, device=x_t.device, dtype=torch.float32)
         out = transformer(
             hidden_states=pack(x_t).to(dtype),
             timestep=t.to(x_t.device, torch.float32),
@@ -236,14 +257,12 @@ class FluxFamily(ModelFamily):
 
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:
-        """``attn-only`` on FLUX: the Linear layers of the blocks' attention modules (diffusers'
-        ``FluxAttention``: q/k/v, out, the text stream's add_q/k/v and to_add_out), as LyCORIS's
-        attn-only takes BFL's ``SelfAttention``; every other preset decides by itself (attn-mlp:
-        the double and single blocks whole; full-lin: those and the timestep/guidance embedders, as
-        LyCORIS; full: every Linear of the transformer)."""
-        if getattr(preset, "name", "") == "attn-only":
-            return isinstance(info.layer, nn.Linear) and any(c in ATTENTION for c in info.enclosing)
-        return bool(preset.unet(info))
+        """The presets whose SD rule names SD's attention modules (``attn1``/``attn2``), mapped by
+        :data:`PRESET_MAPS`; every other preset decides by itself (attn-mlp: the double and single
+        blocks whole; full-lin: those and the timestep/guidance embedders, as LyCORIS; full: every
+        Linear of the transformer)."""
+        rule = PRESET_MAPS.get(getattr(preset, "name", ""))
+        return rule(info) if rule is not None else bool(preset.unet(info))
 
     def to_file(self, tensors: dict[str, torch.Tensor], modules: dict[str, type], denoiser: nn.Module):
         from lyco_bench.families._flux_keys import to_file
