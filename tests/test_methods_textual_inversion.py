@@ -293,10 +293,12 @@ def test_sdxl_width_and_collisions_are_refused(pipe, concepts, tmp_path):
     save_tensors(sdxl, {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}, {})
     sdxl_pt = tmp_path / "xl.pt"
     torch.save({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}, sdxl_pt)
-    for path in (sdxl, sdxl_pt):
+    for path in (sdxl, sdxl_pt):  # read (SDXL's layout), refused by an SD1.x pipeline
         assert method_of_file(path) is TextualInversion
-        with pytest.raises(BadInput, match="SDXL embedding"):
-            TextualInversion.from_file(path)
+        method = TextualInversion.from_file(path)
+        assert method.slots == ("clip_l", "clip_g")
+        with pytest.raises(BadInput, match=r"an embedding for clip_l \+ clip_g; this pipeline has one text encoder"):
+            method.attach(pipe)
     wide = tmp_path / "wide.safetensors"
     save_tensors(wide, {"emb_params": torch.zeros(1, 768)}, {})
     method = TextualInversion.from_file(wide)

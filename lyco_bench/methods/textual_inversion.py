@@ -46,9 +46,15 @@ Read as well, without ever running pickled code: kohya ``emb_params`` and diffus
 ``learned_embeds`` (``{token: [d] or [n, d]}``) safetensors; A1111 ``.pt`` (``string_to_param``)
 and diffusers ``.bin`` only through ``torch.load(weights_only=True)``: a pickled object it
 refuses is BadInput naming the file. A foreign file has no trigger: its token (A1111/kohya: the
-file name, diffusers: its key) is written in prompts as in those tools. SDXL files
-(``clip_l``/``clip_g``) are refused: they need two text encoders. A width that does not fit the
-text encoder is BadInput at attach. Several methods may be attached at once; detach them in the
+file name, diffusers: its key) is written in prompts as in those tools. A width that does not fit the
+text encoder is BadInput at attach.
+
+Several text encoders (SDXL; lyco_bench.families: each encoder's ``ti_key``): every placeholder has
+one set of vectors per encoder, each initialised from and looked up in its own encoder's table
+(and tokenizer), trained together. Files keep one tensor per encoder under its key: SDXL's layout
+``{"clip_l": [n, 768], "clip_g": [n, 1280]}`` (kohya, A1111, ComfyUI and diffusers' SDXL loaders);
+concept i ≥ 1 under ``clip_l.<i>``/``clip_g.<i>``. A file made for another set of encoders than
+the pipeline's (an SDXL file on SD1.x, or the reverse) is BadInput at attach. Several methods may be attached at once; detach them in the
 reverse order (generation does).
 """
 
@@ -119,11 +125,12 @@ class _TokenEmbedding(nn.Module):
     """Stands in for the text encoder's token embedding while the method is attached: the method's
     ids come from its vectors (× λ), every other id from the frozen table (``inner``)."""
 
-    def __init__(self, inner: nn.Module, method: TextualInversion, first_id: int) -> None:
+    def __init__(self, inner: nn.Module, method: TextualInversion, first_id: int, slot: int = 0) -> None:
         super().__init__()
         self.inner = inner
         self._method = [method]  # not a submodule: its vectors stay out of the text encoder
         self.first_id = first_id
+        self.slot = slot
         self.count = method.vectors.shape[0]
 
     @property
@@ -143,7 +150,7 @@ class _TokenEmbedding(nn.Module):
         local = input_ids - self.first_id
         mine = (local >= 0) & (local < self.count)
         base = self.inner(input_ids.masked_fill(mine, 0))
-        vectors = method.vectors
+        vectors = method.slot_vectors(self.slot)
         if method.multiplier != 1.0:
             vectors = vectors * method.multiplier
         rows = vectors.to(base.device, base.dtype)[local.clamp(0, self.count - 1)]
@@ -164,12 +171,23 @@ class TextualInversion(ModelMethod):
         super().__init__(options, **settings)
         self.placeholders: list[Placeholder] = []
         self.register_parameter("vectors", None)
+        self.more_vectors = nn.ParameterDict()  # the other encoders' vectors, by their ti_key
+        self.slots: tuple[str, ...] = ("",)  # each encoder's ti_key ("": one encoder, SD1.x)
         self.source = self.algo  # what messages name: the file it came from, once read
         self._attachment: dict[str, Any] | None = None
         self._pipe_expands = False
 
     # --- building ----------------------------------------------------------------------------
-    def _build(self, tokenizer: Any, table: torch.Tensor, concepts: Sequence[Any]) -> None:
+    def _build(self, encoders: list[tuple[str, Any, torch.Tensor]], concepts: Sequence[Any]) -> None:
+        """Placeholders and their vectors from ``(ti_key, tokenizer, embedding table)`` per encoder."""
+        self.slots = tuple(key for key, _, _ in encoders)
+        vectors = [self._build_one(tokenizer, table, concepts) for _, tokenizer, table in encoders]
+        self.vectors = nn.Parameter(vectors[0])
+        self.more_vectors = nn.ParameterDict(
+            {k: nn.Parameter(v) for k, v in zip(self.slots[1:], vectors[1:], strict=True)}
+        )
+
+    def _build_one(self, tokenizer: Any, table: torch.Tensor, concepts: Sequence[Any]) -> torch.Tensor:
         if not concepts:
             raise BadInput(f"{self.algo}: no concepts to train (its tokens are the dataset's concepts)")
         opts, n = self.options, self.options.num_vectors
@@ -189,10 +207,20 @@ class TextualInversion(ModelMethod):
                 seen[value] = key
             ids = self._init_ids(tokenizer, concept)
             rows.append(table[[ids[i % len(ids)] for i in range(n)]].detach().float().clone())
-            key_name = KOHYA_KEY if index == 0 else f"{KOHYA_KEY}.{index}"
+            first = self.slots[0] or KOHYA_KEY
+            key_name = first if index == 0 else f"{first}.{index}"
             placeholders.append(Placeholder(key_name, token, n, trigger, key))
         self.placeholders = placeholders
-        self.vectors = nn.Parameter(torch.cat(rows))
+        return torch.cat(rows)
+
+    def slot_vectors(self, slot: int) -> torch.Tensor:
+        """The vectors of encoder ``slot`` (0: ``vectors``)."""
+        return self.vectors if slot == 0 else self.more_vectors[self.slots[slot]]
+
+    def slot_key(self, placeholder: Placeholder, slot: int) -> str:
+        """A placeholder's file key for encoder ``slot`` (``clip_g.1`` beside ``clip_l.1``)."""
+        _, dot, index = placeholder.key.partition(".")
+        return (self.slots[slot] or KOHYA_KEY) + dot + index
 
     def _init_ids(self, tokenizer: Any, concept: Any) -> list[int]:
         def ids_of(text: str) -> list[int]:
@@ -208,20 +236,38 @@ class TextualInversion(ModelMethod):
 
     # --- life cycle ----------------------------------------------------------------------------
     def attach(self, pipe: Any, *, concepts: Sequence[Any] = ()) -> TextualInversion:
+        from lyco_bench.families import family_of
+
         if self._attached:
             raise RuntimeError(f"{self.algo}: already attached")
-        text_encoder, tokenizer = getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None)
-        if text_encoder is None or tokenizer is None:
+        slots = [s for s in family_of(pipe).text_encoders if getattr(pipe, s.attr, None) is not None]
+        if not slots or any(getattr(pipe, s.tokenizer, None) is None for s in slots):
             raise BadInput(f"{self.source}: the pipeline has no text encoder/tokenizer to add tokens to")
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            raise BadInput(f"{self.source}: SDXL pipelines (two text encoders) are not supported")
-        embedding = text_encoder.get_input_embeddings()
-        table = embedding.weight
+        keys = tuple(s.ti_key for s in slots) if len(slots) > 1 else ("",)
+        embeddings = [getattr(pipe, s.attr).get_input_embeddings() for s in slots]
         if self.vectors is None:
-            self._build(tokenizer, table, concepts)
-        if self.vectors.shape[-1] != table.shape[-1]:
+            tables = [e.weight for e in embeddings]
+            self._build(
+                [(k, getattr(pipe, s.tokenizer), t) for k, s, t in zip(keys, slots, tables, strict=True)], concepts
+            )
+        if keys != self.slots:
+            have = " + ".join(self.slots) if len(self.slots) > 1 else "one text encoder"
+            want = " + ".join(keys) if len(keys) > 1 else "one text encoder"
+            raise BadInput(f"{self.source}: an embedding for {have}; this pipeline has {want}")
+        attachment = []
+        for index, (slot, embedding) in enumerate(zip(slots, embeddings, strict=True)):
+            attachment.append(self._attach_one(pipe, slot, embedding, index))
+        self._attachment = dict(pipe=pipe, parts=attachment)
+        self._pipe_expands = callable(getattr(pipe, "maybe_convert_prompt", None))
+        self._attached = True
+        return self
+
+    def _attach_one(self, pipe: Any, slot: Any, embedding: nn.Module, index: int) -> dict[str, Any]:
+        tokenizer, table = getattr(pipe, slot.tokenizer), embedding.weight
+        vectors = self.slot_vectors(index)
+        if vectors.shape[-1] != table.shape[-1]:
             raise BadInput(
-                f"{self.source}: embedding width {self.vectors.shape[-1]} does not fit the text "
+                f"{self.source}: embedding width {vectors.shape[-1]} does not fit the text "
                 f"encoder (token embeddings of width {table.shape[-1]}); it was made for another model"
             )
         tokens = [t for p in self.placeholders for t in p.tokens]
@@ -237,24 +283,26 @@ class TextualInversion(ModelMethod):
         ids = extended.convert_tokens_to_ids(tokens)
         if ids != list(range(ids[0], ids[0] + len(tokens))):
             raise RuntimeError(f"{self.algo}: the tokenizer gave non-consecutive ids to new tokens: {ids}")
-        parent, name = _parent_of(text_encoder, embedding)
-        wrapper = _TokenEmbedding(embedding, self, ids[0])
+        parent, name = _parent_of(getattr(pipe, slot.attr), embedding)
+        wrapper = _TokenEmbedding(embedding, self, ids[0], index)
         self.to(device=table.device)
         setattr(parent, name, wrapper)
-        pipe.tokenizer = extended
-        self._attachment = dict(pipe=pipe, tokenizer=tokenizer, extended=extended, parent=parent, name=name, wrapper=wrapper)  # fmt: skip
-        self._pipe_expands = callable(getattr(pipe, "maybe_convert_prompt", None))
-        self._attached = True
-        return self
+        setattr(pipe, slot.tokenizer, extended)
+        return dict(attr=slot.tokenizer, tokenizer=tokenizer, extended=extended, parent=parent, name=name, wrapper=wrapper)  # fmt: skip
 
     def detach(self) -> None:
         if not self._attached:
             return
-        a = self._attachment
-        if a["pipe"].tokenizer is not a["extended"] or getattr(a["parent"], a["name"]) is not a["wrapper"]:
-            raise RuntimeError(f"{self.algo}: detach methods in the reverse order of attaching them")
-        setattr(a["parent"], a["name"], a["wrapper"].inner)
-        a["pipe"].tokenizer = a["tokenizer"]
+        pipe, parts = self._attachment["pipe"], self._attachment["parts"]
+        for a in parts:
+            if (
+                getattr(pipe, a["attr"]) is not a["extended"]
+                or getattr(a["parent"], a["name"]) is not a["wrapper"]
+            ):
+                raise RuntimeError(f"{self.algo}: detach methods in the reverse order of attaching them")
+        for a in parts:
+            setattr(a["parent"], a["name"], a["wrapper"].inner)
+            setattr(pipe, a["attr"], a["tokenizer"])
         self._attachment, self._attached, self._pipe_expands = None, False, False
 
     @property
@@ -300,11 +348,12 @@ class TextualInversion(ModelMethod):
 
     # --- files ----------------------------------------------------------------------------------
     def file_tensors(self) -> dict[str, torch.Tensor]:
-        out, start = {}, 0
-        vectors = self.vectors.detach().float().cpu()
-        for p in self.placeholders:
-            out[p.key] = vectors[start : start + p.vectors].clone()
-            start += p.vectors
+        out = {}
+        for slot in range(len(self.slots)):
+            vectors, start = self.slot_vectors(slot).detach().float().cpu(), 0
+            for p in self.placeholders:
+                out[self.slot_key(p, slot)] = vectors[start : start + p.vectors].clone()
+                start += p.vectors
         return out
 
     def file_metadata(self, metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -333,11 +382,14 @@ class TextualInversion(ModelMethod):
         if self.vectors is None:
             raise RuntimeError(f"{self.algo}: attach before loading weights into the method")
         theirs, ours = ([(p.token, p.vectors) for p in m.placeholders] for m in (other, self))
-        if theirs != ours or other.vectors.shape != self.vectors.shape:
+        shapes = [[tuple(m.slot_vectors(i).shape) for i in range(len(m.slots))] for m in (other, self)]
+        if theirs != ours or other.slots != self.slots or shapes[0] != shapes[1]:
             names = ", ".join(f"{token}×{n}" for token, n in ours)
             raise BadInput(f"{path}: its embeddings do not match this run's ({names})")
         with torch.no_grad():
-            self.vectors.copy_(other.vectors.to(self.vectors.device, self.vectors.dtype))
+            for i in range(len(self.slots)):
+                mine = self.slot_vectors(i)
+                mine.copy_(other.slot_vectors(i).to(mine.device, mine.dtype))
 
     @classmethod
     def reads(cls, path: str | os.PathLike, metadata: Mapping[str, str], keys: set[str]) -> bool:
@@ -364,7 +416,7 @@ class TextualInversion(ModelMethod):
         if path.suffix.lower() in PICKLE_SUFFIXES:
             data = _load_pickle(path)
             if _is_sdxl(data):
-                _refuse_sdxl(path)
+                return cls._single_sdxl(path, path.stem, data)
             found = _pickle_embedding(data)
             if found is None:
                 raise BadInput(
@@ -375,8 +427,8 @@ class TextualInversion(ModelMethod):
         tensors, metadata = read_tensors(path)
         if metadata.get("lyco_bench.algo") == cls.algo or EMBEDDINGS_META in metadata:
             return cls._own(path, tensors, metadata)
-        if SDXL_KEYS <= set(tensors):
-            _refuse_sdxl(path)
+        if set(tensors) == SDXL_KEYS:
+            return cls._single_sdxl(path, path.stem, tensors)
         if set(tensors) == {KOHYA_KEY}:
             return cls._single(path, path.stem, tensors[KOHYA_KEY])
         if len(tensors) == 1:
@@ -395,6 +447,18 @@ class TextualInversion(ModelMethod):
         return method
 
     @classmethod
+    def _single_sdxl(cls, path: Path, token: str, data: Mapping[str, Any]) -> TextualInversion:
+        """kohya/A1111's SDXL file: one concept, ``clip_l`` and ``clip_g`` vectors."""
+        method = cls._single(path, token, data["clip_l"])
+        other = _vectors(path, "clip_g", data["clip_g"])
+        if other.shape[0] != method.vectors.shape[0]:
+            raise BadInput(f"{path}: clip_l and clip_g have different numbers of vectors")
+        method.slots = tuple(sorted(SDXL_KEYS, key=["clip_l", "clip_g"].index))
+        method.placeholders = [Placeholder("clip_l", p.token, p.vectors) for p in method.placeholders]
+        method.more_vectors = nn.ParameterDict({"clip_g": nn.Parameter(other.contiguous())})
+        return method
+
+    @classmethod
     def _own(cls, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> TextualInversion:
         try:
             entries = json.loads(metadata[EMBEDDINGS_META])
@@ -404,26 +468,31 @@ class TextualInversion(ModelMethod):
             raise BadInput(f"{path}: damaged {EMBEDDINGS_META} metadata ({type(exc).__name__})") from None
         if not placeholders:
             raise BadInput(f"{path}: the file holds no embeddings")
-        unknown = set(tensors) - {p.key for p in placeholders}
+        first = placeholders[0].key.partition(".")[0]
+        slots = ("clip_l", "clip_g") if first == "clip_l" else ("",)
+        method = cls(cls.parse_options(settings))
+        method.slots = slots
+        keys = {method.slot_key(p, i): (p, i) for p in placeholders for i in range(len(slots))}
+        unknown = set(tensors) - set(keys)
         if unknown:
             raise BadInput(f"{path}: unexpected tensor {sorted(unknown)[0]!r}")
-        rows = []
-        for p in placeholders:
-            if p.key not in tensors:
-                raise BadInput(f"{path}: tensor {p.key!r} (token {p.token}) missing")
-            vectors = _vectors(path, p.key, tensors[p.key])
+        rows: list[list[torch.Tensor]] = [[] for _ in slots]
+        for key, (p, i) in keys.items():
+            if key not in tensors:
+                raise BadInput(f"{path}: tensor {key!r} (token {p.token}) missing")
+            vectors = _vectors(path, key, tensors[key])
             if vectors.shape[0] != p.vectors:
-                raise BadInput(
-                    f"{path}: {p.key} has {vectors.shape[0]} vectors, the metadata says {p.vectors}"
-                )
-            rows.append(vectors)
-        if len({r.shape[-1] for r in rows}) > 1:
+                raise BadInput(f"{path}: {key} has {vectors.shape[0]} vectors, the metadata says {p.vectors}")
+            rows[i].append(vectors)
+        if any(len({r.shape[-1] for r in slot_rows}) > 1 for slot_rows in rows):
             raise BadInput(f"{path}: its embeddings have different widths")
         tokens = [t for p in placeholders for t in p.tokens]
         if len(set(tokens)) < len(tokens):
             raise BadInput(f"{path}: a token is listed twice")
-        method = cls(cls.parse_options(settings))
-        method._set(path, placeholders, torch.cat(rows))
+        method._set(path, placeholders, torch.cat(rows[0]))
+        method.more_vectors = nn.ParameterDict(
+            {k: nn.Parameter(torch.cat(r).contiguous()) for k, r in zip(slots[1:], rows[1:], strict=True)}
+        )
         return method
 
     def _set(self, path: Path, placeholders: list[Placeholder], vectors: torch.Tensor) -> None:
@@ -439,13 +508,14 @@ class TextualInversion(ModelMethod):
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors, paths = self.file_tensors(), []
         for p in self.placeholders:
-            one = Placeholder(KOHYA_KEY, p.token, p.vectors, p.trigger, p.concept)
+            one = Placeholder(self.slots[0] or KOHYA_KEY, p.token, p.vectors, p.trigger, p.concept)
             meta = self.file_metadata(metadata)
             meta[EMBEDDINGS_META] = json.dumps([asdict(one)], sort_keys=True)
             path = out_dir / f"{_slug(p.token) or 'embedding'}.safetensors"
             if path in paths:
                 raise BadInput(f"{self.source}: two tokens export to the same file {path.name}")
-            save_tensors(path, {KOHYA_KEY: tensors[p.key]}, meta)
+            own = {self.slot_key(one, i): tensors[self.slot_key(p, i)] for i in range(len(self.slots))}
+            save_tensors(path, own, meta)
             paths.append(path)
         return paths
 
@@ -538,10 +608,3 @@ def _pickle_embedding(data: Any) -> tuple[str | None, Any] | None:
 
 def _is_sdxl(data: Any) -> bool:
     return isinstance(data, dict) and SDXL_KEYS <= set(data)
-
-
-def _refuse_sdxl(path: Path) -> None:
-    raise BadInput(
-        f"{path}: an SDXL embedding (clip_l + clip_g); textual_inversion loads SD1.x/SD2.x "
-        "embeddings (one text encoder)"
-    )

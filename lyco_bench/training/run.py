@@ -290,6 +290,9 @@ def _record(session: Any, ckpt: Path, state: Path, *, epoch: int, wall: float) -
         "epoch": epoch,
         "steps": session.steps,
         "epoch_mean_loss": session.epoch_mean_loss(),
+        # The model family and its objective (lyco_bench.families): what the loss above means.
+        "family": session.family.name,
+        "objective": session.prediction_type,
         "library_versions": library_versions(),
         "git_commit": git_commit(),
         "device": str(session.device),
