@@ -103,3 +103,83 @@ def test_trained_flux_checkpoint_generates_with_its_update(flux_dir, demo_datase
         )
         images.append((manifest.parent / item.relpath).read_bytes())
     assert images[0] != images[1]
+
+
+def _pipe(folder):
+    from lyco_bench.models import load_pipeline
+
+    return load_pipeline(folder)
+
+
+def test_textual_inversion_on_flux_is_clip_ls_as_diffusers_loads_it(flux_dir, tmp_path):
+    """A kohya embedding (one CLIP-L vector) attached by us conditions FLUX as diffusers'
+    ``load_textual_inversion`` does: the pooled CLIP-L embedding changes, T5 reads the word."""
+    from lyco_bench.adapters.fileformat import save_tensors
+    from lyco_bench.families import family_of
+    from lyco_bench.methods.textual_inversion import TextualInversion
+
+    vector = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "zkw.safetensors"
+    save_tensors(path, {"emb_params": vector}, {})
+    ours_pipe, prompt = _pipe(flux_dir), "a photo of zkw on a table"
+    method = TextualInversion.from_file(path).attach(ours_pipe)
+    with torch.no_grad():
+        ours = family_of(ours_pipe).encode_prompts(ours_pipe, [method.prompt(prompt)], torch.device("cpu"))
+    method.detach()
+    theirs_pipe = _pipe(flux_dir)
+    theirs_pipe.load_textual_inversion(str(path), token="zkw")
+    with torch.no_grad():
+        embeds, pooled, _ = theirs_pipe.encode_prompt([prompt], prompt_2=None, max_sequence_length=128)
+        plain = _pipe(flux_dir).encode_prompt([prompt], prompt_2=None, max_sequence_length=128)
+    torch.testing.assert_close(ours["pooled_projections"], pooled)
+    torch.testing.assert_close(ours["encoder_hidden_states"], embeds)
+    assert (plain[1] - pooled).abs().max() > 1e-3  # the embedding took effect (CLIP-L)
+    torch.testing.assert_close(plain[0], embeds)  # T5 has no embedding: it reads "zkw" as text
+
+
+def test_textual_inversion_trains_clip_l_only(flux_dir, demo_dataset_dir, tmp_path):
+    from lyco_bench.adapters.fileformat import read_tensors
+    from lyco_bench.training import train
+
+    pipe = _pipe(flux_dir)
+    clip, t5 = (
+        e.get_input_embeddings().weight.detach().clone() for e in (pipe.text_encoder, pipe.text_encoder_2)
+    )
+    cfg = run_config(
+        flux_dir, demo_dataset_dir, tmp_path / "cache", adapter={"algo": "textual_inversion"}, lr=5e-3
+    )
+    [ckpt] = train(cfg, tmp_path / "run", pipeline=pipe)
+    tensors, _ = read_tensors(ckpt)
+    assert tensors["emb_params"].shape[-1] == clip.shape[1]  # CLIP-L's width, kohya's one-encoder layout
+    assert not any(k.startswith(("clip_l", "t5")) for k in tensors)
+    assert pipe.text_encoder.get_input_embeddings().weight.equal(clip)  # frozen tables
+    assert pipe.text_encoder_2.get_input_embeddings().weight.equal(t5)
+
+
+def test_hypernetworks_are_refused_on_flux_when_planned_and_attached(flux_dir, tmp_path, capsys):
+    from lyco_bench.cli import main
+    from lyco_bench.errors import BadInput
+    from lyco_bench.methods.hypernetwork import Hypernetwork
+    from tests.helpers import micro_study
+
+    with pytest.raises(BadInput, match="flux family's denoiser has no cross-attention"):
+        Hypernetwork().attach(_pipe(flux_dir))
+    study = micro_study(
+        tmp_path,
+        model="tiny:flux",
+        dataset="demo:",
+        encoders={"dino": "tiny:", "clip": "tiny:", "vgg": "tiny:"},
+    )
+    data = yaml.safe_load(study.read_text())
+    data["sampler"]["sampler"] = "flow-euler"
+    data["algorithms"] = {"hn": {"adapter": {"algo": "hypernetwork"}, "default": "hn"}}
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["plan", str(study), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "algorithms.hn" in err[0] and "cross-attention" in err[0], err
+    data["algorithms"] = {"lora": {"adapter": {"algo": "lora"}, "default": "l"}}
+    data["sampler"]["sampler"] = "ddim"
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["plan", str(study), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sampler.sampler" in err[0] and "flow-euler" in err[0], err

@@ -98,6 +98,9 @@ class TextEncoderSlot:
     ti_key: str = ""
     """Its key in a Textual-Inversion file of several encoders (SDXL: ``clip_l``/``clip_g``);
     empty for a family with one encoder (the SD1 layouts)."""
+    textual_inversion: bool = True
+    """Whether Textual Inversion adds an embedding to it (FLUX's T5: no; it reads the placeholder's
+    text as written)."""
 
 
 @dataclass(frozen=True)

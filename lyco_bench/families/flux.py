@@ -125,7 +125,9 @@ class FluxFamily(ModelFamily):
     denoiser_attr = "transformer"
     text_encoders = (
         TextEncoderSlot("text_encoder", "tokenizer", "lora_te1", trainable=True, ti_key="clip_l"),
-        TextEncoderSlot("text_encoder_2", "tokenizer_2", "lora_te3", trainable=False, ti_key="t5"),
+        TextEncoderSlot(
+            "text_encoder_2", "tokenizer_2", "lora_te3", trainable=False, textual_inversion=False
+        ),
     )
     transformer_blocks = BLOCKS
     eval_sampler = SAMPLER

@@ -105,6 +105,7 @@ def resolve_inputs(
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
     model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
+    _check_family(study, family, sampler.sampler)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -218,6 +219,29 @@ def _model_identity(
     except BadInput as exc:
         raise BadInput(f"{source}: {exc}") from None
     return resolved.identity, resolved.family
+
+
+def _check_family(study: LoadedStudy, family: str, sampler: str) -> None:
+    """BadInput naming the key when the study asks the model's family for what it has not: a
+    sampler of another family, or a method that needs cross-attention (FLUX has none)."""
+    from lyco_bench.adapters import get_algorithm
+    from lyco_bench.families import get_family
+
+    model_family = get_family(family)
+    if sampler not in model_family.samplers:
+        raise BadInput(
+            f"{study.source}: sampler.sampler: {sampler!r} is not a sampler of the {family} family "
+            f"({', '.join(model_family.samplers)})"
+        )
+    if model_family.cross_attention:
+        return
+    for config in study.configs:
+        cls = get_algorithm(str(config.adapter.get("algo", "lora")))
+        if getattr(cls, "needs_cross_attention", False):
+            raise BadInput(
+                f"{study.source}: {config.key_path}: {cls.algo} transforms the denoiser's "
+                f"cross-attention, which the {family} family does not have"
+            )
 
 
 def _encoder_identities(
