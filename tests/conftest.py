@@ -7,9 +7,11 @@ Both are built offline from config by the project's own commands (`make-tiny-mod
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -49,6 +51,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from lyco_bench.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def dataset_with_class_folders(tmp_path_factory, demo_dataset_dir) -> Path:
+    """The demo dataset, each concept given a kohya regularization folder of two images."""
+    root = Path(shutil.copytree(demo_dataset_dir, tmp_path_factory.mktemp("prior") / "data"))
+    spec = yaml.safe_load((root / "dataset.yaml").read_text())
+    for key in spec["concepts"]:
+        reg = root.parent / "reg" / key.replace("/", "_")
+        reg.mkdir(parents=True)
+        for i, image in enumerate(sorted((root / key).rglob("*.png"))[:2]):
+            shutil.copy(image, reg / f"{i}.png")
+        spec["concepts"][key]["class_images"] = f"../reg/{key.replace('/', '_')}"
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return root
 
 
 @pytest.fixture(scope="session")

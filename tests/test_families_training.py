@@ -116,6 +116,34 @@ def test_sdxl_trains_both_encoders_and_generates(
     assert images["base"] != images["tuned"]
 
 
+def test_sdxl_prior_preservation(tiny_sdxl_dir, dataset_with_class_folders, cache_dir, sdxl_pipe):
+    """DreamBooth's class samples join each batch on SDXL too, each with its own size conditioning
+    (its file's size, its crop into the batch's bucket), and the step trains."""
+    from lyco_bench.training.session import Session
+
+    cfg = run_config(
+        tiny_sdxl_dir, dataset_with_class_folders, cache_dir, categories=None, prior_loss_weight=0.5
+    )
+    session = Session(cfg, device=torch.device("cpu"), pipeline=sdxl_pipe)
+    try:
+        batch = session.epoch_batches()[0]
+        state = session.generators["prior"].get_state()
+        captions, x_t, _, _, geometry = session._inputs(batch)
+        n = len(batch)
+        assert len(geometry) == x_t.shape[0] == 2 * n and captions[n:] == [
+            session.prior.prompts[session.pairs[i][0].key] for i in batch
+        ]
+        session.generators["prior"].set_state(state)
+        for i, g in zip(batch, geometry[n:], strict=True):
+            _, latent, size = session.prior.sample(
+                session.pairs[i][0].key, geometry[0].target, session.generators["prior"]
+            )
+            assert g.original == size and g.target == latent.bucket == geometry[0].target
+        assert math.isfinite(session.step(batch))
+    finally:
+        session.close()
+
+
 def test_sd1_job_ids_do_not_depend_on_the_family_contract(tmp_path, monkeypatch):
     """The paper study on the SD1 stand-in: ids with the family code path equal ids planned with
     no family in any spec (what the planner hashed before families existed); an SDXL model's

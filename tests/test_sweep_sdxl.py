@@ -53,7 +53,7 @@ def test_sdxl_study_runs_to_the_end(tmp_path):
     # The checkpoints are SDXL files: kohya's SGM UNet keys and both text encoders.
     from lyco_bench.adapters import load_adapter
 
-    ckpt = next((store / "sdxl").rglob("1001-lora8a4*/**/*.safetensors"))
+    ckpt = store / "sdxl" / "runs" / "1001-lora8a4" / "23" / "ckpt-e001.safetensors"
     keys = load_adapter(ckpt).modules
     assert any(k.startswith("lora_unet_input_blocks_") for k in keys)
     assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)

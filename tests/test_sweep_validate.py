@@ -96,17 +96,15 @@ def test_concepts_need_a_trigger(tmp_path, capsys, demo_dataset_dir):
     assert code == 2 and "concepts.shapes/circle.trigger" in err and "trigger must not be empty" in err
 
 
-def test_sdxl_models_are_refused(tmp_path, capsys):
-    """Training supports SD1.x/SD2.x: an SDXL folder (its UNet has SDXL's added embeddings) is
-    refused at validation, with the reason."""
-    folder = tmp_path / "sdxl"
+def test_models_of_no_known_family_are_refused(tmp_path, capsys):
+    """A pipeline folder whose class no model family loads is refused at validation, naming the
+    class (an SDXL folder is a family's: tests/test_families_training.py plans one)."""
+    folder = tmp_path / "other"
     (folder / "unet").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    (folder / "unet" / "config.json").write_text(
-        json.dumps({"cross_attention_dim": 2048, "addition_embed_type": "text_time"})
-    )
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "SomeOtherPipeline"}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 2048}))
     code, err = _run(capsys, tmp_path, f"model={folder}")
-    assert code == 2 and "an SDXL model; training supports SD1.x/SD2.x only" in err
+    assert code == 2 and "unsupported pipeline class 'SomeOtherPipeline'" in err
 
 
 def test_executor_and_store_options_are_checked_first(tmp_path, capsys):

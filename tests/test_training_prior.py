@@ -17,21 +17,6 @@ from lyco_bench.training import RunConfig
 from tests.helpers import run_config
 
 
-@pytest.fixture(scope="module")
-def dataset_with_class_folders(tmp_path_factory, demo_dataset_dir) -> Path:
-    """The demo dataset, each concept given a kohya regularization folder of two images."""
-    root = Path(shutil.copytree(demo_dataset_dir, tmp_path_factory.mktemp("prior") / "data"))
-    spec = yaml.safe_load((root / "dataset.yaml").read_text())
-    for key in spec["concepts"]:
-        reg = root.parent / "reg" / key.replace("/", "_")
-        reg.mkdir(parents=True)
-        for i, image in enumerate(sorted((root / key).rglob("*.png"))[:2]):
-            shutil.copy(image, reg / f"{i}.png")
-        spec["concepts"][key]["class_images"] = f"../reg/{key.replace('/', '_')}"
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
-    return root
-
-
 def _session(model, dataset, tmp_path, **changes):
     from lyco_bench.training.session import Session
 

@@ -149,6 +149,7 @@ def save_pipeline_atomic(pipe, out: Path) -> None:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.ops import merge_adapters
+    from lyco_bench.families import family_of
     from lyco_bench.models import load_pipeline, local_model_bytes
     from lyco_bench.utils import check_output_dir, console
 
@@ -159,7 +160,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     # The merged pipeline is saved in the base's dtype: about the base's size on disk.
     check_output_dir(out, what=f"--out {out}", need_bytes=local_model_bytes(args.base))
     pipe = load_pipeline(args.base, config=args.config)
-    handle = merge_adapters(pipe.unet, pipe.text_encoder, files)
+    family = family_of(pipe)  # which denoiser and text encoders the files' keys name
+    handle = merge_adapters(family.denoiser(pipe), family.encoders(pipe), files)
     save_pipeline_atomic(pipe, out)
     parts = " + ".join(f"{lam:g}·{Path(f.name).name}" for f, lam in files)
     console.print(f"merged {parts} into {len(handle.originals)} layers of {args.base} → {out}")
@@ -211,6 +213,7 @@ def _print_extraction(rows: list, *, out: Path, rank: int, width: int | None) ->
 def _cmd_extract(args: argparse.Namespace) -> int:
     from lyco_bench.adapters.fileformat import save_tensors
     from lyco_bench.adapters.ops import extract_lora
+    from lyco_bench.families import family_of
     from lyco_bench.models import load_pipeline
     from lyco_bench.utils import check_output_dir
 
@@ -229,14 +232,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     check_output_dir(out.parent, what=f"--out {out}", need_bytes=EXTRACT_NEED_BYTES)
     base = load_pipeline(args.base, config=args.config)
     tuned = load_pipeline(args.tuned, config=args.config)
-    te_base = base.text_encoder if not args.unet_only else None
-    te_tuned = tuned.text_encoder if not args.unet_only else None
-    _check_finite_weights(f"--base {args.base}", {"unet": base.unet, "text_encoder": te_base})
-    _check_finite_weights(f"--tuned {args.tuned}", {"unet": tuned.unet, "text_encoder": te_tuned})
+    family = family_of(base)
+    if family_of(tuned) is not family:
+        raise BadInput(f"--tuned {args.tuned}: a {family_of(tuned).name} model; --base is {family.name}")
+    te_base = family.encoders(base) if not args.unet_only else None
+    te_tuned = family.encoders(tuned) if not args.unet_only else None
+    for name, pipe, encoders in (
+        (f"--base {args.base}", base, te_base),
+        (f"--tuned {args.tuned}", tuned, te_tuned),
+    ):
+        parts = {family.denoiser_attr: family.denoiser(pipe)}
+        parts.update(
+            {s.attr: getattr(pipe, s.attr) for s in family.text_encoders if s.prefix in (encoders or {})}
+        )
+        _check_finite_weights(name, parts)
     tensors, rows = extract_lora(
-        base.unet,
+        family.denoiser(base),
         te_base,
-        tuned.unet,
+        family.denoiser(tuned),
         te_tuned,
         rank=args.rank,
         conv_rank=args.conv_rank,
