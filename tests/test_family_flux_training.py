@@ -4,7 +4,6 @@ a trained checkpoint in kohya's FLUX names is what generation merges."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,27 +21,14 @@ def flux_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("flux") / "tiny-flux", seed=0, family="flux")
 
 
-@pytest.fixture(scope="module")
-def with_class_images(tmp_path_factory, demo_dataset_dir) -> Path:
-    """The demo dataset, each concept given a kohya regularization folder of two images."""
-    root = Path(shutil.copytree(demo_dataset_dir, tmp_path_factory.mktemp("prior") / "data"))
-    spec = yaml.safe_load((root / "dataset.yaml").read_text())
-    for key in spec["concepts"]:
-        reg = root.parent / "reg" / key.replace("/", "_")
-        reg.mkdir(parents=True)
-        for i, image in enumerate(sorted((root / key).rglob("*.png"))[:2]):
-            shutil.copy(image, reg / f"{i}.png")
-        spec["concepts"][key]["class_images"] = f"../reg/{key.replace('/', '_')}"
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
-    return root
-
-
-def test_loss_is_flow_matching_with_the_class_term(flux_dir, with_class_images, tmp_path):
+def test_loss_is_flow_matching_with_the_class_term(flux_dir, dataset_with_class_folders, tmp_path):
     from diffusers import FluxPipeline
 
     from lyco_bench.training.session import Session
 
-    cfg = run_config(flux_dir, with_class_images, tmp_path / "cache", categories=None, prior_loss_weight=0.5)
+    cfg = run_config(
+        flux_dir, dataset_with_class_folders, tmp_path / "cache", categories=None, prior_loss_weight=0.5
+    )
     session = Session(cfg, device=torch.device("cpu"))
     try:
         assert session.prediction_type == "flow_matching"
