@@ -320,3 +320,57 @@ def test_lycoris_files_on_flux_merge_to_its_forward_and_ours_load_into_lycoris(t
         loaded.apply_to()
     assert len(loaded.loras) == len(by_layer.modules) == 20
     torch.testing.assert_close(run_flux(fresh), ours, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_then_extract_on_flux_gives_kohya_names_and_the_same_update(tmp_path):
+    """``adapter merge`` bakes a FLUX file into the pipeline; ``adapter extract`` of tuned − base
+    writes kohya's fused names again, with the same ΔW (rank ≥ the update's)."""
+    from lyco_bench.adapters import delta_weights
+    from lyco_bench.cli import main
+
+    pipe = _diffusers_pipeline(tmp_path)
+    torch.manual_seed(0)
+    net = inject(pipe.transformer, None, AdapterSpec(algo="lora", dim=2, alpha=2, preset="attn-mlp"))
+    perturb(net, scale=0.1)
+    net.save(tmp_path / "a.safetensors")
+    net.remove()
+    base = str(tmp_path / "flux")
+    assert (
+        main(
+            [
+                "adapter",
+                "merge",
+                "--base",
+                base,
+                "--adapter",
+                str(tmp_path / "a.safetensors"),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "x.safetensors"
+    assert (
+        main(
+            [
+                "adapter",
+                "extract",
+                "--base",
+                base,
+                "--tuned",
+                str(tmp_path / "m"),
+                "--rank",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert _file_keys(out) == BLOCK_KEYS
+    want = delta_weights(tmp_path / "a.safetensors", pipe.transformer, None)
+    got = delta_weights(out, pipe.transformer, None)
+    assert set(got) == set(want)
+    for key, (delta, _) in want.items():
+        torch.testing.assert_close(got[key][0], delta, rtol=1e-3, atol=1e-5, msg=key)
