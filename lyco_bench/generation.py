@@ -138,15 +138,16 @@ def sample_batch(
     ``methods`` (model-level, attached or merged) rewrite each prompt (TI: trigger → its tokens)."""
     import numpy as np
 
-    from lyco_bench.families import family_of
-
     generators = [torch.Generator(device="cpu").manual_seed(item.seed) for item in items]
-    latents = initial_noise(pipe, generators, sampler).to(pipe.device, _denoiser(pipe).dtype)
+    latents = initial_noise(pipe, generators, sampler)
     with torch.inference_mode():
         out = pipe(
-            **family_of(pipe).pipeline_inputs(pipe, latents, sampler),
+            latents=_family(pipe).pipeline_latents(pipe, latents).to(pipe.device, _denoiser(pipe).dtype),
             prompt=[_method_prompt(item.prompt, methods) for item in items],
+            negative_prompt=[sampler.negative_prompt] * len(items),
             num_inference_steps=sampler.steps,
+            guidance_scale=sampler.cfg,
+            **_family(pipe).pipeline_kwargs(pipe, sampler),
             width=sampler.width,
             height=sampler.height,
             generator=generators,
@@ -179,14 +180,18 @@ def initial_noise(pipe: Any, generators: Sequence[torch.Generator], sampler: Sam
     """
     from lyco_bench.families import family_of
 
-    shape = (1, *family_of(pipe).noise_shape(pipe, sampler.width, sampler.height))
+    shape = family_of(pipe).noise_shape(pipe, sampler.height, sampler.width)
     return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
 
 
-def _denoiser(pipe: Any) -> Any:
+def _family(pipe: Any) -> Any:
     from lyco_bench.families import family_of
 
-    return family_of(pipe).denoiser(pipe)
+    return family_of(pipe)
+
+
+def _denoiser(pipe: Any) -> Any:
+    return _family(pipe).denoiser(pipe)
 
 
 def _method_prompt(text: str, methods: Sequence[Any]) -> str:

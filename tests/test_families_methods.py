@@ -11,10 +11,18 @@ from lyco_bench.methods.textual_inversion import TextualInversion
 from tests.helpers import run_config
 
 
+_LOADED: dict[str, object] = {}
+
+
 def _pipe(folder):
+    """A fresh copy of the pipeline in ``folder`` (loaded once per module)."""
+    import copy
+
     from lyco_bench.models import load_pipeline
 
-    return load_pipeline(str(folder))
+    if str(folder) not in _LOADED:
+        _LOADED[str(folder)] = load_pipeline(str(folder))
+    return copy.deepcopy(_LOADED[str(folder)])
 
 
 def test_sdxl_embedding_gives_what_diffusers_loads(tmp_path, tiny_sdxl_dir):

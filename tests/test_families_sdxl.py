@@ -20,9 +20,13 @@ SDXL = get_family("sdxl")
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_dir):
+    """A fresh copy of the tiny SDXL per call (loaded once: a copy costs a fraction of a load)."""
+    import copy
+
     from lyco_bench.models import load_pipeline
 
-    return lambda: load_pipeline(str(tiny_sdxl_dir))
+    loaded = load_pipeline(str(tiny_sdxl_dir))
+    return lambda: copy.deepcopy(loaded)
 
 
 def _models(pipe):

@@ -199,3 +199,29 @@ def test_make_tiny_model_cli_and_the_sweep_resolve_sdxl(tmp_path):
     assert index["_class_name"] == "StableDiffusionXLPipeline"
     source = resolve_model(str(tmp_path / "xl"), hasher=FileHasher())
     assert (source.family, source.arch, source.where) == ("sdxl", "sdxl", "folder")
+
+
+def test_a_family_sets_the_default_sampler_and_refuses_others():
+    """A study that names no sampler gets its family's ``eval_sampler``; one the family does not
+    have is refused at planning, naming the key (a temporary family whose sampler is Euler)."""
+    from lyco_bench.families import FAMILIES
+    from lyco_bench.families.sd1 import SD1Family
+    from lyco_bench.generation import SamplerSettings
+    from lyco_bench.sweep.inputs import _family_sampler
+
+    class EulerOnly(SD1Family):
+        name = "euler-only"
+        pipeline_classes = ("EulerOnlyPipeline",)
+        eval_sampler = "euler"
+        samplers = ("euler",)
+
+    FAMILIES.register("euler-only", EulerOnly())
+    try:
+        assert _family_sampler(SamplerSettings(), {}, "euler-only", source="s.yaml").sampler == "euler"
+        assert _family_sampler(SamplerSettings(), {}, "sd1", source="s.yaml") == SamplerSettings()
+        with pytest.raises(
+            BadInput, match=r"s\.yaml: sampler\.sampler: 'ddim' is not a sampler of the euler-only"
+        ):
+            _family_sampler(SamplerSettings(), {"sampler": "ddim"}, "euler-only", source="s.yaml")
+    finally:
+        FAMILIES.unregister("euler-only")

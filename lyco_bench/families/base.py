@@ -42,8 +42,13 @@ Training objective
 
 The evaluation sampler
     ``eval_sampler``: the sampler a study's ``sampler:`` block defaults to for this family (UNet
-    families: the paper's DDIM); ``samplers``: the names it accepts; :meth:`make_scheduler` builds
-    one from the pipeline's noise schedule. Results record the family with the sampler.
+    families: the paper's DDIM; the sweep fills it in when the study names none, so it is part of
+    every generate job's identity); ``samplers``: the names it accepts (planning refuses another);
+    :meth:`make_scheduler` builds one from the pipeline's noise schedule. :meth:`noise_shape` is the
+    per-image initial noise generation draws (CPU generators, one per image: the same seed gives the
+    same picture on any device), :meth:`pipeline_latents` turns it into the pipeline's ``latents=``
+    argument (a family with packed latents packs it here). The training record names the family
+    and its objective.
 
 Module maps (``lyco_bench.adapters.inject``)
     Presets (``attn-only``, ``attn-mlp``, ``full``, ``full-lin``…) select layers of the denoiser
@@ -238,19 +243,23 @@ class ModelFamily:
         """A fresh evaluation scheduler named ``sampler`` (one of ``samplers``)."""
         raise NotImplementedError
 
-    def noise_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
-        """(C, h, w) of one image's initial latent noise, as the pipeline would draw it itself."""
-        factor = pipe.vae_scale_factor
-        return (self.denoiser(pipe).config.in_channels, height // factor, width // factor)
+    def noise_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one image's initial noise (default: the denoiser's latent channels × H/f × W/f)."""
+        return (
+            1,
+            self.denoiser(pipe).config.in_channels,
+            height // pipe.vae_scale_factor,
+            width // pipe.vae_scale_factor,
+        )
 
-    def pipeline_inputs(self, pipe: Any, latents: torch.Tensor, sampler: Any) -> dict[str, Any]:
-        """The pipeline call's arguments for these initial latents and ``SamplerSettings`` besides
-        the prompts, steps, size and generators (UNet families: latents, CFG scale, negative prompt)."""
-        return {
-            "latents": latents,
-            "guidance_scale": sampler.cfg,
-            "negative_prompt": [sampler.negative_prompt] * latents.shape[0],
-        }
+    def pipeline_latents(self, pipe: Any, noise: torch.Tensor) -> torch.Tensor:
+        """The pipeline's ``latents=`` argument for a batch of initial noise (default: itself)."""
+        return noise
+
+    def pipeline_kwargs(self, pipe: Any, sampler: Any) -> dict[str, Any]:
+        """More arguments of the pipeline call for these ``SamplerSettings`` (default: none; FLUX:
+        T5's sequence length, and a negative prompt refused)."""
+        return {}
 
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:

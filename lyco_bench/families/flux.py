@@ -238,24 +238,25 @@ class FluxFamily(ModelFamily):
             raise BadInput(f"sampler: FLUX samples with {SAMPLER!r} only (got {sampler!r})")
         return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
-    def noise_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
+    def noise_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
         """FluxPipeline's draw: 16 latent channels at the VAE's scale, sides even (for packing)."""
         factor = pipe.vae_scale_factor * 2
-        return (self.denoiser(pipe).config.in_channels // 4, 2 * (height // factor), 2 * (width // factor))
+        return (1, self.denoiser(pipe).config.in_channels // 4, 2 * (height // factor), 2 * (width // factor))
 
-    def pipeline_inputs(self, pipe: Any, latents: torch.Tensor, sampler: Any) -> dict[str, Any]:
-        """Packed latents; ``cfg`` is FLUX.1-dev's distilled guidance (FluxPipeline's
-        ``guidance_scale``: :data:`GUIDANCE` in experiments/flux.yaml); no negative prompt."""
+    def pipeline_latents(self, pipe: Any, noise: torch.Tensor) -> torch.Tensor:
+        """The noise packed into 2×2 patch tokens, as FluxPipeline takes ``latents=``."""
+        return pack(noise)
+
+    def pipeline_kwargs(self, pipe: Any, sampler: Any) -> dict[str, Any]:
+        """T5's sequence length as in training; ``cfg`` is FLUX.1-dev's distilled guidance
+        (FluxPipeline's ``guidance_scale``: :data:`GUIDANCE` in experiments/flux.yaml); FLUX has no
+        negative prompt (FluxPipeline would silently ignore one)."""
         if sampler.negative_prompt:
             raise BadInput(
                 "sampler.negative_prompt: FLUX.1 samples with distilled guidance and no negative prompt "
                 "(leave it empty)"
             )
-        return {
-            "latents": pack(latents),
-            "guidance_scale": sampler.cfg,
-            "max_sequence_length": self.max_sequence_length(pipe),
-        }
+        return {"max_sequence_length": self.max_sequence_length(pipe)}
 
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:

@@ -105,7 +105,8 @@ def resolve_inputs(
     metrics = resolve_metrics(s.metrics, source=src)
     kinds = needed_kinds(metrics, settings.image_encoders)
     model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
-    _check_family(study, family, sampler.sampler)
+    sampler = _family_sampler(sampler, s.sampler, family, source=src)
+    _check_cross_attention(study, family)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -221,19 +222,30 @@ def _model_identity(
     return resolved.identity, resolved.family
 
 
-def _check_family(study: LoadedStudy, family: str, sampler: str) -> None:
-    """BadInput naming the key when the study asks the model's family for what it has not: a
-    sampler of another family, or a method that needs cross-attention (FLUX has none)."""
+def _family_sampler(sampler: Any, written: dict[str, Any], family: str, *, source: str) -> Any:
+    """The sampler settings with the model family's evaluation sampler where the study names none
+    (lyco_bench.families: ``eval_sampler``; DDIM, the default, for SD1.x and SDXL), checked
+    against the samplers the family has."""
+    from lyco_bench.families import get_family
+
+    fam = get_family(family)
+    if "sampler" not in written and sampler.sampler != fam.eval_sampler:
+        sampler = sampler.model_copy(update={"sampler": fam.eval_sampler})
+    if sampler.sampler not in fam.samplers:
+        raise BadInput(
+            f"{source}: sampler.sampler: {sampler.sampler!r} is not a sampler of the {family} family "
+            f"({', '.join(fam.samplers)})"
+        )
+    return sampler
+
+
+def _check_cross_attention(study: LoadedStudy, family: str) -> None:
+    """BadInput naming the configuration whose method needs the denoiser's cross-attention when
+    the model's family has none (FLUX: hypernetworks)."""
     from lyco_bench.adapters import get_algorithm
     from lyco_bench.families import get_family
 
-    model_family = get_family(family)
-    if sampler not in model_family.samplers:
-        raise BadInput(
-            f"{study.source}: sampler.sampler: {sampler!r} is not a sampler of the {family} family "
-            f"({', '.join(model_family.samplers)})"
-        )
-    if model_family.cross_attention:
+    if get_family(family).cross_attention:
         return
     for config in study.configs:
         cls = get_algorithm(str(config.adapter.get("algo", "lora")))
