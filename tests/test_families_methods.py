@@ -4,12 +4,12 @@ hypernetworks (SDXL's UNet has cross-attention), trained through the SDXL family
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lyco_bench.adapters.fileformat import read_tensors, save_tensors
 from lyco_bench.methods.textual_inversion import TextualInversion
 from tests.helpers import run_config
-
 
 _LOADED: dict[str, object] = {}
 
@@ -62,6 +62,7 @@ def test_sdxl_embedding_gives_what_diffusers_loads(tmp_path, tiny_sdxl_dir):
     assert (plain[0] - ours[0]).abs().max() > 1e-3  # the embedding took effect
 
 
+@pytest.mark.e2e  # a training run on the tiny SDXL: seconds of CPU
 def test_textual_inversion_trains_both_encoders(tmp_path, tiny_sdxl_dir, small_dataset, cache_dir):
     from lyco_bench.training import train
 
@@ -104,6 +105,7 @@ def _pairs(cfg):
     return load_dataset(cfg.dataset, categories=cfg.categories).items()
 
 
+@pytest.mark.e2e  # a training run on the tiny SDXL: seconds of CPU
 def test_hypernetwork_trains_on_sdxl(tmp_path, tiny_sdxl_dir, small_dataset, cache_dir):
     """SDXL's UNet has cross-attention: the hypernetwork's modules sit on its attn2 k/v, sized by
     SDXL's context width (both encoders' states)."""

@@ -133,6 +133,9 @@ def test_lycoris_selects_the_same_layers(tmp_path, sdxl, preset):
     assert len(ours) > 0 and ours == theirs
 
 
+# Every algorithm both ways costs 1–2 s of CPU per case on the tiny SDXL: `make test` runs them,
+# `make test-fast` keeps the selection, diffusers and conditioning checks.
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", list(CASES))
 def test_we_load_lycoris_files_and_give_their_outputs(tmp_path, sdxl, case):
     """LyCORIS's full preset on the tiny SDXL (UNet, both encoders), its forward; its files
@@ -169,6 +172,7 @@ def test_we_load_lycoris_files_and_give_their_outputs(tmp_path, sdxl, case):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", list(CASES))
 def test_lycoris_loads_our_files_and_gives_our_outputs(tmp_path, sdxl, case):
     """Our file (SGM keys) renamed to the module paths LyCORIS's standalone wrapper names a

@@ -75,6 +75,7 @@ def test_sdxl_loss_is_epsilon_mse_with_size_conditioning(tiny_sdxl_dir, small_da
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e  # training runs and sampling on the tiny SDXL: seconds of CPU each
 @pytest.mark.parametrize("algo", ["lora", "lokr"])
 def test_sdxl_trains_both_encoders_and_generates(
     tmp_path, tiny_sdxl_dir, small_dataset, cache_dir, demo_dataset_dir, sdxl_pipe, algo
