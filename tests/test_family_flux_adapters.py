@@ -322,6 +322,7 @@ def test_lycoris_files_on_flux_merge_to_its_forward_and_ours_load_into_lycoris(t
     torch.testing.assert_close(run_flux(fresh), ours, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e  # a pipeline merged, written and extracted: seconds of CPU
 def test_merge_then_extract_on_flux_gives_kohya_names_and_the_same_update(tmp_path):
     """``adapter merge`` bakes a FLUX file into the pipeline; ``adapter extract`` of tuned − base
     writes kohya's fused names again, with the same ΔW (rank ≥ the update's)."""

@@ -60,6 +60,7 @@ def test_loss_is_flow_matching_with_the_class_term(flux_dir, dataset_with_class_
         session.close()
 
 
+@pytest.mark.e2e  # a training run and two samplings on the tiny FLUX: seconds of CPU
 def test_trained_flux_checkpoint_generates_with_its_update(flux_dir, demo_dataset_dir, tmp_path):
     from lyco_bench.adapters.fileformat import read_tensors
     from lyco_bench.generation import SamplerSettings, generate
@@ -97,6 +98,7 @@ def _pipe(folder):
     return load_pipeline(folder)
 
 
+@pytest.mark.e2e  # three tiny FLUX pipelines loaded: seconds of CPU
 def test_textual_inversion_on_flux_is_clip_ls_as_diffusers_loads_it(flux_dir, tmp_path):
     """A kohya embedding (one CLIP-L vector) attached by us conditions FLUX as diffusers'
     ``load_textual_inversion`` does: the pooled CLIP-L embedding changes, T5 reads the word."""
@@ -123,6 +125,7 @@ def test_textual_inversion_on_flux_is_clip_ls_as_diffusers_loads_it(flux_dir, tm
     torch.testing.assert_close(plain[0], embeds)  # T5 has no embedding: it reads "zkw" as text
 
 
+@pytest.mark.e2e  # a training run on the tiny FLUX: seconds of CPU
 def test_textual_inversion_trains_clip_l_only(flux_dir, demo_dataset_dir, tmp_path):
     from lyco_bench.adapters.fileformat import read_tensors
     from lyco_bench.training import train
@@ -142,6 +145,7 @@ def test_textual_inversion_trains_clip_l_only(flux_dir, demo_dataset_dir, tmp_pa
     assert pipe.text_encoder_2.get_input_embeddings().weight.equal(t5)
 
 
+@pytest.mark.e2e  # two plans of a study: seconds of CPU
 def test_hypernetworks_are_refused_on_flux_when_planned_and_attached(flux_dir, tmp_path, capsys):
     from lyco_bench.cli import main
     from lyco_bench.errors import BadInput
