@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lyco_bench.config import StrictModel, validate
 from lyco_bench.errors import BadInput
@@ -50,8 +50,10 @@ OUTPUT_VERSION = 1
 class SamplerSettings(StrictModel):
     """How images are sampled; defaults are the paper's (docs/protocol.md §4)."""
 
-    sampler: Literal["ddim", "euler", "dpm++"] = "ddim"
-    """diffusers scheduler: DDIM (η = 0), Euler, DPM-Solver++ (multistep)."""
+    sampler: str = "ddim"
+    """diffusers scheduler: DDIM (η = 0), Euler, DPM-Solver++ (multistep) for the UNet families;
+    ``flow-euler`` (flow-matching Euler) for FLUX: a name some model family samples with
+    (lyco_bench.families; the loaded model's family checks it is one of its own)."""
     steps: int = Field(25, ge=1)
     cfg: float = 7.0
     """Classifier-free guidance scale (≤ 1: no guidance)."""
@@ -69,11 +71,26 @@ class SamplerSettings(StrictModel):
     machine that plans it, so its job ids hold the precision the images are drawn in. What
     stays float32 on CUDA runs with TF32 matmuls (``utils.cuda_fast_math``)."""
 
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        known = known_samplers()
+        if value not in known:
+            raise ValueError(f"unknown sampler {value!r} (known: {', '.join(known)})")
+        return value
+
     def resolved(self, device: str | torch.device) -> SamplerSettings:
         """These settings with ``auto`` replaced by the precision for ``device``."""
         if self.dtype != "auto":
             return self
         return self.model_copy(update={"dtype": auto_dtype(device)})
+
+
+def known_samplers() -> list[str]:
+    """Every sampler some model family samples with (lyco_bench.families), in registry order."""
+    from lyco_bench.families import FAMILIES
+
+    return list(dict.fromkeys(name for family in FAMILIES.values() for name in family.samplers))
 
 
 def auto_dtype(device: str | torch.device) -> str:
@@ -130,6 +147,7 @@ def sample_batch(
             negative_prompt=[sampler.negative_prompt] * len(items),
             num_inference_steps=sampler.steps,
             guidance_scale=sampler.cfg,
+            **_family(pipe).pipeline_kwargs(pipe, sampler),
             width=sampler.width,
             height=sampler.height,
             generator=generators,
@@ -443,8 +461,9 @@ def _count_listed(out_dir: Path) -> int:
 def _sampler_arguments(p: argparse.ArgumentParser) -> None:
     d = SamplerSettings()
     p.add_argument(
-        "--sampler", choices=["ddim", "euler", "dpm++"], default=d.sampler, help="default %(default)s"
-    )
+        "--sampler", choices=known_samplers(), default=d.sampler,
+        help="a sampler of the model's family (default %(default)s; FLUX: flow-euler)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps (default %(default)s)")
     p.add_argument("--cfg", type=float, default=d.cfg, help="guidance scale (default %(default)s)")
     p.add_argument("--width", type=int, default=d.width, help="default %(default)s")

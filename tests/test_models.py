@@ -207,8 +207,8 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
     cases[str(tmp_path / "broken.safetensors")] = "not a readable safetensors file"
     other = tmp_path / "other-pipeline"
     other.mkdir()
-    (other / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    cases[str(other)] = "unsupported pipeline class 'FluxPipeline'"
+    (other / "model_index.json").write_text('{"_class_name": "StableAudioPipeline"}')
+    cases[str(other)] = "unsupported pipeline class 'StableAudioPipeline'"
     partial = tmp_path / "partial"
     shutil.copytree(tiny_model_dir, partial, ignore=shutil.ignore_patterns("unet"))
     cases[str(partial)] = "could not load the model"

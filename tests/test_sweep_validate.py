@@ -25,6 +25,8 @@ LOCAL = ["model=tiny:", "dataset=demo:", "encoders.dino=tiny:", "encoders.clip=t
 def test_every_shipped_study_validates(study, tmp_path):
     # the demo runs on the world shipped with lyco-bench: nothing to swap
     overrides = [] if study.name == "demo.yaml" else LOCAL
+    if study.name == "flux.yaml":  # a FLUX study needs a FLUX stand-in (its sampler is FLUX's)
+        overrides = ["model=tiny:flux", *LOCAL[1:]]
     plan = load_plan(str(study), overrides, str(tmp_path / "store"), verify_images=True)
     assert plan.of_kind("score") and plan.inputs.images_per_class
     assert not (tmp_path / "store").exists()  # validating writes nothing

@@ -202,9 +202,9 @@ def _print_extraction(rows: list, *, out: Path, rank: int, width: int | None) ->
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from lyco_bench.adapters.fileformat import save_tensors
+    from lyco_bench.adapters.fileformat import detect_modules, save_tensors
     from lyco_bench.adapters.ops import extract_lora
-    from lyco_bench.families import family_of
+    from lyco_bench.families import family_of, key_map_of
     from lyco_bench.models import load_pipeline
     from lyco_bench.utils import check_output_dir
 
@@ -247,6 +247,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         threshold=args.threshold,
     )
     metadata = _extraction_metadata(args)
+    to_file = key_map_of(family.denoiser(base)).to_file
+    if to_file is not None:  # the family's file layout (FLUX: kohya's fused BFL layers)
+        tensors = to_file(tensors, detect_modules(tensors, name=str(out)))
     save_tensors(out, tensors, metadata)
     _print_extraction(rows, out=out, rank=args.rank, width=args.width)
     return 0

@@ -168,6 +168,18 @@ def as_adapter_file(source: str | os.PathLike | AdapterFile) -> AdapterFile:
     return source if isinstance(source, AdapterFile) else load_adapter(source)
 
 
+def in_layer_keys(file: AdapterFile, key_map: object | None) -> AdapterFile:
+    """``file`` with its modules keyed by layer, for a model family whose files have their own
+    layout (``KeyMap.from_file``: FLUX's fused BFL layers); the file itself otherwise."""
+    from_file = getattr(key_map, "from_file", None)
+    if from_file is None:
+        return file
+    tensors = from_file(file.tensors, file.modules, file.name)
+    converted = adapter_file_from_tensors(tensors, file.metadata)
+    converted.path = file.path
+    return converted
+
+
 def adapter_file_from_tensors(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> AdapterFile:
@@ -212,6 +224,7 @@ __all__ = [
     "as_adapter_file",
     "check_finite",
     "detect_modules",
+    "in_layer_keys",
     "load_adapter",
     "nonfinite_modules",
     "parameter_count",

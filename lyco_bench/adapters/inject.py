@@ -265,7 +265,7 @@ def inject(unet: nn.Module | None, text_encoder: TextEncoders, spec: AdapterSpec
         algo, settings = spec.settings_for(target.layer)
         cls = get_algorithm(algo)
         modules[target.key] = cls(target.layer, cls.layer_settings(target.key, settings))
-    return AdapterNetwork(targets=targets, modules=modules, spec=spec)
+    return AdapterNetwork(targets=targets, modules=modules, spec=spec, key_map=key_map_of(unet))
 
 
 def check_sizes(targets: list[Target], spec: AdapterSpec) -> None:

@@ -25,9 +25,13 @@ from lyco_bench.errors import BadInput
 class AdapterNetwork(nn.Module):
     """Adapter modules injected into a UNet (+ text encoder), keyed by their file keys."""
 
-    def __init__(self, *, targets: list, modules: dict[str, nn.Module], spec: Any) -> None:
+    def __init__(
+        self, *, targets: list, modules: dict[str, nn.Module], spec: Any, key_map: Any = None
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.key_map = key_map
+        """The denoiser family's KeyMap (lyco_bench.families): files in its layout when it has one."""
         self.adapters = nn.ModuleDict(modules)
         self._targets = {t.key: t for t in targets}
         self._applied = False
@@ -158,13 +162,24 @@ class AdapterNetwork(nn.Module):
         """Write the adapter as safetensors (atomic). ``metadata`` keys without a dot are stored
         as ``lyco_bench.<key>`` (e.g. ``base_model``, ``epoch``); values not str become JSON."""
 
-        save_tensors(path, self.state_dict_for_file(), self.file_metadata(metadata))
+        save_tensors(path, self.file_tensors(), self.file_metadata(metadata))
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """:meth:`state_dict_for_file` in the denoiser family's file layout (FLUX: kohya's fused
+        BFL layers; other families: the same tensors)."""
+        tensors = self.state_dict_for_file()
+        to_file = getattr(self.key_map, "to_file", None)
+        if to_file is None:
+            return tensors
+        return to_file(tensors, {key: type(module) for key, module in self.adapters.items()})
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Restore trained factors from a file this network wrote (resume): the keys and shapes
         must match exactly; parameters are updated in place (optimizer state stays attached)."""
 
-        file = load_adapter(path)
+        from lyco_bench.adapters.fileformat import in_layer_keys
+
+        file = in_layer_keys(load_adapter(path), self.key_map)
         expected = {k: tuple(v.shape) for k, v in self.state_dict_for_file().items()}
         got = {k: tuple(v.shape) for k, v in file.tensors.items()}
         for key in sorted(set(expected) | set(got)):

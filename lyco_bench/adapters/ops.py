@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lyco_bench.adapters.fileformat import AdapterFile, as_adapter_file
+from lyco_bench.adapters.fileformat import AdapterFile, as_adapter_file, in_layer_keys
 from lyco_bench.adapters.inject import TextEncoders, layer_index
 from lyco_bench.errors import BadInput
+from lyco_bench.families import key_map_of
 
 Source = str | os.PathLike | AdapterFile
 
@@ -89,7 +90,7 @@ def delta_weights(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Dense (ΔW, Δb) per module key of an adapter file, in float32 on the CPU (Δb None unless
     the algorithm changes the bias). The models only supply shapes and W0 (native: ΔW = W − W0)."""
-    file = as_adapter_file(file)
+    file = in_layer_keys(as_adapter_file(file), key_map_of(unet))
     layers = _resolve(file, layer_index(unet, text_encoder))
     out = {}
     with torch.no_grad():
@@ -127,7 +128,8 @@ def merge_adapters(
     rounded once into the layer's dtype), so peak memory is one layer's ΔW, not the model's.
     The originals of touched layers are kept on the CPU.
     """
-    files = [(as_adapter_file(src), float(lam)) for src, lam in adapters]
+    keys = key_map_of(unet)
+    files = [(in_layer_keys(as_adapter_file(src), keys), float(lam)) for src, lam in adapters]
     index = layer_index(unet, text_encoder)
     # layer → its key and the (file, key, λ) that touch it; a layer may be named by two files
     # under different keys (text-encoder aliases), so plan by layer identity.

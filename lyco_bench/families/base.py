@@ -103,6 +103,9 @@ class TextEncoderSlot:
     ti_key: str = ""
     """Its key in a Textual-Inversion file of several encoders (SDXL: ``clip_l``/``clip_g``);
     empty for a family with one encoder (the SD1 layouts)."""
+    textual_inversion: bool = True
+    """Whether Textual Inversion adds an embedding to it (FLUX's T5: no; it reads the placeholder's
+    text as written)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,11 @@ class KeyMap:
     transformer_blocks: tuple[str, ...]
     select: Callable[[Any, Any], bool]
     family: str
+    to_file: Callable[[dict, dict], dict] | None = None
+    """Adapter tensors by layer key → the file's layout (None: the same); ``(tensors, modules)``
+    with ``modules`` each module key's algorithm class (FLUX: fused BFL layers)."""
+    from_file: Callable[[dict, dict, str], dict] | None = None
+    """A file's tensors → tensors by layer key (None: the same); ``(tensors, modules, name)``."""
 
 
 class ModelFamily:
@@ -248,6 +256,11 @@ class ModelFamily:
         """The pipeline's ``latents=`` argument for a batch of initial noise (default: itself)."""
         return noise
 
+    def pipeline_kwargs(self, pipe: Any, sampler: Any) -> dict[str, Any]:
+        """More arguments of the pipeline call for these ``SamplerSettings`` (default: none; FLUX:
+        T5's sequence length, and a negative prompt refused)."""
+        return {}
+
     # --- module maps and file keys ---------------------------------------------------------------
     def select(self, preset: Any, info: Any) -> bool:
         """Whether ``preset`` trains this denoiser layer (a ``LayerInfo``)."""
@@ -261,15 +274,33 @@ class ModelFamily:
         """Other keys files may name this layer by (read only)."""
         return ()
 
+    def to_file(self, tensors: dict, modules: dict, denoiser: nn.Module) -> dict:
+        """Adapter tensors keyed by layer (``denoiser_key``) → the file's layout, for a family whose
+        files name layers that are not one-to-one with the denoiser's modules (FLUX's fused qkv).
+        Default: the same tensors (``file_layout`` is False)."""
+        return tensors
+
+    def from_file(self, tensors: dict, modules: dict, denoiser: nn.Module, *, name: str) -> dict:
+        """The inverse of :meth:`to_file`: a file's tensors → tensors keyed by layer."""
+        return tensors
+
+    file_layout: ClassVar[bool] = False
+    """Whether :meth:`to_file` / :meth:`from_file` change anything (then the adapter code calls them)."""
+
     def key_map(self, denoiser: nn.Module | None = None) -> KeyMap:
         """The module map and file keys bound to one denoiser's config."""
         config = dict(getattr(denoiser, "config", None) or {})
+        layout = self.file_layout and denoiser is not None
         return KeyMap(
             lambda path: self.denoiser_key(path, config),
             lambda path: self.denoiser_aliases(path, config),
             self.transformer_blocks,
             self.select,
             self.name,
+            (lambda tensors, modules: self.to_file(tensors, modules, denoiser)) if layout else None,
+            (lambda tensors, modules, name: self.from_file(tensors, modules, denoiser, name=name))
+            if layout
+            else None,
         )
 
     def __repr__(self) -> str:

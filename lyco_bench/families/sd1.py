@@ -133,8 +133,8 @@ class SD1Family(UNetFamily):
 
     def claims_checkpoint(self, keys: Collection[str]) -> bool:
         return any(k.startswith("model.diffusion_model.") for k in keys) and not any(
-            k.startswith("conditioner.embedders.") for k in keys
-        )
+            k.startswith(("conditioner.embedders.", "model.diffusion_model.double_blocks.")) for k in keys
+        )  # SDXL's second encoder; FLUX's double blocks (a ComfyUI-saved FLUX checkpoint)
 
     def load_kwargs(self) -> dict[str, Any]:
         return dict(safety_checker=None, requires_safety_checker=False)

@@ -213,7 +213,11 @@ class TextualInversion(ModelMethod):
 
         if self._attached:
             raise RuntimeError(f"{self.algo}: already attached")
-        slots = [s for s in family_of(pipe).text_encoders if getattr(pipe, s.attr, None) is not None]
+        slots = [
+            s
+            for s in family_of(pipe).text_encoders
+            if s.textual_inversion and getattr(pipe, s.attr, None) is not None
+        ]
         if not slots or any(getattr(pipe, s.tokenizer, None) is None for s in slots):
             raise BadInput(f"{self.source}: the pipeline has no text encoder/tokenizer to add tokens to")
         keys = tuple(s.ti_key for s in slots) if len(slots) > 1 else ("",)

@@ -110,6 +110,7 @@ def resolve_inputs(
     kinds = needed_kinds(metrics, settings.image_encoders)
     model, family = _model_identity(s.model, prepare, hasher=hasher, source=src)
     sampler = _family_sampler(sampler, s.sampler, family, source=src)
+    _check_cross_attention(study, family)
     encoders, encoder_pins = _encoder_identities(settings, kinds, s.encoders, prepare, source=src)
     runs = {c.name: _run_identity(study, c, store) for c in study.configs}
     with _dataset_folder(s.dataset, src) as dataset_root:
@@ -241,6 +242,23 @@ def _family_sampler(sampler: Any, written: dict[str, Any], family: str, *, sourc
             f"({', '.join(fam.samplers)})"
         )
     return sampler
+
+
+def _check_cross_attention(study: LoadedStudy, family: str) -> None:
+    """BadInput naming the configuration whose method needs the denoiser's cross-attention when
+    the model's family has none (FLUX: hypernetworks)."""
+    from lyco_bench.adapters import get_algorithm
+    from lyco_bench.families import get_family
+
+    if get_family(family).cross_attention:
+        return
+    for config in study.configs:
+        cls = get_algorithm(str(config.adapter.get("algo", "lora")))
+        if getattr(cls, "needs_cross_attention", False):
+            raise BadInput(
+                f"{study.source}: {config.key_path}: {cls.algo} transforms the denoiser's "
+                f"cross-attention, which the {family} family does not have"
+            )
 
 
 def _encoder_identities(

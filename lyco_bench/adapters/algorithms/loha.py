@@ -38,6 +38,7 @@ from lyco_bench.adapters.base import (
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.adapters.options import DoRAOption, RankOptions, TuckerOption
+from lyco_bench.adapters.rows import RowLayout
 from lyco_bench.errors import BadInput
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -62,6 +63,9 @@ class LoHaModule(DoRAMixin, AdapterModule):
     lr_grid = LYCORIS_LR_GRID
     file_keys = frozenset({*_FACTORS, "hada_t1", "hada_t2", "alpha", "dora_scale"})
     detect_keys = frozenset(_FACTORS)
+    row_layout = RowLayout(
+        ("hada_w1_a", "hada_w2_a"), ("hada_w1_b", "hada_w2_b"), ("dora_scale",), scaled_alpha=True
+    )
     grad_mode = "dense"
 
     def __init__(self, base: BaseLayer, options=None, *, multiplier: float = 1.0, **settings) -> None:

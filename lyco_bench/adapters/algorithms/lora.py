@@ -41,6 +41,7 @@ from lyco_bench.adapters.base import (
 )
 from lyco_bench.adapters.dora import DoRAMixin, dora_rank_bound, has_dora
 from lyco_bench.adapters.options import DoRAOption, RankOptions, TuckerOption
+from lyco_bench.adapters.rows import RowLayout
 from lyco_bench.errors import BadInput
 
 
@@ -63,6 +64,7 @@ class LoRAModule(DoRAMixin, AdapterModule):
     grad_mode = "bypass"
     Options = LoRAOptions
     aliases = ("locon",)
+    row_layout = RowLayout(("lora_up.weight",), ("lora_down.weight",), ("dora_scale",), scaled_alpha=True)
     capacity = CapacityRule("dim", {8: 2, 32: 3})  # the paper's Capacity levels (§6)
     lr_grid = LYCORIS_LR_GRID
 

@@ -22,6 +22,7 @@ from lyco_bench.adapters.base import (
     check_shape,
     register_algorithm,
 )
+from lyco_bench.adapters.rows import RowLayout
 from lyco_bench.errors import BadInput
 
 
@@ -37,6 +38,7 @@ class NativeModule(AdapterModule):
     lr_grid = (5e-7, 1e-6, 5e-6)  # the paper's lr levels for native fine-tuning (§6)
     file_keys = frozenset({"diff", "diff_b"})
     detect_keys = frozenset({"diff"})
+    row_layout = RowLayout(rows=("diff", "diff_b"))
     grad_mode = "dense"
 
     def __init__(self, base: BaseLayer, options=None, *, multiplier: float = 1.0, **settings) -> None:

@@ -173,6 +173,9 @@ class Hypernetwork(ModelMethod):
     Options: ClassVar[type[AlgorithmOptions]] = HypernetworkOptions
     default_lr: ClassVar[float] = 1e-5
     """A1111's default hypernetwork learning rate."""
+    needs_cross_attention: ClassVar[bool] = True
+    """It transforms the keys and values of the denoiser's cross-attention: a study on a family
+    without one (FLUX) is refused when it is planned."""
 
     def __init__(self, options: AlgorithmOptions | Mapping[str, Any] | None = None, **settings: Any) -> None:
         super().__init__(options, **settings)
@@ -202,7 +205,15 @@ class Hypernetwork(ModelMethod):
     def attach(self, pipe: Any, *, concepts: Sequence[Any] = ()) -> Hypernetwork:
         if self._attached:
             raise RuntimeError("hypernetwork: already attached")
-        unet = pipe.unet
+        from lyco_bench.families import family_of
+
+        family = family_of(pipe)
+        if not family.cross_attention:
+            raise BadInput(
+                f"hypernetwork: the {family.name} family's denoiser has no cross-attention to "
+                "transform (text and image tokens attend jointly)"
+            )
+        unet = family.denoiser(pipe)
         layers = [(name, attn, _in_width(attn.to_k)) for name, attn in attention_layers(unet)]
         present = sorted({w for _, _, w in layers if w is not None})
         if not self.mlps:
