@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lyco_bench.errors import BadInput
-from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
+from lyco_bench.sweep.inputs import RUN_HINT_FIELDS, StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
 from lyco_bench.sweep.study import (
@@ -216,6 +216,7 @@ def _train_job(
         config=config.name,
         seed=seed,
         class_images=class_job.params["count"] if class_job is not None else None,
+        run_hints={key: resolved[key] for key in RUN_HINT_FIELDS if key in resolved},
         **_where(study),
     )
 

@@ -18,6 +18,14 @@ import torch.nn.functional as F
 
 from lyco_bench.errors import BadInput
 from lyco_bench.training.config import RunConfig, default_cache_dir
+from lyco_bench.training.memory import (
+    DTYPES,
+    FrozenCast,
+    TextOutputCache,
+    denoiser_of,
+    set_gradient_checkpointing,
+    text_encoders_of,
+)
 
 GENERATORS = ("order", "caption", "noise")
 
@@ -46,6 +54,9 @@ class Session:
         self._was_training = [m.training for m in self._modules]
         self._grad_flags = [[p.requires_grad for p in m.parameters()] for m in self._modules]
         self.net = None
+        self._base_cast: Any = None
+        self._offloaded: list[torch.nn.Module] = []
+        self.text_cache: Any = None
         try:
             for module in self._modules:
                 module.requires_grad_(False)
@@ -54,6 +65,7 @@ class Session:
             self.prior = self._prior_data()
             self._build_network()
             self._build_optimizer()
+            self._save_memory(lent=pipeline is not None)
         except BaseException:
             self.close()
             raise
@@ -141,13 +153,7 @@ class Session:
             # A model-level method leaves the text encoder's weights alone (TI trains new rows only).
             self.pipe.text_encoder.train(cfg.train_text_encoder and not is_model_method(cls))
         if cfg.gradient_checkpointing:
-            self.pipe.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                # Reentrant checkpointing drops gradients when the block inputs need none (frozen
-                # embeddings); the adapters inside still need theirs.
-                self.pipe.text_encoder.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
+            set_gradient_checkpointing(denoiser_of(self.pipe), self._trained_text_encoders(), True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -173,6 +179,55 @@ class Session:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+
+    def _trained_text_encoders(self) -> list[torch.nn.Module]:
+        return text_encoders_of(self.pipe) if self.config.train_text_encoder else []
+
+    def _save_memory(self, *, lent: bool) -> None:
+        """base_dtype, cache_text_outputs, and the VAE off the GPU once latents are cached.
+
+        Modules leave the device only when it is not the CPU (there they are already where they
+        would go). ``lent``: the caller's pipeline, given back as it came (lyco_bench.training.memory).
+        """
+        cfg = self.config
+        if cfg.base_dtype != "float32":  # after injection: the adapters' factors were made in fp32
+            modules = [denoiser_of(self.pipe), *text_encoders_of(self.pipe)]
+            self._base_cast = FrozenCast(modules, DTYPES[cfg.base_dtype], keep_originals=lent)
+        if cfg.cache_text_outputs:
+            self.text_cache = TextOutputCache(self._encode_text)
+            with self._autocast():
+                self.text_cache.fill(self._all_captions())
+            self._offload(text_encoders_of(self.pipe))
+        if self.prior is None:  # prior preservation encodes class images as it draws them
+            self._offload([self.pipe.vae])
+
+    def _offload(self, modules: list[torch.nn.Module]) -> None:
+        if self.device.type != "cpu":
+            for module in modules:
+                module.to("cpu")
+                self._offloaded.append(module)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _all_captions(self) -> set[str]:
+        """Every caption a step can draw: each image's caption, the empty one under caption
+        dropout, the class prompts of prior preservation (caption_for draws nothing else)."""
+        from lyco_bench.data import caption_for
+
+        cfg = self.config
+        captions = {
+            self.net.caption(caption_for(item, concept, cfg.captions.strategy), concept)
+            for concept, item in self.pairs
+        }
+        if cfg.captions.dropout > 0:
+            captions |= {self.net.caption("", concept) for concept, _ in self.pairs}
+        if self.prior is not None:
+            captions |= set(self.prior.prompts.values())
+        return captions
+
+    def _autocast(self) -> Any:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     # --- training ----------------------------------------------------------------------------
     def _batches(self, generator: torch.Generator) -> list[list[int]]:
@@ -233,6 +288,23 @@ class Session:
     def loss(self, batch: list[int]) -> torch.Tensor:
         """The ε-prediction MSE of one batch (graph attached)."""
         captions, x_t, t, target = self._inputs(batch)
+        dev = self.device
+        with self._autocast():
+            if self.text_cache is not None:
+                cond = self.text_cache(captions)
+            else:
+                with torch.set_grad_enabled(self.text_encoder_gradients):
+                    cond = self._encode_text(captions)
+            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B[+B], 4, h, w)
+        pred, target = pred.float(), target.to(dev).float()
+        if self.prior is None:
+            return F.mse_loss(pred, target)
+        n = len(batch)  # instance samples first, then their class samples
+        prior = F.mse_loss(pred[n:], target[n:])
+        return F.mse_loss(pred[:n], target[:n]) + self.config.prior_loss_weight * prior
+
+    def _encode_text(self, captions: list[str]) -> torch.Tensor:
+        """The denoiser's text conditioning of ``captions``: (B, 77, D), the last hidden state."""
         tokenizer = self.pipe.tokenizer
         ids = tokenizer(
             captions,
@@ -241,19 +313,7 @@ class Session:
             truncation=True,
             return_tensors="pt",
         ).input_ids  # (B, 77)
-        dev = self.device
-        with torch.autocast(
-            dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-        ):
-            with torch.set_grad_enabled(self.text_encoder_gradients):
-                cond = self.pipe.text_encoder(ids.to(dev))[0]  # (B, 77, D) last hidden state
-            pred = self.pipe.unet(x_t.to(dev), t.to(dev), cond).sample  # (B[+B], 4, h, w)
-        pred, target = pred.float(), target.to(dev).float()
-        if self.prior is None:
-            return F.mse_loss(pred, target)
-        n = len(batch)  # instance samples first, then their class samples
-        prior = F.mse_loss(pred[n:], target[n:])
-        return F.mse_loss(pred[:n], target[:n]) + self.config.prior_loss_weight * prior
+        return self.pipe.text_encoder(ids.to(self.device))[0]
 
     def step(self, batch: list[int]) -> float:
         """One optimizer step; returns the batch loss."""
@@ -277,9 +337,12 @@ class Session:
         if self.net is not None:
             self.net.remove()
         if self.config.gradient_checkpointing and self.net is not None:
-            self.pipe.unet.disable_gradient_checkpointing()
-            if self.config.train_text_encoder:
-                self.pipe.text_encoder.gradient_checkpointing_disable()
+            set_gradient_checkpointing(denoiser_of(self.pipe), self._trained_text_encoders(), False)
+        if self._base_cast is not None:
+            self._base_cast.restore()
+        for module in self._offloaded:
+            module.to(self.device)
+        self._offloaded = []
         for module, training, flags in zip(self._modules, self._was_training, self._grad_flags, strict=True):
             module.train(training)
             for param, flag in zip(module.parameters(), flags, strict=True):
