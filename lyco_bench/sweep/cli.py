@@ -84,6 +84,11 @@ def print_plan(
             state = "done" if job.id in done else "stale" if job.id in stale else "left"
             console.print(f"{state:5s}  {job.id}", highlight=False)
     print_store_estimate(plan)
+    from lyco_bench.sweep.memory_plan import memory_table, plan_memory
+
+    memory = plan_memory(plan)
+    if memory:
+        console.print(memory_table(memory, hardware), highlight=False, soft_wrap=True)
     if hardware is not None:
         from lyco_bench.sweep.costs import cost_table, estimate_costs
 
@@ -117,6 +122,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.gpu != "none" and (args.gpu is not None or args.gpu_costs is not None or DEFAULT_TABLE.is_file()):
         hardware = load_hardware(args.gpu or "h100", args.gpu_costs)
     plan = load_plan(args.study, args.overrides, args.store)
+    if args.gpu is not None and hardware is not None:  # a declared GPU: what cannot fit is refused
+        from lyco_bench.sweep.memory_plan import check_fits, plan_memory
+
+        check_fits(plan_memory(plan), hardware)
     done = plan.done_ids()
     summary = print_plan(plan, done, list_jobs=args.list, hardware=hardware)
     print(f"{summary} [{time.perf_counter() - start:.2f} s]")
@@ -216,7 +225,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gpu", metavar="NAME",
         help="print the study's GPU-hours per stage on this GPU (a row of --gpu-costs; default h100 "
-        "when the table is there; none: no estimate)",
+        "when the table is there; none: no estimate); named, it also refuses a configuration whose "
+        "estimated training memory does not fit this GPU",
     )  # fmt: skip
     p.add_argument(
         "--gpu-costs", metavar="YAML",
