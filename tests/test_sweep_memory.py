@@ -146,6 +146,7 @@ def _plan_args(tmp_path, tiny_model_dir, small_dataset) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.e2e  # estimates the 26 configurations of the paper study (~20 s on two cores)
 def test_plan_prints_memory_and_refuses_what_a_declared_gpu_cannot_hold(
     tmp_path, tiny_model_dir, small_dataset, capsys
 ):
@@ -170,3 +171,28 @@ def test_plan_prints_memory_and_refuses_what_a_declared_gpu_cannot_hold(
     assert len(lines) == 1 and "--gpu h100: configuration 1001-lora8a4 needs ~" in lines[0]
     assert "more than the h100's 0.5 GB" in lines[0] and "gradient_checkpointing" in lines[0]
     assert out.out == ""
+
+
+def test_table_marks_and_check_refuses_in_one_line_naming_the_configuration():
+    from lyco_bench.errors import BadInput
+    from lyco_bench.sweep.costs import load_hardware
+    from lyco_bench.sweep.gpu_memory import MemoryEstimate
+    from lyco_bench.sweep.memory_plan import check_fits, memory_table
+
+    h100 = load_hardware("h100")
+    small = MemoryEstimate(weights=2 * 10**9, adapter=10**6, optimizer=10**6, activations=10**9)
+    big = MemoryEstimate(weights=24 * 10**9, adapter=10**8, optimizer=10**8, activations=60 * 10**9)
+    estimates = {
+        "fits": (TrainingShape(2, 1024, 1024, "bf16", "bfloat16", True), small),
+        "flux-lora": (TrainingShape(1, 1024, 1024), big),
+    }
+    table = memory_table(estimates, h100)
+    rows = {line.split()[0]: line for line in table.splitlines()[1:3]}
+    assert rows["fits"].endswith("yes") and rows["flux-lora"].endswith("NO")
+    assert "1×1024×1024" in rows["flux-lora"] and "84.7 GB" in rows["flux-lora"]  # + 0.5 GiB context
+    with pytest.raises(BadInput) as err:
+        check_fits(estimates, h100)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("--gpu h100: configuration flux-lora needs ~84.7 GB")
+    assert "gradient_checkpointing: true or base_dtype: auto" in message
+    check_fits({"fits": estimates["fits"]}, h100)  # nothing to refuse

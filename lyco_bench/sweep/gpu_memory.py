@@ -82,7 +82,8 @@ class _GpuOps(TorchFunctionMode):
         elif self.dtype is not None and func in _FP32_OPS:
             args, kwargs = _cast((args, kwargs), torch.float32)
         if func is F.scaled_dot_product_attention:
-            q, k, v = args[:3] if len(args) >= 3 else (args + (kwargs["key"], kwargs["value"]))[:3]
+            named = [kwargs.get(name) for name in ("query", "key", "value")]
+            q, k, v = (*args[:3], *named[len(args[:3]) :])
             if self.dtype is not None:
                 q, k, v = (t.to(self.dtype) for t in (q, k, v))
             return _FlashAttention.apply(q, k, v)

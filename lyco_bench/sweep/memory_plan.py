@@ -14,8 +14,12 @@ from typing import Any
 
 from lyco_bench.errors import BadInput
 from lyco_bench.sweep.gpu_memory import MemoryEstimate, TrainingShape, estimate_training_memory
+from lyco_bench.utils import stable_hash
 
 _ESTIMATES: dict[str, MemoryEstimate] = {}
+MEMORY_FILE = "gpu-memory.json"
+"""A store's remembered estimates (digest → parts): a trace on ``meta`` takes a second or more."""
+ESTIMATE_VERSION = 1  # bumped when lyco_bench.sweep.gpu_memory counts differently
 
 
 def largest_bucket(plan: Any, config: str) -> tuple[int, int]:
@@ -33,20 +37,37 @@ def largest_bucket(plan: Any, config: str) -> tuple[int, int]:
 def plan_memory(plan: Any) -> dict[str, tuple[TrainingShape, MemoryEstimate]]:
     """Configuration → (shape, estimate); empty when the model's configs are not at hand (a hub
     model not downloaded yet)."""
-    from lyco_bench.sweep.sizing import _meta_models
+    from lyco_bench.sweep.sizing import _meta_models, _model_configs
 
     models = _meta_models(plan)
     if models is None:
         return {}
+    path = plan.store.root / MEMORY_FILE
+    remembered = _remembered(path)
+    for key, parts in remembered.items():
+        _ESTIMATES.setdefault(key, MemoryEstimate(*parts))
+    model_key = _model_configs(plan.study.study.model)
     out = {}
     for config, run in plan.inputs.runs.items():
         width, height = largest_bucket(plan, config)
-        out[config] = _estimate(plan, models, run, width, height)
+        out[config] = _estimate(plan, model_key, models, run, width, height)
+    if not _ESTIMATES.keys() <= remembered.keys() and plan.store.root.is_dir():
+        from lyco_bench.utils import atomic_write_json
+
+        atomic_write_json(path, {k: list(vars(v).values()) for k, v in sorted(_ESTIMATES.items())})
     return out
 
 
+def _remembered(path: Any) -> dict[str, list[int]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): [int(x) for x in v] for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}  # absent or damaged: estimated again
+
+
 def _estimate(
-    plan: Any, models: tuple, run: dict[str, Any], width: int, height: int
+    plan: Any, model_key: Any, models: tuple, run: dict[str, Any], width: int, height: int
 ) -> tuple[TrainingShape, Any]:
     from lyco_bench.adapters import AdapterModule, AdapterSpec, get_algorithm, inject
     from lyco_bench.training.config import text_encoder_gradients
@@ -54,9 +75,7 @@ def _estimate(
     adapter = run["adapter"]
     gradients = text_encoder_gradients(run, adapter["algo"])
     shape = TrainingShape.of_run(run, width=width, height=height, text_gradients=gradients)
-    key = json.dumps(
-        [plan.study.study.model, adapter, run["train_text_encoder"], vars(shape)], sort_keys=True
-    )
+    key = stable_hash([ESTIMATE_VERSION, model_key, adapter, run["train_text_encoder"], vars(shape)])
     if key not in _ESTIMATES:
         denoiser, *encoders = models
         for module in models:
