@@ -196,3 +196,35 @@ def test_table_marks_and_check_refuses_in_one_line_naming_the_configuration():
     assert "\n" not in message and message.startswith("--gpu h100: configuration flux-lora needs ~84.7 GB")
     assert "gradient_checkpointing: true or base_dtype: auto" in message
     check_fits({"fits": estimates["fits"]}, h100)  # nothing to refuse
+
+
+@pytest.mark.e2e  # plans the paper study three times (~30 s on two cores)
+def test_memory_settings_and_job_ids(tmp_path):
+    from lyco_bench.sweep.planner import build_plan
+    from lyco_bench.sweep.stages import run_config_for
+    from lyco_bench.sweep.store import StudyStore
+    from lyco_bench.sweep.study import load_study
+
+    local = [
+        "model=tiny:",
+        "dataset=demo:",
+        "encoders.dino=tiny:",
+        "encoders.clip=tiny:",
+        "encoders.vgg=tiny:",
+    ]
+
+    def plan(*extra):
+        study = load_study(PAPER, [*local, *extra])
+        return build_plan(study, StudyStore.open(tmp_path, study.name))
+
+    plain = plan()
+    ckpt = plan("training.gradient_checkpointing=true")
+    half = plan("training.base_dtype=auto")  # the paper trains under bf16 autocast: bfloat16
+    assert [j.id for j in ckpt.jobs] == [j.id for j in plain.jobs]  # the same numbers: the same jobs
+    train = ckpt.of_kind("train")[0]
+    assert train.spec["run"]["gradient_checkpointing"] is False
+    assert run_config_for(train, ckpt.store).gradient_checkpointing is True  # the worker still gets it
+    assert not run_config_for(plain.of_kind("train")[0], plain.store).gradient_checkpointing
+    changed = {j.kind for j, k in zip(half.jobs, plain.jobs, strict=True) if j.id != k.id}
+    assert "train" in changed and "prepare" not in changed
+    assert half.of_kind("train")[0].spec["run"]["base_dtype"] == "bfloat16"
