@@ -101,12 +101,15 @@ class _Saved:
     params: set[int]
     seen: dict[int, int] = field(default_factory=dict)
     block_peak: int = 0
+    held: list[Any] = field(default_factory=list)
+    """The storages counted, held so that no key (an id on meta) is reused during the trace."""
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         key = id(storage) if t.device.type == "meta" else storage.data_ptr()
-        if key not in self.params:
+        if key not in self.params and key not in self.seen:
             self.seen[key] = storage.nbytes()
+            self.held.append(storage)
         return t
 
     @property
