@@ -48,8 +48,11 @@ class Session:
         if device.type == "cuda":  # TF32 for what autocast leaves in fp32 (and fp32 training)
             cuda_fast_math()
         self._load_data()
-        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
-        self.pipe.to(device)
+        # A half-precision base is cast on the CPU before the denoiser and text encoders move, so
+        # their fp32 weights never occupy the GPU (only the VAE goes first, to encode latents).
+        self._staged = pipeline is None and config.base_dtype != "float32"
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device="cpu")
+        (self.pipe.vae if self._staged else self.pipe).to(device)
         self._modules = [m for m in (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae) if m is not None]
         self._was_training = [m.training for m in self._modules]
         self._grad_flags = [[p.requires_grad for p in m.parameters()] for m in self._modules]
@@ -144,7 +147,7 @@ class Session:
                 self.net = cls(cfg.adapter.options).attach(self.pipe, concepts=concepts)
             else:
                 self.net = inject(self.pipe.unet, text_encoder, cfg.adapter)
-        self.net.to(self.device)
+        self.net.to("cpu" if self._staged else self.device)
         # Gradients through the text encoder: for its adapters, or a method's parameters before it (TI).
         method = is_model_method(cls)
         self.text_encoder_gradients = cls.text_encoder_gradients if method else cfg.train_text_encoder
@@ -193,6 +196,9 @@ class Session:
         if cfg.base_dtype != "float32":  # after injection: the adapters' factors were made in fp32
             modules = [denoiser_of(self.pipe), *text_encoders_of(self.pipe)]
             self._base_cast = FrozenCast(modules, DTYPES[cfg.base_dtype], keep_originals=lent)
+            if self._staged:
+                for module in [*modules, self.net]:
+                    module.to(self.device)
         if cfg.cache_text_outputs:
             self.text_cache = TextOutputCache(self._encode_text)
             with self._autocast():
