@@ -1,6 +1,7 @@
-"""Adapter speed and memory on Stable Diffusion 1.5 layer shapes, next to LyCORIS and peft.
+"""Adapter speed and memory on Stable Diffusion 1.5, SDXL and FLUX.1 layer shapes, next to LyCORIS and peft.
 
-For each algorithm at its paper default (docs/protocol.md §3) and five SD1.5 layers (batch 2, fp32
+For each algorithm at its paper default (docs/protocol.md §3) and a family's layers
+(benchmarks/adapter_shapes.py: five SD1.5 layers at batch 2 by default; fp32
 or under bf16/fp16 autocast, CPU or a CUDA device) this measures, as multiples of the frozen layer
 alone under the same precision (input requires grad, weights frozen):
 train forward+backward time, bytes saved for backward (torch.autograd.graph.saved_tensors_hooks,
@@ -8,7 +9,9 @@ unique storages, parameters included), unmerged inference and merged inference t
 run in the same process, round-robin with ours, so load on the machine hits all alike.
 
     .venv/bin/python benchmarks/adapters.py [--quick] [--repeats N] [--layers attn320,conv640]
-        [--autocast bf16|fp16] [--device cuda]
+        [--autocast bf16|fp16] [--device cuda] [--family sd15|sdxl|flux] [--tokens N] [--algos lora,loha]
+
+``--tokens N`` runs each layer at its real widths on at most N tokens (a CPU run of SDXL/FLUX).
 
 With ``--autocast`` every variant (ours, LyCORIS, peft, the frozen layer) runs its forward under
 ``torch.autocast(device, dtype)`` with fp32 weights, as mixed-precision training does; the output
@@ -27,6 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
+from adapter_shapes import FAMILIES, LayerCase  # benchmarks/adapter_shapes.py (run as a script)
 from torch import nn
 
 from lyco_bench.adapters.algorithms.loha import LoHaModule  # noqa: F401
@@ -34,22 +38,6 @@ from lyco_bench.adapters.algorithms.lokr import LoKrModule  # noqa: F401  (regis
 from lyco_bench.adapters.algorithms.lora import LoRAModule  # noqa: F401
 from lyco_bench.adapters.algorithms.native import NativeModule  # noqa: F401
 from lyco_bench.adapters.base import ALGORITHMS
-
-
-@dataclass(frozen=True)
-class LayerCase:
-    name: str
-    make: Callable[[], nn.Module]
-    input_shape: tuple[int, ...]
-
-
-LAYERS = [
-    LayerCase("attn320", lambda: nn.Linear(320, 320), (2, 4096, 320)),
-    LayerCase("attn640", lambda: nn.Linear(640, 640), (2, 1024, 640)),
-    LayerCase("attn1280", lambda: nn.Linear(1280, 1280), (2, 256, 1280)),
-    LayerCase("ff1280", lambda: nn.Linear(1280, 5120), (2, 256, 1280)),
-    LayerCase("conv640", lambda: nn.Conv2d(640, 640, 3, padding=1), (2, 640, 32, 32)),
-]
 
 # (label, family, algorithm, settings): paper defaults, LoKr both full-block and dim 8.
 ALGOS = [
@@ -257,10 +245,14 @@ def merged_layer(layer: nn.Module, adapter: nn.Module) -> nn.Module:
     return merged
 
 
-def variants(families: list[str]) -> list[tuple[str, str, Callable[[nn.Module], nn.Module]]]:
+def variants(
+    families: list[str], algos: list[str] | None = None
+) -> list[tuple[str, str, Callable[[nn.Module], nn.Module]]]:
     """(row label, algorithm label, builder) for ours and the peers that implement it."""
     rows = []
     for label, algo, settings in ALGOS:
+        if algos is not None and algo not in algos:
+            continue
         rows.append((f"{label} [lyco-bench]", label, ours(algo, settings)))
         if "lycoris" in families:
             for bypass, tag in ((True, "bypass"), (False, "default")):
@@ -363,8 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats, no LyCORIS default path")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7)")
     parser.add_argument(
-        "--layers", default=None, help="comma-separated subset of " + ",".join(c.name for c in LAYERS)
+        "--family", choices=sorted(FAMILIES), default="sd15", help="layer shapes (default sd15)"
     )
+    parser.add_argument("--layers", default=None, help="comma-separated subset of the family's layers")
+    parser.add_argument("--tokens", type=int, default=None, help="at most this many tokens per layer")
+    parser.add_argument("--algos", default=None, help="comma-separated algorithms (default: every one)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--stat", choices=["median", "min"], default="median", help="statistic over repeats")
     parser.add_argument("--peers", default="lycoris,peft", help="peers to compare: lycoris,peft or none")
@@ -380,14 +375,16 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.quick else 7)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = [c for c in LAYERS if args.layers is None or c.name in args.layers.split(",")]
-    rows = variants(args.peers.split(","))
+    layers = FAMILIES[args.family]
+    cases = [c.capped(args.tokens) for c in layers if args.layers is None or c.name in args.layers.split(",")]
+    rows = variants(args.peers.split(","), None if args.algos is None else args.algos.split(","))
     if args.quick:
         rows = [r for r in rows if "default]" not in r[0]]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SETUP.describe()}, batch 2, "
-        f"{repeats} repeats"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SETUP.describe()}, "
+        f"{repeats} repeats, {args.family} layers"
     )
+    print("  " + ", ".join(f"{c.name} {tuple(c.input_shape)}" for c in cases))
     per_layer = {}
     for case in cases:
         t0 = time.perf_counter()

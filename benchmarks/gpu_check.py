@@ -18,7 +18,8 @@ leaves the rest of the table:
 5. the paper study shrunk to three configurations (one LoRA, LoHa, LoKr; one seed, one epoch,
    one image per prompt) run end to end by ``lyco-bench run``;
 6. the paper sweep's extrapolated GPU-hours: the cost model (lyco_bench/sweep/costs.py) with the
-   efficiencies measured in 1, 3 and 4 (fraction of the device's peak in benchmarks/gpu_costs.yaml).
+   efficiencies measured in 1, 3 and 4 (fraction of the device's peak in benchmarks/gpu_costs.yaml);
+7. one SDXL- and one FLUX-shaped training step, peak memory beside the estimate (gpu_check_large.py).
 
 ``--cpu-smoke`` uses the tiny model, 64 px, batch 2, 2 steps and fp32 where the CPU lacks a mode;
 its figures say nothing about a GPU, and its extrapolation uses the table's efficiencies.
@@ -356,8 +357,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
 
 
+from gpu_check_large import section_large  # noqa: E402  (7. SDXL- and FLUX-shaped steps)
+
 SECTIONS = {"train": section_train, "resume": section_resume, "generate": section_generate,
-            "encoders": section_encoders, "study": section_study, "extrapolate": section_extrapolate}  # fmt: skip
+            "encoders": section_encoders, "study": section_study, "extrapolate": section_extrapolate,
+            "large": section_large}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

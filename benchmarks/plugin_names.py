@@ -15,6 +15,9 @@ Each place is classified by what the name does there:
 * ``selects`` — it chooses behaviour: compared (``==``, ``in``, ``startswith``), a key of a table
   of per-plug-in behaviour, a registry looked up by a written name. A new plug-in of the kind
   cannot join without an edit here: these block an addition.
+* ``declares`` — a key of a module table in another plug-in's own file: that plug-in says how it
+  treats the named one (a model family's layer map for a preset); a new plug-in of the kind joins
+  without it (the family falls back to the preset's own selection), so it blocks nothing.
 * ``default`` — a default value (a function argument's, a settings field's, a module constant):
   the user's choice when they write none; another plug-in is chosen by configuration.
 * ``other`` — anything else (messages, help texts, identifiers that only share the name).
@@ -52,7 +55,7 @@ class Place:
     name: Name
     path: Path
     line: int
-    how: str  # selects | default | other
+    how: str  # selects | declares | default | other
     what: str  # literal | identifier | constant (a module constant holding the name, e.g. TINY_PREFIX)
 
 
@@ -96,8 +99,18 @@ def registered_names() -> list[Name]:
         kind = "method" if is_model_method(cls) else "algorithm"
         own = frozenset(_files_of(cls))
         names += [Name(n, kind, own) for n in (algo, *getattr(cls, "aliases", ()))]
-    for registry, kind in ((METRICS, "metric"), (ENCODERS, "encoder"), (PRESETS, "preset")):
-        names += [Name(n, kind, frozenset(_files_of(entry))) for n, entry in registry.items()]
+    registries: list[tuple[object, str]] = [(METRICS, "metric"), (ENCODERS, "encoder"), (PRESETS, "preset")]
+    try:
+        from lyco_bench.families import FAMILIES
+
+        registries.append((FAMILIES, "family"))
+    except ImportError:  # a tree from before model families
+        pass
+    for registry, kind in registries:
+        names += [
+            Name(n, kind, frozenset(_files_of(entry if kind != "family" else type(entry))))
+            for n, entry in registry.items()
+        ]  # a family is an instance of its own class: the class's file
     prefixes: list[tuple[object, str]] = [(GENERATED_DATASETS, "dataset")]
     try:
         from lyco_bench.sweep.assets import ASSET_PREFIXES
@@ -148,7 +161,7 @@ def _how(node: ast.AST, parents: dict[int, ast.AST]) -> str:
         at_module = isinstance(holder, ast.Assign | ast.AnnAssign) and isinstance(
             parents.get(id(holder)), ast.Module
         )
-        return "selects" if at_module else "other"
+        return "table" if at_module else "other"  # selects, or declares in a plug-in's own file
     if isinstance(parent, ast.arguments):
         return "default"
     if isinstance(parent, ast.Assign | ast.AnnAssign) and getattr(parent, "value", None) is child:
@@ -186,7 +199,14 @@ def scan(names: list[Name], trees: dict[Path, ast.Module] | None = None) -> list
         files = sorted(PACKAGE.rglob("*.py"))
         trees = {p.resolve(): ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in files}
     constants = _constants(trees, names)
-    return [place for path, tree in trees.items() for place in _places_in(path, tree, names, constants)]
+    plugin_files = frozenset().union(*(n.own for n in names))
+    places = [place for path, tree in trees.items() for place in _places_in(path, tree, names, constants)]
+    return [
+        p
+        if p.how != "table"
+        else Place(p.name, p.path, p.line, "declares" if p.path in plugin_files else "selects", p.what)
+        for p in places
+    ]
 
 
 def _places_in(
@@ -198,7 +218,9 @@ def _places_in(
         ident = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
         if ident in constants and not isinstance(parents.get(id(node)), ast.Assign):
             hits = [n for n in constants[ident] if path not in n.own]
-            places += [Place(n, path, node.lineno, _how(node, parents), "constant") for n in hits]
+            # a DEFAULT_* constant is the user's choice when they write none, wherever it is read
+            how = "default" if ident.startswith("DEFAULT") else _how(node, parents)
+            places += [Place(n, path, node.lineno, how, "constant") for n in hits]
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             text, what = node.value, "literal"
         elif isinstance(node, ast.Name | ast.Attribute) or (isinstance(node, ast.keyword) and node.arg):
@@ -231,7 +253,7 @@ def main() -> None:
     by_how = Counter(p.how for p in places)
     by_kind = Counter(p.name.kind for p in places if p.how == "selects")
     print(f"{len({n.text for n in names})} registered names; {len(places)} places outside their own files: "
-          + ", ".join(f"{how} {by_how[how]}" for how in ("selects", "default", "other")))  # fmt: skip
+          + ", ".join(f"{how} {by_how[how]}" for how in ("selects", "declares", "default", "other")))  # fmt: skip
     print("selects by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(by_kind.items())) or "none"))
 
 

@@ -253,7 +253,26 @@ def test_plan_prints_gpu_hours_and_refuses_an_unknown_gpu(
         "encoders.vgg=tiny:", "seeds=[23]", "checkpoint_epochs=[1]",
     ]  # fmt: skip
     (tmp_path / "paper").mkdir()  # a started store (plan never creates one): it remembers FLOP counts
-    assert main(["plan", str(PAPER), *overrides, "--store", str(tmp_path), "--gpu", "a100"]) == 0
+    import yaml
+
+    from lyco_bench.sweep.costs import DEFAULT_TABLE
+
+    table = yaml.safe_load(DEFAULT_TABLE.read_text())
+    del table["a100"]["memory_gb"]  # no training-memory table here (tests/test_sweep_memory.py: ~20 s)
+    costs_file = tmp_path / "gpu-costs.yaml"
+    costs_file.write_text(yaml.safe_dump(table))
+    args = [
+        "plan",
+        str(PAPER),
+        *overrides,
+        "--store",
+        str(tmp_path),
+        "--gpu",
+        "a100",
+        "--gpu-costs",
+        str(costs_file),
+    ]
+    assert main(args) == 0
     printed = capsys.readouterr()
     out = printed.out + printed.err  # the tables go to the console (stderr), the summary to stdout
     assert "GPU-hours on one a100" in out and "\ntotal " in out and "generate efficiency: assumed" in out

@@ -8,29 +8,35 @@ state on ``ctx``, backward replays it, so the products of backward run in the fo
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+
+EMULATED_AUTOCAST: dict[str, torch.dtype] = {}
+"""Device type → autocast dtype for devices autocast does not run on (``meta``: the GPU-memory
+trace of lyco_bench.sweep.gpu_memory emulates autocast there and sets it)."""
 
 
 def record_autocast(ctx: Any, x: torch.Tensor) -> torch.dtype | None:
     """Store the forward's autocast state on ``ctx`` (for :func:`replay_autocast`) and return
     the autocast dtype, or None when autocast is off for ``x``'s device."""
     device_type = x.device.type
-    on = _autocast_enabled(device_type) and x.is_floating_point()
-    ctx.autocast = (device_type, torch.get_autocast_dtype(device_type) if on else None)
+    if torch.amp.is_autocast_available(device_type):
+        on = torch.is_autocast_enabled(device_type) and x.is_floating_point()
+        dtype = torch.get_autocast_dtype(device_type) if on else None
+    else:
+        dtype = EMULATED_AUTOCAST.get(device_type) if x.is_floating_point() else None
+    ctx.autocast = (device_type, dtype)
     ctx.input_dtype = x.dtype
     return ctx.autocast[1]
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type``; off for a device that has none (``meta``,
-    where the cost model counts an adapter's FLOPs without weights)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # "unknown device type for autocast"
-        return False
+def autocast_off(device_type: str) -> AbstractContextManager:
+    """Autocast turned off for ``device_type`` (nothing to turn off where it does not run)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def replay_autocast(ctx: Any) -> AbstractContextManager:

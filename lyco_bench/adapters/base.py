@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lyco_bench.adapters.amp import as_dtype, cast_grads, record_autocast, replay_autocast
+from lyco_bench.adapters.amp import as_dtype, autocast_off, cast_grads, record_autocast, replay_autocast
 from lyco_bench.adapters.layer_tools import (
     MEMORY_WEIGHT,
     alpha_tensor,
@@ -234,7 +234,7 @@ class AdapterModule(Configurable, nn.Module):
         grad_x = None
         if input_grad:
             # W0 + λΔW in the parameters' dtype, cast to g's by dense_input_grad (as in forward)
-            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            with torch.no_grad(), autocast_off(x.device.type):
                 grad_x = dense_input_grad(self, x, self.merged_weight(), g)
         params = [p for p in self.parameters() if p.requires_grad]
         return grad_x, (self.merged_param_grads(x, g) if params else ())
@@ -343,7 +343,7 @@ class _MergedForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: AdapterModule, *params: torch.Tensor) -> torch.Tensor:
         dtype = record_autocast(ctx, x)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad(), autocast_off(x.device.type):
             w, bias = module.merged_weight(), module.base.bias
             if dtype is not None:  # as autocast casts a base op's operands
                 x, w = x.to(dtype), w.to(dtype)

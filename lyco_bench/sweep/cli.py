@@ -38,11 +38,17 @@ def load_plan(study_path: str, overrides: list[str], store_dir: str, *, verify_i
 
 
 def print_plan(
-    plan: Plan, done: set[str], *, list_jobs: bool = False, hardware=None, stale_shown: int = 10
+    plan: Plan,
+    done: set[str],
+    *,
+    list_jobs: bool = False,
+    hardware=None,
+    stale_shown: int = 10,
+    memory: bool = False,
 ) -> str:
     """The plan's tables (jobs per kind, stale jobs, the finished store's size, and with
-    ``hardware`` — a :class:`lyco_bench.sweep.costs.Hardware` — the GPU-hours per stage); returns
-    the one-line summary."""
+    ``hardware`` — a :class:`lyco_bench.sweep.costs.Hardware` — the GPU-hours per stage and, with
+    ``memory``, each configuration's training GPU memory); returns the one-line summary."""
     from rich.table import Table
 
     from lyco_bench.sweep.costs import job_costs
@@ -84,6 +90,10 @@ def print_plan(
             state = "done" if job.id in done else "stale" if job.id in stale else "left"
             console.print(f"{state:5s}  {job.id}", highlight=False)
     print_store_estimate(plan)
+    if hardware is not None and hardware.memory_gb and memory:
+        from lyco_bench.sweep.memory_plan import memory_table, plan_memory
+
+        console.print(memory_table(plan_memory(plan), hardware), highlight=False, soft_wrap=True)
     if hardware is not None:
         from lyco_bench.sweep.costs import cost_table, estimate_costs
 
@@ -123,8 +133,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.gpu != "none" and (args.gpu is not None or args.gpu_costs is not None or DEFAULT_TABLE.is_file()):
         hardware = load_hardware(args.gpu or "h100", args.gpu_costs)
     plan = load_plan(args.study, args.overrides, args.store)
+    if args.gpu is not None and hardware is not None:  # a declared GPU: what cannot fit is refused
+        from lyco_bench.sweep.memory_plan import check_fits, plan_memory
+
+        check_fits(plan_memory(plan), hardware)
     done = plan.done_ids()
-    summary = print_plan(plan, done, list_jobs=args.list, hardware=hardware)
+    summary = print_plan(plan, done, list_jobs=args.list, hardware=hardware, memory=args.gpu is not None)
     print(f"{summary} [{time.perf_counter() - start:.2f} s]")
     return 0
 
@@ -222,7 +236,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gpu", metavar="NAME",
         help="print the study's GPU-hours per stage on this GPU (a row of --gpu-costs; default h100 "
-        "when the table is there; none: no estimate)",
+        "when the table is there; none: no estimate); named, it also prints each configuration's "
+        "training GPU memory and refuses one that does not fit this GPU",
     )  # fmt: skip
     p.add_argument(
         "--gpu-costs", metavar="YAML",

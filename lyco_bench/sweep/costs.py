@@ -48,6 +48,8 @@ class Hardware:
     efficiency: dict[str, float]
     sources: dict[str, str]
     """Stage (or ``peak``) → where its figure comes from (measured by…, assumed because…)."""
+    memory_gb: float | None = None
+    """GPU memory in GB (10⁹ bytes, the datasheet's); None: training memory is not checked."""
 
     def seconds(self, stage: str, flops: float, precision: str) -> float:
         return flops / (self.peak_tflops[precision] * 1e12 * self.efficiency[stage])
@@ -78,7 +80,10 @@ def load_hardware(name: str, table: str | Path | None = None) -> Hardware:
     for stage, value in eff.items():
         if not 0 < value <= 1:
             raise BadInput(f"{path}: {name}.efficiency.{stage}.value: must be in (0, 1]")
-    return Hardware(name=name, peak_tflops=peak, efficiency=eff, sources=sources)
+    memory = row.get("memory_gb")
+    if memory is not None and not (isinstance(memory, int | float) and memory > 0):
+        raise BadInput(f"{path}: {name}.memory_gb: must be a positive number")
+    return Hardware(name=name, peak_tflops=peak, efficiency=eff, sources=sources, memory_gb=memory)
 
 
 _FLOPS_CACHE: dict[str, float] = {}

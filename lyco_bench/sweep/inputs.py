@@ -34,6 +34,11 @@ _RUN_LOCAL_FIELDS = {
     "model", "dataset", "cache_dir", "device", "skip_bad_images", "checkpoint_epochs", "checkpoint_every",
     "class_images",
 }  # fmt: skip
+# Settings added after job ids existed: at these values they leave a job's identity unchanged.
+_LEFT_OUT_AT_DEFAULT = {"base_dtype": "float32", "cache_text_outputs": False}
+RUN_HINT_FIELDS = ("gradient_checkpointing",)
+"""Run settings that change memory and speed but not a checkpoint's numbers (tested exact):
+outside the job id, passed to the worker in the train job's params."""
 # Schedules whose lr at a step does not depend on the run's length: a checkpoint at epoch e is the
 # same whatever the last epoch is.
 LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
@@ -202,10 +207,21 @@ def dataset_identity(dataset: Any, hasher: FileHasher) -> DatasetIdentity:
 
 
 def run_identity(run: dict[str, Any]) -> dict[str, Any]:
-    """A resolved RunConfig (as JSON) without what does not change its checkpoints."""
+    """A resolved RunConfig (as JSON) without what does not change its checkpoints.
+
+    Memory settings at their defaults are left out (the ids made before they existed stay);
+    gradient checkpointing recomputes the same numbers, so it is held at false here and handed
+    to the worker outside the id (:data:`RUN_HINT_FIELDS`, the train job's params).
+    """
     out = {k: v for k, v in run.items() if k not in _RUN_LOCAL_FIELDS}
     if run.get("lr_scheduler") in LENGTH_FREE_SCHEDULES:
         out.pop("epochs", None)
+    for key, default in _LEFT_OUT_AT_DEFAULT.items():
+        if out.get(key, default) == default:
+            out.pop(key, None)
+    for key in RUN_HINT_FIELDS:
+        if key in out:
+            out[key] = False
     return out
 
 

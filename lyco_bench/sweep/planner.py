@@ -36,7 +36,7 @@ from lyco_bench.errors import BadInput
 from lyco_bench.families import family_identity
 from lyco_bench.sweep.assets import built_encoders, built_model, model_rough_costs
 from lyco_bench.sweep.axes import Variant, evaluations
-from lyco_bench.sweep.inputs import StudyInputs, needed_kinds, resolve_inputs, run_identity
+from lyco_bench.sweep.inputs import RUN_HINT_FIELDS, StudyInputs, needed_kinds, resolve_inputs, run_identity
 from lyco_bench.sweep.jobs import ASSET_VERSIONS, Job, make_job  # noqa: F401 - re-exported
 from lyco_bench.sweep.sources import pin_encoders, pin_model
 from lyco_bench.sweep.store import StudyStore
@@ -171,6 +171,7 @@ def _train_job(
         config=config.name,
         seed=seed,
         class_images=class_job.params["count"] if class_job is not None else None,
+        run_hints={key: resolved[key] for key in RUN_HINT_FIELDS if key in resolved},
         **_where(study),
     )
 

@@ -87,6 +87,7 @@ def run_config_for(job: Job, store: StudyStore) -> Any:
         "model": model_path(job.params["model"], store),
         "dataset": dataset_path(job.params["dataset"], store),
         "cache_dir": str(store.cache_dir / "latents"),
+        **job.params.get("run_hints", {}),  # settings outside the id (sweep.inputs.RUN_HINT_FIELDS)
     }
     if job.params.get("class_images") is not None:
         data["class_images"] = str(store.class_images_dir(job.params["class_images"]))

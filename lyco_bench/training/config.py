@@ -86,6 +86,17 @@ class RunConfig(StrictModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """The paper trained in bf16 on a GPU; fp16 needs a GPU (loss scaling)."""
     gradient_checkpointing: bool = False
+    """Recompute the denoiser's (and trained text encoders') blocks in backward instead of keeping
+    their activations: the same numbers, less memory, ~30% more compute."""
+    base_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """The frozen base weights' dtype (denoiser, text encoders); adapter parameters and optimizer
+    state stay float32. A half dtype needs ``mixed_precision`` of the same dtype (the base layers
+    then compute in it, as autocast casts them anyway). ``auto``: ``mixed_precision``'s dtype
+    (``bf16`` → bfloat16, ``fp16`` → float16, ``no`` → float32), resolved here."""
+    cache_text_outputs: bool = False
+    """Encode every caption the run can draw once, then train on the stored outputs and take the
+    text encoders off the GPU. Only when no text encoder gets gradients (no text-encoder adapter,
+    no textual inversion): otherwise resolved to false."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
     cache_dir: str | None = None
@@ -122,6 +133,10 @@ class RunConfig(StrictModel):
         elif "train_text_encoder" in adapter:
             data["train_text_encoder"] = adapter["train_text_encoder"]
         data["adapter"] = adapter
+        if data.get("base_dtype") == "auto":
+            data["base_dtype"] = AUTOCAST_BASE_DTYPE.get(data.get("mixed_precision", "no"), "auto")
+        if data.get("cache_text_outputs") is True and text_encoder_gradients(data, algo):
+            data["cache_text_outputs"] = False  # nothing to cache: the outputs change every step
         return data
 
     @field_validator("betas")
@@ -160,6 +175,12 @@ class RunConfig(StrictModel):
     def _consistent(self) -> RunConfig:
         if self.adapter.train_text_encoder != self.train_text_encoder:
             raise ValueError("train_text_encoder differs from adapter.train_text_encoder (set one)")
+        if self.base_dtype != "float32" and AUTOCAST_BASE_DTYPE[self.mixed_precision] != self.base_dtype:
+            want = {v: k for k, v in AUTOCAST_BASE_DTYPE.items()}[self.base_dtype]
+            raise ValueError(
+                f"base_dtype: {self.base_dtype} needs mixed_precision: {want} "
+                f"(got {self.mixed_precision}; the base layers compute in their weights' dtype)"
+            )
         late = [e for e in self.checkpoint_epochs if e > self.epochs]
         if late:
             raise ValueError(f"checkpoint_epochs: {late[0]} is after the last epoch ({self.epochs})")
@@ -174,6 +195,21 @@ class RunConfig(StrictModel):
             else ()
         )
         return sorted({*self.checkpoint_epochs, *every, self.epochs})
+
+
+AUTOCAST_BASE_DTYPE = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""``base_dtype: auto`` per ``mixed_precision``: the dtype autocast computes the base layers in."""
+
+
+def text_encoder_gradients(data: dict[str, Any], algo: str) -> bool:
+    """Whether a run (raw config) back-propagates into a text encoder: a model-level method's own
+    declaration (textual inversion does), else whether text-encoder adapters are trained."""
+    from lyco_bench.methods import is_model_method
+
+    cls = ALGORITHMS.get(algo)
+    if cls is not None and is_model_method(cls):
+        return bool(cls.text_encoder_gradients)
+    return bool(data.get("train_text_encoder", True))
 
 
 def checkpoint_path(out_dir: str | os.PathLike, epoch: int) -> Path:

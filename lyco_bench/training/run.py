@@ -47,7 +47,9 @@ def _resolved(config: RunConfig) -> dict[str, Any]:
 
 
 # Keys that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"checkpoint_epochs", "checkpoint_every", "cache_dir", "device", "skip_bad_images"}
+_RESUMABLE_CHANGES = {
+    "checkpoint_epochs", "checkpoint_every", "cache_dir", "device", "skip_bad_images", "gradient_checkpointing",
+}  # fmt: skip
 
 
 def find_resume(config: RunConfig, out_dir: Path) -> tuple[int, dict[str, Any]] | None:

@@ -22,6 +22,13 @@ import torch.nn.functional as F
 
 from lyco_bench.errors import BadInput
 from lyco_bench.training.config import RunConfig, default_cache_dir
+from lyco_bench.training.memory import (
+    DTYPES,
+    FrozenCast,
+    TextOutputCache,
+    denoiser_of,
+    text_encoders_of,
+)
 
 GENERATORS = ("order", "caption", "noise")
 
@@ -45,8 +52,11 @@ class Session:
         if device.type == "cuda":  # TF32 for what autocast leaves in fp32 (and fp32 training)
             cuda_fast_math()
         self._load_data()
-        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device=device)
-        self.pipe.to(device)
+        # A half-precision base is cast on the CPU before the denoiser and text encoders move, so
+        # their fp32 weights never occupy the GPU (only the VAE goes first, to encode latents).
+        self._staged = pipeline is None and config.base_dtype != "float32"
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model, device="cpu")
+        (self.pipe.vae if self._staged else self.pipe).to(device)
         self.family = family_of(self.pipe)
         self.denoiser = self.family.denoiser(self.pipe)
         self.encoders = self.family.encoders(self.pipe)
@@ -55,6 +65,9 @@ class Session:
         self._was_training = [m.training for m in self._modules]
         self._grad_flags = [[p.requires_grad for p in m.parameters()] for m in self._modules]
         self.net = None
+        self._base_cast: Any = None
+        self._offloaded: list[torch.nn.Module] = []
+        self.text_cache: Any = None
         try:
             for module in self._modules:
                 module.requires_grad_(False)
@@ -63,6 +76,7 @@ class Session:
             self.prior = self._prior_data()
             self._build_network()
             self._build_optimizer()
+            self._save_memory(lent=pipeline is not None)
         except BaseException:
             self.close()
             raise
@@ -137,7 +151,7 @@ class Session:
                 self.net = cls(cfg.adapter.options).attach(self.pipe, concepts=concepts)
             else:
                 self.net = inject(self.denoiser, trained, cfg.adapter)
-        self.net.to(self.device)
+        self.net.to("cpu" if self._staged else self.device)
         # Gradients through the text encoder: for its adapters, or a method's parameters before it (TI).
         method = is_model_method(cls)
         self.text_encoder_gradients = cls.text_encoder_gradients if method else cfg.train_text_encoder
@@ -175,6 +189,58 @@ class Session:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+
+    def _trained_text_encoders(self) -> list[torch.nn.Module]:
+        return text_encoders_of(self.pipe) if self.config.train_text_encoder else []
+
+    def _save_memory(self, *, lent: bool) -> None:
+        """base_dtype, cache_text_outputs, and the VAE off the GPU once latents are cached.
+
+        Modules leave the device only when it is not the CPU (there they are already where they
+        would go). ``lent``: the caller's pipeline, given back as it came (lyco_bench.training.memory).
+        """
+        cfg = self.config
+        if cfg.base_dtype != "float32":  # after injection: the adapters' factors were made in fp32
+            modules = [denoiser_of(self.pipe), *text_encoders_of(self.pipe)]
+            self._base_cast = FrozenCast(modules, DTYPES[cfg.base_dtype], keep_originals=lent)
+            if self._staged:
+                for module in [*modules, self.net]:
+                    module.to(self.device)
+        if cfg.cache_text_outputs:
+            self.text_cache = TextOutputCache(self._encode_text)
+            with self._autocast():
+                self.text_cache.fill(self._all_captions())
+            self._offload(text_encoders_of(self.pipe))
+        if self.prior is None:  # prior preservation encodes class images as it draws them
+            self._offload([self.pipe.vae])
+
+    def _offload(self, modules: list[torch.nn.Module]) -> None:
+        if self.device.type != "cpu":
+            for module in modules:
+                module.to("cpu")
+                self._offloaded.append(module)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _all_captions(self) -> set[str]:
+        """Every caption a step can draw: each image's caption, the empty one under caption
+        dropout, the class prompts of prior preservation (caption_for draws nothing else)."""
+        from lyco_bench.data import caption_for
+
+        cfg = self.config
+        captions = {
+            self.net.caption(caption_for(item, concept, cfg.captions.strategy), concept)
+            for concept, item in self.pairs
+        }
+        if cfg.captions.dropout > 0:
+            captions |= {self.net.caption("", concept) for concept, _ in self.pairs}
+        if self.prior is not None:
+            captions |= set(self.prior.prompts.values())
+        return captions
+
+    def _autocast(self) -> Any:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     # --- training ----------------------------------------------------------------------------
     def _batches(self, generator: torch.Generator) -> list[list[int]]:
@@ -249,12 +315,13 @@ class Session:
         """The family's denoising MSE of one batch (graph attached)."""
         captions, x_t, t, target, geometry = self._inputs(batch)
         dev = self.device
-        with torch.autocast(
-            dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-        ):
-            with torch.set_grad_enabled(self.text_encoder_gradients):
-                cond = self.family.encode_prompts(self.pipe, captions, dev)
-            cond.update(self.family.extra_conditioning(self.pipe, geometry, dev))
+        with self._autocast():
+            if self.text_cache is not None:
+                cond = self.text_cache(captions)
+            else:
+                with torch.set_grad_enabled(self.text_encoder_gradients):
+                    cond = self._encode_text(captions)
+            cond = {**cond, **self.family.extra_conditioning(self.pipe, geometry, dev)}
             pred = self.family.predict(self.pipe, x_t.to(dev), t.to(dev), cond)  # (B[+B], C, h, w)
         pred, target = pred.float(), target.to(dev).float()
         if self.prior is None:
@@ -262,6 +329,10 @@ class Session:
         n = len(batch)  # instance samples first, then their class samples
         prior = F.mse_loss(pred[n:], target[n:])
         return F.mse_loss(pred[:n], target[:n]) + self.config.prior_loss_weight * prior
+
+    def _encode_text(self, captions: list[str]) -> dict[str, Any]:
+        """The denoiser's text conditioning of ``captions`` (the family's, batch first)."""
+        return self.family.encode_prompts(self.pipe, captions, self.device)
 
     def step(self, batch: list[int]) -> float:
         """One optimizer step; returns the batch loss."""
@@ -288,6 +359,11 @@ class Session:
             self.denoiser.disable_gradient_checkpointing()
             for encoder in getattr(self, "_checkpointed", []):
                 encoder.gradient_checkpointing_disable()
+        if self._base_cast is not None:
+            self._base_cast.restore()
+        for module in self._offloaded:
+            module.to(self.device)
+        self._offloaded = []
         for module, training, flags in zip(self._modules, self._was_training, self._grad_flags, strict=True):
             module.train(training)
             for param, flag in zip(module.parameters(), flags, strict=True):

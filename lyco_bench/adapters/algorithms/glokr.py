@@ -175,12 +175,13 @@ class GLoKrModule(AdapterModule):
 
     # --- maths -----------------------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
-        w0, la = self.base.weight, self.a_layout
+        a1, la = self.a1(), self.a_layout
+        w0 = self.base.weight.to(a1.dtype)  # a half-precision base (base_dtype) in the factors' dtype
         k = tuple(w0.shape[2:])
         # W0·(A1 ⊗ A2): W0 as (out, in₁, in₂, *k), ΔW[o, (c, e)] = Σ_bd W0[o, (b, d)]·A1[b, c]·A2[d, e]
         w0v = w0.reshape(w0.shape[0], la.in1, la.in2, *k)
         t = torch.einsum("obd...,de->obe...", w0v, self.a2())
-        wa = torch.einsum("obe...,bc->oce...", t, self.a1()).reshape(w0.shape)
+        wa = torch.einsum("obe...,bc->oce...", t, a1).reshape(w0.shape)
         w1, w2 = self.w1(), self.w2()
         wk = torch.kron(w1.view(*w1.shape, *([1] * len(k))), w2)
         return (wa + wk).mul_(self.scale)
@@ -231,7 +232,8 @@ class GLoKrModule(AdapterModule):
 
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         """s·(W0·(A1 ⊗ A2)·x + (W1 ⊗ W2)·x); the forward folds the first term into the base op."""
-        ya = self.base_op(self.apply_a(x), self.base.weight, None)
+        xa = self.apply_a(x)
+        ya = self.base_op(xa, self.base.weight.to(xa.dtype), None)
         return ya.add_(self.apply_w(x)).mul_(self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

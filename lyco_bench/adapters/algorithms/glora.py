@@ -104,7 +104,8 @@ class GLoRAModule(AdapterModule):
     # --- maths -----------------------------------------------------------------------------
     def w0_a1(self) -> torch.Tensor:
         """U = W0·a1: (out, r) for Linear, (out, r, kh, kw) for conv (the kernel axes kept)."""
-        w0, a1 = self.base.weight, self.a1.flatten(1)  # a1: (in, r)
+        a1 = self.a1.flatten(1)  # a1: (in, r)
+        w0 = self.base.weight.to(a1.dtype)  # a half-precision base (base_dtype) in the factors' dtype
         if not self.is_conv:
             return w0 @ a1
         return torch.einsum("oihw,ir->orhw", w0, a1)
@@ -127,7 +128,7 @@ class GLoRAModule(AdapterModule):
     def merged_weight(self) -> torch.Tensor:
         if not self.pointwise:
             return super().merged_weight()
-        w0 = self.base.weight
+        w0 = self.base.weight.to(self.a1.dtype)
         up, down = self._pair()
         # W0 + λs·[U | b1]·[a2; b2] in one pass over the weight
         merged = torch.addmm(w0.view(w0.shape[0], -1), up, down, alpha=self.multiplier * self.scale)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from lyco_bench.adapters.amp import as_dtype, cast_grads, replay_autocast
+from lyco_bench.adapters.amp import as_dtype, autocast_off, cast_grads, replay_autocast
 from lyco_bench.adapters.base import (
     LYCORIS_LR_GRID,
     MEMORY_WEIGHT,
@@ -101,7 +101,9 @@ class LoRAModule(DoRAMixin, AdapterModule):
     def merged_weight(self) -> torch.Tensor:
         if self.tucker or self.dora:
             return super().merged_weight()
-        w0 = self.base.weight
+        w0 = self.base.weight.to(
+            self.lora_up.dtype
+        )  # a half-precision base (base_dtype) in the factors' dtype
         # W0 + λs·B·A in one pass over the weight
         merged = torch.addmm(
             w0.view(w0.shape[0], -1),
@@ -247,7 +249,7 @@ def _lora_backward(
     s = m.scale * m.multiplier
     grad_x = grad_down = grad_up = None
     if needs[0]:
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             w = m.merged_weight().to(dt)  # built in the parameters' dtype, cast as in forward
         if m.is_conv:
             grad_x = torch.nn.grad.conv2d_input(x.shape, w, g, base.stride, base.padding, base.dilation)
