@@ -343,6 +343,11 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     comparison = pd.read_csv(reports / "micro" / "comparison.csv")
     pairs = set(zip(comparison["config"], comparison["reference"], strict=True))
     assert {("lora2-x0.5", "lora2"), ("lora2@tiny1", "lora2"), ("lora2-c2", "lora2")} <= pairs
+    # the multiplier sweep side by side: per prompt class one grid, a row per λ and the base model's
+    grids = sorted(p.name for p in (reports / "micro" / "grids").glob("*multiplier*.png"))
+    assert grids and all(g.startswith("lora2__multiplier__") for g in grids)
+    html = (reports / "micro" / "index.html").read_text()
+    assert all(f"grids/{g}" in html for g in grids)
     capsys.readouterr()
     assert main(["plan", str(path), "--store", str(store)]) == 0  # every job stays done, extraction too
     said = capsys.readouterr()

@@ -33,6 +33,7 @@ LORA_ONLY = [
     "analysis.shap_refits=0",
     "checkpoint_every=null",  # the findings read the full evaluation only: no trajectory jobs
     "trajectory=null",
+    "eval_multipliers=[]",  # nor the strength axis
 ]
 
 

@@ -243,7 +243,7 @@ def analyze_and_report(plan: Plan, results: Any, *, reports_dir: Path, plots: bo
         out_dir=out_dir,
         figures=analysis.figures,
         image_manifests={"base": plan.store.base_images_dir / "manifest.parquet"},
-        grid_sets=[checkpoint_grids(plan)],
+        grid_sets=[g for g in (checkpoint_grids(plan), multiplier_grids(plan)) if g is not None],
         costs=run_costs(plan),
         base_key="base",
         bootstrap=bootstrap,
@@ -273,6 +273,31 @@ def checkpoint_grids(plan: Plan) -> Any:
         for config in plan.study.configs for name, _ in evaluations(study, config) for epoch, seed in kept
     ]  # fmt: skip
     return GridSet(pd.DataFrame(rows), columns=("epoch", "seed"), group_by=("config",))
+
+
+def multiplier_grids(plan: Plan) -> Any | None:
+    """The multiplier sweep side by side (a study with ``eval_multipliers``): per as-trained
+    evaluation and prompt class one row per λ (1 included) at the first seed's last checkpoint, the
+    base model's images of the same prompts and seeds underneath; None without the axis."""
+    import pandas as pd
+
+    from lyco_bench.analysis.grids import GridSet
+    from lyco_bench.sweep.axes import Variant
+
+    study = plan.study.study
+    if not study.eval_multipliers:
+        return None
+    seed, epoch = study.seeds[0], max(study.checkpoint_epochs)
+    rows = []
+    for config in plan.study.configs:
+        named = evaluations(study, config)
+        for name, v in named:
+            if v.model is None and v.compress is None:
+                trained = config.name + Variant(rank=v.rank).suffix()
+                rows.append({"config": trained, "multiplier": v.multiplier,
+                             "manifest": plan.store.images_dir(name, seed, epoch) / "manifest.parquet"})  # fmt: skip
+    table = pd.DataFrame(rows).sort_values(["config", "multiplier"], kind="stable")
+    return GridSet(table.reset_index(drop=True), columns=("multiplier",), group_by=("config",))
 
 
 def _contrasts(plan: Plan) -> list[Any]:
