@@ -110,16 +110,15 @@ def unet_forward_flops(unet_config: dict, width: int, height: int, text_dim: int
     key = _key(["unet", unet_config, width, height])
     if key not in _FLOPS_CACHE:
         import torch
-        from diffusers import UNet2DConditionModel
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.device("meta"):
-            unet = _meta_model("unet", unet_config, UNet2DConditionModel)
-            cross = unet.config.cross_attention_dim
-            x = torch.empty(1, unet.config.in_channels, height // 8, width // 8)
-            text = torch.empty(1, 77, cross if isinstance(cross, int) else cross[0])
-            with FlopCounterMode(display=False) as counter:
-                unet(x, torch.tensor([1]), encoder_hidden_states=text)
+        from lyco_bench.sweep.gpu_memory import denoiser_class, denoiser_inputs
+
+        with torch.device("meta"):  # a UNet (SDXL's added conditioning included) or a FLUX transformer
+            unet = _meta_model("unet", unet_config, denoiser_class(unet_config))
+            args, kwargs = denoiser_inputs(unet, 1, width, height)
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                unet(*args, **kwargs)
         _FLOPS_CACHE[key] = float(counter.get_total_flops())
     return _FLOPS_CACHE[key]
 

@@ -30,6 +30,7 @@ where a GPU is lent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +185,17 @@ def _checkpointing(module: nn.Module, outer: _Saved, on: bool):
         yield
     finally:
         module.disable_gradient_checkpointing()
+
+
+def denoiser_class(config: Mapping[str, Any]) -> type:
+    """The diffusers class of a denoiser config: its saved ``_class_name``, else a FLUX-style
+    transformer when it has a joint attention width, else a UNet."""
+    import diffusers
+
+    name = config.get("_class_name") or (
+        "FluxTransformer2DModel" if "joint_attention_dim" in config else "UNet2DConditionModel"
+    )
+    return getattr(diffusers, name)
 
 
 def denoiser_inputs(

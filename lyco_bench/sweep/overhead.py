@@ -19,15 +19,17 @@ UNMERGED_COLUMN = "unmerged_overhead"
 _CACHE: dict[str, float] = {}
 
 
-def _flops(unet: Any, width: int, height: int) -> float:
+def _flops(denoiser: Any, width: int, height: int) -> float:
+    """FLOPs of one forward of the denoiser (a UNet, SDXL's included, or a FLUX transformer: its
+    inputs from its config, lyco_bench.sweep.gpu_memory.denoiser_inputs)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    cross = unet.config.cross_attention_dim
-    x = torch.empty(1, unet.config.in_channels, height // 8, width // 8, device="meta")
-    text = torch.empty(1, 77, cross if isinstance(cross, int) else cross[0], device="meta")
+    from lyco_bench.sweep.gpu_memory import denoiser_inputs
+
+    args, kwargs = denoiser_inputs(denoiser, 1, width, height)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(x, torch.tensor([1], device="meta"), encoder_hidden_states=text)
+        denoiser(*args, **kwargs)
     return float(counter.get_total_flops())
 
 
@@ -47,10 +49,11 @@ def unmerged_overhead(unet_config: dict, adapter: dict, width: int, height: int)
     key = json.dumps([unet_config, spec.model_dump(mode="json"), width, height], sort_keys=True, default=str)
     if key not in _CACHE:
         import torch
-        from diffusers import UNet2DConditionModel
+
+        from lyco_bench.sweep.gpu_memory import denoiser_class
 
         with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_config)
+            unet = denoiser_class(unet_config).from_config(unet_config)
             base = _flops(unet, width, height)
             network = inject(unet, None, spec)
             for module in network.modules():  # unmerged: base(x) + λ·bypass(x), never W0 + λΔW

@@ -234,12 +234,13 @@ def _meta_models(plan: Any) -> tuple[Any, Any] | None:
     configs = _model_configs(value)
     result = None
     if configs is not None:
-        from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
+
+        from lyco_bench.sweep.gpu_memory import denoiser_class
 
         unet_cfg, text_cfg = configs
         with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_cfg)
+            unet = denoiser_class(unet_cfg).from_config(unet_cfg)
             text = CLIPTextModel(CLIPTextConfig(**text_cfg))
         result = (unet, text)
     _META_CACHE[value] = result
