@@ -296,7 +296,9 @@ def test_extracting_a_lora_at_its_own_rank_keeps_it(tmp_path):
 @pytest.mark.e2e
 def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dataset_dir, capsys):
     """λ ∈ {0.5, 1}, a second tiny base (``tiny:1``: another seed) and a rank-2 extraction of a
-    rank-4 LoRA: trained once, evaluated four ways, analysed, on the leaderboard."""
+    rank-4 LoRA, and a checkpoint every epoch scored on a trajectory budget: trained once,
+    evaluated four ways at its last epoch and on the budget at the one before, analysed, on the
+    leaderboard with its best checkpoint."""
     import pandas as pd
 
     from lyco_bench.cli import main
@@ -308,7 +310,9 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     path = micro_study(tmp_path, model=str(tiny_model_dir), dataset=str(demo_dataset_dir), encoders=encoders)
     spec = yaml.safe_load(path.read_text())
     spec["algorithms"]["lora"]["adapter"] = {"dim": 4, "alpha": 2}
-    spec |= {"eval_multipliers": [0.5, 1.0], "eval_models": ["tiny:1"], "eval_compress": [2]}
+    spec |= {"eval_multipliers": [0.5, 1.0], "eval_models": ["tiny:1"], "eval_compress": [2],
+             "checkpoint_epochs": [2], "checkpoint_every": 1,
+             "trajectory": {"prompts_per_class": 1, "images_per_prompt": 1}}  # fmt: skip
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     store, reports = tmp_path / "store", tmp_path / "reports"
     assert main(["run", str(path), "--store", str(store), "--reports", str(reports)]) == 0
@@ -325,7 +329,7 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
                                                "lora2@tiny1": "tiny1"}  # fmt: skip
     assert results["compress_rank"].isna().sum() == 3 and results.loc["lora2-c2", "compress_rank"] == 2
     # the compressed row costs what its file does: half the rank-4 factors, a smaller file
-    extracted = root / "extracted" / "lora2" / "1" / "e001-c2.safetensors"
+    extracted = root / "extracted" / "lora2" / "1" / "e002-c2.safetensors"
     assert (
         results.loc["lora2-c2", "file_bytes"] == extracted.stat().st_size < results.loc["lora2", "file_bytes"]
     )
@@ -333,12 +337,16 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     assert 0 < results.loc["lora2-c2", "compress_error"] < 1
     # one training; each variant generated what it varies; the other base's own base images
     assert [p.name for p in (root / "runs").iterdir()] == ["lora2"]
-    labels = {n: read_manifest(root / "images" / n / "1" / "e001")["adapters"].iloc[0] for n in results.index}
+    labels = {n: read_manifest(root / "images" / n / "1" / "e002")["adapters"].iloc[0] for n in results.index}
     assert labels["lora2-x0.5"].endswith(":0.5") and labels["lora2"].endswith(":1")
-    assert labels["lora2-c2"].startswith("e001-c2.safetensors@")
+    assert labels["lora2-c2"].startswith("e002-c2.safetensors@")
     assert read_manifest(root / "images" / "base@tiny1")["path"].map(lambda p: Path(p).is_file()).all()
     board = pd.read_csv(reports / "micro" / "leaderboard.csv")
-    assert {"multiplier", "eval_model", "compress_rank"} <= set(board.columns)
+    assert {"multiplier", "eval_model", "compress_rank", "best_epoch", "overfitting"} <= set(board.columns)
+    # the trajectory: the as-trained evaluation only, every epoch on the budget, its picks on the board
+    points = pd.read_parquet(root / "trajectory.parquet")
+    assert set(points["config"]) == {"lora2"} and set(points["epoch"]) == {1, 2}
+    assert set(board.loc[board["config"] == "lora2", "best_epoch"].dropna()) <= {1, 2}
     assert set(board["config"]) == set(results.index)
     comparison = pd.read_csv(reports / "micro" / "comparison.csv")
     pairs = set(zip(comparison["config"], comparison["reference"], strict=True))
@@ -351,7 +359,8 @@ def test_a_study_sweeps_every_axis_end_to_end(tmp_path, tiny_model_dir, demo_dat
     capsys.readouterr()
     assert main(["plan", str(path), "--store", str(store)]) == 0  # every job stays done, extraction too
     said = capsys.readouterr()
-    assert "16 jobs, 16 done (0 stale), 0 left" in said.out and "eval_compress" in said.err  # the axis table
+    # 16 jobs of the axes + a generate and a score per trajectory epoch (1 and 2)
+    assert "20 jobs, 20 done (0 stale), 0 left" in said.out and "eval_compress" in said.err  # the axis table
 
 
 @pytest.mark.e2e
