@@ -33,6 +33,7 @@ from lyco_bench.errors import BadInput
 from lyco_bench.families._flux_flow import FlowMatchObjective, image_ids, pack, unpack
 from lyco_bench.families.base import ModelFamily, Objective, TextEncoderSlot, register_family
 from lyco_bench.families.sd1 import TINY_TEXT
+from lyco_bench.families.sd1 import TINY_VAE as SD1_TINY_VAE
 
 GUIDANCE = 3.5
 """FLUX.1-dev's distilled guidance for sampling (``FluxPipeline``'s default)."""
@@ -53,17 +54,11 @@ TINY_TRANSFORMER = dict(
     guidance_embeds=True,
     axes_dims_rope=(4, 6, 6),
 )
+# SD1's tiny VAE with FLUX.1's 16 latent channels, scaling and no quant convs (ae.safetensors'
+# diffusers config: latents are (z − 0.1159)·0.3611).
 TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(8, 16, 16, 16),
-    layers_per_block=1,
+    SD1_TINY_VAE,
     latent_channels=16,
-    norm_num_groups=8,
-    sample_size=64,
-    # FLUX.1's VAE (ae.safetensors' diffusers config): latents are (z − 0.1159)·0.3611.
     scaling_factor=0.3611,
     shift_factor=0.1159,
     use_quant_conv=False,
